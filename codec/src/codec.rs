@@ -1,0 +1,96 @@
+//! Message serialization: the [`Codec`] trait and its protobuf implementation.
+
+use std::{fmt, marker::PhantomData};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::Status;
+
+/// Turns messages into bytes and back.
+///
+/// A codec is shared by all calls of a method, so it takes `&self`; keep per-call state out of
+/// it. Encoding appends to a buffer the framer owns, so a message is serialized straight into
+/// the frame that carries it.
+pub trait Codec: Send + Sync + 'static {
+    /// The type sent.
+    type Encode: Send + 'static;
+    /// The type received.
+    type Decode: Send + 'static;
+
+    /// Appends the serialized form of `item` to `dst`.
+    fn encode(&self, item: Self::Encode, dst: &mut BytesMut) -> Result<(), Status>;
+
+    /// Parses one received message. A malformed message is `INTERNAL`.
+    fn decode(&self, src: Bytes) -> Result<Self::Decode, Status>;
+}
+
+/// The protobuf codec, using prost.
+pub struct ProstCodec<E, D> {
+    _types: PhantomData<fn(E) -> D>,
+}
+
+impl<E, D> ProstCodec<E, D> {
+    /// A codec sending `E` and receiving `D`.
+    pub const fn new() -> Self {
+        ProstCodec {
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<E, D> Default for ProstCodec<E, D> {
+    fn default() -> Self {
+        ProstCodec::new()
+    }
+}
+
+impl<E, D> Clone for ProstCodec<E, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E, D> Copy for ProstCodec<E, D> {}
+
+impl<E, D> fmt::Debug for ProstCodec<E, D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProstCodec")
+    }
+}
+
+impl<E, D> Codec for ProstCodec<E, D>
+where
+    E: prost::Message + Send + 'static,
+    D: prost::Message + Default + Send + 'static,
+{
+    type Encode = E;
+    type Decode = D;
+
+    fn encode(&self, item: E, dst: &mut BytesMut) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("failed to encode message: {e}")))
+    }
+
+    fn decode(&self, src: Bytes) -> Result<D, Status> {
+        D::decode(src).map_err(|e| Status::internal(format!("failed to decode message: {e}")))
+    }
+}
+
+/// A codec that passes raw bytes through, for proxies and dynamic calls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+
+    fn encode(&self, item: Bytes, dst: &mut BytesMut) -> Result<(), Status> {
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
+
+    fn decode(&self, src: Bytes) -> Result<Bytes, Status> {
+        Ok(src)
+    }
+}

@@ -1,0 +1,356 @@
+//! The gRPC message framing: each message is a 1-byte compressed flag, a 4-byte big-endian
+//! length, then the payload (`doc/PROTOCOL-HTTP2.md`, "Length-Prefixed-Message").
+//!
+//! [`Encoder`] produces one framed message as a single [`Bytes`]; [`Deframer`] reassembles
+//! messages from DATA chunks of any size, zero-copy whenever a message lies within one chunk.
+//! The declared length is checked against the receive limit as soon as the 5-byte prefix is
+//! read, before any payload is buffered or allocated.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::{
+    codec::Codec,
+    compression::{self, Compressor},
+    Status,
+};
+
+/// Size of the length prefix.
+pub const HEADER_LEN: usize = 5;
+
+/// The default limit on a received message (after decompression): 4 MiB.
+pub const DEFAULT_MAX_RECV_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// The default limit on a sent message: unlimited, as in grpc-go and the C-core (the wire
+/// format caps it at 4 GiB − 1).
+pub const DEFAULT_MAX_SEND_MESSAGE_SIZE: usize = u32::MAX as usize;
+
+/// Encodes messages into framed [`Bytes`], reusing one buffer across messages.
+#[derive(Debug)]
+pub struct Encoder {
+    buf: BytesMut,
+    scratch: BytesMut,
+    compressor: Option<Arc<dyn Compressor>>,
+    max_message_size: usize,
+}
+
+impl Encoder {
+    /// An encoder that compresses with `compressor` (when a message asks for it) and rejects
+    /// messages larger than `max_message_size`.
+    pub fn new(compressor: Option<Arc<dyn Compressor>>, max_message_size: usize) -> Encoder {
+        Encoder {
+            buf: BytesMut::new(),
+            scratch: BytesMut::new(),
+            compressor,
+            max_message_size,
+        }
+    }
+
+    /// The compressor in use, if any: its name is the call's `grpc-encoding`.
+    pub fn compressor(&self) -> Option<&Arc<dyn Compressor>> {
+        self.compressor.as_ref()
+    }
+
+    /// Encodes one message. `compress` asks for compression of this message; it has effect only
+    /// when the encoder has a compressor.
+    ///
+    /// A message over the send limit is `RESOURCE_EXHAUSTED`; a codec failure is passed on.
+    pub fn encode<C: Codec>(
+        &mut self,
+        codec: &C,
+        item: C::Encode,
+        compress: bool,
+    ) -> Result<Bytes, Status> {
+        self.buf.reserve(HEADER_LEN);
+        self.buf.put_bytes(0, HEADER_LEN);
+        codec.encode(item, &mut self.buf)?;
+        let len = self.buf.len() - HEADER_LEN;
+        if len > self.max_message_size.min(u32::MAX as usize) {
+            self.buf.clear();
+            return Err(Status::resource_exhausted(format!(
+                "message of {len} bytes is larger than the send limit ({} bytes)",
+                self.max_message_size
+            )));
+        }
+        let mut flag = 0u8;
+        if let (true, Some(compressor)) = (compress, &self.compressor) {
+            self.scratch.clear();
+            compressor
+                .compress(&self.buf[HEADER_LEN..], &mut self.scratch)
+                .map_err(|e| Status::internal(format!("compression failed: {e}")))?;
+            self.buf.truncate(HEADER_LEN);
+            self.buf.extend_from_slice(&self.scratch);
+            flag = 1;
+        }
+        let len = (self.buf.len() - HEADER_LEN) as u32;
+        self.buf[0] = flag;
+        self.buf[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        Ok(self.buf.split().freeze())
+    }
+}
+
+/// One framed message as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The compressed flag.
+    pub compressed: bool,
+    /// The payload, still compressed if `compressed`.
+    pub data: Bytes,
+}
+
+/// Reassembles framed messages from DATA chunks.
+#[derive(Debug)]
+pub struct Deframer {
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    header: Option<(bool, usize)>,
+    max_message_size: usize,
+}
+
+impl Deframer {
+    /// A deframer that rejects messages larger than `max_message_size`.
+    pub fn new(max_message_size: usize) -> Deframer {
+        Deframer {
+            chunks: VecDeque::new(),
+            buffered: 0,
+            header: None,
+            max_message_size,
+        }
+    }
+
+    /// Adds received bytes.
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.buffered += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Whether no partial message is buffered: at end of stream, anything left is a truncated
+    /// message.
+    pub fn is_empty(&self) -> bool {
+        self.buffered == 0 && self.header.is_none()
+    }
+
+    /// The next complete frame, if one is buffered.
+    ///
+    /// A flag other than 0 or 1 is `INTERNAL`; a declared length over the limit is
+    /// `RESOURCE_EXHAUSTED`. After an error the stream is unusable.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, Status> {
+        let (compressed, len) = match self.header {
+            Some(header) => header,
+            None => {
+                if self.buffered < HEADER_LEN {
+                    return Ok(None);
+                }
+                let mut prefix = [0u8; HEADER_LEN];
+                self.copy_to(&mut prefix);
+                let compressed = match prefix[0] {
+                    0 => false,
+                    1 => true,
+                    flag => {
+                        return Err(Status::internal(format!(
+                            "invalid message compression flag {flag} (must be 0 or 1)"
+                        )))
+                    }
+                };
+                let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                if len > self.max_message_size {
+                    return Err(Status::resource_exhausted(format!(
+                        "received message of {len} bytes is larger than the limit ({} bytes)",
+                        self.max_message_size
+                    )));
+                }
+                self.header = Some((compressed, len));
+                (compressed, len)
+            }
+        };
+        if self.buffered < len {
+            return Ok(None);
+        }
+        self.header = None;
+        Ok(Some(Frame {
+            compressed,
+            data: self.take(len),
+        }))
+    }
+
+    /// The next complete message payload, decompressed with `compressor` when its flag says so.
+    ///
+    /// A compressed message on a call with no `grpc-encoding` is `INTERNAL`; decompression is
+    /// bounded by the same limit as the wire size.
+    pub fn next_message(
+        &mut self,
+        compressor: Option<&dyn Compressor>,
+    ) -> Result<Option<Bytes>, Status> {
+        let Some(frame) = self.next_frame()? else {
+            return Ok(None);
+        };
+        if !frame.compressed {
+            return Ok(Some(frame.data));
+        }
+        let Some(compressor) = compressor else {
+            return Err(Status::internal(
+                "compressed message received but the call has no grpc-encoding",
+            ));
+        };
+        let mut out = BytesMut::new();
+        compression::decompress(compressor, &frame.data, &mut out, self.max_message_size)?;
+        Ok(Some(out.freeze()))
+    }
+
+    fn copy_to(&mut self, dst: &mut [u8]) {
+        let mut filled = 0;
+        while filled < dst.len() {
+            let front = self
+                .chunks
+                .front_mut()
+                .expect("buffered count covers the copy");
+            let n = front.len().min(dst.len() - filled);
+            dst[filled..filled + n].copy_from_slice(&front[..n]);
+            front.advance(n);
+            filled += n;
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        self.buffered -= dst.len();
+    }
+
+    fn take(&mut self, len: usize) -> Bytes {
+        self.buffered -= len;
+        if len == 0 {
+            return Bytes::new();
+        }
+        let front = self
+            .chunks
+            .front_mut()
+            .expect("buffered count covers the take");
+        if front.len() >= len {
+            let out = front.split_to(len);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            return out;
+        }
+        let mut out = BytesMut::with_capacity(len);
+        while out.len() < len {
+            let front = self
+                .chunks
+                .front_mut()
+                .expect("buffered count covers the take");
+            let n = front.len().min(len - out.len());
+            out.extend_from_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        out.freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compression::Gzip, Code};
+
+    #[derive(Debug, Clone, Copy)]
+    struct Raw;
+
+    impl Codec for Raw {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        fn encode(&self, item: Bytes, dst: &mut BytesMut) -> Result<(), Status> {
+            dst.extend_from_slice(&item);
+            Ok(())
+        }
+        fn decode(&self, src: Bytes) -> Result<Bytes, Status> {
+            Ok(src)
+        }
+    }
+
+    fn frames(messages: &[&[u8]]) -> Bytes {
+        let mut enc = Encoder::new(None, usize::MAX);
+        let mut all = BytesMut::new();
+        for m in messages {
+            all.extend_from_slice(&enc.encode(&Raw, Bytes::copy_from_slice(m), false).unwrap());
+        }
+        all.freeze()
+    }
+
+    #[test]
+    fn reassembles_across_every_chunk_boundary() {
+        let messages: [&[u8]; 4] = [b"hello", b"", b"world!", &[7u8; 300]];
+        let wire = frames(&messages);
+        for chunk in 1..=wire.len() {
+            let mut d = Deframer::new(1024);
+            let mut got = Vec::new();
+            for piece in wire.chunks(chunk) {
+                d.push(Bytes::copy_from_slice(piece));
+                while let Some(m) = d.next_message(None).unwrap() {
+                    got.push(m);
+                }
+            }
+            assert!(d.is_empty());
+            let expected: Vec<Bytes> = messages.iter().map(|m| Bytes::copy_from_slice(m)).collect();
+            assert_eq!(got, expected, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn single_chunk_messages_are_zero_copy() {
+        let wire = frames(&[b"abcdef"]);
+        let mut d = Deframer::new(1024);
+        d.push(wire.clone());
+        let m = d.next_message(None).unwrap().unwrap();
+        assert_eq!(m.as_ptr(), wire[HEADER_LEN..].as_ptr());
+    }
+
+    #[test]
+    fn length_checked_before_payload_arrives() {
+        let mut d = Deframer::new(10);
+        d.push(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]));
+        assert_eq!(d.next_frame().unwrap_err().code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        let mut d = Deframer::new(10);
+        d.push(Bytes::from_static(&[2, 0, 0, 0, 0]));
+        assert_eq!(d.next_frame().unwrap_err().code(), Code::Internal);
+        let mut d = Deframer::new(10);
+        d.push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]));
+        assert_eq!(d.next_message(None).unwrap_err().code(), Code::Internal);
+    }
+
+    #[test]
+    fn partial_message_is_not_empty() {
+        let mut d = Deframer::new(10);
+        d.push(Bytes::from_static(&[0, 0, 0]));
+        assert!(d.next_frame().unwrap().is_none());
+        assert!(!d.is_empty());
+    }
+
+    #[test]
+    fn compressed_round_trip_and_send_limit() {
+        let mut enc = Encoder::new(Some(Arc::new(Gzip)), 100);
+        let wire = enc
+            .encode(&Raw, Bytes::from(vec![b'a'; 100]), true)
+            .unwrap();
+        assert_eq!(wire[0], 1);
+        let mut d = Deframer::new(100);
+        d.push(wire);
+        assert_eq!(
+            d.next_message(Some(&Gzip)).unwrap().unwrap(),
+            vec![b'a'; 100]
+        );
+        let err = enc
+            .encode(&Raw, Bytes::from(vec![0; 101]), true)
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        let plain = enc.encode(&Raw, Bytes::from_static(b"x"), false).unwrap();
+        assert_eq!(&plain[..], &[0, 0, 0, 0, 1, b'x']);
+    }
+}

@@ -1,0 +1,25 @@
+//! The gRPC wire layer, with no IO.
+//!
+//! Everything a gRPC peer parses or produces on the wire lives here as plain functions and
+//! small state machines: [`Code`] and [`Status`], [`MetadataMap`], the `grpc-timeout` and
+//! `grpc-message` encodings, the 5-byte length-prefixed [`frame`] format, [`compression`], the
+//! [`Codec`] trait with its prost implementation, and the request/response [`headers`] rules.
+//! Bytes go in, values or a [`Status`] come out; nothing here reads a clock, touches a socket
+//! or spawns a task, so every function can be fuzzed and tested directly.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod code;
+pub mod codec;
+pub mod compression;
+pub mod frame;
+pub mod headers;
+pub mod message;
+pub mod metadata;
+mod status;
+pub mod timeout;
+
+pub use code::Code;
+pub use codec::{Codec, ProstCodec};
+pub use metadata::MetadataMap;
+pub use status::Status;

@@ -1,0 +1,216 @@
+//! The default runtime: async-io's reactor and timers, async-executor worker threads.
+
+use std::{
+    fmt, io,
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
+    os::unix::net::{UnixListener, UnixStream},
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use async_io::{Async, Timer};
+
+use crate::{Address, BoxFuture, BoxIo, Listener, Runtime, Sleep, TcpOptions};
+
+type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
+
+/// The default runtime, built on async-io.
+///
+/// Sockets and timers use async-io's reactor, which runs on its own thread when no one drives
+/// it, so anygrpc futures can be awaited from any executor or from a plain blocking
+/// `block_on`. Background tasks (one per connection, plus streaming-call pumps) run on a
+/// process-wide async-executor served by worker threads started on first use; their number is
+/// `ANYGRPC_WORKER_THREADS` or the number of CPUs. Use [`AsyncIoRuntime::with_spawner`] to run
+/// them on an executor of your own instead (smol's, for example).
+#[derive(Clone)]
+pub struct AsyncIoRuntime {
+    spawner: Option<Spawner>,
+}
+
+impl fmt::Debug for AsyncIoRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncIoRuntime")
+            .field("custom_spawner", &self.spawner.is_some())
+            .finish()
+    }
+}
+
+impl Default for AsyncIoRuntime {
+    fn default() -> Self {
+        AsyncIoRuntime::new()
+    }
+}
+
+fn global_executor() -> &'static async_executor::Executor<'static> {
+    static EXECUTOR: OnceLock<&'static async_executor::Executor<'static>> = OnceLock::new();
+    EXECUTOR.get_or_init(|| {
+        let executor: &'static async_executor::Executor<'static> =
+            Box::leak(Box::new(async_executor::Executor::new()));
+        let threads = std::env::var("ANYGRPC_WORKER_THREADS")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        for i in 0..threads {
+            std::thread::Builder::new()
+                .name(format!("anygrpc-worker-{i}"))
+                .spawn(move || {
+                    async_io::block_on(executor.run(std::future::pending::<()>()));
+                })
+                .expect("failed to start an anygrpc worker thread");
+        }
+        executor
+    })
+}
+
+impl AsyncIoRuntime {
+    /// The runtime with the process-wide worker pool.
+    pub fn new() -> AsyncIoRuntime {
+        AsyncIoRuntime { spawner: None }
+    }
+
+    /// The runtime with tasks handed to `spawn` (for example `|task| smol::spawn(task).detach()`).
+    pub fn with_spawner(
+        spawn: impl Fn(BoxFuture<'static, ()>) + Send + Sync + 'static,
+    ) -> AsyncIoRuntime {
+        AsyncIoRuntime {
+            spawner: Some(Arc::new(spawn)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AsyncIoSleep(Timer);
+
+impl std::future::Future for AsyncIoSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.get_mut().0).poll(cx).map(|_| ())
+    }
+}
+
+impl Sleep for AsyncIoSleep {
+    fn reset(self: Pin<&mut Self>, deadline: Instant) {
+        self.get_mut().0.set_at(deadline);
+    }
+}
+
+#[derive(Debug)]
+struct TcpAcceptor {
+    listener: Async<TcpListener>,
+    options: TcpOptions,
+}
+
+impl Listener for TcpAcceptor {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, Address)>> {
+        loop {
+            match self.listener.get_ref().accept() {
+                Ok((stream, peer)) => {
+                    crate::set_nodelay(&stream, &self.options)?;
+                    let stream = Async::new(stream)?;
+                    return Poll::Ready(Ok((Box::new(stream), Address::Tcp(peer))));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.listener.poll_readable(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Address> {
+        self.listener.get_ref().local_addr().map(Address::Tcp)
+    }
+}
+
+#[derive(Debug)]
+struct UnixAcceptor {
+    listener: Async<UnixListener>,
+}
+
+impl Listener for UnixAcceptor {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, Address)>> {
+        loop {
+            match self.listener.get_ref().accept() {
+                Ok((stream, peer)) => {
+                    let path = peer.as_pathname().map(PathBuf::from).unwrap_or_default();
+                    let stream = Async::new(stream)?;
+                    return Poll::Ready(Ok((Box::new(stream), Address::Unix(path))));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.listener.poll_readable(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Address> {
+        let addr = self.listener.get_ref().local_addr()?;
+        Ok(Address::Unix(
+            addr.as_pathname().map(PathBuf::from).unwrap_or_default(),
+        ))
+    }
+}
+
+impl Runtime for AsyncIoRuntime {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        match &self.spawner {
+            Some(spawn) => spawn(task),
+            None => global_executor().spawn(task).detach(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        Box::pin(AsyncIoSleep(Timer::at(deadline)))
+    }
+
+    fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        options: TcpOptions,
+    ) -> BoxFuture<'static, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let stream = Async::<TcpStream>::connect(addr).await?;
+            crate::set_nodelay(stream.get_ref(), &options)?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+
+    fn connect_unix(&self, path: PathBuf) -> BoxFuture<'static, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let stream = Async::<UnixStream>::connect(path).await?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+
+    fn listen_tcp(&self, addr: SocketAddr, options: TcpOptions) -> io::Result<Box<dyn Listener>> {
+        let listener = Async::<TcpListener>::bind(addr)?;
+        Ok(Box::new(TcpAcceptor { listener, options }))
+    }
+
+    fn listen_unix(&self, path: PathBuf) -> io::Result<Box<dyn Listener>> {
+        let listener = Async::<UnixListener>::bind(path)?;
+        Ok(Box::new(UnixAcceptor { listener }))
+    }
+
+    fn lookup_host(
+        &self,
+        host: String,
+        port: u16,
+    ) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        Box::pin(blocking::unblock(move || {
+            (host.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect)
+        }))
+    }
+}

@@ -1,0 +1,157 @@
+//! The runtime layer of anygrpc: everything that depends on *which* async runtime runs the
+//! program.
+//!
+//! The rest of anygrpc never names a runtime. It asks a [`Runtime`] to spawn a task, make a
+//! timer, read the clock, connect, listen and look up a host name; and it hands the byte
+//! streams it gets to `h2` through [`H2Io`], the adapter from `futures-io` to the tokio IO
+//! traits that `h2` speaks (tokio the *traits*, never the tokio runtime).
+//!
+//! Two runtimes ship: [`AsyncIoRuntime`] (the default: async-io's reactor and timers, with
+//! spawned tasks run by a small pool of async-executor threads, so it works from any executor
+//! and from a plain `block_on`) and, behind the `tokio` feature, [`TokioRuntime`].
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+use std::{
+    fmt,
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+mod compat;
+pub use compat::H2Io;
+
+#[cfg(feature = "async-io")]
+mod async_io_rt;
+#[cfg(feature = "async-io")]
+pub use async_io_rt::AsyncIoRuntime;
+
+#[cfg(feature = "tokio")]
+mod tokio_rt;
+#[cfg(feature = "tokio")]
+pub use tokio_rt::TokioRuntime;
+
+/// A boxed, sendable future, as the [`Runtime`] methods take and return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A byte stream a runtime connected or accepted: TCP, a Unix socket, or anything else a custom
+/// runtime provides (an in-memory pipe in tests).
+///
+/// Implementations must only write into the buffer `poll_read` is given, never read from it:
+/// [`H2Io`] passes read buffers on without zero-filling them first.
+pub trait Io: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed [`Io`].
+pub type BoxIo = Box<dyn Io>;
+
+/// Where a connection goes to or comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A TCP socket address.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket path (empty for an unnamed peer).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(addr) => write!(f, "{addr}"),
+            Address::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A timer made by [`Runtime::sleep_until`]: completes at its deadline and can be moved.
+pub trait Sleep: Future<Output = ()> + Send + fmt::Debug {
+    /// Moves the deadline; the timer completes at the new instant (at once if it has passed).
+    fn reset(self: Pin<&mut Self>, deadline: Instant);
+}
+
+/// A listening socket.
+pub trait Listener: Send + fmt::Debug + 'static {
+    /// Accepts the next connection. An error is about one connection (or a transient resource
+    /// shortage such as EMFILE); the caller keeps accepting.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, Address)>>;
+
+    /// The bound address (with the actual port when bound to port 0).
+    fn local_addr(&self) -> io::Result<Address>;
+}
+
+/// Options for new TCP connections and listeners.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TcpOptions {
+    /// Set `TCP_NODELAY` (on by default in anygrpc: gRPC messages are latency-sensitive).
+    pub nodelay: bool,
+}
+
+/// What anygrpc needs from an async runtime. Object-safe: anygrpc holds an `Arc<dyn Runtime>`.
+pub trait Runtime: Send + Sync + fmt::Debug + 'static {
+    /// Runs a task to completion in the background.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+
+    /// The current time, from the runtime's clock (a simulated runtime returns virtual time).
+    fn now(&self) -> Instant;
+
+    /// A timer that completes at `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>>;
+
+    /// Opens a TCP connection.
+    fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        options: TcpOptions,
+    ) -> BoxFuture<'static, io::Result<BoxIo>>;
+
+    /// Opens a Unix-domain socket connection.
+    fn connect_unix(&self, path: PathBuf) -> BoxFuture<'static, io::Result<BoxIo>>;
+
+    /// Binds a TCP listener.
+    fn listen_tcp(&self, addr: SocketAddr, options: TcpOptions) -> io::Result<Box<dyn Listener>>;
+
+    /// Binds a Unix-domain socket listener.
+    fn listen_unix(&self, path: PathBuf) -> io::Result<Box<dyn Listener>>;
+
+    /// Resolves a host name with the system resolver, off the executor threads.
+    fn lookup_host(
+        &self,
+        host: String,
+        port: u16,
+    ) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
+}
+
+/// The runtime anygrpc uses when none is given: [`AsyncIoRuntime`] with the `async-io`
+/// feature, else [`TokioRuntime::current`] with the `tokio` feature.
+///
+/// Returns `None` when neither feature is enabled (or, tokio-only, outside a tokio runtime).
+pub fn default_runtime() -> Option<Arc<dyn Runtime>> {
+    #[cfg(feature = "async-io")]
+    {
+        Some(Arc::new(AsyncIoRuntime::new()))
+    }
+    #[cfg(all(not(feature = "async-io"), feature = "tokio"))]
+    {
+        TokioRuntime::try_current().map(|rt| Arc::new(rt) as Arc<dyn Runtime>)
+    }
+    #[cfg(not(any(feature = "async-io", feature = "tokio")))]
+    {
+        None
+    }
+}
+
+#[cfg(any(feature = "async-io", feature = "tokio"))]
+fn set_nodelay(stream: &std::net::TcpStream, options: &TcpOptions) -> io::Result<()> {
+    if options.nodelay {
+        stream.set_nodelay(true)?;
+    }
+    Ok(())
+}
