@@ -1,1 +1,42 @@
+//! Load balancing, with no IO: connectivity states, connection backoff and the subchannel
+//! state machine.
+//!
+//! Everything here takes the current time as a value and returns what to do next, so the
+//! transport drives it with real clocks and sockets while tests drive it with virtual time.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod backoff;
+pub mod subchannel;
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use subchannel::{ConnectAttempt, Subchannel};
+
+use std::fmt;
+
+/// The connectivity state of a channel or subchannel (`doc/connectivity-semantics-and-api.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectivityState {
+    /// No connection and none being made; a call or a request to connect starts one.
+    Idle,
+    /// A connection is being established.
+    Connecting,
+    /// A connection is established and usable.
+    Ready,
+    /// The last attempt failed; waiting out the backoff before the next.
+    TransientFailure,
+    /// Shut down for good.
+    Shutdown,
+}
+
+impl fmt::Display for ConnectivityState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectivityState::Idle => "IDLE",
+            ConnectivityState::Connecting => "CONNECTING",
+            ConnectivityState::Ready => "READY",
+            ConnectivityState::TransientFailure => "TRANSIENT_FAILURE",
+            ConnectivityState::Shutdown => "SHUTDOWN",
+        })
+    }
+}

@@ -1,1 +1,420 @@
+//! Name resolution: from a target string to the addresses a channel connects to.
+//!
+//! A target is parsed into a [`Target`] (`doc/naming.md`); its scheme selects a
+//! [`ResolverBuilder`] from a [`Registry`]; the [`Resolver`] it builds pushes
+//! [`ResolverUpdate`]s (addresses, and the raw service config text if it found any) whenever it
+//! learns something, and is asked to [`resolve_now`](Resolver::resolve_now) when the channel's
+//! connections fail. Built in: `dns` (the default), `unix`, `ipv4`, `ipv6` and `passthrough`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+pub use anygrpc_codec::Status;
+pub use anygrpc_rt::Address;
+use anygrpc_rt::{BoxFuture, Runtime};
+
+mod target;
+pub use target::Target;
+
+/// The port used when a `dns:` or `ipv4:`/`ipv6:` target names none.
+pub const DEFAULT_PORT: u16 = 443;
+
+/// What a resolver learned.
+#[derive(Debug, Clone)]
+pub struct ResolverUpdate {
+    /// The addresses, or why there are none.
+    pub addresses: Result<Vec<Address>, Status>,
+    /// The service config JSON text the resolver found, if any.
+    pub service_config: Option<String>,
+}
+
+/// A running resolver for one channel.
+pub trait Resolver: Send + fmt::Debug + 'static {
+    /// The next update. Pending until the resolver has something new.
+    fn poll_update(&mut self, cx: &mut Context<'_>) -> Poll<ResolverUpdate>;
+
+    /// Asks for a fresh resolution (connections failed, or a server sent GOAWAY).
+    fn resolve_now(&mut self);
+}
+
+/// Makes resolvers for one URI scheme.
+pub trait ResolverBuilder: Send + Sync + fmt::Debug + 'static {
+    /// The scheme, e.g. `dns`.
+    fn scheme(&self) -> &'static str;
+
+    /// Checks the target and builds a resolver for it; a malformed target is
+    /// `INVALID_ARGUMENT`.
+    fn build(
+        &self,
+        target: &Target,
+        runtime: Arc<dyn Runtime>,
+    ) -> Result<Box<dyn Resolver>, Status>;
+
+    /// The `:authority` calls on this target use unless the channel overrides it.
+    fn default_authority(&self, target: &Target) -> String {
+        target.endpoint().to_owned()
+    }
+}
+
+/// The resolver builders a channel can use, by scheme.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    builders: HashMap<&'static str, Arc<dyn ResolverBuilder>>,
+    default_scheme: &'static str,
+}
+
+impl Default for Registry {
+    /// `dns` (the default scheme), `unix`, `ipv4`, `ipv6`, `passthrough`.
+    fn default() -> Registry {
+        let mut registry = Registry {
+            builders: HashMap::new(),
+            default_scheme: "dns",
+        };
+        registry.register(Arc::new(DnsResolverBuilder));
+        registry.register(Arc::new(StaticResolverBuilder::Unix));
+        registry.register(Arc::new(StaticResolverBuilder::Ipv4));
+        registry.register(Arc::new(StaticResolverBuilder::Ipv6));
+        registry.register(Arc::new(PassthroughResolverBuilder));
+        registry
+    }
+}
+
+impl Registry {
+    /// Adds (or replaces) the builder for its scheme.
+    pub fn register(&mut self, builder: Arc<dyn ResolverBuilder>) {
+        self.builders.insert(builder.scheme(), builder);
+    }
+
+    /// The builder for a scheme.
+    pub fn get(&self, scheme: &str) -> Option<&Arc<dyn ResolverBuilder>> {
+        self.builders.get(scheme)
+    }
+
+    /// Parses a target: a `scheme:` this registry knows, else the default scheme (`dns`)
+    /// applied to the whole string, as `doc/naming.md` says.
+    pub fn parse_target(&self, target: &str) -> Result<(Target, Arc<dyn ResolverBuilder>), Status> {
+        if let Some(parsed) = Target::parse(target) {
+            if let Some(builder) = self.builders.get(parsed.scheme()) {
+                return Ok((parsed, builder.clone()));
+            }
+        }
+        let parsed = Target::parse(&format!("{}:///{target}", self.default_scheme))
+            .ok_or_else(|| Status::invalid_argument(format!("invalid target {target:?}")))?;
+        let builder = self.builders.get(self.default_scheme).ok_or_else(|| {
+            Status::invalid_argument(format!("no resolver for target {target:?}"))
+        })?;
+        Ok((parsed, builder.clone()))
+    }
+}
+
+/// Splits `host[:port]` (host may be a bracketed IPv6 literal) and applies the default port.
+pub fn split_host_port(endpoint: &str, default_port: u16) -> Result<(String, u16), Status> {
+    let bad = || Status::invalid_argument(format!("invalid host:port {endpoint:?}"));
+    if endpoint.is_empty() {
+        return Err(bad());
+    }
+    if let Some(rest) = endpoint.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        let port = match after {
+            "" => default_port,
+            p => p
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(bad)?,
+        };
+        return Ok((host.to_owned(), port));
+    }
+    match endpoint.rsplit_once(':') {
+        // More than one colon without brackets: a bare IPv6 literal.
+        Some((host, _)) if host.contains(':') => Ok((endpoint.to_owned(), default_port)),
+        Some((host, port)) if !host.is_empty() => {
+            Ok((host.to_owned(), port.parse().map_err(|_| bad())?))
+        }
+        Some(_) => Err(bad()),
+        None => Ok((endpoint.to_owned(), default_port)),
+    }
+}
+
+/// Resolves `dns:` targets with the runtime's system resolver.
+#[derive(Debug, Clone, Copy)]
+pub struct DnsResolverBuilder;
+
+impl ResolverBuilder for DnsResolverBuilder {
+    fn scheme(&self) -> &'static str {
+        "dns"
+    }
+
+    fn build(
+        &self,
+        target: &Target,
+        runtime: Arc<dyn Runtime>,
+    ) -> Result<Box<dyn Resolver>, Status> {
+        let (host, port) = split_host_port(target.endpoint(), DEFAULT_PORT)?;
+        // IP literals need no lookup.
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(Box::new(StaticResolver::new(vec![Address::Tcp(
+                SocketAddr::new(ip, port),
+            )])));
+        }
+        Ok(Box::new(DnsResolver {
+            host,
+            port,
+            runtime,
+            lookup: None,
+            wanted: true,
+        }))
+    }
+}
+
+/// A `dns:` resolver: one system lookup per resolution request.
+struct DnsResolver {
+    host: String,
+    port: u16,
+    runtime: Arc<dyn Runtime>,
+    lookup: Option<BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>>,
+    wanted: bool,
+}
+
+impl fmt::Debug for DnsResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsResolver")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("in_flight", &self.lookup.is_some())
+            .finish()
+    }
+}
+
+impl Resolver for DnsResolver {
+    fn poll_update(&mut self, cx: &mut Context<'_>) -> Poll<ResolverUpdate> {
+        if self.lookup.is_none() {
+            if !self.wanted {
+                return Poll::Pending;
+            }
+            self.wanted = false;
+            self.lookup = Some(self.runtime.lookup_host(self.host.clone(), self.port));
+        }
+        let lookup = self.lookup.as_mut().expect("set above");
+        let result = std::task::ready!(lookup.as_mut().poll(cx));
+        self.lookup = None;
+        let addresses = match result {
+            Ok(addrs) if addrs.is_empty() => Err(Status::unavailable(format!(
+                "DNS resolution of {} returned no addresses",
+                self.host
+            ))),
+            Ok(addrs) => Ok(addrs.into_iter().map(Address::Tcp).collect()),
+            Err(e) => Err(Status::unavailable(format!(
+                "DNS resolution of {} failed: {e}",
+                self.host
+            ))),
+        };
+        Poll::Ready(ResolverUpdate {
+            addresses,
+            service_config: None,
+        })
+    }
+
+    fn resolve_now(&mut self) {
+        self.wanted = true;
+    }
+}
+
+/// Resolvers whose answer is in the target itself.
+#[derive(Debug, Clone, Copy)]
+enum StaticResolverBuilder {
+    /// `unix:path` / `unix:///abs`.
+    Unix,
+    /// `ipv4:a:p,a:p`.
+    Ipv4,
+    /// `ipv6:[a]:p,...`.
+    Ipv6,
+}
+
+impl ResolverBuilder for StaticResolverBuilder {
+    fn scheme(&self) -> &'static str {
+        match self {
+            StaticResolverBuilder::Unix => "unix",
+            StaticResolverBuilder::Ipv4 => "ipv4",
+            StaticResolverBuilder::Ipv6 => "ipv6",
+        }
+    }
+
+    fn build(&self, target: &Target, _: Arc<dyn Runtime>) -> Result<Box<dyn Resolver>, Status> {
+        let addresses = match self {
+            StaticResolverBuilder::Unix => {
+                if target.endpoint().is_empty() {
+                    return Err(Status::invalid_argument("unix: target has no path"));
+                }
+                vec![Address::Unix(PathBuf::from(target.endpoint()))]
+            }
+            StaticResolverBuilder::Ipv4 | StaticResolverBuilder::Ipv6 => {
+                let want_v4 = matches!(self, StaticResolverBuilder::Ipv4);
+                target
+                    .endpoint()
+                    .split(',')
+                    .map(|part| {
+                        let (host, port) = split_host_port(part, DEFAULT_PORT)?;
+                        match host.parse::<IpAddr>() {
+                            Ok(ip) if ip.is_ipv4() == want_v4 => {
+                                Ok(Address::Tcp(SocketAddr::new(ip, port)))
+                            }
+                            _ => Err(Status::invalid_argument(format!(
+                                "{part:?} is not an {} address",
+                                self.scheme()
+                            ))),
+                        }
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(Box::new(StaticResolver::new(addresses)))
+    }
+
+    fn default_authority(&self, target: &Target) -> String {
+        match self {
+            StaticResolverBuilder::Unix => "localhost".to_owned(),
+            _ => target
+                .endpoint()
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+}
+
+/// `passthrough:host:port`: a single address, looked up by the system resolver at connect
+/// time like `dns:` but without re-resolution policy.
+#[derive(Debug, Clone, Copy)]
+struct PassthroughResolverBuilder;
+
+impl ResolverBuilder for PassthroughResolverBuilder {
+    fn scheme(&self) -> &'static str {
+        "passthrough"
+    }
+
+    fn build(
+        &self,
+        target: &Target,
+        runtime: Arc<dyn Runtime>,
+    ) -> Result<Box<dyn Resolver>, Status> {
+        DnsResolverBuilder.build(target, runtime)
+    }
+}
+
+/// A resolver with a fixed address list: it reports the list once, and again on each
+/// [`resolve_now`](Resolver::resolve_now).
+#[derive(Debug, Clone)]
+pub struct StaticResolver {
+    addresses: Vec<Address>,
+    pending: bool,
+}
+
+impl StaticResolver {
+    /// A resolver for these addresses.
+    pub fn new(addresses: Vec<Address>) -> StaticResolver {
+        StaticResolver {
+            addresses,
+            pending: true,
+        }
+    }
+}
+
+impl Resolver for StaticResolver {
+    fn poll_update(&mut self, _: &mut Context<'_>) -> Poll<ResolverUpdate> {
+        if !std::mem::take(&mut self.pending) {
+            return Poll::Pending;
+        }
+        Poll::Ready(ResolverUpdate {
+            addresses: Ok(self.addresses.clone()),
+            service_config: None,
+        })
+    }
+
+    fn resolve_now(&mut self) {
+        self.pending = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anygrpc_codec::Code;
+    use futures_util::future::poll_fn;
+
+    fn resolve(target: &str) -> Result<Vec<Address>, Status> {
+        let registry = Registry::default();
+        let (target, builder) = registry.parse_target(target)?;
+        let runtime: Arc<dyn Runtime> = Arc::new(anygrpc_rt::AsyncIoRuntime::new());
+        let mut resolver = builder.build(&target, runtime)?;
+        async_io::block_on(poll_fn(|cx| resolver.poll_update(cx))).addresses
+    }
+
+    fn tcp(s: &str) -> Address {
+        Address::Tcp(s.parse().unwrap())
+    }
+
+    #[test]
+    fn literal_targets() {
+        assert_eq!(
+            resolve("127.0.0.1:50051").unwrap(),
+            vec![tcp("127.0.0.1:50051")]
+        );
+        assert_eq!(
+            resolve("dns:///127.0.0.1:80").unwrap(),
+            vec![tcp("127.0.0.1:80")]
+        );
+        assert_eq!(resolve("dns:[::1]").unwrap(), vec![tcp("[::1]:443")]);
+        assert_eq!(
+            resolve("ipv4:10.0.0.1:1,10.0.0.2").unwrap(),
+            vec![tcp("10.0.0.1:1"), tcp("10.0.0.2:443")]
+        );
+        assert_eq!(
+            resolve("ipv6:[::1]:7,::2").unwrap(),
+            vec![tcp("[::1]:7"), tcp("[::2]:443")]
+        );
+        assert_eq!(
+            resolve("unix:/tmp/s").unwrap(),
+            vec![Address::Unix("/tmp/s".into())]
+        );
+        assert_eq!(
+            resolve("unix:///tmp/s").unwrap(),
+            vec![Address::Unix("/tmp/s".into())]
+        );
+        assert_eq!(
+            resolve("unix:rel/s").unwrap(),
+            vec![Address::Unix("rel/s".into())]
+        );
+    }
+
+    #[test]
+    fn localhost_resolves() {
+        let addrs = resolve("localhost:1234").unwrap();
+        assert!(!addrs.is_empty());
+    }
+
+    #[test]
+    fn bad_targets_are_invalid_argument() {
+        for bad in [
+            "ipv4:::1",
+            "ipv6:1.2.3.4",
+            "ipv4:1.2.3.4:notaport",
+            "unix:",
+            "dns:///host:99999",
+        ] {
+            assert_eq!(
+                resolve(bad).unwrap_err().code(),
+                Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+}
