@@ -94,6 +94,14 @@ pub struct TcpOptions {
     pub nodelay: bool,
 }
 
+impl TcpOptions {
+    /// Sets `TCP_NODELAY`.
+    pub fn with_nodelay(mut self, on: bool) -> TcpOptions {
+        self.nodelay = on;
+        self
+    }
+}
+
 /// What anygrpc needs from an async runtime. Object-safe: anygrpc holds an `Arc<dyn Runtime>`.
 pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Runs a task to completion in the background.

@@ -1,1 +1,99 @@
+//! anygrpc: a complete gRPC implementation on `h2` that runs on any async runtime.
+//!
+//! - [`Channel`] is the client: it resolves a target, connects lazily, reconnects with
+//!   backoff, and carries unary, server-streaming, client-streaming and bidirectional calls.
+//! - [`Server`] serves generated (or hand-written) [`Service`](server::Service)s over TCP or
+//!   Unix sockets, with TLS optional.
+//! - Calls carry [`Request`] / [`Response`] values with [`MetadataMap`] metadata; streams are
+//!   [`Streaming`]; every failure is a [`Status`].
+//!
+//! Nothing here depends on a particular executor: sockets, timers and task spawning come from
+//! an [`rt::Runtime`]. The default one (async-io) needs no tokio runtime and works from any
+//! executor or a plain blocking `block_on`; enable the `tokio` feature to run on tokio.
+//!
+//! Stubs are generated at build time by the `anygrpc-build` crate.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod client;
+pub mod interceptor;
+mod request;
+mod send;
+pub mod server;
+mod streaming;
+#[cfg(feature = "tls")]
+pub mod tls;
+
+#[doc(hidden)]
+pub mod codegen;
+
+pub use anygrpc_codec::{
+    codec::{self, BytesCodec},
+    compression, Code, Codec, MetadataMap, ProstCodec, Status,
+};
+pub use client::Channel;
+pub use request::{IntoRequest, IntoStreamingRequest, Request, Response};
+pub use server::Server;
+pub use streaming::Streaming;
+
+/// Metadata helpers: keys, values and limits.
+pub mod metadata {
+    pub use anygrpc_codec::metadata::{
+        is_reserved, validate_key, InvalidMetadata, MetadataMap, MetadataValue,
+        DEFAULT_MAX_HEADER_LIST_SIZE,
+    };
+}
+
+/// The runtime layer: the [`Runtime`](rt::Runtime) trait and the runtimes that ship.
+pub mod rt {
+    #[cfg(feature = "async-io")]
+    pub use anygrpc_rt::AsyncIoRuntime;
+    #[cfg(feature = "tokio")]
+    pub use anygrpc_rt::TokioRuntime;
+    pub use anygrpc_rt::{
+        default_runtime, Address, BoxFuture, BoxIo, Io, Listener, Runtime, Sleep, TcpOptions,
+    };
+}
+
+/// A server's stream of response messages.
+pub type ResponseStream<T> =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Maps an `h2` error to the status a call reports, following the spec's RST_STREAM table;
+/// connection-level failures (IO errors, GOAWAY with an error) are `UNAVAILABLE`.
+pub(crate) fn status_from_h2(err: &h2::Error, deadline_passed: bool) -> Status {
+    if let Some(reason) = err.reason() {
+        if err.is_go_away() && !err.is_remote() {
+            return Status::unavailable(format!("connection closed: {err}"));
+        }
+        if err.is_go_away() {
+            return Status::unavailable(format!("connection closed by peer: {err}"));
+        }
+        return Status::from_h2_reason(u32::from(reason), deadline_passed);
+    }
+    if err.is_io() {
+        return Status::unavailable(format!("connection error: {err}"));
+    }
+    Status::internal(format!("HTTP/2 error: {err}"))
+}
+
+/// The deadline passed before the future finished.
+#[derive(Debug)]
+pub(crate) struct Elapsed;
+
+/// Runs `fut` until `deadline` (forever when `None`) on the runtime's clock.
+pub(crate) async fn with_deadline<F: std::future::Future>(
+    runtime: &dyn rt::Runtime,
+    deadline: Option<std::time::Instant>,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    let Some(deadline) = deadline else {
+        return Ok(fut.await);
+    };
+    let sleep = runtime.sleep_until(deadline);
+    let fut = std::pin::pin!(fut);
+    match futures_util::future::select(fut, sleep).await {
+        futures_util::future::Either::Left((out, _)) => Ok(out),
+        futures_util::future::Either::Right(_) => Err(Elapsed),
+    }
+}

@@ -1,0 +1,720 @@
+//! The client: [`Channel`] and the generic call API ([`Grpc`]) that generated stubs use.
+
+mod conn;
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anygrpc_codec::{
+    compression::CompressionRegistry,
+    frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
+    headers::{self, RequestHead, GRPC_ENCODING},
+    metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
+    Codec,
+};
+use anygrpc_lb::{BackoffConfig, ConnectivityState};
+use anygrpc_resolver::Registry;
+use anygrpc_rt::Runtime;
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::{future::Either, StreamExt};
+use http::{
+    uri::{Authority, PathAndQuery, Scheme},
+    HeaderValue,
+};
+
+use crate::{
+    interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
+    send::send_message,
+    streaming::{ClientSide, LocalError},
+    with_deadline, MetadataMap, Request, Response, Status, Streaming,
+};
+use conn::{ConnSettings, Connection};
+
+/// Configures and creates a [`Channel`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), anygrpc::Status> {
+/// let channel = anygrpc::Channel::builder("localhost:50051")
+///     .user_agent("my-app/1.0")
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct ChannelBuilder {
+    target: String,
+    runtime: Option<Arc<dyn Runtime>>,
+    registry: Registry,
+    authority: Option<String>,
+    user_agent: Option<String>,
+    interceptors: Vec<AnyInterceptor>,
+    compression: CompressionRegistry,
+    send_compression: Option<&'static str>,
+    max_recv_message_size: usize,
+    max_send_message_size: usize,
+    max_header_list_size: usize,
+    settings: ConnSettings,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ClientTlsConfig>,
+}
+
+impl fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelBuilder {
+    fn new(target: &str) -> ChannelBuilder {
+        ChannelBuilder {
+            target: target.to_owned(),
+            runtime: None,
+            registry: Registry::default(),
+            authority: None,
+            user_agent: None,
+            interceptors: Vec::new(),
+            compression: CompressionRegistry::default(),
+            send_compression: None,
+            max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
+            max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
+            settings: ConnSettings {
+                initial_stream_window_size: 1 << 20,
+                initial_connection_window_size: 2 << 20,
+                max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
+                max_frame_size: 16 * 1024,
+                tcp_nodelay: true,
+                backoff: BackoffConfig::default(),
+                #[cfg(feature = "tls")]
+                tls: None,
+            },
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// The runtime for sockets, timers and background tasks. Default:
+    /// [`rt::default_runtime`](crate::rt::default_runtime).
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The resolver registry, for custom target schemes.
+    pub fn resolver_registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Overrides `:authority` (default: the target's host:port, `localhost` for `unix:`). With
+    /// TLS and no [`domain_name`](crate::tls::ClientTlsConfig::domain_name), the certificate
+    /// is checked against this name.
+    pub fn authority(mut self, authority: impl Into<String>) -> Self {
+        self.authority = Some(authority.into());
+        self
+    }
+
+    /// A prefix for the `user-agent` header (`<prefix> grpc-rust-anygrpc/<version>`).
+    pub fn user_agent(mut self, prefix: impl Into<String>) -> Self {
+        self.user_agent = Some(prefix.into());
+        self
+    }
+
+    /// Adds an interceptor run on every call, in the order added.
+    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors
+            .push(AnyInterceptor::Sync(Arc::new(interceptor)));
+        self
+    }
+
+    /// Adds an async interceptor run on every call, in the order added.
+    pub fn async_interceptor(mut self, interceptor: impl AsyncInterceptor) -> Self {
+        self.interceptors
+            .push(AnyInterceptor::Async(Arc::new(interceptor)));
+        self
+    }
+
+    /// The compression algorithms the channel can use and accepts. Default: gzip, deflate.
+    pub fn compression_registry(mut self, registry: CompressionRegistry) -> Self {
+        self.compression = registry;
+        self
+    }
+
+    /// Compresses request messages with this `grpc-encoding` (e.g. `"gzip"`). Default: none.
+    pub fn send_compression(mut self, encoding: &'static str) -> Self {
+        self.send_compression = Some(encoding);
+        self
+    }
+
+    /// The largest response message accepted, after decompression. Default 4 MiB; larger
+    /// messages fail the call with `RESOURCE_EXHAUSTED`.
+    pub fn max_recv_message_size(mut self, bytes: usize) -> Self {
+        self.max_recv_message_size = bytes;
+        self
+    }
+
+    /// The largest request message sent. Default: unlimited (4 GiB − 1, the wire's limit).
+    pub fn max_send_message_size(mut self, bytes: usize) -> Self {
+        self.max_send_message_size = bytes;
+        self
+    }
+
+    /// The largest header list (metadata included) accepted from the server, advertised as
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, and the most request metadata sent. Default 16 KiB.
+    pub fn max_header_list_size(mut self, bytes: usize) -> Self {
+        self.max_header_list_size = bytes;
+        self.settings.max_header_list_size = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// HTTP/2 initial stream flow-control window. Default 1 MiB.
+    pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
+        self.settings.initial_stream_window_size = bytes;
+        self
+    }
+
+    /// HTTP/2 initial connection flow-control window. Default 2 MiB.
+    pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
+        self.settings.initial_connection_window_size = bytes;
+        self
+    }
+
+    /// Connection backoff (`doc/connection-backoff.md`). Default: 1 s initial, ×1.6, ±20%
+    /// jitter, 120 s max, 20 s minimum connect timeout.
+    pub fn connect_backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.settings.backoff = backoff;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on connections. Default: on.
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.settings.tcp_nodelay = on;
+        self
+    }
+
+    /// Connects with TLS (scheme `https`, ALPN `h2`).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::tls::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Builds the channel without connecting; the first call connects.
+    ///
+    /// A malformed target or a bad setting is `INVALID_ARGUMENT`.
+    pub fn connect_lazy(self) -> Result<Channel, Status> {
+        let runtime = match self.runtime {
+            Some(rt) => rt,
+            None => anygrpc_rt::default_runtime().ok_or_else(|| {
+                Status::failed_precondition(
+                    "no runtime: enable the `async-io` or `tokio` feature, or pass one with ChannelBuilder::runtime",
+                )
+            })?,
+        };
+        let (target, builder) = self.registry.parse_target(&self.target)?;
+        let authority_text = self
+            .authority
+            .unwrap_or_else(|| builder.default_authority(&target));
+        let authority = Authority::try_from(authority_text.as_str()).map_err(|e| {
+            Status::invalid_argument(format!("invalid authority {authority_text:?}: {e}"))
+        })?;
+        let resolver = builder.build(&target, runtime.clone())?;
+        if let Some(encoding) = self.send_compression {
+            if self.compression.get(encoding).is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "send compression {encoding:?} is not in the compression registry"
+                )));
+            }
+        }
+        let user_agent = match &self.user_agent {
+            None => headers::default_user_agent(),
+            Some(prefix) => HeaderValue::from_str(&format!(
+                "{prefix} {}",
+                headers::default_user_agent().to_str().unwrap_or_default()
+            ))
+            .map_err(|_| Status::invalid_argument("user agent must be visible ASCII"))?,
+        };
+        #[allow(unused_mut)]
+        let mut settings = self.settings;
+        #[allow(unused_mut)]
+        let mut scheme = Scheme::HTTP;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            settings.tls = Some(tls.connector(host)?);
+            scheme = Scheme::HTTPS;
+        }
+        Ok(Channel {
+            inner: Arc::new(ChannelInner {
+                target: self.target,
+                scheme,
+                authority,
+                user_agent,
+                interceptors: self.interceptors,
+                compression: self.compression,
+                send_compression: self.send_compression,
+                max_recv_message_size: self.max_recv_message_size,
+                max_send_message_size: self.max_send_message_size,
+                max_header_list_size: self.max_header_list_size,
+                connection: Arc::new(Connection::new(runtime, settings, resolver)),
+            }),
+        })
+    }
+
+    /// Builds the channel and connects; fails with the connection error (`UNAVAILABLE`) if the
+    /// first attempt fails.
+    pub async fn connect(self) -> Result<Channel, Status> {
+        let channel = self.connect_lazy()?;
+        channel.inner.connection.get().await?;
+        Ok(channel)
+    }
+}
+
+struct ChannelInner {
+    target: String,
+    scheme: Scheme,
+    authority: Authority,
+    user_agent: HeaderValue,
+    interceptors: Vec<AnyInterceptor>,
+    compression: CompressionRegistry,
+    send_compression: Option<&'static str>,
+    max_recv_message_size: usize,
+    max_send_message_size: usize,
+    max_header_list_size: usize,
+    connection: Arc<Connection>,
+}
+
+/// A client connection to a gRPC target: cheap to clone, safe to share, and usable from any
+/// executor.
+///
+/// It connects on first use (or at [`ChannelBuilder::connect`]), multiplexes every call over
+/// one HTTP/2 connection, and reconnects with backoff when the connection fails.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<ChannelInner>,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("target", &self.inner.target)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Channel {
+    /// Starts building a channel to `target`: `host:port`, `dns:///host:port`,
+    /// `unix:/path`, `unix:///abs/path`, `ipv4:a:p,...`, `ipv6:[a]:p,...`.
+    pub fn builder(target: &str) -> ChannelBuilder {
+        ChannelBuilder::new(target)
+    }
+
+    /// The connectivity state of the channel's connection.
+    pub fn state(&self) -> ConnectivityState {
+        self.inner.connection.state()
+    }
+
+    /// The target the channel was built with.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+}
+
+/// Per-client call options layered on a [`Channel`]: what generated clients hold.
+#[derive(Debug, Clone)]
+pub struct Grpc {
+    channel: Channel,
+    send_compression: Option<&'static str>,
+    max_recv_message_size: Option<usize>,
+    max_send_message_size: Option<usize>,
+}
+
+/// The pieces of a started call.
+struct Started {
+    send: h2::SendStream<Bytes>,
+    response: h2::client::ResponseFuture,
+    deadline: Option<Instant>,
+    encoder: Encoder,
+    compress: bool,
+}
+
+impl Grpc {
+    /// Call options over `channel`, initially the channel's.
+    pub fn new(channel: Channel) -> Grpc {
+        Grpc {
+            channel,
+            send_compression: None,
+            max_recv_message_size: None,
+            max_send_message_size: None,
+        }
+    }
+
+    /// Compresses request messages with `encoding` (overrides the channel's setting).
+    pub fn send_compression(mut self, encoding: &'static str) -> Self {
+        self.send_compression = Some(encoding);
+        self
+    }
+
+    /// Limits response messages to `bytes` (overrides the channel's setting).
+    pub fn max_recv_message_size(mut self, bytes: usize) -> Self {
+        self.max_recv_message_size = Some(bytes);
+        self
+    }
+
+    /// Limits request messages to `bytes` (overrides the channel's setting).
+    pub fn max_send_message_size(mut self, bytes: usize) -> Self {
+        self.max_send_message_size = Some(bytes);
+        self
+    }
+
+    fn runtime(&self) -> &Arc<dyn Runtime> {
+        self.channel.inner.connection.runtime()
+    }
+
+    /// Runs interceptors, opens the HTTP/2 stream and sends the request headers.
+    async fn start(
+        &self,
+        path: PathAndQuery,
+        metadata: MetadataMap,
+        timeout: Option<Duration>,
+    ) -> Result<Started, Status> {
+        let inner = &self.channel.inner;
+        let runtime = self.runtime();
+        let deadline = timeout.map(|t| {
+            runtime
+                .now()
+                .checked_add(t)
+                .unwrap_or_else(|| runtime.now() + Duration::from_secs(100 * 365 * 24 * 3600))
+        });
+        let mut head = CallHead {
+            path: path.as_str().to_owned(),
+            metadata,
+            extensions: http::Extensions::new(),
+            deadline,
+            remote_addr: None,
+        };
+        if !inner.interceptors.is_empty() {
+            interceptor::run(&inner.interceptors, &mut head).await?;
+        }
+        if head.metadata.encoded_len() > inner.max_header_list_size {
+            return Err(Status::resource_exhausted(format!(
+                "request metadata of {} bytes exceeds the header list limit of {} bytes",
+                head.metadata.encoded_len(),
+                inner.max_header_list_size
+            )));
+        }
+        let encoding = self.send_compression.or(inner.send_compression);
+        let compressor = match encoding {
+            None => None,
+            Some(name) => Some(inner.compression.get(name).cloned().ok_or_else(|| {
+                Status::internal(format!("send compression {name:?} is not registered"))
+            })?),
+        };
+        let open = async {
+            let send_request = inner.connection.get().await?;
+            let mut send_request = send_request
+                .ready()
+                .await
+                .map_err(|e| crate::status_from_h2(&e, false))?;
+            let request = RequestHead {
+                scheme: inner.scheme.clone(),
+                authority: inner.authority.clone(),
+                path,
+                timeout: deadline.map(|d| d.saturating_duration_since(runtime.now())),
+                encoding,
+                accept_encoding: inner.compression.accept_encoding().clone(),
+                user_agent: inner.user_agent.clone(),
+                metadata: head.metadata,
+            }
+            .into_request()?;
+            send_request
+                .send_request(request, false)
+                .map_err(|e| crate::status_from_h2(&e, false))
+        };
+        let (response, send) =
+            with_deadline(&**runtime, deadline, open)
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded("deadline exceeded before the call started")
+                })??;
+        Ok(Started {
+            send,
+            response,
+            deadline,
+            encoder: Encoder::new(
+                compressor,
+                self.max_send_message_size
+                    .unwrap_or(inner.max_send_message_size),
+            ),
+            compress: encoding.is_some(),
+        })
+    }
+
+    /// Waits for the response headers and sets up the response stream.
+    async fn response<C: Codec>(
+        &self,
+        response: h2::client::ResponseFuture,
+        codec: C,
+        client: ClientSide,
+    ) -> Result<(MetadataMap, Streaming<C::Decode>), Status> {
+        let inner = &self.channel.inner;
+        let response = match response.await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(status) = client
+                    .local_error
+                    .as_ref()
+                    .and_then(|l| l.lock().ok()?.take())
+                {
+                    return Err(status);
+                }
+                let passed = client
+                    .deadline_at
+                    .is_some_and(|d| self.runtime().now() >= d);
+                return Err(crate::status_from_h2(&e, passed));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        if let Some(status) = headers::check_response(parts.status, &parts.headers)? {
+            if !status.is_ok() {
+                return Err(status);
+            }
+            // Trailers-only success: no messages.
+            let trailers = MetadataMap::from_header_map(parts.headers);
+            return Ok((MetadataMap::new(), Streaming::finished(codec, trailers)));
+        }
+        let compressor = inner
+            .compression
+            .resolve(parts.headers.get(GRPC_ENCODING))
+            .map_err(|name| {
+                Status::internal(format!(
+                "server sent messages with grpc-encoding {:?}, which this client does not support",
+                String::from_utf8_lossy(name)
+            ))
+            })?;
+        let metadata = MetadataMap::from_header_map(parts.headers);
+        let limit = self
+            .max_recv_message_size
+            .unwrap_or(inner.max_recv_message_size);
+        Ok((
+            metadata,
+            Streaming::new(body, codec, compressor, limit, Some(client)),
+        ))
+    }
+
+    fn client_side(&self, deadline: Option<Instant>) -> ClientSide {
+        ClientSide {
+            deadline: deadline.map(|d| self.runtime().sleep_until(d)),
+            deadline_at: deadline,
+            cancel_sender: None,
+            local_error: None,
+        }
+    }
+
+    /// A unary call: one request message, one response message.
+    pub async fn unary<C: Codec>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
+        request: Request<C::Encode>,
+    ) -> Result<Response<C::Decode>, Status> {
+        let timeout = request.timeout();
+        let (metadata, message) = split(request);
+        let mut call = self.start(path, metadata, timeout).await?;
+        let deadline = call.deadline;
+        let frame = call.encoder.encode(&codec, message, call.compress)?;
+        let exchange = async move {
+            // A send failure (stream reset, connection lost) also fails the response, which
+            // carries the status that explains it.
+            let _ = send_message(&mut call.send, frame, true).await;
+            let (metadata, streaming) = self
+                .response(call.response, codec, self.client_side(None))
+                .await?;
+            single_response(metadata, streaming).await
+        };
+        with_deadline(&**self.runtime(), deadline, exchange)
+            .await
+            .map_err(|_| Status::deadline_exceeded("deadline exceeded"))?
+    }
+
+    /// A server-streaming call: one request message, a stream of responses.
+    pub async fn server_streaming<C: Codec>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
+        request: Request<C::Encode>,
+    ) -> Result<Response<Streaming<C::Decode>>, Status> {
+        let timeout = request.timeout();
+        let (metadata, message) = split(request);
+        let mut call = self.start(path, metadata, timeout).await?;
+        let deadline = call.deadline;
+        let frame = call.encoder.encode(&codec, message, call.compress)?;
+        let client = self.client_side(deadline);
+        let exchange = async move {
+            // A send failure (stream reset, connection lost) also fails the response, which
+            // carries the status that explains it.
+            let _ = send_message(&mut call.send, frame, true).await;
+            self.response(call.response, codec, client).await
+        };
+        let (metadata, streaming) = with_deadline(&**self.runtime(), deadline, exchange)
+            .await
+            .map_err(|_| Status::deadline_exceeded("deadline exceeded"))??;
+        Ok(Response::from_parts(
+            metadata,
+            streaming,
+            MetadataMap::new(),
+        ))
+    }
+
+    /// A client-streaming call: a stream of requests, one response.
+    pub async fn client_streaming<C, S>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
+        request: Request<S>,
+    ) -> Result<Response<C::Decode>, Status>
+    where
+        C: Codec + Clone,
+        S: Stream<Item = C::Encode> + Send + 'static,
+    {
+        let timeout = request.timeout();
+        let (metadata, messages) = split(request);
+        let call = self.start(path, metadata, timeout).await?;
+        let deadline = call.deadline;
+        let client = self.spawn_sender(
+            call.send,
+            call.encoder,
+            call.compress,
+            codec.clone(),
+            messages,
+        );
+        let exchange = async move {
+            let (metadata, streaming) = self.response(call.response, codec, client).await?;
+            single_response(metadata, streaming).await
+        };
+        with_deadline(&**self.runtime(), deadline, exchange)
+            .await
+            .map_err(|_| Status::deadline_exceeded("deadline exceeded"))?
+    }
+
+    /// A bidirectional-streaming call: requests and responses flow independently.
+    pub async fn streaming<C, S>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
+        request: Request<S>,
+    ) -> Result<Response<Streaming<C::Decode>>, Status>
+    where
+        C: Codec + Clone,
+        S: Stream<Item = C::Encode> + Send + 'static,
+    {
+        let timeout = request.timeout();
+        let (metadata, messages) = split(request);
+        let call = self.start(path, metadata, timeout).await?;
+        let deadline = call.deadline;
+        let mut client = self.spawn_sender(
+            call.send,
+            call.encoder,
+            call.compress,
+            codec.clone(),
+            messages,
+        );
+        client.deadline = deadline.map(|d| self.runtime().sleep_until(d));
+        client.deadline_at = deadline;
+        let (metadata, streaming) = with_deadline(
+            &**self.runtime(),
+            deadline,
+            self.response(call.response, codec, client),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded("deadline exceeded"))??;
+        Ok(Response::from_parts(
+            metadata,
+            streaming,
+            MetadataMap::new(),
+        ))
+    }
+
+    /// Spawns the task that sends a request stream; it stops when the returned side's
+    /// cancel sender is dropped (the response ended or was dropped).
+    fn spawn_sender<C, S>(
+        &self,
+        mut send: h2::SendStream<Bytes>,
+        mut encoder: Encoder,
+        compress: bool,
+        codec: C,
+        messages: S,
+    ) -> ClientSide
+    where
+        C: Codec,
+        S: Stream<Item = C::Encode> + Send + 'static,
+    {
+        let (cancel_tx, cancel_rx) = futures_channel::oneshot::channel::<()>();
+        let local_error: LocalError = Arc::new(Mutex::new(None));
+        let error_slot = local_error.clone();
+        self.runtime().spawn(Box::pin(async move {
+            let work = async {
+                let mut messages = std::pin::pin!(messages);
+                while let Some(message) = messages.next().await {
+                    let frame = match encoder.encode(&codec, message, compress) {
+                        Ok(frame) => frame,
+                        Err(status) => {
+                            if let Ok(mut slot) = error_slot.lock() {
+                                *slot = Some(status);
+                            }
+                            send.send_reset(h2::Reason::CANCEL);
+                            return;
+                        }
+                    };
+                    if send_message(&mut send, frame, false).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = send.send_data(Bytes::new(), true);
+            };
+            let work = std::pin::pin!(work);
+            if let Either::Right(_) = futures_util::future::select(work, cancel_rx).await {
+                tracing::trace!("request stream stopped: call ended");
+            }
+        }));
+        ClientSide {
+            deadline: None,
+            deadline_at: None,
+            cancel_sender: Some(cancel_tx),
+            local_error: Some(local_error),
+        }
+    }
+}
+
+fn split<T>(request: Request<T>) -> (MetadataMap, T) {
+    let mut request = request;
+    let metadata = std::mem::take(request.metadata_mut());
+    (metadata, request.into_inner())
+}
+
+/// Reads exactly one message and the trailers.
+async fn single_response<T>(
+    metadata: MetadataMap,
+    mut streaming: Streaming<T>,
+) -> Result<Response<T>, Status> {
+    let message = streaming
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("server sent no response message for a unary response"))?;
+    if streaming.message().await?.is_some() {
+        return Err(Status::internal(
+            "server sent more than one response message for a unary response",
+        ));
+    }
+    let trailers = streaming.trailers().await?.unwrap_or_default();
+    Ok(Response::from_parts(metadata, message, trailers))
+}

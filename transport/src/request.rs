@@ -1,0 +1,275 @@
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+
+use crate::{rt::Address, MetadataMap};
+
+/// A call's request: a message (or a stream of them) plus metadata and call options.
+///
+/// On the client, set metadata and a timeout before sending. On the server, a handler reads
+/// the client's metadata, the call's deadline and the peer address here.
+#[derive(Debug)]
+pub struct Request<T> {
+    metadata: MetadataMap,
+    message: T,
+    extensions: http::Extensions,
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    remote_addr: Option<Address>,
+}
+
+impl<T> Request<T> {
+    /// A request with no metadata and no timeout.
+    pub fn new(message: T) -> Request<T> {
+        Request {
+            metadata: MetadataMap::new(),
+            message,
+            extensions: http::Extensions::new(),
+            timeout: None,
+            deadline: None,
+            remote_addr: None,
+        }
+    }
+
+    /// The custom metadata (sent as headers).
+    pub fn metadata(&self) -> &MetadataMap {
+        &self.metadata
+    }
+
+    /// Mutable custom metadata.
+    pub fn metadata_mut(&mut self) -> &mut MetadataMap {
+        &mut self.metadata
+    }
+
+    /// The message.
+    pub fn get_ref(&self) -> &T {
+        &self.message
+    }
+
+    /// The message, mutably.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.message
+    }
+
+    /// Takes the message.
+    pub fn into_inner(self) -> T {
+        self.message
+    }
+
+    /// Values that interceptors attach for handlers (server) or that travel with the call.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// Mutable extensions.
+    pub fn extensions_mut(&mut self) -> &mut http::Extensions {
+        &mut self.extensions
+    }
+
+    /// Client: fail the call with `DEADLINE_EXCEEDED` if it has not finished within `timeout`;
+    /// the server is told through `grpc-timeout`.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = Some(timeout);
+    }
+
+    /// The timeout set on this request (client side).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Server: the instant the call's deadline passes, from the client's `grpc-timeout`.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Server: the time left until the deadline (zero once it passed), to propagate to
+    /// downstream calls with [`set_timeout`](Self::set_timeout).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Server: the peer's address.
+    pub fn remote_addr(&self) -> Option<&Address> {
+        self.remote_addr.as_ref()
+    }
+
+    /// Replaces the message, keeping metadata and options.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Request<U> {
+        Request {
+            metadata: self.metadata,
+            message: f(self.message),
+            extensions: self.extensions,
+            timeout: self.timeout,
+            deadline: self.deadline,
+            remote_addr: self.remote_addr,
+        }
+    }
+
+    pub(crate) fn from_server_parts(
+        message: T,
+        metadata: MetadataMap,
+        extensions: http::Extensions,
+        deadline: Option<Instant>,
+        remote_addr: Option<Address>,
+    ) -> Request<T> {
+        Request {
+            metadata,
+            message,
+            extensions,
+            timeout: None,
+            deadline,
+            remote_addr,
+        }
+    }
+}
+
+/// A call's response: a message (or stream), plus headers and trailers metadata.
+#[derive(Debug)]
+pub struct Response<T> {
+    metadata: MetadataMap,
+    message: T,
+    trailers: MetadataMap,
+    extensions: http::Extensions,
+    compression: Option<&'static str>,
+}
+
+impl<T> Response<T> {
+    /// A response with no metadata.
+    pub fn new(message: T) -> Response<T> {
+        Response {
+            metadata: MetadataMap::new(),
+            message,
+            trailers: MetadataMap::new(),
+            extensions: http::Extensions::new(),
+            compression: None,
+        }
+    }
+
+    /// The header metadata.
+    pub fn metadata(&self) -> &MetadataMap {
+        &self.metadata
+    }
+
+    /// Mutable header metadata (server: sent with the response headers).
+    pub fn metadata_mut(&mut self) -> &mut MetadataMap {
+        &mut self.metadata
+    }
+
+    /// The trailing metadata: on the client, what the server sent after a unary or
+    /// client-streaming response (for streams, see [`Streaming::trailers`](crate::Streaming)); on
+    /// the server, what to send in the trailers of a successful call.
+    pub fn trailers(&self) -> &MetadataMap {
+        &self.trailers
+    }
+
+    /// Mutable trailing metadata.
+    pub fn trailers_mut(&mut self) -> &mut MetadataMap {
+        &mut self.trailers
+    }
+
+    /// Server: compress this call's response messages with `encoding` (e.g. `"gzip"`) if the
+    /// client accepts it; overrides the server's default.
+    pub fn set_compression(&mut self, encoding: Option<&'static str>) {
+        self.compression = encoding;
+    }
+
+    pub(crate) fn compression(&self) -> Option<&'static str> {
+        self.compression
+    }
+
+    /// The message.
+    pub fn get_ref(&self) -> &T {
+        &self.message
+    }
+
+    /// The message, mutably.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.message
+    }
+
+    /// Takes the message.
+    pub fn into_inner(self) -> T {
+        self.message
+    }
+
+    /// Extensions.
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.extensions
+    }
+
+    /// Splits into header metadata, message and trailers.
+    pub fn into_parts(self) -> (MetadataMap, T, MetadataMap) {
+        (self.metadata, self.message, self.trailers)
+    }
+
+    /// Builds a response from its parts.
+    pub fn from_parts(metadata: MetadataMap, message: T, trailers: MetadataMap) -> Response<T> {
+        Response {
+            metadata,
+            message,
+            trailers,
+            extensions: http::Extensions::new(),
+            compression: None,
+        }
+    }
+
+    /// Replaces the message, keeping metadata.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Response<U> {
+        Response {
+            metadata: self.metadata,
+            message: f(self.message),
+            trailers: self.trailers,
+            extensions: self.extensions,
+            compression: self.compression,
+        }
+    }
+}
+
+/// A message or a [`Request`] around one: what unary and server-streaming calls accept.
+pub trait IntoRequest<T> {
+    /// Wraps the value in a request if it is not one already.
+    fn into_request(self) -> Request<T>;
+}
+
+impl<T> IntoRequest<T> for T {
+    fn into_request(self) -> Request<T> {
+        Request::new(self)
+    }
+}
+
+impl<T> IntoRequest<T> for Request<T> {
+    fn into_request(self) -> Request<T> {
+        self
+    }
+}
+
+/// A stream of messages or a [`Request`] around one: what client-streaming and bidi calls
+/// accept.
+pub trait IntoStreamingRequest {
+    /// The stream.
+    type Stream: Stream<Item = Self::Message> + Send + 'static;
+    /// The message type.
+    type Message;
+
+    /// Wraps the stream in a request if it is not one already.
+    fn into_streaming_request(self) -> Request<Self::Stream>;
+}
+
+impl<S: Stream + Send + 'static> IntoStreamingRequest for S {
+    type Stream = S;
+    type Message = S::Item;
+
+    fn into_streaming_request(self) -> Request<S> {
+        Request::new(self)
+    }
+}
+
+impl<S: Stream + Send + 'static> IntoStreamingRequest for Request<S> {
+    type Stream = S;
+    type Message = S::Item;
+
+    fn into_streaming_request(self) -> Request<S> {
+        self
+    }
+}

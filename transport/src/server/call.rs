@@ -1,0 +1,422 @@
+//! One server call: header checks, routing, interceptors, and the driver that runs a handler
+//! against the client's cancellation and the deadline.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc, task::Poll, time::Instant};
+
+use anygrpc_codec::{
+    compression::{self, Compressor},
+    frame::Encoder,
+    headers::{self, Rejection, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
+    Codec,
+};
+use anygrpc_rt::{Address, Sleep};
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::future::poll_fn;
+use h2::{server::SendResponse, RecvStream, SendStream};
+use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
+
+use super::{split_path, ServerShared};
+use crate::{
+    interceptor::{self, CallHead},
+    send::send_message,
+    MetadataMap, Request, Response, ResponseStream, Status, Streaming,
+};
+
+/// A call routed to a [`Service`](super::Service), not yet handled.
+///
+/// Generated code hands it to one of [`unary`](Self::unary),
+/// [`server_streaming`](Self::server_streaming), [`client_streaming`](Self::client_streaming)
+/// or [`streaming`](Self::streaming) with the method's handler.
+pub struct ServerCall {
+    shared: Arc<ServerShared>,
+    body: RecvStream,
+    respond: SendResponse<Bytes>,
+    metadata: MetadataMap,
+    extensions: http::Extensions,
+    deadline: Option<Instant>,
+    remote_addr: Address,
+    decompressor: Option<Arc<dyn Compressor>>,
+    accept_encoding: Option<HeaderValue>,
+}
+
+impl fmt::Debug for ServerCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCall")
+            .field("remote_addr", &self.remote_addr)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a handler produced.
+enum Body<T> {
+    One(T),
+    Stream(ResponseStream<T>),
+}
+
+enum Outcome<T> {
+    Done(Result<T, Status>),
+    Cancelled,
+    DeadlineExceeded,
+}
+
+/// Handles one HTTP/2 stream from request head to routing.
+pub(super) async fn handle(
+    shared: Arc<ServerShared>,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    remote_addr: Address,
+    extensions: http::Extensions,
+) {
+    let (parts, body) = request.into_parts();
+    let info = match headers::validate_request(&parts.method, &parts.headers) {
+        Ok(info) => info,
+        Err(Rejection::Http(status, why)) => {
+            tracing::debug!(%status, why, "rejected a non-gRPC request");
+            let mut response = http::Response::new(());
+            *response.status_mut() = status;
+            let _ = respond.send_response(response, true);
+            return;
+        }
+        Err(Rejection::Grpc(status)) => return trailers_only(&mut respond, &status, None),
+    };
+    let Some((service_name, method)) = split_path(parts.uri.path()) else {
+        let status = Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
+        return trailers_only(&mut respond, &status, None);
+    };
+    let Some(service) = shared.services.get(service_name).cloned() else {
+        let status = Status::unimplemented(format!("unknown service {service_name}"));
+        return trailers_only(&mut respond, &status, None);
+    };
+    let decompressor = match shared.compression.resolve(parts.headers.get(GRPC_ENCODING)) {
+        Ok(d) => d,
+        Err(name) => {
+            let status = Status::unimplemented(format!(
+                "grpc-encoding {:?} is not supported",
+                String::from_utf8_lossy(name)
+            ));
+            let accept = shared.compression.accept_encoding().clone();
+            return trailers_only(&mut respond, &status, Some(accept));
+        }
+    };
+    let deadline = info.timeout.map(|t| {
+        let now = shared.runtime.now();
+        now.checked_add(t)
+            .unwrap_or(now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
+    });
+    let accept_encoding = parts.headers.get(GRPC_ACCEPT_ENCODING).cloned();
+    let mut head = CallHead {
+        path: parts.uri.path().to_owned(),
+        metadata: MetadataMap::from_header_map(parts.headers),
+        extensions,
+        deadline,
+        remote_addr: Some(remote_addr.clone()),
+    };
+    if !shared.interceptors.is_empty() {
+        if let Err(status) = interceptor::run(&shared.interceptors, &mut head).await {
+            return trailers_only(&mut respond, &status, None);
+        }
+    }
+    let call = ServerCall {
+        shared,
+        body,
+        respond,
+        metadata: head.metadata,
+        extensions: head.extensions,
+        deadline,
+        remote_addr,
+        decompressor,
+        accept_encoding,
+    };
+    let method = method.to_owned();
+    service.call(&method, call).await;
+}
+
+/// Ends a call with a status and no messages, in a single HEADERS frame.
+fn trailers_only(
+    respond: &mut SendResponse<Bytes>,
+    status: &Status,
+    accept_encoding: Option<HeaderValue>,
+) {
+    let mut response = http::Response::new(());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, headers::CONTENT_TYPE_GRPC);
+    if let Some(accept) = accept_encoding {
+        headers.insert(GRPC_ACCEPT_ENCODING, accept);
+    }
+    status.write_trailers(headers);
+    if let Err(err) = respond.send_response(response, true) {
+        tracing::debug!(error = %err, "could not send status");
+    }
+}
+
+/// What is left of a call once its request is handed to the handler.
+struct Responder {
+    shared: Arc<ServerShared>,
+    respond: SendResponse<Bytes>,
+    deadline: Option<Instant>,
+    accept_encoding: Option<HeaderValue>,
+}
+
+impl ServerCall {
+    /// Splits into the request (with its message stream) and what sends the response.
+    fn split<C: Codec>(self, codec: C) -> (Request<Streaming<C::Decode>>, Responder) {
+        let requests = Streaming::new(
+            self.body,
+            codec,
+            self.decompressor,
+            self.shared.max_recv_message_size,
+            None,
+        );
+        let request = Request::from_server_parts(
+            requests,
+            self.metadata,
+            self.extensions,
+            self.deadline,
+            Some(self.remote_addr),
+        );
+        let responder = Responder {
+            shared: self.shared,
+            respond: self.respond,
+            deadline: self.deadline,
+            accept_encoding: self.accept_encoding,
+        };
+        (request, responder)
+    }
+
+    /// Handles a unary method: reads the one request message, runs `handler`, sends its
+    /// response.
+    pub async fn unary<C, F, Fut>(self, codec: C, handler: F)
+    where
+        C: Codec + Clone,
+        F: FnOnce(Request<C::Decode>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send,
+    {
+        let (mut request, responder) = self.split(codec.clone());
+        let work = async move {
+            let message = single_request(request.get_mut()).await?;
+            handler(request.map(|_| message))
+                .await
+                .map(|r| r.map(Body::One))
+        };
+        responder.run(codec, work).await;
+    }
+
+    /// Handles a server-streaming method.
+    pub async fn server_streaming<C, F, Fut>(self, codec: C, handler: F)
+    where
+        C: Codec + Clone,
+        F: FnOnce(Request<C::Decode>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<ResponseStream<C::Encode>>, Status>> + Send,
+    {
+        let (mut request, responder) = self.split(codec.clone());
+        let work = async move {
+            let message = single_request(request.get_mut()).await?;
+            handler(request.map(|_| message))
+                .await
+                .map(|r| r.map(Body::Stream))
+        };
+        responder.run(codec, work).await;
+    }
+
+    /// Handles a client-streaming method.
+    pub async fn client_streaming<C, F, Fut>(self, codec: C, handler: F)
+    where
+        C: Codec + Clone,
+        F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send,
+    {
+        let (request, responder) = self.split(codec.clone());
+        let work = async move { handler(request).await.map(|r| r.map(Body::One)) };
+        responder.run(codec, work).await;
+    }
+
+    /// Handles a bidirectional-streaming method.
+    pub async fn streaming<C, F, Fut>(self, codec: C, handler: F)
+    where
+        C: Codec + Clone,
+        F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<ResponseStream<C::Encode>>, Status>> + Send,
+    {
+        let (request, responder) = self.split(codec.clone());
+        let work = async move { handler(request).await.map(|r| r.map(Body::Stream)) };
+        responder.run(codec, work).await;
+    }
+
+    /// Ends the call with `UNIMPLEMENTED` (an unknown method of a known service).
+    pub async fn unimplemented(mut self) {
+        let status = Status::unimplemented("method not found");
+        trailers_only(&mut self.respond, &status, None);
+    }
+}
+
+impl Responder {
+    /// Runs the handler, then sends the response, racing both against the client's
+    /// cancellation and the deadline. On cancellation the handler's future is dropped, which
+    /// is how the handler observes it.
+    async fn run<C, W>(self, codec: C, work: W)
+    where
+        C: Codec,
+        W: Future<Output = Result<Response<Body<C::Encode>>, Status>> + Send,
+    {
+        let Responder {
+            shared,
+            mut respond,
+            deadline,
+            accept_encoding,
+        } = self;
+        let mut sleep = deadline.map(|d| shared.runtime.sleep_until(d));
+        // The handler's future lives only in this block: once the call is cancelled or past
+        // its deadline, it is dropped.
+        let outcome = {
+            let mut work = std::pin::pin!(work);
+            poll_fn(|cx| {
+                if respond.poll_reset(cx).is_ready() {
+                    return Poll::Ready(Outcome::Cancelled);
+                }
+                if expired(&mut sleep, cx) {
+                    return Poll::Ready(Outcome::DeadlineExceeded);
+                }
+                work.as_mut().poll(cx).map(Outcome::Done)
+            })
+            .await
+        };
+        let response = match outcome {
+            Outcome::Cancelled => return,
+            Outcome::DeadlineExceeded => {
+                return trailers_only(
+                    &mut respond,
+                    &Status::deadline_exceeded("deadline exceeded"),
+                    None,
+                )
+            }
+            Outcome::Done(Err(status)) => return trailers_only(&mut respond, &status, None),
+            Outcome::Done(Ok(response)) => response,
+        };
+
+        let encoding = response
+            .compression()
+            .or(shared.send_compression)
+            .filter(|name| compression::accepts(accept_encoding.as_ref(), name));
+        let compressor = encoding.and_then(|name| shared.compression.get(name).cloned());
+        let (metadata, body, trailers) = response.into_parts();
+        let mut head = http::Response::new(());
+        let headers = head.headers_mut();
+        *headers = metadata.into_headers();
+        headers.insert(CONTENT_TYPE, headers::CONTENT_TYPE_GRPC);
+        if let Some(compressor) = &compressor {
+            headers.insert(GRPC_ENCODING, HeaderValue::from_static(compressor.name()));
+        }
+        headers.insert(
+            GRPC_ACCEPT_ENCODING,
+            shared.compression.accept_encoding().clone(),
+        );
+        *head.status_mut() = StatusCode::OK;
+        let mut send = match respond.send_response(head, false) {
+            Ok(send) => send,
+            Err(err) => {
+                tracing::debug!(error = %err, "could not send response headers");
+                return;
+            }
+        };
+        let compress = compressor.is_some();
+        let mut encoder = Encoder::new(compressor, shared.max_send_message_size);
+        let status = match body {
+            Body::One(message) => match encoder.encode(&codec, message, compress) {
+                Ok(frame) => match send_before(&mut sleep, &mut send, frame).await {
+                    Ok(()) => Status::ok(""),
+                    Err(outcome) => return finish(&mut send, outcome),
+                },
+                Err(status) => status,
+            },
+            Body::Stream(mut messages) => loop {
+                let next = poll_fn(|cx| {
+                    if send.poll_reset(cx).is_ready() {
+                        return Poll::Ready(Outcome::Cancelled);
+                    }
+                    if expired(&mut sleep, cx) {
+                        return Poll::Ready(Outcome::DeadlineExceeded);
+                    }
+                    Pin::new(&mut messages)
+                        .poll_next(cx)
+                        .map(|m| Outcome::Done(m.transpose()))
+                })
+                .await;
+                match next {
+                    Outcome::Done(Ok(Some(message))) => match encoder
+                        .encode(&codec, message, compress)
+                    {
+                        Ok(frame) => {
+                            if let Err(outcome) = send_before(&mut sleep, &mut send, frame).await {
+                                return finish(&mut send, outcome);
+                            }
+                        }
+                        Err(status) => break status,
+                    },
+                    Outcome::Done(Ok(None)) => break Status::ok(""),
+                    Outcome::Done(Err(status)) => break status,
+                    other => return finish(&mut send, other),
+                }
+            },
+        };
+        let mut trailer_map = if status.is_ok() {
+            trailers.into_headers()
+        } else {
+            HeaderMap::new()
+        };
+        status.write_trailers(&mut trailer_map);
+        if let Err(err) = send.send_trailers(trailer_map) {
+            tracing::debug!(error = %err, "could not send trailers");
+        }
+    }
+}
+
+fn expired(sleep: &mut Option<Pin<Box<dyn Sleep>>>, cx: &mut std::task::Context<'_>) -> bool {
+    sleep
+        .as_mut()
+        .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+}
+
+/// Sends one message, giving up at the deadline or when the client cancels.
+async fn send_before(
+    sleep: &mut Option<Pin<Box<dyn Sleep>>>,
+    send: &mut SendStream<Bytes>,
+    frame: Bytes,
+) -> Result<(), Outcome<()>> {
+    let sending = std::pin::pin!(send_message(send, frame, false));
+    let mut sending = sending;
+    poll_fn(|cx| {
+        if expired(sleep, cx) {
+            return Poll::Ready(Err(Outcome::DeadlineExceeded));
+        }
+        sending.as_mut().poll(cx).map_err(|_| Outcome::Cancelled)
+    })
+    .await
+}
+
+/// Ends a call whose response was under way: on deadline, the status goes in the trailers; on
+/// cancellation there is nobody to tell.
+fn finish<T>(send: &mut SendStream<Bytes>, outcome: Outcome<T>) {
+    if let Outcome::DeadlineExceeded = outcome {
+        let mut trailers = HeaderMap::new();
+        Status::deadline_exceeded("deadline exceeded").write_trailers(&mut trailers);
+        if send.send_trailers(trailers).is_err() {
+            send.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}
+
+/// Reads the single request message of a unary or server-streaming call.
+async fn single_request<T>(requests: &mut Streaming<T>) -> Result<T, Status> {
+    let message = requests
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("request stream ended without a message"))?;
+    if requests.message().await?.is_some() {
+        return Err(Status::internal(
+            "more than one request message for a unary request",
+        ));
+    }
+    Ok(message)
+}
