@@ -32,6 +32,13 @@ mod async_io_rt;
 #[cfg(feature = "async-io")]
 pub use async_io_rt::AsyncIoRuntime;
 
+/// Runs a future to completion on the current thread: the blocking entry point for programs
+/// with no executor (the default runtime's sockets and timers need none).
+#[cfg(feature = "async-io")]
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    async_io::block_on(future)
+}
+
 #[cfg(feature = "tokio")]
 mod tokio_rt;
 #[cfg(feature = "tokio")]
@@ -59,6 +66,19 @@ pub enum Address {
     Tcp(SocketAddr),
     /// A Unix-domain socket path (empty for an unnamed peer).
     Unix(PathBuf),
+}
+
+impl From<SocketAddr> for Address {
+    fn from(addr: SocketAddr) -> Address {
+        Address::Tcp(addr)
+    }
+}
+
+impl Address {
+    /// A Unix-domain socket path.
+    pub fn unix(path: impl Into<PathBuf>) -> Address {
+        Address::Unix(path.into())
+    }
 }
 
 impl fmt::Display for Address {

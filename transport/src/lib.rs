@@ -47,7 +47,7 @@ pub mod metadata {
 /// The runtime layer: the [`Runtime`](rt::Runtime) trait and the runtimes that ship.
 pub mod rt {
     #[cfg(feature = "async-io")]
-    pub use anygrpc_rt::AsyncIoRuntime;
+    pub use anygrpc_rt::{block_on, AsyncIoRuntime};
     #[cfg(feature = "tokio")]
     pub use anygrpc_rt::TokioRuntime;
     pub use anygrpc_rt::{
