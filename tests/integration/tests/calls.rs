@@ -1,0 +1,256 @@
+//! All four call types, metadata both ways, error statuses, interceptors, the generic API.
+
+use anygrpc::{
+    client::Grpc, interceptor::CallHead, rt::block_on, BytesCodec, Code, MetadataMap, Request, Status,
+};
+use anygrpc_integration_tests::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+fn payload(body: &[u8]) -> Payload {
+    Payload {
+        body: body.to_vec(),
+        ..Payload::default()
+    }
+}
+
+#[test]
+fn unary_with_metadata_both_ways() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let mut request = Request::new(payload(b"hi"));
+        let md = request.metadata_mut();
+        md.insert("x-echo-text", "some text").unwrap();
+        md.insert_bin("x-echo-blob-bin", &[0, 1, 2, 255]).unwrap();
+        md.insert("x-echo-trailer-t", "trailing").unwrap();
+        md.insert_bin("x-echo-trailer-b-bin", b"\xfe\xff").unwrap();
+        md.insert("x-not-echoed", "no").unwrap();
+        let response = client.unary(request).await.unwrap();
+        assert_eq!(response.get_ref().body, b"hi");
+        assert_eq!(response.metadata().get("x-echo-text"), Some("some text"));
+        assert_eq!(response.metadata().get_bin("x-echo-blob-bin").unwrap().unwrap(), vec![0, 1, 2, 255]);
+        assert!(response.metadata().get("x-not-echoed").is_none());
+        assert_eq!(response.trailers().get("x-echo-trailer-t"), Some("trailing"));
+        assert_eq!(response.trailers().get_bin("x-echo-trailer-b-bin").unwrap().unwrap(), b"\xfe\xff");
+        assert!(response.trailers().get("grpc-status").is_none(), "protocol headers stay out of metadata");
+    });
+}
+
+#[test]
+fn server_streaming_delivers_every_message_in_order() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let mut request = Request::new(Payload {
+            count: 200,
+            response_size: 3000,
+            ..Payload::default()
+        });
+        request.metadata_mut().insert("x-echo-trailer-done", "yes").unwrap();
+        let mut stream = client.server_stream(request).await.unwrap().into_inner();
+        let mut n = 0;
+        while let Some(message) = stream.message().await.unwrap() {
+            assert_eq!(message.count, n);
+            assert_eq!(message.body, vec![n as u8; 3000]);
+            n += 1;
+        }
+        assert_eq!(n, 200);
+        let trailers = stream.trailers().await.unwrap().unwrap();
+        assert_eq!(trailers.get("x-echo-trailer-done"), Some("yes"));
+    });
+}
+
+#[test]
+fn server_streaming_with_no_messages() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let mut stream = client.server_stream(Payload::default()).await.unwrap().into_inner();
+        assert!(stream.message().await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn client_streaming_aggregates() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let messages = (0..50).map(|i| payload(&vec![1; i]));
+        let response = client.client_stream(futures_util::stream::iter(messages)).await.unwrap();
+        assert_eq!(response.get_ref().count, 50);
+        assert_eq!(response.get_ref().response_size, (0..50).sum::<u32>());
+        let empty = client.client_stream(futures_util::stream::iter(Vec::<Payload>::new())).await.unwrap();
+        assert_eq!(empty.get_ref().count, 0);
+    });
+}
+
+#[test]
+fn bidi_ping_pong() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let (tx, rx) = futures_channel::mpsc::unbounded();
+        let mut replies = client.bidi(rx).await.unwrap().into_inner();
+        for i in 0..20u8 {
+            tx.unbounded_send(payload(&[i])).unwrap();
+            assert_eq!(replies.message().await.unwrap().unwrap().body, vec![i]);
+        }
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn error_status_carries_message_details_and_metadata() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let message = "not found: ünïcödé 100% \r\n\t";
+        let err = client
+            .unary(Payload {
+                status_code: Code::NotFound as i32,
+                status_message: message.into(),
+                body: b"\x08\x05details".to_vec(),
+                ..Payload::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(err.message(), message);
+        assert_eq!(&err.details()[..], b"\x08\x05details");
+        assert_eq!(err.metadata().get("x-error-md"), Some("error-value"));
+
+        let err = client
+            .server_stream(Payload {
+                status_code: Code::PermissionDenied as i32,
+                ..Payload::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+    });
+}
+
+#[test]
+fn error_after_messages_in_a_stream() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let requests = vec![
+            payload(b"ok"),
+            Payload {
+                status_code: Code::Aborted as i32,
+                status_message: "stop".into(),
+                ..Payload::default()
+            },
+        ];
+        let mut replies = client.bidi(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+        assert_eq!(replies.message().await.unwrap().unwrap().body, b"ok");
+        let err = replies.message().await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::Aborted, "stop"));
+        assert!(replies.next().await.is_none(), "the stream ends after its error");
+    });
+}
+
+#[test]
+fn generic_calls_need_no_generated_code() {
+    let server = start();
+    let grpc = Grpc::new(server.channel());
+    block_on(async {
+        let body = Bytes::from(encode(&payload(b"raw")));
+        let path = http::uri::PathAndQuery::from_static("/anygrpc.test.Test/Unary");
+        let response = grpc.unary(path, BytesCodec, Request::new(body)).await.unwrap();
+        let decoded: Payload = prost::Message::decode(response.into_inner()).unwrap();
+        assert_eq!(decoded.body, b"raw");
+
+        let missing_method = http::uri::PathAndQuery::from_static("/anygrpc.test.Test/Nope");
+        let err = grpc.unary(missing_method, BytesCodec, Request::new(Bytes::new())).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        let missing_service = http::uri::PathAndQuery::from_static("/no.Such/Method");
+        let err = grpc.unary(missing_service, BytesCodec, Request::new(Bytes::new())).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+    });
+}
+
+#[test]
+fn ten_mib_messages_with_raised_limits() {
+    let size = 10 << 20;
+    let server = start_with(|s| s.max_recv_message_size(size + 100));
+    let client = server.client().max_decoding_message_size(size + 100);
+    block_on(async {
+        let mut request = Request::new(Payload {
+            body: vec![7; size],
+            response_size: size as u32,
+            ..Payload::default()
+        });
+        request.set_timeout(std::time::Duration::from_secs(60));
+        let response = client.unary(request).await.unwrap();
+        assert_eq!(response.get_ref().body.len(), size);
+    });
+}
+
+#[test]
+fn many_concurrent_calls_share_one_connection() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let calls = (0..300u32).map(|i| {
+            let client = client.clone();
+            async move {
+                let reply = client.unary(payload(&i.to_be_bytes())).await.unwrap();
+                assert_eq!(reply.get_ref().body, i.to_be_bytes());
+            }
+        });
+        futures_util::future::join_all(calls).await;
+    });
+}
+
+struct AddHeader;
+
+impl anygrpc::interceptor::AsyncInterceptor for AddHeader {
+    fn intercept<'a>(&'a self, call: &'a mut CallHead) -> futures_util::future::BoxFuture<'a, Result<(), Status>> {
+        Box::pin(async move {
+            call.metadata_mut().insert("x-echo-async", "added").map_err(Status::from)
+        })
+    }
+}
+
+#[test]
+fn client_and_server_interceptors_sync_and_async() {
+    let server = start_with(|s| {
+        s.interceptor(|call: &mut CallHead| match call.metadata().get("authorization") {
+            Some("Bearer good") => Ok(()),
+            _ => Err(Status::unauthenticated("missing or bad token")),
+        })
+    });
+    let authorized = anygrpc::Channel::builder(&server.target())
+        .interceptor(|call: &mut CallHead| {
+            call.metadata_mut().insert("authorization", "Bearer good").map_err(Status::from)
+        })
+        .async_interceptor(AddHeader)
+        .connect_lazy()
+        .unwrap();
+    block_on(async {
+        let response = TestClient::new(authorized).unary(payload(b"x")).await.unwrap();
+        assert_eq!(response.metadata().get("x-echo-async"), Some("added"));
+        let err = server.client().unary(payload(b"x")).await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::Unauthenticated, "missing or bad token"));
+    });
+    let rejecting = anygrpc::Channel::builder(&server.target())
+        .interceptor(|_: &mut CallHead| Err(Status::cancelled("client says no")))
+        .connect_lazy()
+        .unwrap();
+    let err = block_on(TestClient::new(rejecting).unary(payload(b"x"))).unwrap_err();
+    assert_eq!(err.code(), Code::Cancelled);
+}
+
+#[test]
+fn metadata_keys_are_validated() {
+    let mut md = MetadataMap::new();
+    assert!(md.insert("Upper", "v").is_err());
+    assert!(md.insert("bad key", "v").is_err());
+    assert!(md.insert("grpc-custom", "v").is_err());
+    assert!(md.insert("x-ok", "line\nbreak").is_err());
+    assert!(md.insert_bin("x-bin-without-suffix", b"v").is_err());
+}
