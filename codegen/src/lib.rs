@@ -24,7 +24,10 @@ use std::{
 use prost::Message as _;
 
 /// Compiles protos with default settings: messages, clients and servers, into `OUT_DIR`.
-pub fn compile_protos(protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>]) -> io::Result<()> {
+pub fn compile_protos(
+    protos: &[impl AsRef<Path>],
+    includes: &[impl AsRef<Path>],
+) -> io::Result<()> {
     configure().compile(protos, includes)
 }
 
@@ -81,11 +84,20 @@ impl Builder {
     }
 
     /// Parses the protos and writes one Rust file per package.
-    pub fn compile(mut self, protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>]) -> io::Result<()> {
-        for path in protos.iter().map(AsRef::as_ref).chain(includes.iter().map(AsRef::as_ref)) {
+    pub fn compile(
+        mut self,
+        protos: &[impl AsRef<Path>],
+        includes: &[impl AsRef<Path>],
+    ) -> io::Result<()> {
+        for path in protos
+            .iter()
+            .map(AsRef::as_ref)
+            .chain(includes.iter().map(AsRef::as_ref))
+        {
             println!("cargo:rerun-if-changed={}", path.display());
         }
-        let fds = protox::compile(protos, includes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let fds = protox::compile(protos, includes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         if let Some(path) = &self.file_descriptor_set_path {
             std::fs::write(path, fds.encode_to_vec())?;
         }
@@ -123,7 +135,8 @@ fn snake_case(name: &str) -> String {
     let mut out = String::new();
     for (i, c) in chars.iter().enumerate() {
         if c.is_uppercase() {
-            let prev_lower = i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
             let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
             if i > 0 && (prev_lower || (chars[i - 1].is_uppercase() && next_lower)) {
                 out.push('_');
@@ -206,7 +219,12 @@ pub mod {module} {{
         let _ = writeln!(buf);
         doc(buf, "        ", &method.comments);
         let (param, ret, call, into) = match (method.client_streaming, method.server_streaming) {
-            (false, false) => (format!("impl IntoRequest<{input}>"), output.clone(), "unary", "into_request"),
+            (false, false) => (
+                format!("impl IntoRequest<{input}>"),
+                output.clone(),
+                "unary",
+                "into_request",
+            ),
             (false, true) => (
                 format!("impl IntoRequest<{input}>"),
                 format!("Streaming<{output}>"),

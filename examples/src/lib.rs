@@ -20,7 +20,10 @@ use echo::{EchoRequest, EchoResponse};
 pub struct EchoService;
 
 impl echo::echo_server::Echo for EchoService {
-    async fn unary_echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+    async fn unary_echo(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<EchoResponse>, Status> {
         let message = request.into_inner().message;
         Ok(Response::new(EchoResponse { message }))
     }
@@ -30,7 +33,11 @@ impl echo::echo_server::Echo for EchoService {
         request: Request<EchoRequest>,
     ) -> Result<Response<ResponseStream<EchoResponse>>, Status> {
         let EchoRequest { message, repeat } = request.into_inner();
-        let replies = (0..repeat).map(move |i| Ok(EchoResponse { message: format!("{message} #{i}") }));
+        let replies = (0..repeat).map(move |i| {
+            Ok(EchoResponse {
+                message: format!("{message} #{i}"),
+            })
+        });
         Ok(Response::new(Box::pin(futures_util::stream::iter(replies))))
     }
 
@@ -43,7 +50,9 @@ impl echo::echo_server::Echo for EchoService {
         while let Some(request) = requests.message().await? {
             parts.push(request.message);
         }
-        Ok(Response::new(EchoResponse { message: parts.join(" ") }))
+        Ok(Response::new(EchoResponse {
+            message: parts.join(" "),
+        }))
     }
 
     async fn bidirectional_streaming_echo(
@@ -59,10 +68,15 @@ impl echo::echo_server::Echo for EchoService {
 
 /// Starts an echo server on an ephemeral localhost port, on the default runtime; returns its
 /// address and a sender that shuts it down.
-pub fn start_echo_server() -> std::io::Result<(std::net::SocketAddr, futures_channel::oneshot::Sender<()>)> {
+pub fn start_echo_server(
+) -> std::io::Result<(std::net::SocketAddr, futures_channel::oneshot::Sender<()>)> {
     let server = anygrpc::Server::builder()
         .add_service(echo::echo_server::EchoServer::new(EchoService))
-        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().expect("valid address"))?;
+        .bind(
+            "127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .expect("valid address"),
+        )?;
     let addr = match server.local_addr()? {
         anygrpc::rt::Address::Tcp(addr) => addr,
         other => return Err(std::io::Error::other(format!("unexpected address {other}"))),
@@ -81,27 +95,41 @@ pub async fn run_echo_client(channel: anygrpc::Channel) -> Result<(), Status> {
     let client = echo::echo_client::EchoClient::new(channel);
 
     let reply = client
-        .unary_echo(EchoRequest { message: "hello".into(), repeat: 0 })
+        .unary_echo(EchoRequest {
+            message: "hello".into(),
+            repeat: 0,
+        })
         .await?;
     println!("unary: {}", reply.get_ref().message);
 
     let mut stream = client
-        .server_streaming_echo(EchoRequest { message: "tick".into(), repeat: 3 })
+        .server_streaming_echo(EchoRequest {
+            message: "tick".into(),
+            repeat: 3,
+        })
         .await?
         .into_inner();
     while let Some(reply) = stream.message().await? {
         println!("server streaming: {}", reply.message);
     }
 
-    let words = ["one", "two", "three"].map(|w| EchoRequest { message: w.into(), repeat: 0 });
-    let reply = client.client_streaming_echo(futures_util::stream::iter(words)).await?;
+    let words = ["one", "two", "three"].map(|w| EchoRequest {
+        message: w.into(),
+        repeat: 0,
+    });
+    let reply = client
+        .client_streaming_echo(futures_util::stream::iter(words))
+        .await?;
     println!("client streaming: {}", reply.get_ref().message);
 
     let (tx, rx) = futures_channel::mpsc::unbounded();
     let mut replies = client.bidirectional_streaming_echo(rx).await?.into_inner();
     for word in ["ping", "pong"] {
-        tx.unbounded_send(EchoRequest { message: word.into(), repeat: 0 })
-            .map_err(|_| Status::internal("request stream closed"))?;
+        tx.unbounded_send(EchoRequest {
+            message: word.into(),
+            repeat: 0,
+        })
+        .map_err(|_| Status::internal("request stream closed"))?;
         let reply = replies
             .message()
             .await?

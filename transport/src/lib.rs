@@ -46,10 +46,10 @@ pub mod metadata {
 
 /// The runtime layer: the [`Runtime`](rt::Runtime) trait and the runtimes that ship.
 pub mod rt {
-    #[cfg(feature = "async-io")]
-    pub use anygrpc_rt::{block_on, AsyncIoRuntime};
     #[cfg(feature = "tokio")]
     pub use anygrpc_rt::TokioRuntime;
+    #[cfg(feature = "async-io")]
+    pub use anygrpc_rt::{block_on, AsyncIoRuntime};
     pub use anygrpc_rt::{
         default_runtime, Address, BoxFuture, BoxIo, Io, Listener, Runtime, Sleep, TcpOptions,
     };

@@ -7,7 +7,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let channel = anygrpc::Channel::builder(&addr.to_string()).connect_lazy()?;
     let client = EchoClient::new(channel);
     for word in ["alpha", "beta"] {
-        let request = EchoRequest { message: word.into(), repeat: 0 };
+        let request = EchoRequest {
+            message: word.into(),
+            repeat: 0,
+        };
         let reply = anygrpc::rt::block_on(client.unary_echo(request))?;
         println!("blocking unary: {}", reply.into_inner().message);
     }

@@ -5,9 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     smol::block_on(async {
         let channel = anygrpc::Channel::builder(&addr.to_string())
             // Run anygrpc's background tasks on smol's executor too.
-            .runtime(std::sync::Arc::new(anygrpc::rt::AsyncIoRuntime::with_spawner(|task| {
-                smol::spawn(task).detach()
-            })))
+            .runtime(std::sync::Arc::new(
+                anygrpc::rt::AsyncIoRuntime::with_spawner(|task| smol::spawn(task).detach()),
+            ))
             .connect()
             .await?;
         anygrpc_examples::run_echo_client(channel).await

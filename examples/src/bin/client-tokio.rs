@@ -6,7 +6,9 @@ use std::sync::Arc;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (addr, stop) = anygrpc_examples::start_echo_server()?;
     let channel = anygrpc::Channel::builder(&addr.to_string())
-        .runtime(Arc::new(anygrpc::rt::TokioRuntime::try_current().ok_or("no tokio runtime")?))
+        .runtime(Arc::new(
+            anygrpc::rt::TokioRuntime::try_current().ok_or("no tokio runtime")?,
+        ))
         .connect()
         .await?;
     anygrpc_examples::run_echo_client(channel).await?;

@@ -5,7 +5,8 @@ use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use anygrpc::{Request, Response, ResponseStream, Status, Streaming};
 use anygrpc_examples::routeguide::{
-    route_guide_client::RouteGuideClient, route_guide_server, Feature, Point, Rectangle, RouteNote, RouteSummary,
+    route_guide_client::RouteGuideClient, route_guide_server, Feature, Point, Rectangle, RouteNote,
+    RouteSummary,
 };
 use futures_util::StreamExt;
 
@@ -29,7 +30,10 @@ fn features() -> Vec<Feature> {
 
 fn in_range(point: &Point, rect: &Rectangle) -> bool {
     let (lo, hi) = (rect.lo.unwrap_or_default(), rect.hi.unwrap_or_default());
-    let (left, right) = (lo.longitude.min(hi.longitude), lo.longitude.max(hi.longitude));
+    let (left, right) = (
+        lo.longitude.min(hi.longitude),
+        lo.longitude.max(hi.longitude),
+    );
     let (bottom, top) = (lo.latitude.min(hi.latitude), lo.latitude.max(hi.latitude));
     (left..=right).contains(&point.longitude) && (bottom..=top).contains(&point.latitude)
 }
@@ -38,9 +42,16 @@ fn in_range(point: &Point, rect: &Rectangle) -> bool {
 fn distance(a: &Point, b: &Point) -> i32 {
     const E7: f64 = 1e7;
     const EARTH_RADIUS_M: f64 = 6_371_000.0;
-    let (lat1, lat2) = ((a.latitude as f64 / E7).to_radians(), (b.latitude as f64 / E7).to_radians());
-    let (lng1, lng2) = ((a.longitude as f64 / E7).to_radians(), (b.longitude as f64 / E7).to_radians());
-    let h = ((lat2 - lat1) / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * ((lng2 - lng1) / 2.0).sin().powi(2);
+    let (lat1, lat2) = (
+        (a.latitude as f64 / E7).to_radians(),
+        (b.latitude as f64 / E7).to_radians(),
+    );
+    let (lng1, lng2) = (
+        (a.longitude as f64 / E7).to_radians(),
+        (b.longitude as f64 / E7).to_radians(),
+    );
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lng2 - lng1) / 2.0).sin().powi(2);
     (2.0 * EARTH_RADIUS_M * h.sqrt().atan2((1.0 - h).sqrt())) as i32
 }
 
@@ -65,7 +76,10 @@ impl route_guide_server::RouteGuide for RouteGuide {
         Ok(Response::new(feature))
     }
 
-    async fn list_features(&self, request: Request<Rectangle>) -> Result<Response<ResponseStream<Feature>>, Status> {
+    async fn list_features(
+        &self,
+        request: Request<Rectangle>,
+    ) -> Result<Response<ResponseStream<Feature>>, Status> {
         let rect = request.into_inner();
         let found: Vec<_> = self
             .features
@@ -77,14 +91,21 @@ impl route_guide_server::RouteGuide for RouteGuide {
         Ok(Response::new(Box::pin(futures_util::stream::iter(found))))
     }
 
-    async fn record_route(&self, request: Request<Streaming<Point>>) -> Result<Response<RouteSummary>, Status> {
+    async fn record_route(
+        &self,
+        request: Request<Streaming<Point>>,
+    ) -> Result<Response<RouteSummary>, Status> {
         let start = Instant::now();
         let mut points = request.into_inner();
         let mut summary = RouteSummary::default();
         let mut last: Option<Point> = None;
         while let Some(point) = points.message().await? {
             summary.point_count += 1;
-            if self.features.iter().any(|f| f.location.as_ref() == Some(&point)) {
+            if self
+                .features
+                .iter()
+                .any(|f| f.location.as_ref() == Some(&point))
+            {
                 summary.feature_count += 1;
             }
             if let Some(last) = &last {
@@ -106,7 +127,9 @@ impl route_guide_server::RouteGuide for RouteGuide {
                 Ok(note) => {
                     let location = note.location.unwrap_or_default();
                     let mut notes = notes.lock().unwrap_or_else(|e| e.into_inner());
-                    let earlier = notes.entry((location.latitude, location.longitude)).or_default();
+                    let earlier = notes
+                        .entry((location.latitude, location.longitude))
+                        .or_default();
                     let replies = earlier.iter().cloned().map(Ok).collect();
                     earlier.push(note);
                     replies
@@ -120,12 +143,23 @@ impl route_guide_server::RouteGuide for RouteGuide {
 }
 
 async fn client(client: RouteGuideClient) -> Result<(), Status> {
-    let feature = client.get_feature(Point { latitude: 403_000_000, longitude: -738_000_000 }).await?;
+    let feature = client
+        .get_feature(Point {
+            latitude: 403_000_000,
+            longitude: -738_000_000,
+        })
+        .await?;
     println!("GetFeature: {:?}", feature.get_ref().name);
 
     let rect = Rectangle {
-        lo: Some(Point { latitude: 400_000_000, longitude: -740_000_000 }),
-        hi: Some(Point { latitude: 402_000_000, longitude: -739_000_000 }),
+        lo: Some(Point {
+            latitude: 400_000_000,
+            longitude: -740_000_000,
+        }),
+        hi: Some(Point {
+            latitude: 402_000_000,
+            longitude: -739_000_000,
+        }),
     };
     let mut stream = client.list_features(rect).await?.into_inner();
     let mut count = 0;
@@ -136,20 +170,35 @@ async fn client(client: RouteGuideClient) -> Result<(), Status> {
     println!("ListFeatures: {count} features");
 
     let route: Vec<Point> = (0..5)
-        .map(|i| Point { latitude: 400_000_000 + i * 1_000_000, longitude: -740_000_000 })
+        .map(|i| Point {
+            latitude: 400_000_000 + i * 1_000_000,
+            longitude: -740_000_000,
+        })
         .collect();
-    let summary = client.record_route(futures_util::stream::iter(route)).await?.into_inner();
+    let summary = client
+        .record_route(futures_util::stream::iter(route))
+        .await?
+        .into_inner();
     println!(
         "RecordRoute: {} points, {} features, {} m",
         summary.point_count, summary.feature_count, summary.distance
     );
 
-    let here = Point { latitude: 1, longitude: 1 };
+    let here = Point {
+        latitude: 1,
+        longitude: 1,
+    };
     let notes: Vec<RouteNote> = ["first", "second", "third"]
         .iter()
-        .map(|m| RouteNote { location: Some(here), message: m.to_string() })
+        .map(|m| RouteNote {
+            location: Some(here),
+            message: m.to_string(),
+        })
         .collect();
-    let mut replies = client.route_chat(futures_util::stream::iter(notes)).await?.into_inner();
+    let mut replies = client
+        .route_chat(futures_util::stream::iter(notes))
+        .await?
+        .into_inner();
     while let Some(note) = replies.message().await? {
         println!("RouteChat: earlier note {:?}", note.message);
     }

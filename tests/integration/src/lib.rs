@@ -3,7 +3,9 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anygrpc::{rt::Address, server::BoundServer, Code, Request, Response, ResponseStream, Status, Streaming};
+use anygrpc::{
+    rt::Address, server::BoundServer, Code, Request, Response, ResponseStream, Status, Streaming,
+};
 use bytes::Bytes;
 use futures_channel::mpsc;
 use futures_util::StreamExt;
@@ -43,8 +45,15 @@ impl Drop for DropGuard {
 
 fn status_of(p: &Payload) -> Option<Status> {
     (p.status_code != 0).then(|| {
-        let mut status = Status::with_details(Code::from_i32(p.status_code), p.status_message.clone(), Bytes::from(p.body.clone()));
-        status.metadata_mut().insert("x-error-md", "error-value").expect("valid metadata");
+        let mut status = Status::with_details(
+            Code::from_i32(p.status_code),
+            p.status_message.clone(),
+            Bytes::from(p.body.clone()),
+        );
+        status
+            .metadata_mut()
+            .insert("x-error-md", "error-value")
+            .expect("valid metadata");
         status
     })
 }
@@ -61,10 +70,14 @@ fn echo_metadata<T, U>(request: &Request<T>, response: &mut Response<U>) {
             continue;
         };
         match value {
-            anygrpc::metadata::MetadataValue::Ascii(text) => target.append(key, text).expect("valid"),
+            anygrpc::metadata::MetadataValue::Ascii(text) => {
+                target.append(key, text).expect("valid")
+            }
             anygrpc::metadata::MetadataValue::Binary(_) => {
                 for v in request.metadata().get_all_bin(key) {
-                    target.append_bin(key, &v.expect("valid base64")).expect("valid");
+                    target
+                        .append_bin(key, &v.expect("valid base64"))
+                        .expect("valid");
                 }
             }
         }
@@ -88,13 +101,23 @@ impl pb::test_server::Test for TestService {
         if let Some(status) = status_of(&p) {
             return Err(status);
         }
-        let body = if p.response_size > 0 { vec![b'r'; p.response_size as usize] } else { p.body };
-        let mut response = Response::new(Payload { body, ..Payload::default() });
+        let body = if p.response_size > 0 {
+            vec![b'r'; p.response_size as usize]
+        } else {
+            p.body
+        };
+        let mut response = Response::new(Payload {
+            body,
+            ..Payload::default()
+        });
         echo_metadata(&request, &mut response);
         Ok(response)
     }
 
-    async fn server_stream(&self, request: Request<Payload>) -> Result<Response<ResponseStream<Payload>>, Status> {
+    async fn server_stream(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<ResponseStream<Payload>>, Status> {
         let p = request.get_ref().clone();
         if let Some(status) = status_of(&p) {
             return Err(status);
@@ -110,7 +133,9 @@ impl pb::test_server::Test for TestService {
         let stream: ResponseStream<Payload> = if p.hang_after {
             let service = self.clone();
             let deadline = request.remaining();
-            Box::pin(stream.chain(futures_util::stream::once(async move { service.hang(deadline).await })))
+            Box::pin(stream.chain(futures_util::stream::once(async move {
+                service.hang(deadline).await
+            })))
         } else {
             Box::pin(stream)
         };
@@ -119,7 +144,10 @@ impl pb::test_server::Test for TestService {
         Ok(response)
     }
 
-    async fn client_stream(&self, request: Request<Streaming<Payload>>) -> Result<Response<Payload>, Status> {
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<Payload>, Status> {
         let remaining = request.remaining();
         let mut messages = request.into_inner();
         let (mut count, mut bytes) = (0u32, 0usize);
@@ -140,7 +168,10 @@ impl pb::test_server::Test for TestService {
         }))
     }
 
-    async fn bidi(&self, request: Request<Streaming<Payload>>) -> Result<Response<ResponseStream<Payload>>, Status> {
+    async fn bidi(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<ResponseStream<Payload>>, Status> {
         let service = self.clone();
         let remaining = request.remaining();
         let replies = request.into_inner().then(move |p| {
@@ -167,6 +198,7 @@ pub struct Running {
     /// Handler events.
     pub events: mpsc::UnboundedReceiver<Event>,
     stop: Option<futures_channel::oneshot::Sender<()>>,
+    stopping: Option<futures_channel::oneshot::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -181,7 +213,9 @@ impl Running {
 
     /// A plaintext channel to this server.
     pub fn channel(&self) -> anygrpc::Channel {
-        anygrpc::Channel::builder(&self.target()).connect_lazy().expect("valid target")
+        anygrpc::Channel::builder(&self.target())
+            .connect_lazy()
+            .expect("valid target")
     }
 
     /// A test client on a plaintext channel.
@@ -194,17 +228,34 @@ impl Running {
         self.events.next().await.expect("server alive")
     }
 
-    /// Shuts down gracefully and waits.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
+    /// Asks the server to shut down gracefully, without waiting.
+    pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Waits until the server has taken the stop signal: it no longer accepts connections and
+    /// is draining the ones it has.
+    pub async fn stopping(&mut self) {
+        if let Some(stopping) = self.stopping.take() {
+            let _ = stopping.await;
+        }
+    }
+
+    /// Whether `serve_with_shutdown` is still running.
+    pub fn is_serving(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Shuts down gracefully and waits for the server to return.
+    pub fn shutdown(mut self) {
+        self.stop();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            thread
+                .join()
+                .expect("server thread")
+                .expect("server result");
         }
     }
 }
@@ -220,7 +271,8 @@ impl Drop for Running {
 /// A server builder with the test service added.
 pub fn test_server() -> (anygrpc::Server, mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = mpsc::unbounded();
-    let server = anygrpc::Server::builder().add_service(TestServer::new(TestService { events: tx }));
+    let server =
+        anygrpc::Server::builder().add_service(TestServer::new(TestService { events: tx }));
     (server, rx)
 }
 
@@ -228,15 +280,18 @@ pub fn test_server() -> (anygrpc::Server, mpsc::UnboundedReceiver<Event>) {
 pub fn run(server: BoundServer, events: mpsc::UnboundedReceiver<Event>) -> Running {
     let addr = server.local_addr().expect("bound");
     let (stop, stopped) = futures_channel::oneshot::channel::<()>();
+    let (stopping_tx, stopping) = futures_channel::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         anygrpc::rt::block_on(server.serve_with_shutdown(async {
             let _ = stopped.await;
+            let _ = stopping_tx.send(());
         }))
     });
     Running {
         addr,
         events,
         stop: Some(stop),
+        stopping: Some(stopping),
         thread: Some(thread),
     }
 }
@@ -260,7 +315,9 @@ pub fn localhost() -> SocketAddr {
 
 /// A certificate or key from `certs/`.
 pub fn cert(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("certs")
+        .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -280,9 +337,15 @@ pub fn encode(p: &Payload) -> Vec<u8> {
 
 /// Raw HTTP/2 client connection to a server (no gRPC logic), for malformed requests.
 pub async fn raw_client(addr: &Address) -> h2::client::SendRequest<Bytes> {
-    let Address::Tcp(addr) = addr else { panic!("raw client needs TCP") };
-    let stream = async_io::Async::<std::net::TcpStream>::connect(*addr).await.expect("connect");
-    let (send, conn) = h2::client::handshake(anygrpc_rt::H2Io::new(Box::new(stream))).await.expect("handshake");
+    let Address::Tcp(addr) = addr else {
+        panic!("raw client needs TCP")
+    };
+    let stream = async_io::Async::<std::net::TcpStream>::connect(*addr)
+        .await
+        .expect("connect");
+    let (send, conn) = h2::client::handshake(anygrpc_rt::H2Io::new(Box::new(stream)))
+        .await
+        .expect("handshake");
     std::thread::spawn(move || {
         let _ = async_io::block_on(conn);
     });
@@ -322,7 +385,11 @@ impl RawResponse {
 }
 
 /// Sends a raw request with `body` and reads the whole response.
-pub async fn raw_call(send: &mut h2::client::SendRequest<Bytes>, request: http::Request<()>, body: Bytes) -> RawResponse {
+pub async fn raw_call(
+    send: &mut h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
+    body: Bytes,
+) -> RawResponse {
     let (response, mut stream) = send.send_request(request, false).expect("send request");
     stream.send_data(body, true).expect("send body");
     let response = response.await.expect("response");
@@ -357,7 +424,9 @@ where
             std::thread::spawn(move || {
                 async_io::block_on(async move {
                     let stream = async_io::Async::new(stream).expect("async");
-                    let Ok(mut conn) = h2::server::handshake(anygrpc_rt::H2Io::new(Box::new(stream))).await else {
+                    let Ok(mut conn) =
+                        h2::server::handshake(anygrpc_rt::H2Io::new(Box::new(stream))).await
+                    else {
                         return;
                     };
                     while let Some(Ok((_request, send))) = conn.accept().await {

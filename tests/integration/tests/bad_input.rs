@@ -78,7 +78,10 @@ fn compression_bomb_to_server_is_bounded() {
         let mut send = raw_client(&server.addr).await;
         let request = raw_request(&server.addr, UNARY, &[("grpc-encoding", "gzip")]);
         let response = raw_call(&mut send, request, frame(true, &bomb)).await;
-        assert_eq!(response.grpc_status().unwrap().code(), Code::ResourceExhausted);
+        assert_eq!(
+            response.grpc_status().unwrap().code(),
+            Code::ResourceExhausted
+        );
     });
 }
 
@@ -97,7 +100,11 @@ fn compression_bomb_to_client_is_bounded() {
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         send.send_trailers(trailers).unwrap();
     });
-    let client = TestClient::new(anygrpc::Channel::builder(&addr.to_string()).connect_lazy().unwrap());
+    let client = TestClient::new(
+        anygrpc::Channel::builder(&addr.to_string())
+            .connect_lazy()
+            .unwrap(),
+    );
     let err = block_on(client.unary(Payload::default())).unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
 }
@@ -122,10 +129,17 @@ fn compressed_messages_round_trip() {
             body: b"squeezed".to_vec(),
             ..Payload::default()
         });
-        let request = raw_request(&server.addr, UNARY, &[("grpc-encoding", "gzip"), ("grpc-accept-encoding", "gzip")]);
+        let request = raw_request(
+            &server.addr,
+            UNARY,
+            &[("grpc-encoding", "gzip"), ("grpc-accept-encoding", "gzip")],
+        );
         let response = raw_call(&mut send, request, frame(true, &gzip(&body))).await;
         assert_eq!(response.grpc_status().unwrap().code(), Code::Ok);
-        assert_eq!(response.headers["grpc-encoding"], "gzip", "server compresses when the client accepts it");
+        assert_eq!(
+            response.headers["grpc-encoding"], "gzip",
+            "server compresses when the client accepts it"
+        );
         assert_eq!(response.body[0], 1, "compressed flag set");
     });
 }
@@ -139,7 +153,10 @@ fn unsupported_request_encoding_is_unimplemented_with_accept_encoding() {
         let response = raw_call(&mut send, request, frame(true, b"whatever")).await;
         assert_eq!(response.grpc_status().unwrap().code(), Code::Unimplemented);
         let accept = response.headers["grpc-accept-encoding"].to_str().unwrap();
-        assert!(accept.contains("gzip") && accept.contains("deflate"), "{accept}");
+        assert!(
+            accept.contains("gzip") && accept.contains("deflate"),
+            "{accept}"
+        );
     });
 }
 
@@ -157,7 +174,11 @@ fn unsupported_response_encoding_is_internal_at_the_client() {
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         send.send_trailers(trailers).unwrap();
     });
-    let client = TestClient::new(anygrpc::Channel::builder(&addr.to_string()).connect_lazy().unwrap());
+    let client = TestClient::new(
+        anygrpc::Channel::builder(&addr.to_string())
+            .connect_lazy()
+            .unwrap(),
+    );
     let err = block_on(client.unary(Payload::default())).unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err}");
 }
@@ -186,18 +207,35 @@ fn truncated_and_missing_messages_are_internal() {
         let mut send = raw_client(&server.addr).await;
         let whole = frame(false, &encode(&Payload::default()));
         let request = raw_request(&server.addr, UNARY, &[]);
-        let response = raw_call(&mut send, request, Bytes::from_static(&[0, 0, 0, 0, 9, 1, 2])).await;
+        let response = raw_call(
+            &mut send,
+            request,
+            Bytes::from_static(&[0, 0, 0, 0, 9, 1, 2]),
+        )
+        .await;
         assert_eq!(response.grpc_status().unwrap().code(), Code::Internal);
         let request = raw_request(&server.addr, UNARY, &[]);
         let response = raw_call(&mut send, request, Bytes::new()).await;
-        assert_eq!(response.grpc_status().unwrap().code(), Code::Internal, "unary needs a message");
+        assert_eq!(
+            response.grpc_status().unwrap().code(),
+            Code::Internal,
+            "unary needs a message"
+        );
         let two = [whole.clone(), whole].concat();
         let request = raw_request(&server.addr, UNARY, &[]);
         let response = raw_call(&mut send, request, Bytes::from(two)).await;
-        assert_eq!(response.grpc_status().unwrap().code(), Code::Internal, "unary takes one message");
+        assert_eq!(
+            response.grpc_status().unwrap().code(),
+            Code::Internal,
+            "unary takes one message"
+        );
         let request = raw_request(&server.addr, UNARY, &[]);
         let response = raw_call(&mut send, request, frame(false, b"\xff\xff\xff")).await;
-        assert_eq!(response.grpc_status().unwrap().code(), Code::Internal, "undecodable protobuf");
+        assert_eq!(
+            response.grpc_status().unwrap().code(),
+            Code::Internal,
+            "undecodable protobuf"
+        );
     });
 }
 
@@ -209,7 +247,11 @@ fn bad_grpc_timeout_is_internal() {
         for bad in ["1x", "123456789S", "S", "-5m"] {
             let request = raw_request(&server.addr, UNARY, &[("grpc-timeout", bad)]);
             let response = raw_call(&mut send, request, frame(false, b"")).await;
-            assert_eq!(response.grpc_status().unwrap().code(), Code::Internal, "{bad}");
+            assert_eq!(
+                response.grpc_status().unwrap().code(),
+                Code::Internal,
+                "{bad}"
+            );
         }
     });
 }
@@ -248,7 +290,11 @@ fn non_grpc_responses_map_to_statuses() {
                 .unwrap();
             let _ = respond.send_response(response, true);
         });
-        let client = TestClient::new(anygrpc::Channel::builder(&addr.to_string()).connect_lazy().unwrap());
+        let client = TestClient::new(
+            anygrpc::Channel::builder(&addr.to_string())
+                .connect_lazy()
+                .unwrap(),
+        );
         let err = block_on(client.unary(Payload::default())).unwrap_err();
         assert_eq!(err.code(), code, "HTTP {status} {content_type}: {err}");
     }
@@ -268,10 +314,15 @@ fn peer_resetting_mid_stream_is_a_status() {
                 .body(())
                 .unwrap();
             let mut send = respond.send_response(response, false).unwrap();
-            send.send_data(frame(false, &encode(&Payload::default())), false).unwrap();
+            send.send_data(frame(false, &encode(&Payload::default())), false)
+                .unwrap();
             send.send_reset(reason);
         });
-        let client = TestClient::new(anygrpc::Channel::builder(&addr.to_string()).connect_lazy().unwrap());
+        let client = TestClient::new(
+            anygrpc::Channel::builder(&addr.to_string())
+                .connect_lazy()
+                .unwrap(),
+        );
         // The reset may be seen before the headers, or before or after the message; the
         // call must end in the reset's status in every case.
         let err = block_on(async {
@@ -295,7 +346,9 @@ fn client_resetting_mid_stream_cancels_the_handler() {
             hang: true,
             ..Payload::default()
         };
-        stream.send_data(frame(false, &encode(&hang)), false).unwrap();
+        stream
+            .send_data(frame(false, &encode(&hang)), false)
+            .unwrap();
         assert!(matches!(server.next_event().await, Event::Started(None)));
         stream.send_reset(h2::Reason::CANCEL);
         assert_eq!(server.next_event().await, Event::Dropped);
@@ -307,7 +360,10 @@ fn oversized_metadata_is_rejected_with_a_status() {
     let server = start();
     let client = server.client();
     let mut request = Request::new(Payload::default());
-    request.metadata_mut().insert("x-big", &"v".repeat(20 * 1024)).unwrap();
+    request
+        .metadata_mut()
+        .insert("x-big", &"v".repeat(20 * 1024))
+        .unwrap();
     let err = block_on(client.unary(request)).unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     // A peer that ignores the limit is refused by the server's HTTP/2 layer.
@@ -317,9 +373,15 @@ fn oversized_metadata_is_rejected_with_a_status() {
         let request = raw_request(&server.addr, UNARY, &[("x-big", big.as_str())]);
         let (response, _stream) = send.send_request(request, true).unwrap();
         match response.await {
-            Ok(response) => assert_eq!(response.status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            Ok(response) => assert_eq!(
+                response.status(),
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            ),
             Err(err) => assert!(err.reason().is_some(), "{err}"),
         }
     });
-    assert!(block_on(client.unary(Payload::default())).is_ok(), "server still serves");
+    assert!(
+        block_on(client.unary(Payload::default())).is_ok(),
+        "server still serves"
+    );
 }

@@ -1,7 +1,8 @@
 //! All four call types, metadata both ways, error statuses, interceptors, the generic API.
 
 use anygrpc::{
-    client::Grpc, interceptor::CallHead, rt::block_on, BytesCodec, Code, MetadataMap, Request, Status,
+    client::Grpc, interceptor::CallHead, rt::block_on, BytesCodec, Code, MetadataMap, Request,
+    Status,
 };
 use anygrpc_integration_tests::*;
 use bytes::Bytes;
@@ -29,11 +30,31 @@ fn unary_with_metadata_both_ways() {
         let response = client.unary(request).await.unwrap();
         assert_eq!(response.get_ref().body, b"hi");
         assert_eq!(response.metadata().get("x-echo-text"), Some("some text"));
-        assert_eq!(response.metadata().get_bin("x-echo-blob-bin").unwrap().unwrap(), vec![0, 1, 2, 255]);
+        assert_eq!(
+            response
+                .metadata()
+                .get_bin("x-echo-blob-bin")
+                .unwrap()
+                .unwrap(),
+            vec![0, 1, 2, 255]
+        );
         assert!(response.metadata().get("x-not-echoed").is_none());
-        assert_eq!(response.trailers().get("x-echo-trailer-t"), Some("trailing"));
-        assert_eq!(response.trailers().get_bin("x-echo-trailer-b-bin").unwrap().unwrap(), b"\xfe\xff");
-        assert!(response.trailers().get("grpc-status").is_none(), "protocol headers stay out of metadata");
+        assert_eq!(
+            response.trailers().get("x-echo-trailer-t"),
+            Some("trailing")
+        );
+        assert_eq!(
+            response
+                .trailers()
+                .get_bin("x-echo-trailer-b-bin")
+                .unwrap()
+                .unwrap(),
+            b"\xfe\xff"
+        );
+        assert!(
+            response.trailers().get("grpc-status").is_none(),
+            "protocol headers stay out of metadata"
+        );
     });
 }
 
@@ -47,7 +68,10 @@ fn server_streaming_delivers_every_message_in_order() {
             response_size: 3000,
             ..Payload::default()
         });
-        request.metadata_mut().insert("x-echo-trailer-done", "yes").unwrap();
+        request
+            .metadata_mut()
+            .insert("x-echo-trailer-done", "yes")
+            .unwrap();
         let mut stream = client.server_stream(request).await.unwrap().into_inner();
         let mut n = 0;
         while let Some(message) = stream.message().await.unwrap() {
@@ -66,7 +90,11 @@ fn server_streaming_with_no_messages() {
     let server = start();
     let client = server.client();
     block_on(async {
-        let mut stream = client.server_stream(Payload::default()).await.unwrap().into_inner();
+        let mut stream = client
+            .server_stream(Payload::default())
+            .await
+            .unwrap()
+            .into_inner();
         assert!(stream.message().await.unwrap().is_none());
     });
 }
@@ -77,10 +105,16 @@ fn client_streaming_aggregates() {
     let client = server.client();
     block_on(async {
         let messages = (0..50).map(|i| payload(&vec![1; i]));
-        let response = client.client_stream(futures_util::stream::iter(messages)).await.unwrap();
+        let response = client
+            .client_stream(futures_util::stream::iter(messages))
+            .await
+            .unwrap();
         assert_eq!(response.get_ref().count, 50);
         assert_eq!(response.get_ref().response_size, (0..50).sum::<u32>());
-        let empty = client.client_stream(futures_util::stream::iter(Vec::<Payload>::new())).await.unwrap();
+        let empty = client
+            .client_stream(futures_util::stream::iter(Vec::<Payload>::new()))
+            .await
+            .unwrap();
         assert_eq!(empty.get_ref().count, 0);
     });
 }
@@ -145,11 +179,18 @@ fn error_after_messages_in_a_stream() {
                 ..Payload::default()
             },
         ];
-        let mut replies = client.bidi(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+        let mut replies = client
+            .bidi(futures_util::stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(replies.message().await.unwrap().unwrap().body, b"ok");
         let err = replies.message().await.unwrap_err();
         assert_eq!((err.code(), err.message()), (Code::Aborted, "stop"));
-        assert!(replies.next().await.is_none(), "the stream ends after its error");
+        assert!(
+            replies.next().await.is_none(),
+            "the stream ends after its error"
+        );
     });
 }
 
@@ -160,15 +201,24 @@ fn generic_calls_need_no_generated_code() {
     block_on(async {
         let body = Bytes::from(encode(&payload(b"raw")));
         let path = http::uri::PathAndQuery::from_static("/anygrpc.test.Test/Unary");
-        let response = grpc.unary(path, BytesCodec, Request::new(body)).await.unwrap();
+        let response = grpc
+            .unary(path, BytesCodec, Request::new(body))
+            .await
+            .unwrap();
         let decoded: Payload = prost::Message::decode(response.into_inner()).unwrap();
         assert_eq!(decoded.body, b"raw");
 
         let missing_method = http::uri::PathAndQuery::from_static("/anygrpc.test.Test/Nope");
-        let err = grpc.unary(missing_method, BytesCodec, Request::new(Bytes::new())).await.unwrap_err();
+        let err = grpc
+            .unary(missing_method, BytesCodec, Request::new(Bytes::new()))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         let missing_service = http::uri::PathAndQuery::from_static("/no.Such/Method");
-        let err = grpc.unary(missing_service, BytesCodec, Request::new(Bytes::new())).await.unwrap_err();
+        let err = grpc
+            .unary(missing_service, BytesCodec, Request::new(Bytes::new()))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
     });
 }
@@ -209,9 +259,14 @@ fn many_concurrent_calls_share_one_connection() {
 struct AddHeader;
 
 impl anygrpc::interceptor::AsyncInterceptor for AddHeader {
-    fn intercept<'a>(&'a self, call: &'a mut CallHead) -> futures_util::future::BoxFuture<'a, Result<(), Status>> {
+    fn intercept<'a>(
+        &'a self,
+        call: &'a mut CallHead,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), Status>> {
         Box::pin(async move {
-            call.metadata_mut().insert("x-echo-async", "added").map_err(Status::from)
+            call.metadata_mut()
+                .insert("x-echo-async", "added")
+                .map_err(Status::from)
         })
     }
 }
@@ -219,23 +274,33 @@ impl anygrpc::interceptor::AsyncInterceptor for AddHeader {
 #[test]
 fn client_and_server_interceptors_sync_and_async() {
     let server = start_with(|s| {
-        s.interceptor(|call: &mut CallHead| match call.metadata().get("authorization") {
-            Some("Bearer good") => Ok(()),
-            _ => Err(Status::unauthenticated("missing or bad token")),
-        })
+        s.interceptor(
+            |call: &mut CallHead| match call.metadata().get("authorization") {
+                Some("Bearer good") => Ok(()),
+                _ => Err(Status::unauthenticated("missing or bad token")),
+            },
+        )
     });
     let authorized = anygrpc::Channel::builder(&server.target())
         .interceptor(|call: &mut CallHead| {
-            call.metadata_mut().insert("authorization", "Bearer good").map_err(Status::from)
+            call.metadata_mut()
+                .insert("authorization", "Bearer good")
+                .map_err(Status::from)
         })
         .async_interceptor(AddHeader)
         .connect_lazy()
         .unwrap();
     block_on(async {
-        let response = TestClient::new(authorized).unary(payload(b"x")).await.unwrap();
+        let response = TestClient::new(authorized)
+            .unary(payload(b"x"))
+            .await
+            .unwrap();
         assert_eq!(response.metadata().get("x-echo-async"), Some("added"));
         let err = server.client().unary(payload(b"x")).await.unwrap_err();
-        assert_eq!((err.code(), err.message()), (Code::Unauthenticated, "missing or bad token"));
+        assert_eq!(
+            (err.code(), err.message()),
+            (Code::Unauthenticated, "missing or bad token")
+        );
     });
     let rejecting = anygrpc::Channel::builder(&server.target())
         .interceptor(|_: &mut CallHead| Err(Status::cancelled("client says no")))

@@ -24,11 +24,18 @@ fn client_deadline_fails_locally_and_server_cancels_handler() {
         assert_eq!(err.code(), Code::DeadlineExceeded);
         match server.next_event().await {
             Event::Started(Some(remaining)) => {
-                assert!(remaining <= Duration::from_millis(300) && remaining > Duration::ZERO, "{remaining:?}")
+                assert!(
+                    remaining <= Duration::from_millis(300) && remaining > Duration::ZERO,
+                    "{remaining:?}"
+                )
             }
             other => panic!("expected the handler to see its deadline, got {other:?}"),
         }
-        assert_eq!(server.next_event().await, Event::Dropped, "handler cancelled");
+        assert_eq!(
+            server.next_event().await,
+            Event::Dropped,
+            "handler cancelled"
+        );
     });
 }
 
@@ -38,9 +45,16 @@ fn server_enforces_the_deadline_it_was_sent() {
     block_on(async {
         // A raw client that sends grpc-timeout but never cancels: only the server can end it.
         let mut send = raw_client(&server.addr).await;
-        let request = raw_request(&server.addr, "/anygrpc.test.Test/Unary", &[("grpc-timeout", "200m")]);
+        let request = raw_request(
+            &server.addr,
+            "/anygrpc.test.Test/Unary",
+            &[("grpc-timeout", "200m")],
+        );
         let response = raw_call(&mut send, request, frame(false, &encode(&hang()))).await;
-        assert_eq!(response.grpc_status().unwrap().code(), Code::DeadlineExceeded);
+        assert_eq!(
+            response.grpc_status().unwrap().code(),
+            Code::DeadlineExceeded
+        );
         assert!(matches!(server.next_event().await, Event::Started(Some(_))));
         assert_eq!(server.next_event().await, Event::Dropped);
     });
@@ -103,7 +117,8 @@ fn client_streaming_deadline() {
     let mut server = start();
     let client = server.client();
     block_on(async {
-        let mut request = Request::new(futures_util::stream::iter(vec![Payload::default(), hang()]));
+        let mut request =
+            Request::new(futures_util::stream::iter(vec![Payload::default(), hang()]));
         request.set_timeout(Duration::from_millis(200));
         let err = client.client_stream(request).await.unwrap_err();
         assert_eq!(err.code(), Code::DeadlineExceeded);

@@ -164,7 +164,13 @@ impl Connection {
             .resolve_now();
     }
 
+    /// Asks the resolver for fresh addresses and waits for them: every connection attempt
+    /// re-resolves, so an attempt after a failure sees the latest addresses.
     async fn resolve(&self) -> Result<Vec<Address>, Status> {
+        self.resolver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resolve_now();
         let update = poll_fn(|cx| {
             self.resolver
                 .lock()
