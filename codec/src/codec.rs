@@ -22,6 +22,14 @@ pub trait Codec: Send + Sync + 'static {
 
     /// Parses one received message. A malformed message is `INTERNAL`.
     fn decode(&self, src: Bytes) -> Result<Self::Decode, Status>;
+
+    /// Per-message compression: whether `item` should be compressed when the call has a send
+    /// compression. The default compresses every message; a codec over a wrapper type can
+    /// decide message by message (already-compressed media, tiny messages).
+    fn compress(&self, item: &Self::Encode) -> bool {
+        let _ = item;
+        true
+    }
 }
 
 /// The protobuf codec, using prost.

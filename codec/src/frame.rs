@@ -52,8 +52,9 @@ impl Encoder {
         self.compressor.as_ref()
     }
 
-    /// Encodes one message. `compress` asks for compression of this message; it has effect only
-    /// when the encoder has a compressor.
+    /// Encodes one message. It is compressed when `compress` is set (the call has a send
+    /// compression), the encoder has a compressor, and the codec's
+    /// [`Codec::compress`] agrees for this message.
     ///
     /// A message over the send limit is `RESOURCE_EXHAUSTED`; a codec failure is passed on.
     pub fn encode<C: Codec>(
@@ -62,6 +63,7 @@ impl Encoder {
         item: C::Encode,
         compress: bool,
     ) -> Result<Bytes, Status> {
+        let compress = compress && codec.compress(&item);
         self.buf.reserve(HEADER_LEN);
         self.buf.put_bytes(0, HEADER_LEN);
         codec.encode(item, &mut self.buf)?;
@@ -352,5 +354,40 @@ mod tests {
         assert_eq!(err.code(), Code::ResourceExhausted);
         let plain = enc.encode(&Raw, Bytes::from_static(b"x"), false).unwrap();
         assert_eq!(&plain[..], &[0, 0, 0, 0, 1, b'x']);
+    }
+
+    /// Compresses only messages that start with `z`.
+    #[derive(Debug, Clone, Copy)]
+    struct Picky;
+
+    impl Codec for Picky {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        fn encode(&self, item: Bytes, dst: &mut BytesMut) -> Result<(), Status> {
+            dst.extend_from_slice(&item);
+            Ok(())
+        }
+        fn decode(&self, src: Bytes) -> Result<Bytes, Status> {
+            Ok(src)
+        }
+        fn compress(&self, item: &Bytes) -> bool {
+            item.first() == Some(&b'z')
+        }
+    }
+
+    #[test]
+    fn codec_decides_compression_per_message() {
+        let mut enc = Encoder::new(Some(Arc::new(Gzip)), usize::MAX);
+        let zipped = enc.encode(&Picky, Bytes::from_static(b"zzzz"), true).unwrap();
+        let plain = enc.encode(&Picky, Bytes::from_static(b"aaaa"), true).unwrap();
+        let off = enc.encode(&Picky, Bytes::from_static(b"zzzz"), false).unwrap();
+        assert_eq!((zipped[0], plain[0], off[0]), (1, 0, 0));
+        let mut d = Deframer::new(100);
+        for wire in [zipped, plain, off] {
+            d.push(wire);
+        }
+        for expected in [&b"zzzz"[..], b"aaaa", b"zzzz"] {
+            assert_eq!(d.next_message(Some(&Gzip)).unwrap().unwrap(), expected);
+        }
     }
 }

@@ -1,0 +1,193 @@
+//! The bodies of anygrpc's fuzz targets.
+//!
+//! Each function takes arbitrary bytes, feeds them to one parser, and asserts the parser's
+//! invariants — not only that it does not panic. `fuzz_targets/` wraps each for libFuzzer;
+//! `tests/corpus.rs` replays every file of `corpus/<target>/` through the same function, so the
+//! corpora run in every `cargo test`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::{sync::Arc, time::Duration};
+
+use anygrpc_codec::{
+    compression::{self, Compressor, Deflate, Gzip},
+    frame::{Deframer, Frame},
+    headers, message,
+    metadata::{self, MetadataMap},
+    timeout, Code, Status,
+};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Every target, by name, as the corpus replay test sees them.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("deframer", deframer),
+    ("decompress", decompress),
+    ("metadata", metadata),
+    ("headers", headers),
+    ("grpc_timeout", grpc_timeout),
+    ("grpc_message", grpc_message),
+];
+
+fn deframe_all(chunks: impl Iterator<Item = Bytes>, limit: usize) -> (Vec<Frame>, Option<Code>, bool) {
+    let mut deframer = Deframer::new(limit);
+    let mut frames = Vec::new();
+    for chunk in chunks {
+        deframer.push(chunk);
+        loop {
+            match deframer.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(status) => return (frames, Some(status.code()), false),
+            }
+        }
+    }
+    let complete = deframer.is_empty();
+    (frames, None, complete)
+}
+
+/// Deframer: the same bytes give the same frames (or the same error) however they are split
+/// into chunks, no frame exceeds the limit, and a declared length over the limit is
+/// `RESOURCE_EXHAUSTED` while a bad flag is `INTERNAL`.
+pub fn deframer(data: &[u8]) {
+    let Some((&control, wire)) = data.split_first() else { return };
+    let limit = usize::from(control) * 64;
+    let chunk = usize::from(control % 7) + 1;
+    let whole = deframe_all(std::iter::once(Bytes::copy_from_slice(wire)), limit);
+    let split = deframe_all(wire.chunks(chunk).map(Bytes::copy_from_slice), limit);
+    assert_eq!(whole, split, "chunking changed the result");
+    let (frames, error, _) = whole;
+    let payload: usize = frames.iter().map(|f| f.data.len() + 5).sum();
+    assert!(payload <= wire.len());
+    for frame in &frames {
+        assert!(frame.data.len() <= limit);
+    }
+    if let Some(code) = error {
+        assert!(matches!(code, Code::Internal | Code::ResourceExhausted), "{code:?}");
+    }
+    let mut d = Deframer::new(limit);
+    d.push(Bytes::copy_from_slice(wire));
+    while let Ok(Some(message)) = d.next_message(Some(&Gzip)) {
+        assert!(message.len() <= limit);
+    }
+}
+
+/// Decompression: never more than the limit comes out, failures are `INTERNAL` or
+/// `RESOURCE_EXHAUSTED`, and what decompresses re-compresses to the same content.
+pub fn decompress(data: &[u8]) {
+    let Some((&control, src)) = data.split_first() else { return };
+    let compressor: Arc<dyn Compressor> = if control & 1 == 0 { Arc::new(Gzip) } else { Arc::new(Deflate) };
+    let limit = usize::from(control >> 1) * 1024;
+    let mut out = BytesMut::new();
+    match compression::decompress(&*compressor, src, &mut out, limit) {
+        Ok(()) => {
+            assert!(out.len() <= limit);
+            let mut again = BytesMut::new();
+            compressor.compress(&out, &mut again).expect("compressing into memory works");
+            let mut back = BytesMut::new();
+            compression::decompress(&*compressor, &again, &mut back, limit).expect("round trip");
+            assert_eq!(back, out);
+        }
+        Err(status) => assert!(matches!(status.code(), Code::Internal | Code::ResourceExhausted)),
+    }
+}
+
+/// Splits fuzz bytes into header entries: `name:value` lines.
+fn header_map(data: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(&line[colon + 1..])) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    headers
+}
+
+/// Metadata: received headers never leak reserved keys, binary values decode or fail cleanly,
+/// and what `insert` accepts reads back unchanged.
+pub fn metadata(data: &[u8]) {
+    let headers = header_map(data);
+    let md = MetadataMap::from_headers(&headers);
+    assert_eq!(md, MetadataMap::from_header_map(headers.clone()));
+    for (key, value) in md.iter() {
+        assert!(!key.starts_with("grpc-") && key != "content-type" && key != "te");
+        if let metadata::MetadataValue::Binary(_) = value {
+            for decoded in md.get_all_bin(key) {
+                if let Ok(bytes) = decoded {
+                    let mut copy = MetadataMap::new();
+                    if key.ends_with("-bin") && copy.insert_bin(key, &bytes).is_ok() {
+                        assert_eq!(copy.get_bin(key).unwrap().unwrap(), bytes);
+                    }
+                }
+            }
+        }
+    }
+    let mut sent = MetadataMap::new();
+    for (name, value) in &headers {
+        if let Ok(text) = value.to_str() {
+            if sent.insert(name.as_str(), text).is_ok() {
+                assert_eq!(sent.get(name.as_str()), Some(text));
+                assert!(metadata::validate_key(name.as_str()).is_ok());
+            }
+        }
+    }
+    let mut out = HeaderMap::new();
+    sent.write_to(&mut out);
+    assert_eq!(metadata::header_list_size(&out), sent.encoded_len());
+}
+
+/// Request and response heads: validation never panics, every rejection is a 405/415 or a
+/// gRPC status, and a trailers status always has a code.
+pub fn headers(data: &[u8]) {
+    let Some((&control, rest)) = data.split_first() else { return };
+    let headers = header_map(rest);
+    let method = if control & 1 == 0 { http::Method::POST } else { http::Method::GET };
+    match headers::validate_request(&method, &headers) {
+        Ok(info) => {
+            if let Some(t) = info.timeout {
+                assert!(t <= Duration::from_secs(99_999_999 * 3600));
+            }
+        }
+        Err(headers::Rejection::Http(status, _)) => {
+            assert!(status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE || status == http::StatusCode::METHOD_NOT_ALLOWED)
+        }
+        Err(headers::Rejection::Grpc(status)) => assert_eq!(status.code(), Code::Internal),
+    }
+    let status = http::StatusCode::from_u16(100 + u16::from(control) * 2).unwrap_or(http::StatusCode::OK);
+    let _ = headers::check_response(status, &headers);
+    if let Some(status) = Status::from_trailers(&headers) {
+        let mut trailers = HeaderMap::new();
+        status.write_trailers(&mut trailers);
+        let back = Status::from_trailers(&trailers).expect("written trailers have a status");
+        assert_eq!(back.code(), status.code());
+        assert_eq!(back.message(), status.message());
+        assert_eq!(back.details(), status.details());
+    }
+}
+
+/// `grpc-timeout`: parsing never panics; whatever parses re-encodes in at most 9 bytes to a
+/// value no shorter.
+pub fn grpc_timeout(data: &[u8]) {
+    if let Ok(t) = timeout::decode(data) {
+        let encoded = timeout::encode(t);
+        assert!(encoded.len() <= 9, "{encoded}");
+        assert!(timeout::decode(encoded.as_bytes()).expect("own encoding parses") >= t);
+    }
+    if data.len() >= 8 {
+        let nanos = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+        let t = Duration::from_nanos(nanos);
+        let back = timeout::decode(timeout::encode(t).as_bytes()).expect("own encoding parses");
+        assert!(back >= t);
+    }
+}
+
+/// `grpc-message`: decoding never fails; encoding emits only visible ASCII and round-trips.
+pub fn grpc_message(data: &[u8]) {
+    let decoded = message::decode(data);
+    let encoded = message::encode(&decoded);
+    assert!(encoded.iter().all(|b| (0x20..=0x7e).contains(b)));
+    assert!(HeaderValue::from_maybe_shared(encoded.clone()).is_ok());
+    assert_eq!(message::decode(&encoded), decoded);
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test anygrpc has, on a fresh machine with a Rust toolchain. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "lints (all crates, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "the default build of anygrpc enables no tokio runtime feature"
+forbidden=$(cargo tree --locked -p anygrpc -e features -i tokio |
+  grep -Eo 'tokio feature "(rt|rt-multi-thread|time|net|macros)"' | sort -u || true)
+if [ -n "$forbidden" ]; then
+  echo "tokio runtime features in the default build: $forbidden" >&2
+  exit 1
+fi
+echo "none"
+
+step "unit, integration and fuzz-corpus tests (default features)"
+cargo test --workspace --locked
+
+step "anygrpc on tokio alone (no async-io)"
+cargo test --locked -p anygrpc --no-default-features --features tokio,tls
+
+step "examples: the demo and every runtime's client"
+cargo run --locked -q -p anygrpc-examples --bin demo
+cargo run --locked -q -p anygrpc-examples --bin route-guide
+cargo run --locked -q -p anygrpc-examples --bin client-smol
+cargo run --locked -q -p anygrpc-examples --bin client-blocking
+cargo run --locked -q -p anygrpc-examples --features tokio --bin client-tokio
+
+step "all tests passed"
