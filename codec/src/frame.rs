@@ -378,9 +378,15 @@ mod tests {
     #[test]
     fn codec_decides_compression_per_message() {
         let mut enc = Encoder::new(Some(Arc::new(Gzip)), usize::MAX);
-        let zipped = enc.encode(&Picky, Bytes::from_static(b"zzzz"), true).unwrap();
-        let plain = enc.encode(&Picky, Bytes::from_static(b"aaaa"), true).unwrap();
-        let off = enc.encode(&Picky, Bytes::from_static(b"zzzz"), false).unwrap();
+        let zipped = enc
+            .encode(&Picky, Bytes::from_static(b"zzzz"), true)
+            .unwrap();
+        let plain = enc
+            .encode(&Picky, Bytes::from_static(b"aaaa"), true)
+            .unwrap();
+        let off = enc
+            .encode(&Picky, Bytes::from_static(b"zzzz"), false)
+            .unwrap();
         assert_eq!((zipped[0], plain[0], off[0]), (1, 0, 0));
         let mut d = Deframer::new(100);
         for wire in [zipped, plain, off] {

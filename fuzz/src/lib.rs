@@ -19,8 +19,11 @@ use anygrpc_codec::{
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name, as the corpus replay test sees them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("deframer", deframer),
     ("decompress", decompress),
     ("metadata", metadata),
@@ -29,7 +32,10 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("grpc_message", grpc_message),
 ];
 
-fn deframe_all(chunks: impl Iterator<Item = Bytes>, limit: usize) -> (Vec<Frame>, Option<Code>, bool) {
+fn deframe_all(
+    chunks: impl Iterator<Item = Bytes>,
+    limit: usize,
+) -> (Vec<Frame>, Option<Code>, bool) {
     let mut deframer = Deframer::new(limit);
     let mut frames = Vec::new();
     for chunk in chunks {
@@ -50,7 +56,9 @@ fn deframe_all(chunks: impl Iterator<Item = Bytes>, limit: usize) -> (Vec<Frame>
 /// into chunks, no frame exceeds the limit, and a declared length over the limit is
 /// `RESOURCE_EXHAUSTED` while a bad flag is `INTERNAL`.
 pub fn deframer(data: &[u8]) {
-    let Some((&control, wire)) = data.split_first() else { return };
+    let Some((&control, wire)) = data.split_first() else {
+        return;
+    };
     let limit = usize::from(control) * 64;
     let chunk = usize::from(control % 7) + 1;
     let whole = deframe_all(std::iter::once(Bytes::copy_from_slice(wire)), limit);
@@ -63,7 +71,10 @@ pub fn deframer(data: &[u8]) {
         assert!(frame.data.len() <= limit);
     }
     if let Some(code) = error {
-        assert!(matches!(code, Code::Internal | Code::ResourceExhausted), "{code:?}");
+        assert!(
+            matches!(code, Code::Internal | Code::ResourceExhausted),
+            "{code:?}"
+        );
     }
     let mut d = Deframer::new(limit);
     d.push(Bytes::copy_from_slice(wire));
@@ -75,20 +86,31 @@ pub fn deframer(data: &[u8]) {
 /// Decompression: never more than the limit comes out, failures are `INTERNAL` or
 /// `RESOURCE_EXHAUSTED`, and what decompresses re-compresses to the same content.
 pub fn decompress(data: &[u8]) {
-    let Some((&control, src)) = data.split_first() else { return };
-    let compressor: Arc<dyn Compressor> = if control & 1 == 0 { Arc::new(Gzip) } else { Arc::new(Deflate) };
+    let Some((&control, src)) = data.split_first() else {
+        return;
+    };
+    let compressor: Arc<dyn Compressor> = if control & 1 == 0 {
+        Arc::new(Gzip)
+    } else {
+        Arc::new(Deflate)
+    };
     let limit = usize::from(control >> 1) * 1024;
     let mut out = BytesMut::new();
     match compression::decompress(&*compressor, src, &mut out, limit) {
         Ok(()) => {
             assert!(out.len() <= limit);
             let mut again = BytesMut::new();
-            compressor.compress(&out, &mut again).expect("compressing into memory works");
+            compressor
+                .compress(&out, &mut again)
+                .expect("compressing into memory works");
             let mut back = BytesMut::new();
             compression::decompress(&*compressor, &again, &mut back, limit).expect("round trip");
             assert_eq!(back, out);
         }
-        Err(status) => assert!(matches!(status.code(), Code::Internal | Code::ResourceExhausted)),
+        Err(status) => assert!(matches!(
+            status.code(),
+            Code::Internal | Code::ResourceExhausted
+        )),
     }
 }
 
@@ -96,8 +118,13 @@ pub fn decompress(data: &[u8]) {
 fn header_map(data: &[u8]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for line in data.split(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(&line[..colon]), HeaderValue::from_bytes(&line[colon + 1..])) else {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(&line[colon + 1..]),
+        ) else {
             continue;
         };
         headers.append(name, value);
@@ -114,12 +141,10 @@ pub fn metadata(data: &[u8]) {
     for (key, value) in md.iter() {
         assert!(!key.starts_with("grpc-") && key != "content-type" && key != "te");
         if let metadata::MetadataValue::Binary(_) = value {
-            for decoded in md.get_all_bin(key) {
-                if let Ok(bytes) = decoded {
-                    let mut copy = MetadataMap::new();
-                    if key.ends_with("-bin") && copy.insert_bin(key, &bytes).is_ok() {
-                        assert_eq!(copy.get_bin(key).unwrap().unwrap(), bytes);
-                    }
+            for bytes in md.get_all_bin(key).flatten() {
+                let mut copy = MetadataMap::new();
+                if key.ends_with("-bin") && copy.insert_bin(key, &bytes).is_ok() {
+                    assert_eq!(copy.get_bin(key).unwrap().unwrap(), bytes);
                 }
             }
         }
@@ -141,9 +166,15 @@ pub fn metadata(data: &[u8]) {
 /// Request and response heads: validation never panics, every rejection is a 405/415 or a
 /// gRPC status, and a trailers status always has a code.
 pub fn headers(data: &[u8]) {
-    let Some((&control, rest)) = data.split_first() else { return };
+    let Some((&control, rest)) = data.split_first() else {
+        return;
+    };
     let headers = header_map(rest);
-    let method = if control & 1 == 0 { http::Method::POST } else { http::Method::GET };
+    let method = if control & 1 == 0 {
+        http::Method::POST
+    } else {
+        http::Method::GET
+    };
     match headers::validate_request(&method, &headers) {
         Ok(info) => {
             if let Some(t) = info.timeout {
@@ -151,11 +182,15 @@ pub fn headers(data: &[u8]) {
             }
         }
         Err(headers::Rejection::Http(status, _)) => {
-            assert!(status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE || status == http::StatusCode::METHOD_NOT_ALLOWED)
+            assert!(
+                status == http::StatusCode::UNSUPPORTED_MEDIA_TYPE
+                    || status == http::StatusCode::METHOD_NOT_ALLOWED
+            )
         }
         Err(headers::Rejection::Grpc(status)) => assert_eq!(status.code(), Code::Internal),
     }
-    let status = http::StatusCode::from_u16(100 + u16::from(control) * 2).unwrap_or(http::StatusCode::OK);
+    let status =
+        http::StatusCode::from_u16(100 + u16::from(control) * 2).unwrap_or(http::StatusCode::OK);
     let _ = headers::check_response(status, &headers);
     if let Some(status) = Status::from_trailers(&headers) {
         let mut trailers = HeaderMap::new();

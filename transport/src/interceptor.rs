@@ -15,7 +15,7 @@ use crate::{rt::Address, MetadataMap, Status};
 /// What an interceptor sees of a call.
 #[derive(Debug)]
 pub struct CallHead {
-    pub(crate) path: String,
+    pub(crate) path: http::uri::PathAndQuery,
     pub(crate) metadata: MetadataMap,
     pub(crate) extensions: http::Extensions,
     pub(crate) deadline: Option<Instant>,
@@ -25,7 +25,7 @@ pub struct CallHead {
 impl CallHead {
     /// The method path, `/package.Service/Method`.
     pub fn path(&self) -> &str {
-        &self.path
+        self.path.path()
     }
 
     /// The call's metadata: client, what will be sent; server, what was received.

@@ -55,10 +55,13 @@ fn distance(a: &Point, b: &Point) -> i32 {
     (2.0 * EARTH_RADIUS_M * h.sqrt().atan2((1.0 - h).sqrt())) as i32
 }
 
+/// Notes left so far, by (latitude, longitude).
+type Notes = std::sync::Arc<Mutex<HashMap<(i32, i32), Vec<RouteNote>>>>;
+
 #[derive(Debug, Default)]
 struct RouteGuide {
     features: Vec<Feature>,
-    notes: std::sync::Arc<Mutex<HashMap<(i32, i32), Vec<RouteNote>>>>,
+    notes: Notes,
 }
 
 impl route_guide_server::RouteGuide for RouteGuide {

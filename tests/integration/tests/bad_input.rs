@@ -87,7 +87,7 @@ fn compression_bomb_to_server_is_bounded() {
 
 #[test]
 fn compression_bomb_to_client_is_bounded() {
-    let bomb = Bytes::from(frame(true, &gzip_bomb()));
+    let bomb = frame(true, &gzip_bomb());
     let addr = raw_server(move |mut respond| {
         let response = http::Response::builder()
             .header("content-type", "application/grpc")

@@ -96,13 +96,13 @@ impl Connection {
     ///
     /// While the connection is in TRANSIENT_FAILURE (backing off after a failed attempt) this
     /// fails at once with the last error, as a call that is not wait-for-ready must.
-    pub(crate) async fn get(self: &Arc<Self>) -> Result<SendRequest<Bytes>, Status> {
+    pub(crate) async fn get(self: &Arc<Self>) -> Result<(SendRequest<Bytes>, u64), Status> {
         let pending = {
             let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
             let now = self.runtime.now();
             slot.subchannel.handle_timeout(now);
             match &slot.conn {
-                Conn::Ready(send) => return Ok(send.clone()),
+                Conn::Ready(send) => return Ok((send.clone(), slot.generation)),
                 Conn::Connecting(pending) => pending.clone(),
                 Conn::Idle => match slot.subchannel.request_connection(now) {
                     Some(attempt) => {
@@ -127,9 +127,22 @@ impl Connection {
                 },
             }
         };
+        let generation = self
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
         pending
             .await
             .unwrap_or_else(|_| Err(Status::unavailable("connection attempt abandoned")))
+            .map(|send| (send, generation))
+    }
+
+    /// A call found the connection unusable (it refuses new streams: GOAWAY received, or
+    /// closed): stop handing it out, so the next call connects again. In-flight streams on it
+    /// carry on until they finish.
+    pub(crate) fn unusable(&self, generation: u64) {
+        self.closed(generation);
     }
 
     fn finish_attempt(&self, generation: u64, result: &Connected) {

@@ -396,7 +396,7 @@ impl Grpc {
                 .unwrap_or_else(|| runtime.now() + Duration::from_secs(100 * 365 * 24 * 3600))
         });
         let mut head = CallHead {
-            path: path.as_str().to_owned(),
+            path: path.clone(),
             metadata,
             extensions: http::Extensions::new(),
             deadline,
@@ -420,11 +420,12 @@ impl Grpc {
             })?),
         };
         let open = async {
-            let send_request = inner.connection.get().await?;
-            let mut send_request = send_request
-                .ready()
-                .await
-                .map_err(|e| crate::status_from_h2(&e, false))?;
+            let (send_request, generation) = inner.connection.get().await?;
+            let unusable = |e: h2::Error| {
+                inner.connection.unusable(generation);
+                crate::status_from_h2(&e, false)
+            };
+            let mut send_request = send_request.ready().await.map_err(unusable)?;
             let request = RequestHead {
                 scheme: inner.scheme.clone(),
                 authority: inner.authority.clone(),
@@ -436,9 +437,7 @@ impl Grpc {
                 metadata: head.metadata,
             }
             .into_request()?;
-            send_request
-                .send_request(request, false)
-                .map_err(|e| crate::status_from_h2(&e, false))
+            send_request.send_request(request, false).map_err(unusable)
         };
         let (response, send) =
             with_deadline(&**runtime, deadline, open)

@@ -30,6 +30,7 @@ use crate::{
 /// or [`streaming`](Self::streaming) with the method's handler.
 pub struct ServerCall {
     shared: Arc<ServerShared>,
+    path: http::uri::PathAndQuery,
     body: RecvStream,
     respond: SendResponse<Bytes>,
     metadata: MetadataMap,
@@ -106,8 +107,14 @@ pub(super) async fn handle(
             .unwrap_or(now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
     });
     let accept_encoding = parts.headers.get(GRPC_ACCEPT_ENCODING).cloned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let method_at = path.path().len() - method.len();
     let mut head = CallHead {
-        path: parts.uri.path().to_owned(),
+        path: path.clone(),
         metadata: MetadataMap::from_header_map(parts.headers),
         extensions,
         deadline,
@@ -120,6 +127,7 @@ pub(super) async fn handle(
     }
     let call = ServerCall {
         shared,
+        path: path.clone(),
         body,
         respond,
         metadata: head.metadata,
@@ -129,8 +137,7 @@ pub(super) async fn handle(
         decompressor,
         accept_encoding,
     };
-    let method = method.to_owned();
-    service.call(&method, call).await;
+    service.call(&path.path()[method_at..], call).await;
 }
 
 /// Ends a call with a status and no messages, in a single HEADERS frame.
@@ -246,7 +253,7 @@ impl ServerCall {
 
     /// Ends the call with `UNIMPLEMENTED` (an unknown method of a known service).
     pub async fn unimplemented(mut self) {
-        let status = Status::unimplemented("method not found");
+        let status = Status::unimplemented(format!("unknown method {}", self.path.path()));
         trailers_only(&mut self.respond, &status, None);
     }
 }
