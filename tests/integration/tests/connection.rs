@@ -151,3 +151,30 @@ fn graceful_shutdown_lets_in_flight_calls_finish() {
     });
     server.shutdown();
 }
+
+#[test]
+fn silent_connections_are_closed_after_the_handshake_timeout() {
+    use std::io::Read;
+    let server = start_with(|s| s.handshake_timeout(Duration::from_millis(200)));
+    let Address::Tcp(addr) = server.addr.clone() else {
+        unreachable!()
+    };
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    // A guard against hanging the suite if the server never closes the connection.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut total = 0;
+    loop {
+        match silent.read(&mut buf) {
+            Ok(0) => break,
+            // The server's SETTINGS may arrive before the close.
+            Ok(n) => total += n,
+            Err(e) => panic!("expected the server to close the connection, got {e}"),
+        }
+    }
+    assert!(total < buf.len(), "only the server preface was sent");
+    // Well-behaved clients are still served.
+    block_on(server.client().unary(Payload::default())).unwrap();
+}

@@ -97,13 +97,13 @@ impl Connection {
     /// While the connection is in TRANSIENT_FAILURE (backing off after a failed attempt) this
     /// fails at once with the last error, as a call that is not wait-for-ready must.
     pub(crate) async fn get(self: &Arc<Self>) -> Result<(SendRequest<Bytes>, u64), Status> {
-        let pending = {
+        let (pending, generation) = {
             let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
             let now = self.runtime.now();
             slot.subchannel.handle_timeout(now);
             match &slot.conn {
                 Conn::Ready(send) => return Ok((send.clone(), slot.generation)),
-                Conn::Connecting(pending) => pending.clone(),
+                Conn::Connecting(pending) => (pending.clone(), slot.generation),
                 Conn::Idle => match slot.subchannel.request_connection(now) {
                     Some(attempt) => {
                         slot.generation += 1;
@@ -116,7 +116,7 @@ impl Connection {
                         self.runtime.spawn(Box::pin(async move {
                             connect_task(this, generation, deadline, tx).await;
                         }));
-                        pending
+                        (pending, generation)
                     }
                     None => {
                         return Err(slot
@@ -127,11 +127,6 @@ impl Connection {
                 },
             }
         };
-        let generation = self
-            .slot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation;
         pending
             .await
             .unwrap_or_else(|_| Err(Status::unavailable("connection attempt abandoned")))

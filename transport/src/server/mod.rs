@@ -41,6 +41,7 @@ pub(crate) struct ServerShared {
     pub(crate) send_compression: Option<&'static str>,
     pub(crate) max_recv_message_size: usize,
     pub(crate) max_send_message_size: usize,
+    handshake_timeout: Duration,
     h2: h2::server::Builder,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
@@ -74,6 +75,7 @@ pub struct Server {
     max_local_error_reset_streams: usize,
     max_concurrent_reset_streams: usize,
     tcp_nodelay: bool,
+    handshake_timeout: Duration,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTlsConfig>,
 }
@@ -107,6 +109,7 @@ impl Server {
             max_local_error_reset_streams: 1024,
             max_concurrent_reset_streams: 50,
             tcp_nodelay: true,
+            handshake_timeout: Duration::from_secs(20),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -227,6 +230,13 @@ impl Server {
         self
     }
 
+    /// How long a new connection may take to complete its TLS and HTTP/2 handshakes before it
+    /// is closed, so idle or slow connections cannot pin server tasks. Default 20 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
     /// Serves TLS (ALPN `h2`), with mutual TLS if the config has a client CA.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: crate::tls::ServerTlsConfig) -> Self {
@@ -286,6 +296,7 @@ impl Server {
                 send_compression: self.send_compression,
                 max_recv_message_size: self.max_recv_message_size,
                 max_send_message_size: self.max_send_message_size,
+                handshake_timeout: self.handshake_timeout,
                 h2,
                 #[cfg(feature = "tls")]
                 tls,
@@ -386,28 +397,16 @@ async fn serve_connection(
     peer: Address,
     shutdown: impl Future<Output = ()> + Unpin,
 ) {
-    #[allow(unused_mut)]
-    let mut extensions = http::Extensions::new();
-    #[cfg(feature = "tls")]
-    let io = match &shared.tls {
-        Some(tls) => match tls.accept(io).await {
-            Ok((io, certs)) => {
-                if let Some(certs) = certs {
-                    extensions.insert(certs);
-                }
-                io
-            }
-            Err(status) => {
-                tracing::debug!(%peer, %status, "TLS accept failed");
-                return;
-            }
-        },
-        None => io,
-    };
-    let mut conn = match shared.h2.handshake::<_, bytes::Bytes>(H2Io::new(io)).await {
-        Ok(conn) => conn,
-        Err(err) => {
-            tracing::debug!(%peer, error = %err, "HTTP/2 handshake failed");
+    let deadline = shared.runtime.now().checked_add(shared.handshake_timeout);
+    let handshake = crate::with_deadline(&*shared.runtime, deadline, handshake(&shared, io));
+    let (mut conn, extensions) = match handshake.await {
+        Ok(Ok(connected)) => connected,
+        Ok(Err(why)) => {
+            tracing::debug!(%peer, %why, "connection setup failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "connection setup timed out");
             return;
         }
     };
@@ -440,6 +439,31 @@ async fn serve_connection(
             None => break,
         }
     }
+}
+
+type Connected = (h2::server::Connection<H2Io, bytes::Bytes>, http::Extensions);
+
+/// TLS (if configured) and the HTTP/2 handshake of a new connection.
+async fn handshake(shared: &ServerShared, io: BoxIo) -> Result<Connected, String> {
+    #[allow(unused_mut)]
+    let mut extensions = http::Extensions::new();
+    #[cfg(feature = "tls")]
+    let io = match &shared.tls {
+        Some(tls) => {
+            let (io, certs) = tls.accept(io).await.map_err(|status| status.to_string())?;
+            if let Some(certs) = certs {
+                extensions.insert(certs);
+            }
+            io
+        }
+        None => io,
+    };
+    let conn = shared
+        .h2
+        .handshake::<_, bytes::Bytes>(H2Io::new(io))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    Ok((conn, extensions))
 }
 
 impl fmt::Debug for ServerShared {
