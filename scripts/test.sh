@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+# Every `cargo test` run tees its output here; the totals are printed at the end.
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+run_tests() { cargo test "$@" 2>&1 | tee -a "$results"; }
+
 step "formatting"
 cargo fmt --all -- --check
 
@@ -21,10 +26,10 @@ fi
 echo "none"
 
 step "unit, integration and fuzz-corpus tests (default features)"
-cargo test --workspace --locked
+run_tests --workspace --locked
 
 step "anygrpc on tokio alone (no async-io)"
-cargo test --locked -p anygrpc --no-default-features --features tokio,tls
+run_tests --locked -p anygrpc --no-default-features --features tokio,tls
 
 step "examples: the demo and every runtime's client"
 cargo run --locked -q -p anygrpc-examples --bin demo
@@ -34,3 +39,4 @@ cargo run --locked -q -p anygrpc-examples --bin client-blocking
 cargo run --locked -q -p anygrpc-examples --features tokio --bin client-tokio
 
 step "all tests passed"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$results"
