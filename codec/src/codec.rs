@@ -23,6 +23,14 @@ pub trait Codec: Send + Sync + 'static {
     /// Parses one received message. A malformed message is `INTERNAL`.
     fn decode(&self, src: Bytes) -> Result<Self::Decode, Status>;
 
+    /// Parses one received message, told whether it arrived compressed (its flag on the
+    /// wire). The default ignores the flag; a codec over a wrapper type can pass it on (the
+    /// interop tests check that peers compress exactly the messages they were asked to).
+    fn decode_message(&self, src: Bytes, compressed: bool) -> Result<Self::Decode, Status> {
+        let _ = compressed;
+        self.decode(src)
+    }
+
     /// Per-message compression: whether `item` should be compressed when the call has a send
     /// compression. The default compresses every message; a codec over a wrapper type can
     /// decide message by message (already-compressed media, tiny messages).

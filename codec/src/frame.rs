@@ -95,9 +95,10 @@ impl Encoder {
 /// One framed message as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// The compressed flag.
+    /// The compressed flag: how the message arrived.
     pub compressed: bool,
-    /// The payload, still compressed if `compressed`.
+    /// The payload: from [`Deframer::next_frame`] as on the wire, from
+    /// [`Deframer::next_message`] decompressed.
     pub data: Bytes,
 }
 
@@ -178,19 +179,19 @@ impl Deframer {
         }))
     }
 
-    /// The next complete message payload, decompressed with `compressor` when its flag says so.
+    /// The next complete message, decompressed with `compressor` when its flag says so.
     ///
     /// A compressed message on a call with no `grpc-encoding` is `INTERNAL`; decompression is
     /// bounded by the same limit as the wire size.
     pub fn next_message(
         &mut self,
         compressor: Option<&dyn Compressor>,
-    ) -> Result<Option<Bytes>, Status> {
+    ) -> Result<Option<Frame>, Status> {
         let Some(frame) = self.next_frame()? else {
             return Ok(None);
         };
         if !frame.compressed {
-            return Ok(Some(frame.data));
+            return Ok(Some(frame));
         }
         let Some(compressor) = compressor else {
             return Err(Status::internal(
@@ -199,7 +200,10 @@ impl Deframer {
         };
         let mut out = BytesMut::new();
         compression::decompress(compressor, &frame.data, &mut out, self.max_message_size)?;
-        Ok(Some(out.freeze()))
+        Ok(Some(Frame {
+            compressed: true,
+            data: out.freeze(),
+        }))
     }
 
     fn copy_to(&mut self, dst: &mut [u8]) {
@@ -292,7 +296,8 @@ mod tests {
             for piece in wire.chunks(chunk) {
                 d.push(Bytes::copy_from_slice(piece));
                 while let Some(m) = d.next_message(None).unwrap() {
-                    got.push(m);
+                    assert!(!m.compressed);
+                    got.push(m.data);
                 }
             }
             assert!(d.is_empty());
@@ -307,7 +312,7 @@ mod tests {
         let mut d = Deframer::new(1024);
         d.push(wire.clone());
         let m = d.next_message(None).unwrap().unwrap();
-        assert_eq!(m.as_ptr(), wire[HEADER_LEN..].as_ptr());
+        assert_eq!(m.data.as_ptr(), wire[HEADER_LEN..].as_ptr());
     }
 
     #[test]
@@ -344,10 +349,9 @@ mod tests {
         assert_eq!(wire[0], 1);
         let mut d = Deframer::new(100);
         d.push(wire);
-        assert_eq!(
-            d.next_message(Some(&Gzip)).unwrap().unwrap(),
-            vec![b'a'; 100]
-        );
+        let message = d.next_message(Some(&Gzip)).unwrap().unwrap();
+        assert!(message.compressed);
+        assert_eq!(message.data, vec![b'a'; 100]);
         let err = enc
             .encode(&Raw, Bytes::from(vec![0; 101]), true)
             .unwrap_err();
@@ -392,8 +396,9 @@ mod tests {
         for wire in [zipped, plain, off] {
             d.push(wire);
         }
-        for expected in [&b"zzzz"[..], b"aaaa", b"zzzz"] {
-            assert_eq!(d.next_message(Some(&Gzip)).unwrap().unwrap(), expected);
+        for (data, compressed) in [(&b"zzzz"[..], true), (b"aaaa", false), (b"zzzz", false)] {
+            let message = d.next_message(Some(&Gzip)).unwrap().unwrap();
+            assert_eq!((&message.data[..], message.compressed), (data, compressed));
         }
     }
 }

@@ -79,7 +79,7 @@ pub fn deframer(data: &[u8]) {
     let mut d = Deframer::new(limit);
     d.push(Bytes::copy_from_slice(wire));
     while let Ok(Some(message)) = d.next_message(Some(&Gzip)) {
-        assert!(message.len() <= limit);
+        assert!(message.data.len() <= limit);
     }
 }
 

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 
-use crate::{rt::Address, MetadataMap};
+use crate::{client::CancelToken, rt::Address, MetadataMap};
 
 /// A call's request: a message (or a stream of them) plus metadata and call options.
 ///
@@ -16,6 +16,7 @@ pub struct Request<T> {
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     remote_addr: Option<Address>,
+    cancel: Option<CancelToken>,
 }
 
 impl<T> Request<T> {
@@ -28,6 +29,7 @@ impl<T> Request<T> {
             timeout: None,
             deadline: None,
             remote_addr: None,
+            cancel: None,
         }
     }
 
@@ -72,6 +74,16 @@ impl<T> Request<T> {
         self.timeout = Some(timeout);
     }
 
+    /// Client: end the call with `CANCELLED` when the token's
+    /// [`Canceller`](crate::client::Canceller) cancels it.
+    pub fn set_cancel_token(&mut self, token: CancelToken) {
+        self.cancel = Some(token);
+    }
+
+    pub(crate) fn take_cancel_token(&mut self) -> Option<CancelToken> {
+        self.cancel.take()
+    }
+
     /// The timeout set on this request (client side).
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
@@ -103,6 +115,7 @@ impl<T> Request<T> {
             timeout: self.timeout,
             deadline: self.deadline,
             remote_addr: self.remote_addr,
+            cancel: self.cancel,
         }
     }
 
@@ -120,6 +133,7 @@ impl<T> Request<T> {
             timeout: None,
             deadline,
             remote_addr,
+            cancel: None,
         }
     }
 }

@@ -16,12 +16,12 @@ use crate::{MetadataMap, Status};
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
 /// parameter.
 pub(crate) trait Decode<T>: Send {
-    fn decode(&self, bytes: Bytes) -> Result<T, Status>;
+    fn decode(&self, bytes: Bytes, compressed: bool) -> Result<T, Status>;
 }
 
 impl<C: Codec> Decode<C::Decode> for C {
-    fn decode(&self, bytes: Bytes) -> Result<C::Decode, Status> {
-        Codec::decode(self, bytes)
+    fn decode(&self, bytes: Bytes, compressed: bool) -> Result<C::Decode, Status> {
+        Codec::decode_message(self, bytes, compressed)
     }
 }
 
@@ -33,6 +33,7 @@ pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
 pub(crate) struct ClientSide {
     pub(crate) deadline: Option<Pin<Box<dyn Sleep>>>,
     pub(crate) deadline_at: Option<std::time::Instant>,
+    pub(crate) cancel: Option<crate::client::Cancelled>,
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
     pub(crate) cancel_sender: Option<futures_channel::oneshot::Sender<()>>,
     pub(crate) local_error: Option<LocalError>,
@@ -131,6 +132,7 @@ impl<T> Streaming<T> {
         if let Some(client) = &mut self.client {
             client.cancel_sender = None;
             client.deadline = None;
+            client.cancel = None;
         }
         Poll::Ready(Some(Err(status)))
     }
@@ -158,8 +160,8 @@ impl<T> Streaming<T> {
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
         loop {
             match self.deframer.next_message(self.compressor.as_deref()) {
-                Ok(Some(bytes)) => {
-                    return match self.decoder.decode(bytes) {
+                Ok(Some(frame)) => {
+                    return match self.decoder.decode(frame.data, frame.compressed) {
                         Ok(message) => Poll::Ready(Some(Ok(message))),
                         Err(status) => self.fail(status),
                     }
@@ -167,9 +169,20 @@ impl<T> Streaming<T> {
                 Ok(None) => {}
                 Err(status) => return self.fail(status),
             }
-            if let Some(sleep) = self.client.as_mut().and_then(|c| c.deadline.as_mut()) {
-                if sleep.as_mut().poll(cx).is_ready() {
+            if let Some(client) = self.client.as_mut() {
+                if client
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+                {
                     return self.fail(Status::deadline_exceeded("deadline exceeded"));
+                }
+                if client
+                    .cancel
+                    .as_mut()
+                    .is_some_and(|c| std::future::Future::poll(Pin::new(c), cx).is_ready())
+                {
+                    return self.fail(Status::cancelled("call cancelled by the client"));
                 }
             }
             let Some(recv) = self.recv.as_mut() else {
@@ -222,6 +235,7 @@ impl<T> Streaming<T> {
                     self.trailers = Some(MetadataMap::from_header_map(trailers));
                     if let Some(client) = &mut self.client {
                         client.deadline = None;
+                        client.cancel = None;
                     }
                     return Poll::Ready(None);
                 }

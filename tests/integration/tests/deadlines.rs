@@ -126,3 +126,49 @@ fn client_streaming_deadline() {
         assert_eq!(server.next_event().await, Event::Dropped);
     });
 }
+
+#[test]
+fn cancelled_calls_end_with_cancelled_and_cancel_the_handler() {
+    let mut server = start();
+    let client = server.client();
+    block_on(async {
+        // Unary, cancelled while the handler runs.
+        let (canceller, token) = anygrpc::client::cancellation();
+        let mut request = Request::new(hang());
+        request.set_cancel_token(token);
+        let call = Box::pin(client.unary(request));
+        let started = server.events.next();
+        let call = match futures_util::future::select(call, started).await {
+            Either::Right((Some(Event::Started(None)), call)) => call,
+            _ => panic!("expected the handler to start"),
+        };
+        canceller.cancel();
+        assert_eq!(call.await.unwrap_err().code(), Code::Cancelled);
+        assert_eq!(server.next_event().await, Event::Dropped);
+
+        // Client streaming, cancelled before sending anything (interop cancel_after_begin).
+        let (canceller, token) = anygrpc::client::cancellation();
+        let (_tx, rx) = futures_channel::mpsc::unbounded::<Payload>();
+        let mut request = Request::new(rx);
+        request.set_cancel_token(token);
+        canceller.cancel();
+        assert_eq!(
+            client.client_stream(request).await.unwrap_err().code(),
+            Code::Cancelled
+        );
+
+        // Bidi, cancelled after the first response (interop cancel_after_first_response).
+        let (canceller, token) = anygrpc::client::cancellation();
+        let (tx, rx) = futures_channel::mpsc::unbounded();
+        let mut request = Request::new(rx);
+        request.set_cancel_token(token);
+        let mut replies = client.bidi(request).await.unwrap().into_inner();
+        tx.unbounded_send(Payload::default()).unwrap();
+        replies.message().await.unwrap().unwrap();
+        tx.unbounded_send(hang()).unwrap();
+        assert!(matches!(server.next_event().await, Event::Started(None)));
+        canceller.cancel();
+        assert_eq!(replies.message().await.unwrap_err().code(), Code::Cancelled);
+        assert_eq!(server.next_event().await, Event::Dropped);
+    });
+}

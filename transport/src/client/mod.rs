@@ -1,6 +1,9 @@
 //! The client: [`Channel`] and the generic call API ([`Grpc`]) that generated stubs use.
 
+mod cancel;
 mod conn;
+
+pub use cancel::{cancellation, CancelToken, Cancelled, Canceller};
 
 use std::{
     fmt,
@@ -343,6 +346,7 @@ struct Started {
     send: h2::SendStream<Bytes>,
     response: h2::client::ResponseFuture,
     deadline: Option<Instant>,
+    cancel: Option<CancelToken>,
     encoder: Encoder,
     compress: bool,
 }
@@ -381,12 +385,14 @@ impl Grpc {
     }
 
     /// Runs interceptors, opens the HTTP/2 stream and sends the request headers.
-    async fn start(
+    async fn start<T>(
         &self,
         path: PathAndQuery,
-        metadata: MetadataMap,
-        timeout: Option<Duration>,
+        request: &mut Request<T>,
     ) -> Result<Started, Status> {
+        let metadata = std::mem::take(request.metadata_mut());
+        let timeout = request.timeout();
+        let cancel = request.take_cancel_token();
         let inner = &self.channel.inner;
         let runtime = self.runtime();
         let deadline = timeout.map(|t| {
@@ -439,16 +445,12 @@ impl Grpc {
             .into_request()?;
             send_request.send_request(request, false).map_err(unusable)
         };
-        let (response, send) =
-            with_deadline(&**runtime, deadline, open)
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded("deadline exceeded before the call started")
-                })??;
+        let (response, send) = self.bounded(deadline, cancel.as_ref(), open).await??;
         Ok(Started {
             send,
             response,
             deadline,
+            cancel,
             encoder: Encoder::new(
                 compressor,
                 self.max_send_message_size
@@ -510,10 +512,32 @@ impl Grpc {
         ))
     }
 
-    fn client_side(&self, deadline: Option<Instant>) -> ClientSide {
+    /// Runs part of a call until the deadline (`DEADLINE_EXCEEDED`) or cancellation
+    /// (`CANCELLED`), whichever comes first.
+    async fn bounded<F: std::future::Future>(
+        &self,
+        deadline: Option<Instant>,
+        cancel: Option<&CancelToken>,
+        fut: F,
+    ) -> Result<F::Output, Status> {
+        let limited = std::pin::pin!(with_deadline(&**self.runtime(), deadline, fut));
+        let cancelled = match cancel {
+            Some(token) => Either::Left(token.cancelled()),
+            None => Either::Right(std::future::pending::<()>()),
+        };
+        match futures_util::future::select(limited, cancelled).await {
+            Either::Left((Ok(out), _)) => Ok(out),
+            Either::Left((Err(_), _)) => Err(Status::deadline_exceeded("deadline exceeded")),
+            Either::Right(_) => Err(Status::cancelled("call cancelled by the client")),
+        }
+    }
+
+    /// The client-only state of a response stream: its deadline timer and cancellation.
+    fn client_side(&self, deadline: Option<Instant>, cancel: Option<&CancelToken>) -> ClientSide {
         ClientSide {
             deadline: deadline.map(|d| self.runtime().sleep_until(d)),
             deadline_at: deadline,
+            cancel: cancel.map(CancelToken::cancelled),
             cancel_sender: None,
             local_error: None,
         }
@@ -524,25 +548,22 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        request: Request<C::Encode>,
+        mut request: Request<C::Encode>,
     ) -> Result<Response<C::Decode>, Status> {
-        let timeout = request.timeout();
-        let (metadata, message) = split(request);
-        let mut call = self.start(path, metadata, timeout).await?;
-        let deadline = call.deadline;
-        let frame = call.encoder.encode(&codec, message, call.compress)?;
+        let mut call = self.start(path, &mut request).await?;
+        let (deadline, cancel) = (call.deadline, call.cancel.take());
+        let frame = call
+            .encoder
+            .encode(&codec, request.into_inner(), call.compress)?;
         let exchange = async move {
             // A send failure (stream reset, connection lost) also fails the response, which
             // carries the status that explains it.
             let _ = send_message(&mut call.send, frame, true).await;
-            let (metadata, streaming) = self
-                .response(call.response, codec, self.client_side(None))
-                .await?;
+            let client = self.client_side(None, None);
+            let (metadata, streaming) = self.response(call.response, codec, client).await?;
             single_response(metadata, streaming).await
         };
-        with_deadline(&**self.runtime(), deadline, exchange)
-            .await
-            .map_err(|_| Status::deadline_exceeded("deadline exceeded"))?
+        self.bounded(deadline, cancel.as_ref(), exchange).await?
     }
 
     /// A server-streaming call: one request message, a stream of responses.
@@ -550,23 +571,19 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        request: Request<C::Encode>,
+        mut request: Request<C::Encode>,
     ) -> Result<Response<Streaming<C::Decode>>, Status> {
-        let timeout = request.timeout();
-        let (metadata, message) = split(request);
-        let mut call = self.start(path, metadata, timeout).await?;
-        let deadline = call.deadline;
-        let frame = call.encoder.encode(&codec, message, call.compress)?;
-        let client = self.client_side(deadline);
+        let mut call = self.start(path, &mut request).await?;
+        let (deadline, cancel) = (call.deadline, call.cancel.take());
+        let frame = call
+            .encoder
+            .encode(&codec, request.into_inner(), call.compress)?;
+        let client = self.client_side(deadline, cancel.as_ref());
         let exchange = async move {
-            // A send failure (stream reset, connection lost) also fails the response, which
-            // carries the status that explains it.
             let _ = send_message(&mut call.send, frame, true).await;
             self.response(call.response, codec, client).await
         };
-        let (metadata, streaming) = with_deadline(&**self.runtime(), deadline, exchange)
-            .await
-            .map_err(|_| Status::deadline_exceeded("deadline exceeded"))??;
+        let (metadata, streaming) = self.bounded(deadline, cancel.as_ref(), exchange).await??;
         Ok(Response::from_parts(
             metadata,
             streaming,
@@ -579,16 +596,15 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        request: Request<S>,
+        mut request: Request<S>,
     ) -> Result<Response<C::Decode>, Status>
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let timeout = request.timeout();
-        let (metadata, messages) = split(request);
-        let call = self.start(path, metadata, timeout).await?;
-        let deadline = call.deadline;
+        let mut call = self.start(path, &mut request).await?;
+        let (deadline, cancel) = (call.deadline, call.cancel.take());
+        let messages = request.into_inner();
         let client = self.spawn_sender(
             call.send,
             call.encoder,
@@ -600,9 +616,7 @@ impl Grpc {
             let (metadata, streaming) = self.response(call.response, codec, client).await?;
             single_response(metadata, streaming).await
         };
-        with_deadline(&**self.runtime(), deadline, exchange)
-            .await
-            .map_err(|_| Status::deadline_exceeded("deadline exceeded"))?
+        self.bounded(deadline, cancel.as_ref(), exchange).await?
     }
 
     /// A bidirectional-streaming call: requests and responses flow independently.
@@ -610,32 +624,29 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        request: Request<S>,
+        mut request: Request<S>,
     ) -> Result<Response<Streaming<C::Decode>>, Status>
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let timeout = request.timeout();
-        let (metadata, messages) = split(request);
-        let call = self.start(path, metadata, timeout).await?;
-        let deadline = call.deadline;
-        let mut client = self.spawn_sender(
+        let mut call = self.start(path, &mut request).await?;
+        let (deadline, cancel) = (call.deadline, call.cancel.take());
+        let messages = request.into_inner();
+        let sender = self.spawn_sender(
             call.send,
             call.encoder,
             call.compress,
             codec.clone(),
             messages,
         );
-        client.deadline = deadline.map(|d| self.runtime().sleep_until(d));
-        client.deadline_at = deadline;
-        let (metadata, streaming) = with_deadline(
-            &**self.runtime(),
-            deadline,
-            self.response(call.response, codec, client),
-        )
-        .await
-        .map_err(|_| Status::deadline_exceeded("deadline exceeded"))??;
+        let client = ClientSide {
+            cancel_sender: sender.cancel_sender,
+            local_error: sender.local_error,
+            ..self.client_side(deadline, cancel.as_ref())
+        };
+        let response = self.response(call.response, codec, client);
+        let (metadata, streaming) = self.bounded(deadline, cancel.as_ref(), response).await??;
         Ok(Response::from_parts(
             metadata,
             streaming,
@@ -688,16 +699,11 @@ impl Grpc {
         ClientSide {
             deadline: None,
             deadline_at: None,
+            cancel: None,
             cancel_sender: Some(cancel_tx),
             local_error: Some(local_error),
         }
     }
-}
-
-fn split<T>(request: Request<T>) -> (MetadataMap, T) {
-    let mut request = request;
-    let metadata = std::mem::take(request.metadata_mut());
-    (metadata, request.into_inner())
 }
 
 /// Reads exactly one message and the trailers.
