@@ -31,6 +31,9 @@ run_tests --workspace --locked
 step "anygrpc on tokio alone (no async-io)"
 run_tests --locked -p anygrpc --no-default-features --features tokio,tls
 
+step "interop: every case, anygrpc and the gRPC C-core (grpcio) in every pairing, plaintext and TLS"
+bash tests/interop/run.sh 2>&1 | tee -a "$results"
+
 step "examples: the demo and every runtime's client"
 cargo run --locked -q -p anygrpc-examples --bin demo
 cargo run --locked -q -p anygrpc-examples --bin route-guide
@@ -39,4 +42,5 @@ cargo run --locked -q -p anygrpc-examples --bin client-blocking
 cargo run --locked -q -p anygrpc-examples --features tokio --bin client-tokio
 
 step "all tests passed"
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$results"
+awk '/^test result:/ { p += $4; f += $6 } /^interop: / { p += $2; f += $4 }
+  END { printf "%d passed, %d failed\n", p, f }' "$results"

@@ -1,11 +1,17 @@
 use std::{
     fmt,
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{ready, Context, Poll},
 };
 
-use anygrpc_codec::{compression::Compressor, frame::Deframer, Codec};
+use anygrpc_codec::{
+    compression::{CompressionRegistry, Compressor},
+    frame::Deframer,
+    headers::{self, GRPC_ENCODING},
+    Codec,
+};
 use anygrpc_rt::Sleep;
 use bytes::Bytes;
 use futures_core::Stream;
@@ -39,7 +45,15 @@ pub(crate) struct ClientSide {
     pub(crate) local_error: Option<LocalError>,
 }
 
+/// A client's response head, not yet received.
+pub(crate) struct PendingHead {
+    pub(crate) response: h2::client::ResponseFuture,
+    pub(crate) compression: Arc<CompressionRegistry>,
+}
+
 enum State {
+    /// Client: waiting for the response head.
+    Head(PendingHead),
     Data,
     Trailers,
     Done,
@@ -50,15 +64,16 @@ enum State {
 ///
 /// Yields each message as it completes; ends with `None` after a successful end of stream, or
 /// yields the call's error status once and then ends. On the client, a non-OK status in the
-/// trailers is that error, and [`trailers`](Self::trailers) gives the trailing metadata of a
-/// successful call.
+/// trailers is that error, [`headers`](Self::headers) gives the response's header metadata
+/// and [`trailers`](Self::trailers) the trailing metadata of a successful call.
 pub struct Streaming<T> {
+    state: State,
     recv: Option<h2::RecvStream>,
     deframer: Deframer,
     compressor: Option<Arc<dyn Compressor>>,
     decoder: Box<dyn Decode<T>>,
-    state: State,
     client: Option<ClientSide>,
+    headers: MetadataMap,
     trailers: Option<MetadataMap>,
 }
 
@@ -72,40 +87,47 @@ impl<T> fmt::Debug for Streaming<T> {
 }
 
 impl<T> Streaming<T> {
-    pub(crate) fn new<C>(
+    /// A server's stream of request messages.
+    pub(crate) fn server<C>(
         recv: h2::RecvStream,
         codec: C,
         compressor: Option<Arc<dyn Compressor>>,
         max_message_size: usize,
-        client: Option<ClientSide>,
     ) -> Streaming<T>
     where
         C: Codec<Decode = T>,
     {
         Streaming {
+            state: State::Data,
             recv: Some(recv),
             deframer: Deframer::new(max_message_size),
             compressor,
             decoder: Box::new(codec),
-            state: State::Data,
-            client,
+            client: None,
+            headers: MetadataMap::new(),
             trailers: None,
         }
     }
 
-    /// A stream that already ended successfully with these trailers (a trailers-only response).
-    pub(crate) fn finished<C>(codec: C, trailers: MetadataMap) -> Streaming<T>
+    /// A client's stream of responses, starting with the response head.
+    pub(crate) fn client<C>(
+        head: PendingHead,
+        codec: C,
+        max_message_size: usize,
+        client: ClientSide,
+    ) -> Streaming<T>
     where
         C: Codec<Decode = T>,
     {
         Streaming {
+            state: State::Head(head),
             recv: None,
-            deframer: Deframer::new(0),
+            deframer: Deframer::new(max_message_size),
             compressor: None,
             decoder: Box::new(codec),
-            state: State::Done,
-            client: None,
-            trailers: Some(trailers),
+            client: Some(client),
+            headers: MetadataMap::new(),
+            trailers: None,
         }
     }
 
@@ -118,6 +140,18 @@ impl<T> Streaming<T> {
         }
     }
 
+    /// Client: the response's header metadata, waiting for the response head if it has not
+    /// arrived. (A bidi call returns before the server answers, so its header metadata is
+    /// read here rather than from the [`Response`](crate::Response).) Server: empty.
+    pub async fn headers(&mut self) -> Result<&MetadataMap, Status> {
+        poll_fn(|cx| self.poll_head(cx)).await?;
+        Ok(&self.headers)
+    }
+
+    pub(crate) fn take_headers(&mut self) -> MetadataMap {
+        std::mem::take(&mut self.headers)
+    }
+
     /// Client: reads (and discards) any remaining messages and returns the trailing metadata of
     /// a successful call; the call's error status otherwise. Server: always `Ok(None)` once the
     /// client's stream ended.
@@ -126,35 +160,103 @@ impl<T> Streaming<T> {
         Ok(self.trailers.take())
     }
 
-    fn fail(&mut self, status: Status) -> Poll<Option<Result<T, Status>>> {
+    /// Ends the stream with `status`: drops the HTTP/2 stream (a reset if it was still open)
+    /// and stops the request-sending task.
+    fn fail(&mut self, status: Status) -> Status {
         self.state = State::Done;
         self.recv = None;
-        if let Some(client) = &mut self.client {
-            client.cancel_sender = None;
-            client.deadline = None;
-            client.cancel = None;
-        }
-        Poll::Ready(Some(Err(status)))
+        self.client = None;
+        status
     }
 
-    fn deadline_passed(&self) -> bool {
-        self.client
-            .as_ref()
-            .and_then(|c| c.deadline_at)
-            .is_some_and(|at| std::time::Instant::now() >= at)
+    fn finish(&mut self) {
+        self.state = State::Done;
+        self.recv = None;
+        self.client = None;
     }
 
     /// Maps a stream error, preferring a failure the request-sending task recorded.
     fn stream_error(&self, err: &h2::Error) -> Status {
-        if let Some(status) = self
-            .client
-            .as_ref()
+        let client = self.client.as_ref();
+        if let Some(status) = client
             .and_then(|c| c.local_error.as_ref())
             .and_then(|e| e.lock().ok()?.take())
         {
             return status;
         }
-        crate::status_from_h2(err, self.deadline_passed())
+        let deadline_passed = client
+            .and_then(|c| c.deadline_at)
+            .is_some_and(|at| std::time::Instant::now() >= at);
+        crate::status_from_h2(err, deadline_passed)
+    }
+
+    /// The client's deadline or cancellation, if either has fired.
+    fn poll_limits(&mut self, cx: &mut Context<'_>) -> Option<Status> {
+        let client = self.client.as_mut()?;
+        if client
+            .deadline
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+        {
+            return Some(Status::deadline_exceeded("deadline exceeded"));
+        }
+        if client
+            .cancel
+            .as_mut()
+            .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+        {
+            return Some(Status::cancelled("call cancelled by the client"));
+        }
+        None
+    }
+
+    /// Client: receives and checks the response head. Ready(Ok) once it has arrived (or on
+    /// the server, at once).
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        if !matches!(self.state, State::Head(_)) {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(status) = self.poll_limits(cx) {
+            return Poll::Ready(Err(self.fail(status)));
+        }
+        let State::Head(head) = &mut self.state else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = ready!(Pin::new(&mut head.response).poll(cx));
+        let compression = head.compression.clone();
+        let response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                let status = self.stream_error(&err);
+                return Poll::Ready(Err(self.fail(status)));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        match headers::check_response(parts.status, &parts.headers) {
+            Err(status) => return Poll::Ready(Err(self.fail(status))),
+            Ok(Some(status)) if status.is_ok() => {
+                // Trailers-only success: no messages.
+                self.finish();
+                self.trailers = Some(MetadataMap::from_header_map(parts.headers));
+                return Poll::Ready(Ok(()));
+            }
+            Ok(Some(status)) => return Poll::Ready(Err(self.fail(status))),
+            Ok(None) => {}
+        }
+        match compression.resolve(parts.headers.get(GRPC_ENCODING)) {
+            Ok(compressor) => self.compressor = compressor,
+            Err(name) => {
+                let status = Status::internal(format!(
+                    "server sent messages with grpc-encoding {:?}, which this client does not support",
+                    String::from_utf8_lossy(name)
+                ));
+                return Poll::Ready(Err(self.fail(status)));
+            }
+        }
+        self.headers = MetadataMap::from_header_map(parts.headers);
+        self.recv = Some(body);
+        self.state = State::Data;
+        Poll::Ready(Ok(()))
     }
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
@@ -163,83 +265,72 @@ impl<T> Streaming<T> {
                 Ok(Some(frame)) => {
                     return match self.decoder.decode(frame.data, frame.compressed) {
                         Ok(message) => Poll::Ready(Some(Ok(message))),
-                        Err(status) => self.fail(status),
+                        Err(status) => Poll::Ready(Some(Err(self.fail(status)))),
                     }
                 }
                 Ok(None) => {}
-                Err(status) => return self.fail(status),
+                Err(status) => return Poll::Ready(Some(Err(self.fail(status)))),
             }
-            if let Some(client) = self.client.as_mut() {
-                if client
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|s| s.as_mut().poll(cx).is_ready())
-                {
-                    return self.fail(Status::deadline_exceeded("deadline exceeded"));
+            if matches!(self.state, State::Done) {
+                return Poll::Ready(None);
+            }
+            if let Some(status) = self.poll_limits(cx) {
+                return Poll::Ready(Some(Err(self.fail(status))));
+            }
+            if let State::Head(_) = self.state {
+                if let Err(status) = ready!(self.poll_head(cx)) {
+                    return Poll::Ready(Some(Err(status)));
                 }
-                if client
-                    .cancel
-                    .as_mut()
-                    .is_some_and(|c| std::future::Future::poll(Pin::new(c), cx).is_ready())
-                {
-                    return self.fail(Status::cancelled("call cancelled by the client"));
-                }
+                continue;
             }
             let Some(recv) = self.recv.as_mut() else {
                 return Poll::Ready(None);
             };
-            match self.state {
-                State::Done => return Poll::Ready(None),
-                State::Data => match ready!(recv.poll_data(cx)) {
+            if let State::Data = self.state {
+                match ready!(recv.poll_data(cx)) {
                     Some(Ok(chunk)) => {
                         let _ = recv.flow_control().release_capacity(chunk.len());
                         self.deframer.push(chunk);
                     }
                     Some(Err(err)) => {
                         let status = self.stream_error(&err);
-                        return self.fail(status);
+                        return Poll::Ready(Some(Err(self.fail(status))));
                     }
                     None => {
                         if !self.deframer.is_empty() {
-                            return self
-                                .fail(Status::internal("stream ended in the middle of a message"));
+                            let status =
+                                Status::internal("stream ended in the middle of a message");
+                            return Poll::Ready(Some(Err(self.fail(status))));
                         }
                         if self.client.is_none() {
-                            self.state = State::Done;
-                            self.recv = None;
+                            self.finish();
                             return Poll::Ready(None);
                         }
                         self.state = State::Trailers;
                     }
-                },
-                State::Trailers => {
-                    let trailers = match ready!(recv.poll_trailers(cx)) {
-                        Ok(Some(trailers)) => trailers,
-                        Ok(None) => {
-                            return self.fail(Status::internal(
-                                "server closed the stream without sending trailers",
-                            ))
-                        }
-                        Err(err) => {
-                            let status = self.stream_error(&err);
-                            return self.fail(status);
-                        }
-                    };
-                    let status = Status::from_trailers(&trailers)
-                        .unwrap_or_else(|| Status::internal("trailers have no grpc-status"));
-                    if !status.is_ok() {
-                        return self.fail(status);
-                    }
-                    self.state = State::Done;
-                    self.recv = None;
-                    self.trailers = Some(MetadataMap::from_header_map(trailers));
-                    if let Some(client) = &mut self.client {
-                        client.deadline = None;
-                        client.cancel = None;
-                    }
-                    return Poll::Ready(None);
                 }
+                continue;
             }
+            let trailers = match ready!(recv.poll_trailers(cx)) {
+                Ok(Some(trailers)) => trailers,
+                Ok(None) => {
+                    let status =
+                        Status::internal("server closed the stream without sending trailers");
+                    return Poll::Ready(Some(Err(self.fail(status))));
+                }
+                Err(err) => {
+                    let status = self.stream_error(&err);
+                    return Poll::Ready(Some(Err(self.fail(status))));
+                }
+            };
+            let status = Status::from_trailers(&trailers)
+                .unwrap_or_else(|| Status::internal("trailers have no grpc-status"));
+            if !status.is_ok() {
+                return Poll::Ready(Some(Err(self.fail(status))));
+            }
+            self.finish();
+            self.trailers = Some(MetadataMap::from_header_map(trailers));
+            return Poll::Ready(None);
         }
     }
 }

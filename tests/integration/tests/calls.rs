@@ -319,3 +319,25 @@ fn metadata_keys_are_validated() {
     assert!(md.insert("x-ok", "line\nbreak").is_err());
     assert!(md.insert_bin("x-bin-without-suffix", b"v").is_err());
 }
+
+#[test]
+fn bidi_call_returns_before_the_server_answers() {
+    // A server that accepts the stream but sends nothing until it hears from the client (as the
+    // gRPC C-core does): the call must hand back its stream rather than wait for headers.
+    let addr = raw_server(|respond| {
+        std::mem::forget(respond);
+    });
+    let client = TestClient::new(
+        anygrpc::Channel::builder(&addr.to_string())
+            .connect_lazy()
+            .unwrap(),
+    );
+    block_on(async {
+        let (_tx, rx) = futures_channel::mpsc::unbounded::<Payload>();
+        let mut request = Request::new(rx);
+        // If the call waited for the response head, this deadline would fail it.
+        request.set_timeout(std::time::Duration::from_secs(20));
+        let response = client.bidi(request).await;
+        assert!(response.is_ok(), "{:?}", response.err());
+    });
+}

@@ -452,10 +452,10 @@ impl Client {
             .full_duplex(Self::with_echo_metadata(rx)?)
             .await
             .map_err(call_failed)?;
-        let metadata = response.metadata().clone();
         let mut responses = response.into_inner();
         tx.unbounded_send(Self::ping(314_159, 271_828))
             .map_err(|e| e.to_string())?;
+        let metadata = responses.headers().await.map_err(call_failed)?.clone();
         let (reply, _) = responses
             .message()
             .await

@@ -14,7 +14,7 @@ use std::{
 use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
-    headers::{self, RequestHead, GRPC_ENCODING},
+    headers::{self, RequestHead},
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
     Codec,
 };
@@ -32,7 +32,7 @@ use http::{
 use crate::{
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
     send::send_message,
-    streaming::{ClientSide, LocalError},
+    streaming::{ClientSide, LocalError, PendingHead},
     with_deadline, MetadataMap, Request, Response, Status, Streaming,
 };
 use conn::{ConnSettings, Connection};
@@ -262,7 +262,7 @@ impl ChannelBuilder {
                 authority,
                 user_agent,
                 interceptors: self.interceptors,
-                compression: self.compression,
+                compression: Arc::new(self.compression),
                 send_compression: self.send_compression,
                 max_recv_message_size: self.max_recv_message_size,
                 max_send_message_size: self.max_send_message_size,
@@ -287,7 +287,7 @@ struct ChannelInner {
     authority: Authority,
     user_agent: HeaderValue,
     interceptors: Vec<AnyInterceptor>,
-    compression: CompressionRegistry,
+    compression: Arc<CompressionRegistry>,
     send_compression: Option<&'static str>,
     max_recv_message_size: usize,
     max_send_message_size: usize,
@@ -460,56 +460,30 @@ impl Grpc {
         })
     }
 
-    /// Waits for the response headers and sets up the response stream.
-    async fn response<C: Codec>(
+    /// The response stream of a started call; its head is received on first use.
+    fn response<C: Codec>(
         &self,
         response: h2::client::ResponseFuture,
         codec: C,
         client: ClientSide,
-    ) -> Result<(MetadataMap, Streaming<C::Decode>), Status> {
+    ) -> Streaming<C::Decode> {
         let inner = &self.channel.inner;
-        let response = match response.await {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(status) = client
-                    .local_error
-                    .as_ref()
-                    .and_then(|l| l.lock().ok()?.take())
-                {
-                    return Err(status);
-                }
-                let passed = client
-                    .deadline_at
-                    .is_some_and(|d| self.runtime().now() >= d);
-                return Err(crate::status_from_h2(&e, passed));
-            }
+        let head = PendingHead {
+            response,
+            compression: inner.compression.clone(),
         };
-        let (parts, body) = response.into_parts();
-        if let Some(status) = headers::check_response(parts.status, &parts.headers)? {
-            if !status.is_ok() {
-                return Err(status);
-            }
-            // Trailers-only success: no messages.
-            let trailers = MetadataMap::from_header_map(parts.headers);
-            return Ok((MetadataMap::new(), Streaming::finished(codec, trailers)));
-        }
-        let compressor = inner
-            .compression
-            .resolve(parts.headers.get(GRPC_ENCODING))
-            .map_err(|name| {
-                Status::internal(format!(
-                "server sent messages with grpc-encoding {:?}, which this client does not support",
-                String::from_utf8_lossy(name)
-            ))
-            })?;
-        let metadata = MetadataMap::from_header_map(parts.headers);
         let limit = self
             .max_recv_message_size
             .unwrap_or(inner.max_recv_message_size);
-        Ok((
-            metadata,
-            Streaming::new(body, codec, compressor, limit, Some(client)),
-        ))
+        Streaming::client(head, codec, limit, client)
+    }
+
+    /// Waits for a response stream's head; returns its header metadata and the stream.
+    async fn with_headers<T>(
+        mut streaming: Streaming<T>,
+    ) -> Result<(MetadataMap, Streaming<T>), Status> {
+        streaming.headers().await?;
+        Ok((streaming.take_headers(), streaming))
     }
 
     /// Runs part of a call until the deadline (`DEADLINE_EXCEEDED`) or cancellation
@@ -560,7 +534,8 @@ impl Grpc {
             // carries the status that explains it.
             let _ = send_message(&mut call.send, frame, true).await;
             let client = self.client_side(None, None);
-            let (metadata, streaming) = self.response(call.response, codec, client).await?;
+            let (metadata, streaming) =
+                Self::with_headers(self.response(call.response, codec, client)).await?;
             single_response(metadata, streaming).await
         };
         self.bounded(deadline, cancel.as_ref(), exchange).await?
@@ -581,7 +556,7 @@ impl Grpc {
         let client = self.client_side(deadline, cancel.as_ref());
         let exchange = async move {
             let _ = send_message(&mut call.send, frame, true).await;
-            self.response(call.response, codec, client).await
+            Self::with_headers(self.response(call.response, codec, client)).await
         };
         let (metadata, streaming) = self.bounded(deadline, cancel.as_ref(), exchange).await??;
         Ok(Response::from_parts(
@@ -613,7 +588,8 @@ impl Grpc {
             messages,
         );
         let exchange = async move {
-            let (metadata, streaming) = self.response(call.response, codec, client).await?;
+            let (metadata, streaming) =
+                Self::with_headers(self.response(call.response, codec, client)).await?;
             single_response(metadata, streaming).await
         };
         self.bounded(deadline, cancel.as_ref(), exchange).await?
@@ -645,13 +621,9 @@ impl Grpc {
             local_error: sender.local_error,
             ..self.client_side(deadline, cancel.as_ref())
         };
-        let response = self.response(call.response, codec, client);
-        let (metadata, streaming) = self.bounded(deadline, cancel.as_ref(), response).await??;
-        Ok(Response::from_parts(
-            metadata,
-            streaming,
-            MetadataMap::new(),
-        ))
+        // The server may wait for a request before it answers, so the call returns at once;
+        // the response head is read with the first message (or `Streaming::headers`).
+        Ok(Response::new(self.response(call.response, codec, client)))
     }
 
     /// Spawns the task that sends a request stream; it stops when the returned side's

@@ -169,12 +169,11 @@ struct Responder {
 impl ServerCall {
     /// Splits into the request (with its message stream) and what sends the response.
     fn split<C: Codec>(self, codec: C) -> (Request<Streaming<C::Decode>>, Responder) {
-        let requests = Streaming::new(
+        let requests = Streaming::server(
             self.body,
             codec,
             self.decompressor,
             self.shared.max_recv_message_size,
-            None,
         );
         let request = Request::from_server_parts(
             requests,
