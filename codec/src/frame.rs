@@ -260,22 +260,7 @@ impl Deframer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{compression::Gzip, Code};
-
-    #[derive(Debug, Clone, Copy)]
-    struct Raw;
-
-    impl Codec for Raw {
-        type Encode = Bytes;
-        type Decode = Bytes;
-        fn encode(&self, item: Bytes, dst: &mut BytesMut) -> Result<(), Status> {
-            dst.extend_from_slice(&item);
-            Ok(())
-        }
-        fn decode(&self, src: Bytes) -> Result<Bytes, Status> {
-            Ok(src)
-        }
-    }
+    use crate::{codec::BytesCodec as Raw, compression::Gzip, Code};
 
     fn frames(messages: &[&[u8]]) -> Bytes {
         let mut enc = Encoder::new(None, usize::MAX);
@@ -368,11 +353,10 @@ mod tests {
         type Encode = Bytes;
         type Decode = Bytes;
         fn encode(&self, item: Bytes, dst: &mut BytesMut) -> Result<(), Status> {
-            dst.extend_from_slice(&item);
-            Ok(())
+            Raw.encode(item, dst)
         }
         fn decode(&self, src: Bytes) -> Result<Bytes, Status> {
-            Ok(src)
+            Raw.decode(src)
         }
         fn compress(&self, item: &Bytes) -> bool {
             item.first() == Some(&b'z')

@@ -163,6 +163,14 @@ fn doc(buf: &mut String, indent: &str, comments: &prost_build::Comments) {
     }
 }
 
+/// A method's request and response types, as paths from the generated submodules.
+fn message_types(method: &prost_build::Method) -> (String, String) {
+    (
+        format!("super::{}", method.input_type),
+        format!("super::{}", method.output_type),
+    )
+}
+
 fn generate_client(service: &prost_build::Service, buf: &mut String) {
     let module = format!("{}_client", snake_case(&service.name));
     let client = format!("{}Client", service.name);
@@ -212,8 +220,7 @@ pub mod {module} {{
     );
     for method in &service.methods {
         let path = format!("/{full}/{}", method.proto_name);
-        let input = format!("super::{}", method.input_type);
-        let output = format!("super::{}", method.output_type);
+        let (input, output) = message_types(method);
         let name = &method.name;
         let codec = format!("ProstCodec::<{input}, {output}>::new()");
         let _ = writeln!(buf);
@@ -281,8 +288,7 @@ pub mod {module} {{
     doc(buf, "    ", &service.comments);
     let _ = writeln!(buf, "    pub trait {trait_name}: Send + Sync + 'static {{");
     for method in &service.methods {
-        let input = format!("super::{}", method.input_type);
-        let output = format!("super::{}", method.output_type);
+        let (input, output) = message_types(method);
         let request = if method.client_streaming {
             format!("Request<Streaming<{input}>>")
         } else {
@@ -344,8 +350,7 @@ pub mod {module} {{
 "#
     );
     for method in &service.methods {
-        let input = format!("super::{}", method.input_type);
-        let output = format!("super::{}", method.output_type);
+        let (input, output) = message_types(method);
         let kind = match (method.client_streaming, method.server_streaming) {
             (false, false) => "unary",
             (false, true) => "server_streaming",

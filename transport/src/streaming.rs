@@ -140,6 +140,20 @@ impl<T> Streaming<T> {
         }
     }
 
+    /// Reads the only message of a unary side of a call: a missing or second message is
+    /// `INTERNAL` (a cardinality violation); `side` names it in the error.
+    pub(crate) async fn single(&mut self, side: &str) -> Result<T, Status> {
+        let message = self.message().await?.ok_or_else(|| {
+            Status::internal(format!("the {side} stream ended without a message"))
+        })?;
+        if self.message().await?.is_some() {
+            return Err(Status::internal(format!(
+                "more than one {side} message for a unary {side}"
+            )));
+        }
+        Ok(message)
+    }
+
     /// Client: the response's header metadata, waiting for the response head if it has not
     /// arrived. (A bidi call returns before the server answers, so its header metadata is
     /// read here rather than from the [`Response`](crate::Response).) Server: empty.

@@ -409,6 +409,26 @@ pub async fn raw_call(
     }
 }
 
+/// Answers a raw stream as a gRPC server would: 200, `application/grpc` plus `headers`, the
+/// given DATA, then trailers with `grpc-status: 0`.
+pub fn respond_grpc(
+    mut respond: h2::server::SendResponse<Bytes>,
+    headers: &[(&str, &str)],
+    data: Bytes,
+) {
+    let mut response = http::Response::builder().header("content-type", "application/grpc");
+    for (name, value) in headers {
+        response = response.header(*name, *value);
+    }
+    let mut send = respond
+        .send_response(response.body(()).expect("valid response"), false)
+        .expect("send headers");
+    send.send_data(data, false).expect("send data");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    send.send_trailers(trailers).expect("send trailers");
+}
+
 /// A raw HTTP/2 server on a localhost port that answers each request with `respond`.
 pub fn raw_server<F>(respond: F) -> SocketAddr
 where

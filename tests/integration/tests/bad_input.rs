@@ -5,7 +5,7 @@ use std::io::Write;
 use anygrpc::{rt::block_on, Code, Request};
 use anygrpc_integration_tests::*;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 
 const UNARY: &str = "/anygrpc.test.Test/Unary";
 
@@ -88,17 +88,8 @@ fn compression_bomb_to_server_is_bounded() {
 #[test]
 fn compression_bomb_to_client_is_bounded() {
     let bomb = frame(true, &gzip_bomb());
-    let addr = raw_server(move |mut respond| {
-        let response = http::Response::builder()
-            .header("content-type", "application/grpc")
-            .header("grpc-encoding", "gzip")
-            .body(())
-            .unwrap();
-        let mut send = respond.send_response(response, false).unwrap();
-        send.send_data(bomb.clone(), false).unwrap();
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        send.send_trailers(trailers).unwrap();
+    let addr = raw_server(move |respond| {
+        respond_grpc(respond, &[("grpc-encoding", "gzip")], bomb.clone())
     });
     let client = TestClient::new(
         anygrpc::Channel::builder(&addr.to_string())
@@ -162,17 +153,12 @@ fn unsupported_request_encoding_is_unimplemented_with_accept_encoding() {
 
 #[test]
 fn unsupported_response_encoding_is_internal_at_the_client() {
-    let addr = raw_server(|mut respond| {
-        let response = http::Response::builder()
-            .header("content-type", "application/grpc")
-            .header("grpc-encoding", "snappy")
-            .body(())
-            .unwrap();
-        let mut send = respond.send_response(response, false).unwrap();
-        send.send_data(frame(true, b"????"), false).unwrap();
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        send.send_trailers(trailers).unwrap();
+    let addr = raw_server(|respond| {
+        respond_grpc(
+            respond,
+            &[("grpc-encoding", "snappy")],
+            frame(true, b"????"),
+        )
     });
     let client = TestClient::new(
         anygrpc::Channel::builder(&addr.to_string())

@@ -683,15 +683,7 @@ async fn single_response<T>(
     metadata: MetadataMap,
     mut streaming: Streaming<T>,
 ) -> Result<Response<T>, Status> {
-    let message = streaming
-        .message()
-        .await?
-        .ok_or_else(|| Status::internal("server sent no response message for a unary response"))?;
-    if streaming.message().await?.is_some() {
-        return Err(Status::internal(
-            "server sent more than one response message for a unary response",
-        ));
-    }
+    let message = streaming.single("response").await?;
     let trailers = streaming.trailers().await?.unwrap_or_default();
     Ok(Response::from_parts(metadata, message, trailers))
 }

@@ -199,14 +199,7 @@ impl ServerCall {
         F: FnOnce(Request<C::Decode>) -> Fut + Send,
         Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send,
     {
-        let (mut request, responder) = self.split(codec.clone());
-        let work = async move {
-            let message = single_request(request.get_mut()).await?;
-            handler(request.map(|_| message))
-                .await
-                .map(|r| r.map(Body::One))
-        };
-        responder.run(codec, work).await;
+        self.single_request(codec, handler, Body::One).await;
     }
 
     /// Handles a server-streaming method.
@@ -216,14 +209,7 @@ impl ServerCall {
         F: FnOnce(Request<C::Decode>) -> Fut + Send,
         Fut: Future<Output = Result<Response<ResponseStream<C::Encode>>, Status>> + Send,
     {
-        let (mut request, responder) = self.split(codec.clone());
-        let work = async move {
-            let message = single_request(request.get_mut()).await?;
-            handler(request.map(|_| message))
-                .await
-                .map(|r| r.map(Body::Stream))
-        };
-        responder.run(codec, work).await;
+        self.single_request(codec, handler, Body::Stream).await;
     }
 
     /// Handles a client-streaming method.
@@ -233,9 +219,7 @@ impl ServerCall {
         F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
         Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send,
     {
-        let (request, responder) = self.split(codec.clone());
-        let work = async move { handler(request).await.map(|r| r.map(Body::One)) };
-        responder.run(codec, work).await;
+        self.request_stream(codec, handler, Body::One).await;
     }
 
     /// Handles a bidirectional-streaming method.
@@ -245,8 +229,41 @@ impl ServerCall {
         F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
         Fut: Future<Output = Result<Response<ResponseStream<C::Encode>>, Status>> + Send,
     {
+        self.request_stream(codec, handler, Body::Stream).await;
+    }
+
+    /// Methods with one request message: read it, then run the handler.
+    async fn single_request<C, F, Fut, R>(
+        self,
+        codec: C,
+        handler: F,
+        body: fn(R) -> Body<C::Encode>,
+    ) where
+        C: Codec + Clone,
+        F: FnOnce(Request<C::Decode>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<R>, Status>> + Send,
+    {
+        let (mut request, responder) = self.split(codec.clone());
+        let work = async move {
+            let message = request.get_mut().single("request").await?;
+            handler(request.map(|_| message)).await.map(|r| r.map(body))
+        };
+        responder.run(codec, work).await;
+    }
+
+    /// Methods with a request stream: the handler reads it.
+    async fn request_stream<C, F, Fut, R>(
+        self,
+        codec: C,
+        handler: F,
+        body: fn(R) -> Body<C::Encode>,
+    ) where
+        C: Codec + Clone,
+        F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<R>, Status>> + Send,
+    {
         let (request, responder) = self.split(codec.clone());
-        let work = async move { handler(request).await.map(|r| r.map(Body::Stream)) };
+        let work = async move { handler(request).await.map(|r| r.map(body)) };
         responder.run(codec, work).await;
     }
 
@@ -411,18 +428,4 @@ fn finish<T>(send: &mut SendStream<Bytes>, outcome: Outcome<T>) {
             send.send_reset(h2::Reason::CANCEL);
         }
     }
-}
-
-/// Reads the single request message of a unary or server-streaming call.
-async fn single_request<T>(requests: &mut Streaming<T>) -> Result<T, Status> {
-    let message = requests
-        .message()
-        .await?
-        .ok_or_else(|| Status::internal("request stream ended without a message"))?;
-    if requests.message().await?.is_some() {
-        return Err(Status::internal(
-            "more than one request message for a unary request",
-        ));
-    }
-    Ok(message)
 }
