@@ -63,13 +63,30 @@ impl Encoder {
         item: C::Encode,
         compress: bool,
     ) -> Result<Bytes, Status> {
+        self.append(codec, item, compress)?;
+        Ok(self.take())
+    }
+
+    /// Encodes one message after those already pending, so that several messages can go out
+    /// in one write (see [`take`](Self::take)). Errors as [`encode`](Self::encode); on error
+    /// the pending messages are kept and this one is dropped.
+    pub fn append<C: Codec>(
+        &mut self,
+        codec: &C,
+        item: C::Encode,
+        compress: bool,
+    ) -> Result<(), Status> {
         let compress = compress && codec.compress(&item);
+        let start = self.buf.len();
+        let body = start + HEADER_LEN;
         self.buf.reserve(HEADER_LEN);
         self.buf.put_bytes(0, HEADER_LEN);
-        codec.encode(item, &mut self.buf)?;
-        let len = self.buf.len() - HEADER_LEN;
+        codec
+            .encode(item, &mut self.buf)
+            .inspect_err(|_| self.buf.truncate(start))?;
+        let len = self.buf.len() - body;
         if len > self.max_message_size.min(u32::MAX as usize) {
-            self.buf.clear();
+            self.buf.truncate(start);
             return Err(Status::resource_exhausted(format!(
                 "message of {len} bytes is larger than the send limit ({} bytes)",
                 self.max_message_size
@@ -78,17 +95,28 @@ impl Encoder {
         let mut flag = 0u8;
         if let (true, Some(compressor)) = (compress, &self.compressor) {
             self.scratch.clear();
-            compressor
-                .compress(&self.buf[HEADER_LEN..], &mut self.scratch)
-                .map_err(|e| Status::internal(format!("compression failed: {e}")))?;
-            self.buf.truncate(HEADER_LEN);
+            if let Err(e) = compressor.compress(&self.buf[body..], &mut self.scratch) {
+                self.buf.truncate(start);
+                return Err(Status::internal(format!("compression failed: {e}")));
+            }
+            self.buf.truncate(body);
             self.buf.extend_from_slice(&self.scratch);
             flag = 1;
         }
-        let len = (self.buf.len() - HEADER_LEN) as u32;
-        self.buf[0] = flag;
-        self.buf[1..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-        Ok(self.buf.split().freeze())
+        let len = (self.buf.len() - body) as u32;
+        self.buf[start] = flag;
+        self.buf[start + 1..body].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Bytes of encoded messages not yet taken.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes every pending message as one buffer.
+    pub fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
     }
 }
 
@@ -361,6 +389,31 @@ mod tests {
         fn compress(&self, item: &Bytes) -> bool {
             item.first() == Some(&b'z')
         }
+    }
+
+    #[test]
+    fn appended_messages_go_out_together() {
+        let mut enc = Encoder::new(Some(Arc::new(Gzip)), 10);
+        enc.append(&Raw, Bytes::from_static(b"one"), false).unwrap();
+        enc.append(&Raw, Bytes::from_static(b"two"), true).unwrap();
+        let err = enc
+            .append(&Raw, Bytes::from(vec![0; 11]), false)
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert!(
+            enc.pending() > 0,
+            "a rejected message leaves the others pending"
+        );
+        let mut d = Deframer::new(100);
+        d.push(enc.take());
+        assert_eq!(enc.pending(), 0);
+        assert_eq!(
+            &d.next_message(Some(&Gzip)).unwrap().unwrap().data[..],
+            b"one"
+        );
+        let two = d.next_message(Some(&Gzip)).unwrap().unwrap();
+        assert_eq!((&two.data[..], two.compressed), (&b"two"[..], true));
+        assert!(d.next_message(None).unwrap().is_none());
     }
 
     #[test]

@@ -52,3 +52,47 @@ pub(crate) async fn send_message(
     reserve(stream, frame.len()).await?;
     stream.send_data(frame, end_of_stream)
 }
+
+/// Most bytes of already-ready messages gathered into one write. Small messages streamed one
+/// DATA frame each would cost a frame header, a write and a wake-up apiece, and peers limit
+/// how many small frames they buffer (h2 closes the connection with ENHANCE_YOUR_CALM).
+pub(crate) const COALESCE_BYTES: usize = 32 * 1024;
+
+/// What the message stream did while ready messages were being gathered.
+pub(crate) enum Gathered {
+    /// It has nothing more ready yet.
+    More,
+    /// It ended.
+    End,
+    /// It failed, or a message could not be encoded; pending messages still go out first.
+    Fail(crate::Status),
+}
+
+/// Appends the messages `messages` has ready right now to the encoder, up to
+/// [`COALESCE_BYTES`]. The stream is polled without a waker; the caller polls it again with its
+/// own before it waits.
+pub(crate) fn append_ready<C, S>(
+    encoder: &mut anygrpc_codec::frame::Encoder,
+    codec: &C,
+    compress: bool,
+    messages: &mut S,
+) -> Gathered
+where
+    C: anygrpc_codec::Codec,
+    S: futures_core::Stream<Item = Result<C::Encode, crate::Status>> + Unpin,
+{
+    use futures_util::{FutureExt, StreamExt};
+    while encoder.pending() < COALESCE_BYTES {
+        match messages.next().now_or_never() {
+            None => return Gathered::More,
+            Some(None) => return Gathered::End,
+            Some(Some(Ok(message))) => {
+                if let Err(status) = encoder.append(codec, message, compress) {
+                    return Gathered::Fail(status);
+                }
+            }
+            Some(Some(Err(status))) => return Gathered::Fail(status),
+        }
+    }
+    Gathered::More
+}

@@ -224,6 +224,10 @@ impl Connection {
             .initial_connection_window_size(s.initial_connection_window_size)
             .max_header_list_size(s.max_header_list_size)
             .max_frame_size(s.max_frame_size)
+            // h2 limits the framing overhead of small DATA frames it buffers; peers that stream
+            // small messages (grpc-go, the C-core) legitimately send many, so allow as much
+            // overhead as the connection window allows data.
+            .data_frame_budget(s.initial_connection_window_size as usize)
             .enable_push(false)
             .handshake::<_, Bytes>(H2Io::new(io))
             .await

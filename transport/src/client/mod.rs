@@ -31,7 +31,7 @@ use http::{
 
 use crate::{
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
-    send::send_message,
+    send::{append_ready, send_message, Gathered},
     streaming::{ClientSide, LocalError, PendingHead},
     with_deadline, MetadataMap, Request, Response, Status, Streaming,
 };
@@ -645,23 +645,38 @@ impl Grpc {
         let error_slot = local_error.clone();
         self.runtime().spawn(Box::pin(async move {
             let work = async {
-                let mut messages = std::pin::pin!(messages);
-                while let Some(message) = messages.next().await {
-                    let frame = match encoder.encode(&codec, message, compress) {
-                        Ok(frame) => frame,
-                        Err(status) => {
-                            if let Ok(mut slot) = error_slot.lock() {
-                                *slot = Some(status);
-                            }
-                            send.send_reset(h2::Reason::CANCEL);
-                            return;
-                        }
+                let mut messages = std::pin::pin!(messages.map(Ok::<_, Status>));
+                let failed = loop {
+                    let Some(Ok(first)) = messages.next().await else {
+                        break None;
                     };
-                    if send_message(&mut send, frame, false).await.is_err() {
+                    if let Err(status) = encoder.append(&codec, first, compress) {
+                        break Some(status);
+                    }
+                    let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
+                    if send_message(&mut send, encoder.take(), false)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
+                    match gathered {
+                        Gathered::More => {}
+                        Gathered::End => break None,
+                        Gathered::Fail(status) => break Some(status),
+                    }
+                };
+                match failed {
+                    None => {
+                        let _ = send.send_data(Bytes::new(), true);
+                    }
+                    Some(status) => {
+                        if let Ok(mut slot) = error_slot.lock() {
+                            *slot = Some(status);
+                        }
+                        send.send_reset(h2::Reason::CANCEL);
+                    }
                 }
-                let _ = send.send_data(Bytes::new(), true);
             };
             let work = std::pin::pin!(work);
             if let Either::Right(_) = futures_util::future::select(work, cancel_rx).await {

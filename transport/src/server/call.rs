@@ -19,7 +19,7 @@ use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
 use super::{split_path, ServerShared};
 use crate::{
     interceptor::{self, CallHead},
-    send::send_message,
+    send::{append_ready, send_message, Gathered},
     MetadataMap, Request, Response, ResponseStream, Status, Streaming,
 };
 
@@ -366,20 +366,23 @@ impl Responder {
                         .map(|m| Outcome::Done(m.transpose()))
                 })
                 .await;
-                match next {
-                    Outcome::Done(Ok(Some(message))) => match encoder
-                        .encode(&codec, message, compress)
-                    {
-                        Ok(frame) => {
-                            if let Err(outcome) = send_before(&mut sleep, &mut send, frame).await {
-                                return finish(&mut send, outcome);
-                            }
-                        }
-                        Err(status) => break status,
-                    },
+                let first = match next {
+                    Outcome::Done(Ok(Some(message))) => message,
                     Outcome::Done(Ok(None)) => break Status::ok(""),
                     Outcome::Done(Err(status)) => break status,
                     other => return finish(&mut send, other),
+                };
+                if let Err(status) = encoder.append(&codec, first, compress) {
+                    break status;
+                }
+                let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
+                if let Err(outcome) = send_before(&mut sleep, &mut send, encoder.take()).await {
+                    return finish(&mut send, outcome);
+                }
+                match gathered {
+                    Gathered::More => {}
+                    Gathered::End => break Status::ok(""),
+                    Gathered::Fail(status) => break status,
                 }
             },
         };

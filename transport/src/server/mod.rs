@@ -276,7 +276,9 @@ impl Server {
             .max_send_buffer_size(self.max_send_buffer_size)
             .max_pending_accept_reset_streams(self.max_pending_accept_reset_streams)
             .max_local_error_reset_streams(Some(self.max_local_error_reset_streams))
-            .max_concurrent_reset_streams(self.max_concurrent_reset_streams);
+            .max_concurrent_reset_streams(self.max_concurrent_reset_streams)
+            // See the client's builder: small-message streams are legitimate gRPC traffic.
+            .data_frame_budget(self.initial_connection_window_size as usize);
         #[cfg(feature = "tls")]
         let tls = match &self.tls {
             Some(config) => Some(

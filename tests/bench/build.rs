@@ -1,0 +1,3 @@
+fn main() -> std::io::Result<()> {
+    anygrpc_build::compile_protos(&["proto/bench.proto"], &["proto"])
+}

@@ -1,0 +1,151 @@
+//! Pieces shared by the anygrpc and tonic bench programs (tonic's crate includes this file by
+//! path, so both are measured by the same code): the counting allocator, flags, latency stats
+//! and the JSON line.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+/// The system allocator, counting allocations.
+pub struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Allocations so far (reallocations count as one).
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Calls the server has handled, for allocations-per-call reports.
+pub static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Prints `stats calls=N allocs=M` to stderr once a second, so a driver can diff two readings.
+pub fn report_server_stats() {
+    std::thread::spawn(|| loop {
+        std::thread::sleep(Duration::from_secs(1));
+        eprintln!(
+            "stats calls={} allocs={}",
+            CALLS.load(Ordering::Relaxed),
+            allocations()
+        );
+    });
+}
+
+/// `--name value` / `--name=value` flags.
+pub fn flag(args: &[String], name: &str) -> Option<String> {
+    let long = format!("--{name}");
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == &long {
+            return iter.next().cloned();
+        }
+        if let Some(v) = arg.strip_prefix(&format!("{long}=")) {
+            return Some(v.to_owned());
+        }
+    }
+    None
+}
+
+/// A numeric flag with a default.
+pub fn number(args: &[String], name: &str, default: u64) -> u64 {
+    flag(args, name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("--{name}: not a number: {v}"))
+    })
+}
+
+/// The measurement modes.
+pub const MODES: &[&str] = &["unary", "server-stream", "client-stream", "bidi"];
+
+/// What a load run measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Completed calls (bidi: completed round trips).
+    pub calls: u64,
+    /// Messages received by the client.
+    pub messages: u64,
+    /// Payload bytes received by the client.
+    pub bytes: u64,
+    /// Per-call latencies, microseconds.
+    pub latencies_us: Vec<u32>,
+    /// Failed calls.
+    pub errors: u64,
+}
+
+impl Report {
+    /// Merges another worker's report.
+    pub fn merge(&mut self, other: Report) {
+        self.calls += other.calls;
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    /// The JSON line the bench scripts read.
+    pub fn json(
+        mut self,
+        implementation: &str,
+        args: &[String],
+        elapsed: Duration,
+        allocations: u64,
+    ) -> String {
+        self.latencies_us.sort_unstable();
+        let pct = |p: f64| {
+            if self.latencies_us.is_empty() {
+                return 0;
+            }
+            let i = ((self.latencies_us.len() as f64 * p).ceil() as usize)
+                .clamp(1, self.latencies_us.len())
+                - 1;
+            self.latencies_us[i]
+        };
+        let secs = elapsed.as_secs_f64();
+        format!(
+            concat!(
+                "{{\"impl\":\"{}\",\"mode\":\"{}\",\"concurrency\":{},\"connections\":{},\"size\":{},",
+                "\"seconds\":{:.2},\"calls\":{},\"errors\":{},\"rps\":{:.0},\"msgs_per_sec\":{:.0},",
+                "\"mb_per_sec\":{:.2},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"allocs_per_call\":{:.1}}}"
+            ),
+            implementation,
+            flag(args, "mode").unwrap_or_default(),
+            number(args, "concurrency", 1),
+            number(args, "connections", 1),
+            number(args, "size", 16),
+            secs,
+            self.calls,
+            self.errors,
+            self.calls as f64 / secs,
+            self.messages as f64 / secs,
+            self.bytes as f64 / secs / 1e6,
+            pct(0.5),
+            pct(0.99),
+            pct(0.999),
+            allocations as f64 / self.calls.max(1) as f64,
+        )
+    }
+}
