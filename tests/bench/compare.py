@@ -1,0 +1,234 @@
+"""Runs the anygrpc-vs-tonic comparison and prints a markdown table of medians and ratios.
+
+Servers: anygrpc (default runtime), tonic (tokio), and a raw h2 echo server (the ceiling).
+Measurements, each repeated --rounds times with the implementations alternated A/B/A/B:
+  - h2load unary against each server: 1 and 4 connections x 100 streams, 16 B and 1 KiB;
+  - each load generator (anygrpc, tonic) against each gRPC server: unary C=64, bidi C=64,
+    unary C=1 (latency), server streaming of 1 KiB messages;
+  - peak RSS of each server idle and after the load; heap allocations per call.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PORTS = {"anygrpc": 50161, "tonic": 50162, "h2": 50163}
+
+
+class Server:
+    def __init__(self, name, binary):
+        self.name = name
+        self.port = PORTS[name]
+        self.proc = subprocess.Popen(
+            [binary, "--addr", f"127.0.0.1:{self.port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on"):
+            raise RuntimeError(f"{name} server did not start: {line!r}")
+        self.stats = []  # (calls, allocs) readings, one a second
+        threading.Thread(target=self._read_stats, daemon=True).start()
+
+    def _read_stats(self):
+        for line in self.proc.stderr:
+            m = re.match(r"stats calls=(\d+) allocs=(\d+)", line)
+            if m:
+                self.stats.append((int(m.group(1)), int(m.group(2))))
+
+    def reading(self):
+        """The latest (calls, allocations) reading, after waiting for a fresh one."""
+        n = len(self.stats)
+        deadline = time.time() + 3
+        while len(self.stats) == n and time.time() < deadline:
+            time.sleep(0.05)
+        return self.stats[-1] if self.stats else (0, 0)
+
+    def memory(self, field):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])  # KiB
+        return 0
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def grpc_frame(size):
+    body = b"\0" * size
+    # Payload { bytes body = 1 }: tag 0x0a, varint length, bytes.
+    varint = bytearray()
+    n = size
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        varint.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    message = (b"\x0a" + bytes(varint) + body) if size else b""
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def h2load(port, connections, streams, body_file, seconds):
+    cmd = [
+        "h2load", f"--duration={seconds}", "--warm-up-time=1", "-c", str(connections),
+        "-m", str(streams), "-t", "1", "-d", body_file,
+        "-H", "content-type: application/grpc", "-H", "te: trailers",
+        f"http://127.0.0.1:{port}/bench.v1.Bench/Unary",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    bad = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not m or not bad or int(bad.group(2)) or int(bad.group(3)):
+        raise RuntimeError(f"h2load failed against port {port}:\n{out}")
+    return float(m.group(1))
+
+
+def check_grpc_status(port, body_file):
+    out = subprocess.run(
+        ["nghttp", "-v", "-d", body_file, "-H", "content-type: application/grpc", "-H", "te: trailers",
+         f"http://127.0.0.1:{port}/bench.v1.Bench/Unary"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout
+    if "grpc-status: 0" not in out:
+        raise RuntimeError(f"one call to port {port} did not return grpc-status: 0:\n{out}")
+
+
+def client(binary, port, mode, concurrency, size, seconds):
+    cmd = [binary, "--addr", f"127.0.0.1:{port}", "--mode", mode, "--concurrency", str(concurrency),
+           "--duration-secs", str(seconds), "--size", str(size), "--connections", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    result = json.loads(line)
+    if result["errors"]:
+        raise RuntimeError(f"{cmd}: {result['errors']} errors")
+    return result
+
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--anygrpc-bin", required=True)
+    p.add_argument("--tonic-bin", required=True)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=5)
+    args = p.parse_args()
+    servers = {
+        "anygrpc": Server("anygrpc", os.path.join(args.anygrpc_bin, "bench-server")),
+        "tonic": Server("tonic", os.path.join(args.tonic_bin, "tonic-bench-server")),
+        "h2": Server("h2", os.path.join(args.tonic_bin, "h2-echo-server")),
+    }
+    clients = {
+        "anygrpc": os.path.join(args.anygrpc_bin, "bench-client"),
+        "tonic": os.path.join(args.tonic_bin, "tonic-bench-client"),
+    }
+    out = []
+    try:
+        time.sleep(1)
+        idle = {name: s.memory("VmRSS") for name, s in servers.items()}
+        tmp = tempfile.mkdtemp()
+        bodies = {}
+        for size in (16, 1024):
+            bodies[size] = os.path.join(tmp, f"req{size}.bin")
+            with open(bodies[size], "wb") as f:
+                f.write(grpc_frame(size))
+        for s in servers.values():
+            check_grpc_status(s.port, bodies[16])
+
+        # Server throughput under h2load.
+        h2 = {}
+        before = {name: s.reading() for name, s in servers.items()}
+        for connections in (1, 4):
+            for size in (16, 1024):
+                for _ in range(args.rounds):
+                    for name, s in servers.items():
+                        rps = h2load(s.port, connections, 100, bodies[size], args.seconds)
+                        h2.setdefault((connections, size, name), []).append(rps)
+                        print(f"h2load {connections}x100 {size}B {name}: {rps:.0f} req/s", file=sys.stderr, flush=True)
+        after = {name: s.reading() for name, s in servers.items()}
+        server_allocs = {
+            name: (after[name][1] - before[name][1]) / max(1, after[name][0] - before[name][0]) for name in servers
+        }
+
+        # Load generators against each gRPC server.
+        runs = {}
+        modes = [("unary", 64, 16), ("bidi", 64, 16), ("unary", 1, 16), ("server-stream", 64, 1024)]
+        for mode, concurrency, size in modes:
+            for _ in range(args.rounds):
+                for server in ("anygrpc", "tonic"):
+                    for cli in ("anygrpc", "tonic"):
+                        r = client(clients[cli], servers[server].port, mode, concurrency, size, args.seconds)
+                        runs.setdefault((mode, concurrency, size, cli, server), []).append(r)
+                        print(f"{cli} client -> {server} server {mode} C={concurrency} {size}B: "
+                              f"{r['rps']} calls/s p50 {r['p50_us']}us", file=sys.stderr, flush=True)
+        peak = {name: s.memory("VmHWM") for name, s in servers.items()}
+    finally:
+        for s in servers.values():
+            s.stop()
+
+    med = statistics.median
+    out.append(f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+               f"{os.cpu_count()} CPUs, {args.rounds} rounds x {args.seconds} s, medians.\n")
+    out.append("### Servers under h2load (unary, requests/s)\n")
+    out.append("| load | anygrpc | tonic | raw h2 | anygrpc / tonic | anygrpc / raw h2 |")
+    out.append("|---|---:|---:|---:|---:|---:|")
+    for connections in (1, 4):
+        for size in (16, 1024):
+            a, t, h = (med(h2[(connections, size, n)]) for n in ("anygrpc", "tonic", "h2"))
+            out.append(f"| {connections}x100 streams, {size} B | {a:.0f} | {t:.0f} | {h:.0f} | "
+                       f"{ratio(a, t):.2f} | {ratio(a, h):.2f} |")
+    out.append("\n### Load generators (anygrpc client vs tonic client, same server)\n")
+    out.append("| workload | server | anygrpc client | tonic client | ratio |")
+    out.append("|---|---|---:|---:|---:|")
+    for mode, concurrency, size in modes:
+        for server in ("anygrpc", "tonic"):
+            a = runs[(mode, concurrency, size, "anygrpc", server)]
+            t = runs[(mode, concurrency, size, "tonic", server)]
+            if concurrency == 1:
+                for pct in ("p50_us", "p99_us"):
+                    av, tv = med(r[pct] for r in a), med(r[pct] for r in t)
+                    out.append(f"| unary C=1 latency {pct[:-3]} (us, lower is better) | {server} | {av:.0f} | {tv:.0f} | "
+                               f"{ratio(av, tv):.2f} |")
+            else:
+                key = "msgs_per_sec" if mode == "server-stream" else "rps"
+                av, tv = med(r[key] for r in a), med(r[key] for r in t)
+                unit = "messages/s" if mode == "server-stream" else "calls/s"
+                out.append(f"| {mode} C={concurrency} {size} B ({unit}) | {server} | {av:.0f} | {tv:.0f} | {ratio(av, tv):.2f} |")
+    out.append("\n### Server implementations, same load generator (anygrpc server vs tonic server)\n")
+    out.append("| workload | client | anygrpc server | tonic server | ratio |")
+    out.append("|---|---|---:|---:|---:|")
+    for mode, concurrency, size in modes:
+        if concurrency == 1:
+            continue
+        key = "msgs_per_sec" if mode == "server-stream" else "rps"
+        for cli in ("anygrpc", "tonic"):
+            a = med(r[key] for r in runs[(mode, concurrency, size, cli, "anygrpc")])
+            t = med(r[key] for r in runs[(mode, concurrency, size, cli, "tonic")])
+            out.append(f"| {mode} C={concurrency} {size} B | {cli} | {a:.0f} | {t:.0f} | {ratio(a, t):.2f} |")
+    out.append("\n### Memory and allocations\n")
+    out.append("| | anygrpc | tonic | raw h2 |")
+    out.append("|---|---:|---:|---:|")
+    out.append(f"| server RSS idle (KiB) | {idle['anygrpc']} | {idle['tonic']} | {idle['h2']} |")
+    out.append(f"| server peak RSS after load (KiB) | {peak['anygrpc']} | {peak['tonic']} | {peak['h2']} |")
+    out.append(f"| server heap allocations per unary call (h2load) | {server_allocs['anygrpc']:.1f} | "
+               f"{server_allocs['tonic']:.1f} | {server_allocs['h2']:.1f} |")
+    a = med(r["allocs_per_call"] for r in runs[("unary", 64, 16, "anygrpc", "anygrpc")])
+    t = med(r["allocs_per_call"] for r in runs[("unary", 64, 16, "tonic", "tonic")])
+    out.append(f"| client heap allocations per unary call (C=64) | {a:.1f} | {t:.1f} | |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

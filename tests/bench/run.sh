@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole anygrpc-vs-tonic comparison in one go: builds both (release), starts the anygrpc,
+# tonic and raw-h2 servers, runs h2load and both load generators A/B/A/B, and prints the table.
+# ROUNDS (default 3) rounds of SECS (default 5) seconds per measurement.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+if ! command -v h2load >/dev/null; then
+  echo "installing h2load (Debian nghttp2-client)"
+  apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null
+fi
+cargo build --release --locked -q -p anygrpc-bench
+cargo build --release -q --manifest-path "$root/tests/bench/tonic/Cargo.toml"
+exec python3 "$root/tests/bench/compare.py" \
+  --anygrpc-bin "$root/target/release" \
+  --tonic-bin "$root/tests/bench/tonic/target/release" \
+  --rounds "${ROUNDS:-3}" --seconds "${SECS:-5}" "$@"
