@@ -133,7 +133,10 @@ pub struct Frame {
 /// Reassembles framed messages from DATA chunks.
 #[derive(Debug)]
 pub struct Deframer {
-    chunks: VecDeque<Bytes>,
+    /// The oldest buffered chunk; kept out of `rest` so that the common case — whole
+    /// messages arriving in one DATA chunk — allocates no queue.
+    first: Bytes,
+    rest: VecDeque<Bytes>,
     buffered: usize,
     header: Option<(bool, usize)>,
     max_message_size: usize,
@@ -143,7 +146,8 @@ impl Deframer {
     /// A deframer that rejects messages larger than `max_message_size`.
     pub fn new(max_message_size: usize) -> Deframer {
         Deframer {
-            chunks: VecDeque::new(),
+            first: Bytes::new(),
+            rest: VecDeque::new(),
             buffered: 0,
             header: None,
             max_message_size,
@@ -152,9 +156,21 @@ impl Deframer {
 
     /// Adds received bytes.
     pub fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.buffered += chunk.len();
-            self.chunks.push_back(chunk);
+        if chunk.is_empty() {
+            return;
+        }
+        self.buffered += chunk.len();
+        if self.first.is_empty() {
+            self.first = chunk;
+        } else {
+            self.rest.push_back(chunk);
+        }
+    }
+
+    /// Drops the exhausted first chunk, promoting the next.
+    fn advance_chunk(&mut self) {
+        if self.first.is_empty() {
+            self.first = self.rest.pop_front().unwrap_or_default();
         }
     }
 
@@ -237,17 +253,11 @@ impl Deframer {
     fn copy_to(&mut self, dst: &mut [u8]) {
         let mut filled = 0;
         while filled < dst.len() {
-            let front = self
-                .chunks
-                .front_mut()
-                .expect("buffered count covers the copy");
-            let n = front.len().min(dst.len() - filled);
-            dst[filled..filled + n].copy_from_slice(&front[..n]);
-            front.advance(n);
+            let n = self.first.len().min(dst.len() - filled);
+            dst[filled..filled + n].copy_from_slice(&self.first[..n]);
+            self.first.advance(n);
             filled += n;
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
+            self.advance_chunk();
         }
         self.buffered -= dst.len();
     }
@@ -257,29 +267,17 @@ impl Deframer {
         if len == 0 {
             return Bytes::new();
         }
-        let front = self
-            .chunks
-            .front_mut()
-            .expect("buffered count covers the take");
-        if front.len() >= len {
-            let out = front.split_to(len);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
+        if self.first.len() >= len {
+            let out = self.first.split_to(len);
+            self.advance_chunk();
             return out;
         }
         let mut out = BytesMut::with_capacity(len);
         while out.len() < len {
-            let front = self
-                .chunks
-                .front_mut()
-                .expect("buffered count covers the take");
-            let n = front.len().min(len - out.len());
-            out.extend_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                self.chunks.pop_front();
-            }
+            let n = self.first.len().min(len - out.len());
+            out.extend_from_slice(&self.first[..n]);
+            self.first.advance(n);
+            self.advance_chunk();
         }
         out.freeze()
     }

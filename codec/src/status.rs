@@ -210,6 +210,22 @@ impl Status {
         })
     }
 
+    /// Whether trailers say `grpc-status: 0`: the common case, checked without building a
+    /// `Status`.
+    pub fn trailers_are_ok(trailers: &HeaderMap) -> bool {
+        trailers
+            .get(GRPC_STATUS)
+            .is_some_and(|v| v.as_bytes() == b"0")
+    }
+
+    /// The trailers of a successful call: `metadata` plus `grpc-status: 0`, built without
+    /// allocating a `Status`.
+    pub fn ok_trailers(metadata: MetadataMap) -> HeaderMap {
+        let mut trailers = metadata.into_headers();
+        trailers.insert(GRPC_STATUS, Code::Ok.header_value());
+        trailers
+    }
+
     /// Appends this status (code, message, details, metadata) to a header map as trailers.
     pub fn write_trailers(&self, trailers: &mut HeaderMap) {
         trailers.reserve(3 + self.inner.metadata.len());

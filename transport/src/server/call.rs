@@ -348,10 +348,10 @@ impl Responder {
         let status = match body {
             Body::One(message) => match encoder.encode(&codec, message, compress) {
                 Ok(frame) => match send_before(&mut sleep, &mut send, frame).await {
-                    Ok(()) => Status::ok(""),
+                    Ok(()) => Ok(()),
                     Err(outcome) => return finish(&mut send, outcome),
                 },
-                Err(status) => status,
+                Err(status) => Err(status),
             },
             Body::Stream(mut messages) => loop {
                 let next = poll_fn(|cx| {
@@ -368,12 +368,12 @@ impl Responder {
                 .await;
                 let first = match next {
                     Outcome::Done(Ok(Some(message))) => message,
-                    Outcome::Done(Ok(None)) => break Status::ok(""),
-                    Outcome::Done(Err(status)) => break status,
+                    Outcome::Done(Ok(None)) => break Ok(()),
+                    Outcome::Done(Err(status)) => break Err(status),
                     other => return finish(&mut send, other),
                 };
                 if let Err(status) = encoder.append(&codec, first, compress) {
-                    break status;
+                    break Err(status);
                 }
                 let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
                 if let Err(outcome) = send_before(&mut sleep, &mut send, encoder.take()).await {
@@ -381,17 +381,19 @@ impl Responder {
                 }
                 match gathered {
                     Gathered::More => {}
-                    Gathered::End => break Status::ok(""),
-                    Gathered::Fail(status) => break status,
+                    Gathered::End => break Ok(()),
+                    Gathered::Fail(status) => break Err(status),
                 }
             },
         };
-        let mut trailer_map = if status.is_ok() {
-            trailers.into_headers()
-        } else {
-            HeaderMap::new()
+        let trailer_map = match status {
+            Ok(()) => Status::ok_trailers(trailers),
+            Err(status) => {
+                let mut map = HeaderMap::new();
+                status.write_trailers(&mut map);
+                map
+            }
         };
-        status.write_trailers(&mut trailer_map);
         if let Err(err) = send.send_trailers(trailer_map) {
             tracing::debug!(error = %err, "could not send trailers");
         }
