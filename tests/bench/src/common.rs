@@ -97,6 +97,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// Records a completed call that started at `start`.
+    pub fn record(&mut self, start: std::time::Instant, messages: u64, bytes: usize) {
+        self.calls += 1;
+        self.messages += messages;
+        self.bytes += bytes as u64;
+        self.latencies_us.push(start.elapsed().as_micros() as u32);
+    }
+
     /// Merges another worker's report.
     pub fn merge(&mut self, other: Report) {
         self.calls += other.calls;

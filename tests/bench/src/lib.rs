@@ -94,12 +94,7 @@ async fn worker(client: BenchClient, mode: &str, size: usize, until: Instant) ->
                     break;
                 }
                 match replies.message().await {
-                    Ok(Some(reply)) => {
-                        report.calls += 1;
-                        report.messages += 1;
-                        report.bytes += reply.body.len() as u64;
-                        report.latencies_us.push(start.elapsed().as_micros() as u32);
-                    }
+                    Ok(Some(reply)) => report.record(start, 1, reply.body.len()),
                     _ => {
                         report.errors += 1;
                         break;
@@ -143,12 +138,7 @@ async fn worker(client: BenchClient, mode: &str, size: usize, until: Instant) ->
                     other => panic!("unknown mode {other}; modes: {:?}", common::MODES),
                 };
                 match outcome {
-                    Ok((messages, bytes)) => {
-                        report.calls += 1;
-                        report.messages += messages as u64;
-                        report.bytes += bytes as u64;
-                        report.latencies_us.push(start.elapsed().as_micros() as u32);
-                    }
+                    Ok((messages, bytes)) => report.record(start, messages as u64, bytes),
                     Err(status) => {
                         if report.errors == 0 && std::env::var_os("BENCH_VERBOSE").is_some() {
                             eprintln!("first error: {status}");

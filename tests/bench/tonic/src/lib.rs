@@ -103,12 +103,7 @@ async fn worker(mut client: Client, mode: String, size: usize, until: Instant) -
                 break;
             }
             match replies.message().await {
-                Ok(Some(reply)) => {
-                    report.calls += 1;
-                    report.messages += 1;
-                    report.bytes += reply.body.len() as u64;
-                    report.latencies_us.push(start.elapsed().as_micros() as u32);
-                }
+                Ok(Some(reply)) => report.record(start, 1, reply.body.len()),
                 _ => {
                     report.errors += 1;
                     break;
@@ -151,12 +146,7 @@ async fn worker(mut client: Client, mode: String, size: usize, until: Instant) -
             other => panic!("unknown mode {other}; modes: {:?}", common::MODES),
         };
         match outcome {
-            Ok((messages, bytes)) => {
-                report.calls += 1;
-                report.messages += messages;
-                report.bytes += bytes as u64;
-                report.latencies_us.push(start.elapsed().as_micros() as u32);
-            }
+            Ok((messages, bytes)) => report.record(start, messages, bytes),
             Err(_) => report.errors += 1,
         }
     }
