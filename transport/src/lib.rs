@@ -62,17 +62,11 @@ pub type ResponseStream<T> =
 /// Maps an `h2` error to the status a call reports, following the spec's RST_STREAM table;
 /// connection-level failures (IO errors, GOAWAY with an error) are `UNAVAILABLE`.
 pub(crate) fn status_from_h2(err: &h2::Error, deadline_passed: bool) -> Status {
-    if let Some(reason) = err.reason() {
-        if err.is_go_away() && !err.is_remote() {
-            return Status::unavailable(format!("connection closed: {err}"));
-        }
-        if err.is_go_away() {
-            return Status::unavailable(format!("connection closed by peer: {err}"));
-        }
-        return Status::from_h2_reason(u32::from(reason), deadline_passed);
+    if err.is_go_away() || err.is_io() {
+        return Status::unavailable(format!("connection closed: {err}"));
     }
-    if err.is_io() {
-        return Status::unavailable(format!("connection error: {err}"));
+    if let Some(reason) = err.reason() {
+        return Status::from_h2_reason(u32::from(reason), deadline_passed);
     }
     Status::internal(format!("HTTP/2 error: {err}"))
 }

@@ -174,15 +174,13 @@ impl<T> Streaming<T> {
         Ok(self.trailers.take())
     }
 
-    /// Ends the stream with `status`: drops the HTTP/2 stream (a reset if it was still open)
-    /// and stops the request-sending task.
+    /// Ends the stream with `status` (see [`finish`](Self::finish); an open stream is reset).
     fn fail(&mut self, status: Status) -> Status {
-        self.state = State::Done;
-        self.recv = None;
-        self.client = None;
+        self.finish();
         status
     }
 
+    /// Ends the stream: drops the HTTP/2 stream and stops the request-sending task.
     fn finish(&mut self) {
         self.state = State::Done;
         self.recv = None;

@@ -133,13 +133,6 @@ impl Connection {
             .map(|send| (send, generation))
     }
 
-    /// A call found the connection unusable (it refuses new streams: GOAWAY received, or
-    /// closed): stop handing it out, so the next call connects again. In-flight streams on it
-    /// carry on until they finish.
-    pub(crate) fn unusable(&self, generation: u64) {
-        self.closed(generation);
-    }
-
     fn finish_attempt(&self, generation: u64, result: &Connected) {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if slot.generation != generation {
@@ -159,17 +152,15 @@ impl Connection {
         }
     }
 
-    fn closed(&self, generation: u64) {
+    /// The connection of `generation` ended, or a call found it refusing new streams (GOAWAY):
+    /// stop handing it out, so the next call connects again (re-resolving first). In-flight
+    /// streams on it carry on until they finish.
+    pub(crate) fn closed(&self, generation: u64) {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if slot.generation == generation {
             slot.subchannel.disconnected();
             slot.conn = Conn::Idle;
         }
-        drop(slot);
-        self.resolver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .resolve_now();
     }
 
     /// Asks the resolver for fresh addresses and waits for them: every connection attempt

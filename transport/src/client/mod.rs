@@ -428,7 +428,7 @@ impl Grpc {
         let open = async {
             let (send_request, generation) = inner.connection.get().await?;
             let unusable = |e: h2::Error| {
-                inner.connection.unusable(generation);
+                inner.connection.closed(generation);
                 crate::status_from_h2(&e, false)
             };
             let mut send_request = send_request.ready().await.map_err(unusable)?;

@@ -127,7 +127,7 @@ pub(super) async fn handle(
     }
     let call = ServerCall {
         shared,
-        path: path.clone(),
+        path: head.path,
         body,
         respond,
         metadata: head.metadata,
