@@ -20,6 +20,13 @@ pub trait Codec: Send + Sync + 'static {
     /// Appends the serialized form of `item` to `dst`.
     fn encode(&self, item: Self::Encode, dst: &mut BytesMut) -> Result<(), Status>;
 
+    /// The serialized size of `item`, if cheaply known, so the framer can allocate a frame
+    /// once, at its final size. The default, 0, means unknown (the buffer grows as needed).
+    fn encoded_len(&self, item: &Self::Encode) -> usize {
+        let _ = item;
+        0
+    }
+
     /// Parses one received message. A malformed message is `INTERNAL`.
     fn decode(&self, src: Bytes) -> Result<Self::Decode, Status>;
 
@@ -83,9 +90,12 @@ where
     type Decode = D;
 
     fn encode(&self, item: E, dst: &mut BytesMut) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
         item.encode(dst)
             .map_err(|e| Status::internal(format!("failed to encode message: {e}")))
+    }
+
+    fn encoded_len(&self, item: &E) -> usize {
+        item.encoded_len()
     }
 
     fn decode(&self, src: Bytes) -> Result<D, Status> {
@@ -104,6 +114,10 @@ impl Codec for BytesCodec {
     fn encode(&self, item: Bytes, dst: &mut BytesMut) -> Result<(), Status> {
         dst.extend_from_slice(&item);
         Ok(())
+    }
+
+    fn encoded_len(&self, item: &Bytes) -> usize {
+        item.len()
     }
 
     fn decode(&self, src: Bytes) -> Result<Bytes, Status> {

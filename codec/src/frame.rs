@@ -79,7 +79,7 @@ impl Encoder {
         let compress = compress && codec.compress(&item);
         let start = self.buf.len();
         let body = start + HEADER_LEN;
-        self.buf.reserve(HEADER_LEN);
+        self.buf.reserve(HEADER_LEN + codec.encoded_len(&item));
         self.buf.put_bytes(0, HEADER_LEN);
         codec
             .encode(item, &mut self.buf)
@@ -114,9 +114,10 @@ impl Encoder {
         self.buf.len()
     }
 
-    /// Takes every pending message as one buffer.
+    /// Takes every pending message as one buffer. The buffer moves out whole: a frame
+    /// allocated at its final size becomes `Bytes` with no further allocation.
     pub fn take(&mut self) -> Bytes {
-        self.buf.split().freeze()
+        std::mem::take(&mut self.buf).freeze()
     }
 }
 

@@ -10,19 +10,19 @@ use std::time::Duration;
 use http::{
     header::{CONTENT_TYPE, TE, USER_AGENT},
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderMap, HeaderValue, Method, StatusCode, Uri,
+    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri,
 };
 
 use crate::{metadata::MetadataMap, timeout, Status};
 
 /// `grpc-timeout`.
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// `grpc-encoding`.
-pub const GRPC_ENCODING: &str = "grpc-encoding";
+pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 /// `grpc-accept-encoding`.
-pub const GRPC_ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+pub const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
 /// `grpc-status`.
-pub const GRPC_STATUS: &str = crate::status::GRPC_STATUS;
+pub const GRPC_STATUS: HeaderName = crate::status::GRPC_STATUS;
 
 /// The content type anygrpc sends.
 pub const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");

@@ -54,6 +54,10 @@ where
             .map_err(|e| Status::internal(format!("encode: {e}")))
     }
 
+    fn encoded_len(&self, item: &(E, bool)) -> usize {
+        item.0.encoded_len()
+    }
+
     fn decode(&self, src: Bytes) -> Result<(D, bool), Status> {
         self.decode_message(src, false)
     }

@@ -9,7 +9,7 @@ use anygrpc_codec::{
     headers::{self, Rejection, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
     Codec,
 };
-use anygrpc_rt::{Address, Sleep};
+use anygrpc_rt::{Address, BoxFuture, Sleep};
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
@@ -62,14 +62,18 @@ enum Outcome<T> {
     DeadlineExceeded,
 }
 
-/// Handles one HTTP/2 stream from request head to routing.
-pub(super) async fn handle(
-    shared: Arc<ServerShared>,
+/// Checks and routes one HTTP/2 stream, on the connection's task. Returns the call's task,
+/// or `None` when the call was answered already (bad headers, unknown service or encoding).
+///
+/// Without interceptors the task is the service's own future, so a call costs no allocation
+/// beyond what the service and the runtime make.
+pub(super) fn accept(
+    shared: &Arc<ServerShared>,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    remote_addr: Address,
-    extensions: http::Extensions,
-) {
+    remote_addr: &Address,
+    extensions: &http::Extensions,
+) -> Option<BoxFuture<'static, ()>> {
     let (parts, body) = request.into_parts();
     let info = match headers::validate_request(&parts.method, &parts.headers) {
         Ok(info) => info,
@@ -78,17 +82,22 @@ pub(super) async fn handle(
             let mut response = http::Response::new(());
             *response.status_mut() = status;
             let _ = respond.send_response(response, true);
-            return;
+            return None;
         }
-        Err(Rejection::Grpc(status)) => return trailers_only(&mut respond, &status, None),
+        Err(Rejection::Grpc(status)) => {
+            trailers_only(&mut respond, &status, None);
+            return None;
+        }
     };
     let Some((service_name, method)) = split_path(parts.uri.path()) else {
         let status = Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
-        return trailers_only(&mut respond, &status, None);
+        trailers_only(&mut respond, &status, None);
+        return None;
     };
     let Some(service) = shared.services.get(service_name).cloned() else {
         let status = Status::unimplemented(format!("unknown service {service_name}"));
-        return trailers_only(&mut respond, &status, None);
+        trailers_only(&mut respond, &status, None);
+        return None;
     };
     let decompressor = match shared.compression.resolve(parts.headers.get(GRPC_ENCODING)) {
         Ok(d) => d,
@@ -98,7 +107,8 @@ pub(super) async fn handle(
                 String::from_utf8_lossy(name)
             ));
             let accept = shared.compression.accept_encoding().clone();
-            return trailers_only(&mut respond, &status, Some(accept));
+            trailers_only(&mut respond, &status, Some(accept));
+            return None;
         }
     };
     let deadline = info.timeout.map(|t| {
@@ -113,31 +123,28 @@ pub(super) async fn handle(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let method_at = path.path().len() - method.len();
-    let mut head = CallHead {
-        path: path.clone(),
-        metadata: MetadataMap::from_header_map(parts.headers),
-        extensions,
-        deadline,
-        remote_addr: Some(remote_addr.clone()),
-    };
-    if !shared.interceptors.is_empty() {
-        if let Err(status) = interceptor::run(&shared.interceptors, &mut head).await {
-            return trailers_only(&mut respond, &status, None);
-        }
-    }
     let call = ServerCall {
-        shared,
-        path: head.path,
+        shared: shared.clone(),
+        path,
         body,
         respond,
-        metadata: head.metadata,
-        extensions: head.extensions,
+        metadata: MetadataMap::from_header_map(parts.headers),
+        extensions: extensions.clone(),
         deadline,
-        remote_addr,
+        remote_addr: remote_addr.clone(),
         decompressor,
         accept_encoding,
     };
-    service.call(&path.path()[method_at..], call).await;
+    if shared.interceptors.is_empty() {
+        let path = call.path.clone();
+        return Some(service.call(&path.path()[method_at..], call));
+    }
+    Some(Box::pin(async move {
+        if let Some(call) = call.intercept().await {
+            let path = call.path.clone();
+            service.call(&path.path()[method_at..], call).await;
+        }
+    }))
 }
 
 /// Ends a call with a status and no messages, in a single HEADERS frame.
@@ -265,6 +272,25 @@ impl ServerCall {
         let (request, responder) = self.split(codec.clone());
         let work = async move { handler(request).await.map(|r| r.map(body)) };
         responder.run(codec, work).await;
+    }
+
+    /// Runs the server's interceptors; `None` when one rejected the call (it is answered).
+    async fn intercept(mut self) -> Option<ServerCall> {
+        let mut head = CallHead {
+            path: self.path,
+            metadata: self.metadata,
+            extensions: self.extensions,
+            deadline: self.deadline,
+            remote_addr: Some(self.remote_addr.clone()),
+        };
+        if let Err(status) = interceptor::run(&self.shared.interceptors, &mut head).await {
+            trailers_only(&mut self.respond, &status, None);
+            return None;
+        }
+        self.path = head.path;
+        self.metadata = head.metadata;
+        self.extensions = head.extensions;
+        Some(self)
     }
 
     /// Ends the call with `UNIMPLEMENTED` (an unknown method of a known service).

@@ -425,14 +425,9 @@ async fn serve_connection(
         .await;
         match next {
             Some(Ok((request, respond))) => {
-                let call = call::handle(
-                    shared.clone(),
-                    request,
-                    respond,
-                    peer.clone(),
-                    extensions.clone(),
-                );
-                shared.runtime.spawn(Box::pin(call));
+                if let Some(call) = call::accept(&shared, request, respond, &peer, &extensions) {
+                    shared.runtime.spawn(call);
+                }
             }
             Some(Err(err)) => {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
