@@ -1,12 +1,16 @@
 //! The default runtime: async-io's reactor and timers, async-executor worker threads.
 
 use std::{
+    cell::Cell,
     fmt, io,
     net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     os::unix::net::{UnixListener, UnixStream},
     path::PathBuf,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -21,9 +25,10 @@ type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 ///
 /// Sockets and timers use async-io's reactor, which runs on its own thread when no one drives
 /// it, so anygrpc futures can be awaited from any executor or from a plain blocking
-/// `block_on`. Background tasks (one per connection, plus streaming-call pumps) run on a
-/// process-wide async-executor served by worker threads started on first use; their number is
-/// `ANYGRPC_WORKER_THREADS` or the number of CPUs. Use [`AsyncIoRuntime::with_spawner`] to run
+/// `block_on`. Background tasks (one per connection, plus calls and streaming pumps) run on
+/// worker threads started on first use, each with its own async-executor; their number is
+/// `ANYGRPC_WORKER_THREADS` or the number of CPUs. A task spawned by a worker's task stays on
+/// that worker (a connection and its calls share a thread); others are dealt in turn. Use [`AsyncIoRuntime::with_spawner`] to run
 /// them on an executor of your own instead (smol's, for example).
 #[derive(Clone)]
 pub struct AsyncIoRuntime {
@@ -44,26 +49,63 @@ impl Default for AsyncIoRuntime {
     }
 }
 
-fn global_executor() -> &'static async_executor::Executor<'static> {
-    static EXECUTOR: OnceLock<&'static async_executor::Executor<'static>> = OnceLock::new();
-    EXECUTOR.get_or_init(|| {
-        let executor: &'static async_executor::Executor<'static> =
-            Box::leak(Box::new(async_executor::Executor::new()));
-        let threads = std::env::var("ANYGRPC_WORKER_THREADS")
-            .ok()
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        for i in 0..threads {
-            std::thread::Builder::new()
-                .name(format!("anygrpc-worker-{i}"))
-                .spawn(move || {
-                    async_io::block_on(executor.run(std::future::pending::<()>()));
+/// The process-wide worker pool: one executor per worker thread.
+///
+/// A task spawned on a worker stays on that worker, so a connection's task and its calls'
+/// tasks share a thread: waking one another is a queue push, not a cross-thread hand-off
+/// through a shared queue (which, with async-executor's single global queue, made every wake
+/// a futex wake of another thread and contended the connection's lock). Tasks spawned from any
+/// other thread (an accept loop, a client in `block_on`) are dealt to workers in turn. There
+/// is no work stealing: a task that blocks its thread delays the tasks beside it, as on any
+/// executor thread.
+struct Workers {
+    executors: Vec<&'static async_executor::Executor<'static>>,
+    next: AtomicUsize,
+}
+
+thread_local! {
+    /// The executor of the worker running on this thread, if it is one.
+    static CURRENT: Cell<Option<&'static async_executor::Executor<'static>>> =
+        const { Cell::new(None) };
+}
+
+impl Workers {
+    fn get() -> &'static Workers {
+        static WORKERS: OnceLock<Workers> = OnceLock::new();
+        WORKERS.get_or_init(|| {
+            let threads = std::env::var("ANYGRPC_WORKER_THREADS")
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let executors = (0..threads)
+                .map(|i| {
+                    let executor: &'static async_executor::Executor<'static> =
+                        Box::leak(Box::new(async_executor::Executor::new()));
+                    std::thread::Builder::new()
+                        .name(format!("anygrpc-worker-{i}"))
+                        .spawn(move || {
+                            CURRENT.with(|current| current.set(Some(executor)));
+                            async_io::block_on(executor.run(std::future::pending::<()>()));
+                        })
+                        .expect("failed to start an anygrpc worker thread");
+                    executor
                 })
-                .expect("failed to start an anygrpc worker thread");
-        }
-        executor
-    })
+                .collect();
+            Workers {
+                executors,
+                next: AtomicUsize::new(0),
+            }
+        })
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        let executor = CURRENT.with(Cell::get).unwrap_or_else(|| {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.executors.len();
+            self.executors[i]
+        });
+        executor.spawn(task).detach();
+    }
 }
 
 impl AsyncIoRuntime {
@@ -161,7 +203,7 @@ impl Runtime for AsyncIoRuntime {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         match &self.spawner {
             Some(spawn) => spawn(task),
-            None => global_executor().spawn(task).detach(),
+            None => Workers::get().spawn(task),
         }
     }
 

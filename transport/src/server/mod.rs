@@ -2,7 +2,7 @@
 
 mod call;
 
-use std::{collections::HashMap, fmt, future::Future, io, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, future::Future, io, sync::Arc, task::Poll, time::Duration};
 
 use anygrpc_codec::{
     compression::CompressionRegistry,
@@ -425,8 +425,18 @@ async fn serve_connection(
         .await;
         match next {
             Some(Ok((request, respond))) => {
-                if let Some(call) = call::accept(&shared, request, respond, &peer, &extensions) {
-                    shared.runtime.spawn(call);
+                if let Some(mut call) = call::accept(&shared, request, respond, &peer, &extensions)
+                {
+                    // A call whose request is already here and whose handler answers at once
+                    // completes in this first poll, on this task: no hand-off to another
+                    // thread, no contention on the connection's lock. Anything that has to
+                    // wait gets a task of its own (and re-registers its wakers there).
+                    if poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx)))
+                        .await
+                        .is_pending()
+                    {
+                        shared.runtime.spawn(call);
+                    }
                 }
             }
             Some(Err(err)) => {
