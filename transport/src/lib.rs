@@ -55,6 +55,17 @@ pub mod rt {
     };
 }
 
+/// Load balancing: connectivity states, backoff, the policy and picker traits for custom
+/// policies, and the built-in `pick_first` and `round_robin`.
+pub mod lb {
+    pub use anygrpc_lb::*;
+}
+
+/// Name resolution: target parsing and the resolver traits for custom schemes.
+pub mod resolver {
+    pub use anygrpc_resolver::*;
+}
+
 /// A server's stream of response messages.
 pub type ResponseStream<T> =
     std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -17,6 +17,7 @@ pub struct Request<T> {
     deadline: Option<Instant>,
     remote_addr: Option<Address>,
     cancel: Option<CancelToken>,
+    wait_for_ready: bool,
 }
 
 impl<T> Request<T> {
@@ -30,6 +31,7 @@ impl<T> Request<T> {
             deadline: None,
             remote_addr: None,
             cancel: None,
+            wait_for_ready: false,
         }
     }
 
@@ -80,6 +82,18 @@ impl<T> Request<T> {
         self.cancel = Some(token);
     }
 
+    /// Client: wait-for-ready. Without it (the default) a call fails fast with `UNAVAILABLE`
+    /// while the channel is in TRANSIENT_FAILURE; with it, the call waits for a connection
+    /// until its deadline.
+    pub fn set_wait_for_ready(&mut self, wait: bool) {
+        self.wait_for_ready = wait;
+    }
+
+    /// Whether the call waits for the channel to be ready (client side).
+    pub fn wait_for_ready(&self) -> bool {
+        self.wait_for_ready
+    }
+
     pub(crate) fn take_cancel_token(&mut self) -> Option<CancelToken> {
         self.cancel.take()
     }
@@ -116,6 +130,7 @@ impl<T> Request<T> {
             deadline: self.deadline,
             remote_addr: self.remote_addr,
             cancel: self.cancel,
+            wait_for_ready: self.wait_for_ready,
         }
     }
 
@@ -134,6 +149,7 @@ impl<T> Request<T> {
             deadline,
             remote_addr,
             cancel: None,
+            wait_for_ready: false,
         }
     }
 }

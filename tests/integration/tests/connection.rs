@@ -53,7 +53,8 @@ fn channel_reconnects_after_server_restart() {
         unreachable!()
     };
     let backoff = BackoffConfig {
-        initial_backoff: Duration::ZERO,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
         ..BackoffConfig::default()
     };
     let channel = Channel::builder(&addr.to_string())
@@ -65,10 +66,14 @@ fn channel_reconnects_after_server_restart() {
     server.shutdown();
     let err = block_on(client.unary(Payload::default())).unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-    // A new server on the same port: the channel connects again.
+    // A new server on the same port: the channel connects again, after its backoff; a
+    // wait-for-ready call waits for that instead of failing fast.
     let (server, events) = test_server();
     let restarted = run(server.bind(addr).unwrap(), events);
-    block_on(client.unary(Payload::default())).unwrap();
+    let mut request = anygrpc::Request::new(Payload::default());
+    request.set_wait_for_ready(true);
+    request.set_timeout(Duration::from_secs(10));
+    block_on(client.unary(request)).unwrap();
     assert_eq!(channel.state(), ConnectivityState::Ready);
     drop(restarted);
 }

@@ -1,24 +1,20 @@
-//! The channel's connection: resolve, connect (TCP or UDS, then TLS), HTTP/2 handshake, and
-//! reconnect with backoff — driven by the sans-IO [`Subchannel`] state machine.
+//! One subchannel's connection: connect (TCP or UDS, then TLS), HTTP/2 handshake, backoff
+//! after failures, and loss detection, driven by the sans-IO [`lb::Subchannel`] state machine.
+//! Every state change is reported to the channel's [`Core`], which tells the policy.
 
 use std::{
     sync::{Arc, Mutex, Weak},
     time::Instant,
 };
 
-use anygrpc_lb::{BackoffConfig, ConnectivityState, Subchannel};
-use anygrpc_resolver::Resolver;
+use anygrpc_lb::{self as lb, BackoffConfig, ConnectivityState, SubchannelId};
 use anygrpc_rt::{Address, BoxIo, H2Io, Runtime, TcpOptions};
 use bytes::Bytes;
-use futures_util::future::{poll_fn, FutureExt, Shared};
+use futures_util::future::FutureExt;
 use h2::client::SendRequest;
 
+use super::core::Core;
 use crate::{with_deadline, Status};
-
-type Connected = Result<SendRequest<Bytes>, Status>;
-/// The future that runs an HTTP/2 connection until it closes.
-type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-type Pending = Shared<futures_channel::oneshot::Receiver<Connected>>;
 
 /// HTTP/2 and socket settings of a channel's connections.
 #[derive(Debug, Clone)]
@@ -33,169 +29,165 @@ pub(crate) struct ConnSettings {
     pub(crate) tls: Option<crate::tls::TlsConnector>,
 }
 
-enum Conn {
-    Idle,
-    Connecting(Pending),
-    Ready(SendRequest<Bytes>),
-}
-
 struct Slot {
-    subchannel: Subchannel,
-    conn: Conn,
+    machine: lb::Subchannel,
+    send: Option<SendRequest<Bytes>>,
+    /// Counts connections, so reports about an old one are ignored.
     generation: u64,
-    last_error: Option<Status>,
 }
 
-/// One channel's connection and its lifecycle.
-pub(crate) struct Connection {
+/// A connection to one address.
+pub(crate) struct Subchannel {
+    pub(crate) id: SubchannelId,
+    address: Address,
+    core: Weak<Core>,
     runtime: Arc<dyn Runtime>,
-    settings: ConnSettings,
-    resolver: Mutex<Box<dyn Resolver>>,
+    settings: Arc<ConnSettings>,
     slot: Mutex<Slot>,
 }
 
-impl std::fmt::Debug for Connection {
+impl std::fmt::Debug for Subchannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("state", &self.state())
-            .finish()
+        f.debug_struct("Subchannel")
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
     }
 }
 
-impl Connection {
+impl Subchannel {
     pub(crate) fn new(
+        id: SubchannelId,
+        address: Address,
+        core: Weak<Core>,
         runtime: Arc<dyn Runtime>,
-        settings: ConnSettings,
-        resolver: Box<dyn Resolver>,
-    ) -> Connection {
-        Connection {
+        settings: Arc<ConnSettings>,
+    ) -> Subchannel {
+        Subchannel {
+            id,
+            address,
+            core,
             runtime,
             slot: Mutex::new(Slot {
-                subchannel: Subchannel::new(settings.backoff, fastrand::u64(..)),
-                conn: Conn::Idle,
+                machine: lb::Subchannel::new(settings.backoff, fastrand::u64(..)),
+                send: None,
                 generation: 0,
-                last_error: None,
             }),
             settings,
-            resolver: Mutex::new(resolver),
         }
     }
 
-    pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
-        &self.runtime
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connectivity state.
-    pub(crate) fn state(&self) -> ConnectivityState {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        slot.subchannel.handle_timeout(self.runtime.now());
-        slot.subchannel.state()
+    /// The connection to send a call on, if READY, with its generation.
+    pub(crate) fn ready(&self) -> Option<(SendRequest<Bytes>, u64)> {
+        let slot = self.slot();
+        slot.send.clone().map(|send| (send, slot.generation))
     }
 
-    /// A handle to send requests on a ready connection, connecting first if needed.
-    ///
-    /// While the connection is in TRANSIENT_FAILURE (backing off after a failed attempt) this
-    /// fails at once with the last error, as a call that is not wait-for-ready must.
-    pub(crate) async fn get(self: &Arc<Self>) -> Result<(SendRequest<Bytes>, u64), Status> {
-        let (pending, generation) = {
-            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-            let now = self.runtime.now();
-            slot.subchannel.handle_timeout(now);
-            match &slot.conn {
-                Conn::Ready(send) => return Ok((send.clone(), slot.generation)),
-                Conn::Connecting(pending) => (pending.clone(), slot.generation),
-                Conn::Idle => match slot.subchannel.request_connection(now) {
-                    Some(attempt) => {
-                        slot.generation += 1;
-                        let (tx, rx) = futures_channel::oneshot::channel();
-                        let pending = rx.shared();
-                        slot.conn = Conn::Connecting(pending.clone());
-                        let this = Arc::downgrade(self);
-                        let generation = slot.generation;
-                        let deadline = attempt.deadline;
-                        self.runtime.spawn(Box::pin(async move {
-                            connect_task(this, generation, deadline, tx).await;
-                        }));
-                        (pending, generation)
-                    }
-                    None => {
-                        return Err(slot
-                            .last_error
-                            .clone()
-                            .unwrap_or_else(|| Status::unavailable("channel is shut down")))
-                    }
-                },
-            }
+    fn report(&self, state: ConnectivityState, status: Option<Status>) {
+        if let Some(core) = self.core.upgrade() {
+            core.subchannel_state(self.id, state, status);
+        }
+    }
+
+    /// Starts connecting if IDLE.
+    pub(crate) fn connect(self: &Arc<Self>) {
+        let (attempt, generation) = {
+            let mut slot = self.slot();
+            let Some(attempt) = slot.machine.request_connection(self.runtime.now()) else {
+                return;
+            };
+            slot.generation += 1;
+            (attempt, slot.generation)
         };
-        pending
-            .await
-            .unwrap_or_else(|_| Err(Status::unavailable("connection attempt abandoned")))
-            .map(|send| (send, generation))
+        self.report(ConnectivityState::Connecting, None);
+        let this = self.clone();
+        self.runtime.spawn(Box::pin(async move {
+            this.attempt(generation, attempt.deadline).await;
+        }));
     }
 
-    fn finish_attempt(&self, generation: u64, result: &Connected) {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.generation != generation {
-            return;
-        }
+    /// Shuts down: no more attempts or reports; a live connection is left to its streams.
+    pub(crate) fn shutdown(&self) {
+        let mut slot = self.slot();
+        slot.machine.shutdown();
+        slot.send = None;
+        slot.generation += 1;
+    }
+
+    async fn attempt(self: Arc<Self>, generation: u64, deadline: Instant) {
+        let result = match with_deadline(&*self.runtime, Some(deadline), self.establish()).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::unavailable(format!(
+                "timed out connecting to {}",
+                self.address
+            ))),
+        };
         match result {
-            Ok(send) => {
-                slot.subchannel.connected();
-                slot.conn = Conn::Ready(send.clone());
-                slot.last_error = None;
+            Ok((send, driver)) => {
+                {
+                    let mut slot = self.slot();
+                    if slot.generation != generation {
+                        return;
+                    }
+                    slot.machine.connected();
+                    slot.send = Some(send);
+                }
+                let this = Arc::downgrade(&self);
+                self.runtime.spawn(Box::pin(async move {
+                    driver.await;
+                    if let Some(this) = this.upgrade() {
+                        this.closed(generation);
+                    }
+                }));
+                self.report(ConnectivityState::Ready, None);
             }
             Err(status) => {
-                slot.subchannel.connect_failed(self.runtime.now());
-                slot.conn = Conn::Idle;
-                slot.last_error = Some(status.clone());
-            }
-        }
-    }
-
-    /// The connection of `generation` ended, or a call found it refusing new streams (GOAWAY):
-    /// stop handing it out, so the next call connects again (re-resolving first). In-flight
-    /// streams on it carry on until they finish.
-    pub(crate) fn closed(&self, generation: u64) {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.generation == generation {
-            slot.subchannel.disconnected();
-            slot.conn = Conn::Idle;
-        }
-    }
-
-    /// Asks the resolver for fresh addresses and waits for them: every connection attempt
-    /// re-resolves, so an attempt after a failure sees the latest addresses.
-    async fn resolve(&self) -> Result<Vec<Address>, Status> {
-        self.resolver
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .resolve_now();
-        let update = poll_fn(|cx| {
-            self.resolver
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .poll_update(cx)
-        })
-        .await;
-        update.addresses
-    }
-
-    async fn establish(&self, deadline: Instant) -> Result<(SendRequest<Bytes>, Driver), Status> {
-        let addresses = self.resolve().await?;
-        let mut last_error = Status::unavailable("resolver returned no addresses");
-        for address in addresses {
-            match with_deadline(&*self.runtime, Some(deadline), self.connect_one(&address)).await {
-                Ok(Ok(connected)) => return Ok(connected),
-                Ok(Err(status)) => last_error = status,
-                Err(_) => {
-                    last_error = Status::unavailable(format!("timed out connecting to {address}"))
+                tracing::debug!(address = %self.address, %status, "connection attempt failed");
+                let retry_at = {
+                    let mut slot = self.slot();
+                    if slot.generation != generation {
+                        return;
+                    }
+                    slot.machine.connect_failed(self.runtime.now());
+                    slot.machine.poll_timeout()
+                };
+                self.report(ConnectivityState::TransientFailure, Some(status));
+                if let Some(retry_at) = retry_at {
+                    self.runtime.sleep_until(retry_at).await;
+                    let idle = {
+                        let mut slot = self.slot();
+                        slot.machine.handle_timeout(self.runtime.now());
+                        slot.generation == generation
+                            && slot.machine.state() == ConnectivityState::Idle
+                    };
+                    if idle {
+                        self.report(ConnectivityState::Idle, None);
+                    }
                 }
             }
         }
-        Err(last_error)
     }
 
-    async fn connect_one(&self, address: &Address) -> Result<(SendRequest<Bytes>, Driver), Status> {
+    /// The connection of `generation` ended, or a call found it refusing new streams
+    /// (GOAWAY): stop handing it out and report IDLE. Streams on it carry on to their end.
+    pub(crate) fn closed(&self, generation: u64) {
+        {
+            let mut slot = self.slot();
+            if slot.generation != generation || slot.send.is_none() {
+                return;
+            }
+            slot.send = None;
+            slot.machine.disconnected();
+        }
+        self.report(ConnectivityState::Idle, None);
+    }
+
+    async fn establish(&self) -> Result<(SendRequest<Bytes>, Driver), Status> {
+        let address = &self.address;
         let io: BoxIo = match address {
             Address::Tcp(addr) => {
                 let options = TcpOptions::default().with_nodelay(self.settings.tcp_nodelay);
@@ -234,30 +226,5 @@ impl Connection {
     }
 }
 
-async fn connect_task(
-    this: Weak<Connection>,
-    generation: u64,
-    deadline: Instant,
-    tx: futures_channel::oneshot::Sender<Connected>,
-) {
-    let Some(conn) = this.upgrade() else { return };
-    let result = match conn.establish(deadline).await {
-        Ok((send, driver)) => {
-            let this = this.clone();
-            conn.runtime.spawn(Box::pin(async move {
-                driver.await;
-                if let Some(conn) = this.upgrade() {
-                    conn.closed(generation);
-                }
-            }));
-            Ok(send)
-        }
-        Err(status) => {
-            tracing::debug!(%status, "connection attempt failed");
-            Err(status)
-        }
-    };
-    conn.finish_attempt(generation, &result);
-    drop(conn);
-    let _ = tx.send(result);
-}
+/// The future that runs an HTTP/2 connection until it closes.
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

@@ -2,6 +2,7 @@
 
 mod cancel;
 mod conn;
+mod core;
 
 pub use cancel::{cancellation, CancelToken, Cancelled, Canceller};
 
@@ -18,7 +19,7 @@ use anygrpc_codec::{
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
     Codec,
 };
-use anygrpc_lb::{BackoffConfig, ConnectivityState};
+use anygrpc_lb::{BackoffConfig, ConnectivityState, PolicyRegistry};
 use anygrpc_resolver::Registry;
 use anygrpc_rt::Runtime;
 use bytes::Bytes;
@@ -35,7 +36,8 @@ use crate::{
     streaming::{ClientSide, LocalError, PendingHead},
     with_deadline, MetadataMap, Request, Response, Status, Streaming,
 };
-use conn::{ConnSettings, Connection};
+use conn::ConnSettings;
+use core::Core;
 
 /// Configures and creates a [`Channel`].
 ///
@@ -60,6 +62,8 @@ pub struct ChannelBuilder {
     max_send_message_size: usize,
     max_header_list_size: usize,
     settings: ConnSettings,
+    lb_registry: PolicyRegistry,
+    load_balancing_config: String,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ClientTlsConfig>,
 }
@@ -96,6 +100,8 @@ impl ChannelBuilder {
                 #[cfg(feature = "tls")]
                 tls: None,
             },
+            lb_registry: PolicyRegistry::default(),
+            load_balancing_config: r#"[{"pick_first":{}}]"#.to_owned(),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -105,6 +111,28 @@ impl ChannelBuilder {
     /// [`rt::default_runtime`](crate::rt::default_runtime).
     pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
         self.runtime = Some(runtime);
+        self
+    }
+
+    /// The load-balancing policy, by name, with an empty config: `pick_first` (the default),
+    /// `round_robin`, or one registered with
+    /// [`lb_policy_registry`](Self::lb_policy_registry).
+    pub fn load_balancing_policy(mut self, name: &str) -> Self {
+        self.load_balancing_config = serde_json::json!([{ name: {} }]).to_string();
+        self
+    }
+
+    /// The policy as a service config's `loadBalancingConfig` list (JSON text), e.g.
+    /// `[{"pick_first":{"shuffleAddressList":true}}]`: the first registered policy named is
+    /// used. An invalid list fails the channel's build with `INVALID_ARGUMENT`.
+    pub fn load_balancing_config(mut self, json: impl Into<String>) -> Self {
+        self.load_balancing_config = json.into();
+        self
+    }
+
+    /// The load-balancing policies available by name, for custom policies.
+    pub fn lb_policy_registry(mut self, registry: PolicyRegistry) -> Self {
+        self.lb_registry = registry;
         self
     }
 
@@ -227,6 +255,10 @@ impl ChannelBuilder {
             Status::invalid_argument(format!("invalid authority {authority_text:?}: {e}"))
         })?;
         let resolver = builder.build(&target, runtime.clone())?;
+        let lb_config: serde_json::Value = serde_json::from_str(&self.load_balancing_config)
+            .map_err(|e| Status::invalid_argument(format!("invalid loadBalancingConfig: {e}")))?;
+        let (policy_builder, policy_config) = self.lb_registry.parse_lb_config(&lb_config)?;
+        let policy = policy_builder.build(fastrand::u64(..));
         if let Some(encoding) = self.send_compression {
             if self.compression.get(encoding).is_none() {
                 return Err(Status::invalid_argument(format!(
@@ -267,7 +299,7 @@ impl ChannelBuilder {
                 max_recv_message_size: self.max_recv_message_size,
                 max_send_message_size: self.max_send_message_size,
                 max_header_list_size: self.max_header_list_size,
-                connection: Arc::new(Connection::new(runtime, settings, resolver)),
+                core: Core::new(runtime, settings, resolver, policy, Some(policy_config)),
             }),
         })
     }
@@ -276,7 +308,7 @@ impl ChannelBuilder {
     /// first attempt fails.
     pub async fn connect(self) -> Result<Channel, Status> {
         let channel = self.connect_lazy()?;
-        channel.inner.connection.get().await?;
+        channel.inner.core.pick("", false).await?;
         Ok(channel)
     }
 }
@@ -292,7 +324,7 @@ struct ChannelInner {
     max_recv_message_size: usize,
     max_send_message_size: usize,
     max_header_list_size: usize,
-    connection: Arc<Connection>,
+    core: Arc<Core>,
 }
 
 /// A client connection to a gRPC target: cheap to clone, safe to share, and usable from any
@@ -321,9 +353,20 @@ impl Channel {
         ChannelBuilder::new(target)
     }
 
-    /// The connectivity state of the channel's connection.
+    /// The channel's connectivity state (`doc/connectivity-semantics-and-api.md`).
     pub fn state(&self) -> ConnectivityState {
-        self.inner.connection.state()
+        self.inner.core.state(false)
+    }
+
+    /// The connectivity state; with `try_to_connect`, an IDLE channel starts connecting.
+    pub fn connectivity_state(&self, try_to_connect: bool) -> ConnectivityState {
+        self.inner.core.state(try_to_connect)
+    }
+
+    /// Waits until the state is no longer `from` and returns the new state. Bound it with a
+    /// timer of your runtime to wait with a deadline.
+    pub async fn wait_for_state_change(&self, from: ConnectivityState) -> ConnectivityState {
+        self.inner.core.changed(from).await
     }
 
     /// The target the channel was built with.
@@ -331,6 +374,10 @@ impl Channel {
         &self.inner.target
     }
 }
+
+/// How many times a call is moved to another connection because the one it picked was closing
+/// before the call's stream opened.
+const MAX_TRANSPARENT_RETRIES: u32 = 5;
 
 /// Per-client call options layered on a [`Channel`]: what generated clients hold.
 #[derive(Debug, Clone)]
@@ -381,7 +428,7 @@ impl Grpc {
     }
 
     fn runtime(&self) -> &Arc<dyn Runtime> {
-        self.channel.inner.connection.runtime()
+        self.channel.inner.core.runtime()
     }
 
     /// Runs interceptors, opens the HTTP/2 stream and sends the request headers.
@@ -393,6 +440,7 @@ impl Grpc {
         let metadata = std::mem::take(request.metadata_mut());
         let timeout = request.timeout();
         let cancel = request.take_cancel_token();
+        let wait_for_ready = request.wait_for_ready();
         let inner = &self.channel.inner;
         let runtime = self.runtime();
         let deadline = timeout.map(|t| {
@@ -425,25 +473,42 @@ impl Grpc {
                 Status::internal(format!("send compression {name:?} is not registered"))
             })?),
         };
+        let request = RequestHead {
+            scheme: inner.scheme.clone(),
+            authority: inner.authority.clone(),
+            path,
+            timeout: deadline.map(|d| d.saturating_duration_since(runtime.now())),
+            encoding,
+            accept_encoding: inner.compression.accept_encoding().clone(),
+            user_agent: inner.user_agent.clone(),
+            metadata: head.metadata,
+        }
+        .into_request()?;
         let open = async {
-            let (send_request, generation) = inner.connection.get().await?;
-            let unusable = |e: h2::Error| {
-                inner.connection.closed(generation);
-                crate::status_from_h2(&e, false)
+            // A connection found closing (GOAWAY) or gone before the stream opens never saw
+            // the call, so the call picks again: a transparent retry.
+            let mut attempts = 0;
+            let (subchannel, ready, generation) = loop {
+                attempts += 1;
+                let (subchannel, send_request, generation) = inner
+                    .core
+                    .pick(request.uri().path(), wait_for_ready)
+                    .await?;
+                match send_request.ready().await {
+                    Ok(ready) => break (subchannel, ready, generation),
+                    Err(e) => {
+                        subchannel.closed(generation);
+                        if attempts >= MAX_TRANSPARENT_RETRIES || !(e.is_go_away() || e.is_io()) {
+                            return Err(crate::status_from_h2(&e, false));
+                        }
+                    }
+                }
             };
-            let mut send_request = send_request.ready().await.map_err(unusable)?;
-            let request = RequestHead {
-                scheme: inner.scheme.clone(),
-                authority: inner.authority.clone(),
-                path,
-                timeout: deadline.map(|d| d.saturating_duration_since(runtime.now())),
-                encoding,
-                accept_encoding: inner.compression.accept_encoding().clone(),
-                user_agent: inner.user_agent.clone(),
-                metadata: head.metadata,
-            }
-            .into_request()?;
-            send_request.send_request(request, false).map_err(unusable)
+            let mut ready = ready;
+            ready.send_request(request, false).map_err(|e| {
+                subchannel.closed(generation);
+                crate::status_from_h2(&e, false)
+            })
         };
         let (response, send) = self.bounded(deadline, cancel.as_ref(), open).await??;
         Ok(Started {

@@ -1,0 +1,316 @@
+//! Load-balancing policies: the [`LbPolicy`] and [`Picker`] traits, the channel's side of the
+//! conversation ([`ChannelControl`]), and a [`PolicyRegistry`] of policies by name.
+//!
+//! A policy owns no sockets and reads no clock. The channel tells it what the resolver found
+//! and how each subchannel's connectivity changed, passing a [`ChannelControl`] through which
+//! the policy creates, connects and removes subchannels and publishes a [`Picker`] with the
+//! channel's aggregate state. Calls never talk to the policy: they ask the latest picker,
+//! which is immutable and shared, so picking takes no lock the policy holds.
+
+use std::{collections::HashMap, fmt, sync::Arc, time::Instant};
+
+use anygrpc_codec::Status;
+use anygrpc_rt::Address;
+
+use crate::ConnectivityState;
+
+/// Names a subchannel the channel created for a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubchannelId(pub u64);
+
+/// What a policy may ask of its channel. Every request takes effect after the policy's
+/// method returns; state changes it causes come back as later calls.
+pub trait ChannelControl {
+    /// The current time (virtual in tests).
+    fn now(&self) -> Instant;
+
+    /// Creates an IDLE subchannel for `address`.
+    fn new_subchannel(&mut self, address: &Address) -> SubchannelId;
+
+    /// Shuts a subchannel down; no more state changes are reported for it.
+    fn remove_subchannel(&mut self, id: SubchannelId);
+
+    /// Asks an IDLE subchannel to connect (ignored in any other state).
+    fn connect(&mut self, id: SubchannelId);
+
+    /// Publishes the channel's state and the picker calls use from now on.
+    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
+
+    /// Asks the resolver to resolve again (connections failed or were lost).
+    fn request_resolution(&mut self);
+}
+
+/// A load-balancing policy: turns addresses and subchannel states into a picker.
+pub trait LbPolicy: Send + fmt::Debug {
+    /// The resolver produced addresses (the policy's parsed config comes with them).
+    fn update(
+        &mut self,
+        addresses: Vec<Address>,
+        config: Option<&PolicyConfig>,
+        ctl: &mut dyn ChannelControl,
+    );
+
+    /// The resolver failed. With no usable subchannel the policy should fail calls with it.
+    fn resolver_error(&mut self, status: Status, ctl: &mut dyn ChannelControl);
+
+    /// A subchannel's connectivity changed.
+    fn subchannel_state(
+        &mut self,
+        id: SubchannelId,
+        state: ConnectivityState,
+        status: Option<&Status>,
+        ctl: &mut dyn ChannelControl,
+    );
+
+    /// The channel is IDLE and a call or the application wants it to connect.
+    fn exit_idle(&mut self, ctl: &mut dyn ChannelControl);
+
+    /// When the policy next wants [`handle_timeout`](Self::handle_timeout).
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Time passed `poll_timeout`.
+    fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) {
+        let _ = ctl;
+    }
+}
+
+/// Chooses a subchannel for each call.
+pub trait Picker: Send + Sync + fmt::Debug {
+    /// Picks for one call.
+    fn pick(&self, call: &PickInfo<'_>) -> Pick;
+}
+
+/// What a picker knows of a call.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct PickInfo<'a> {
+    /// The method path, `/package.Service/Method`.
+    pub path: &'a str,
+}
+
+impl<'a> PickInfo<'a> {
+    /// The pick information of a call to `path`.
+    pub fn new(path: &'a str) -> PickInfo<'a> {
+        PickInfo { path }
+    }
+}
+
+/// A picker's answer.
+#[derive(Debug, Clone)]
+pub enum Pick {
+    /// Send the call on this (READY) subchannel.
+    Ready(SubchannelId),
+    /// Wait for the next picker (the channel is connecting).
+    Queue,
+    /// Fail the call, unless it is wait-for-ready, in which case it waits for the next picker.
+    Fail(Status),
+}
+
+/// A picker that answers every call the same way.
+#[derive(Debug, Clone)]
+pub struct FixedPicker(pub Pick);
+
+impl Picker for FixedPicker {
+    fn pick(&self, _: &PickInfo<'_>) -> Pick {
+        self.0.clone()
+    }
+}
+
+/// A policy's parsed `loadBalancingConfig` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// The policy's name.
+    pub name: String,
+    /// Its configuration object, already validated by the policy's builder.
+    pub config: serde_json::Value,
+}
+
+/// Builds one policy, by name.
+pub trait LbPolicyBuilder: Send + Sync + fmt::Debug + 'static {
+    /// The name in `loadBalancingConfig`, e.g. `round_robin`.
+    fn name(&self) -> &'static str;
+
+    /// A new policy instance for one channel.
+    fn build(&self, seed: u64) -> Box<dyn LbPolicy>;
+
+    /// Checks this policy's config object; an invalid one is `INVALID_ARGUMENT`.
+    fn parse_config(&self, config: &serde_json::Value) -> Result<PolicyConfig, Status> {
+        match config {
+            serde_json::Value::Object(_) => Ok(PolicyConfig {
+                name: self.name().to_owned(),
+                config: config.clone(),
+            }),
+            _ => Err(Status::invalid_argument(format!(
+                "{} config must be an object",
+                self.name()
+            ))),
+        }
+    }
+}
+
+/// The policies a channel can use, by name. The default holds `pick_first` and
+/// `round_robin`; users register their own.
+#[derive(Debug, Clone)]
+pub struct PolicyRegistry {
+    builders: HashMap<&'static str, Arc<dyn LbPolicyBuilder>>,
+}
+
+impl Default for PolicyRegistry {
+    fn default() -> PolicyRegistry {
+        let mut registry = PolicyRegistry {
+            builders: HashMap::new(),
+        };
+        registry.register(Arc::new(crate::pick_first::PickFirstBuilder));
+        registry.register(Arc::new(crate::round_robin::RoundRobinBuilder));
+        registry
+    }
+}
+
+impl PolicyRegistry {
+    /// Adds (or replaces) a policy.
+    pub fn register(&mut self, builder: Arc<dyn LbPolicyBuilder>) {
+        self.builders.insert(builder.name(), builder);
+    }
+
+    /// The builder of a policy.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn LbPolicyBuilder>> {
+        self.builders.get(name)
+    }
+
+    /// Parses a `loadBalancingConfig` list (`doc/service_config.md`): the first entry naming a
+    /// registered policy wins; its config must be valid. No known policy is
+    /// `INVALID_ARGUMENT`.
+    pub fn parse_lb_config(
+        &self,
+        list: &serde_json::Value,
+    ) -> Result<(Arc<dyn LbPolicyBuilder>, PolicyConfig), Status> {
+        let entries = list
+            .as_array()
+            .ok_or_else(|| Status::invalid_argument("loadBalancingConfig must be a list"))?;
+        for entry in entries {
+            let object = entry.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
+                Status::invalid_argument(
+                    "each loadBalancingConfig entry must be an object with one key",
+                )
+            })?;
+            let (name, config) = object.iter().next().expect("one key");
+            if let Some(builder) = self.builders.get(name.as_str()) {
+                let parsed = builder.parse_config(config)?;
+                return Ok((builder.clone(), parsed));
+            }
+        }
+        Err(Status::invalid_argument(
+            "loadBalancingConfig names no registered policy",
+        ))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A recording [`ChannelControl`] for policy tests on virtual time.
+    use super::*;
+    use std::time::Duration;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Recorder {
+        pub(crate) now: Option<Instant>,
+        pub(crate) next: u64,
+        pub(crate) created: Vec<(SubchannelId, Address)>,
+        pub(crate) removed: Vec<SubchannelId>,
+        pub(crate) connects: Vec<SubchannelId>,
+        pub(crate) state: Option<ConnectivityState>,
+        pub(crate) picker: Option<Arc<dyn Picker>>,
+        pub(crate) resolutions: usize,
+    }
+
+    impl Recorder {
+        pub(crate) fn at(now: Instant) -> Recorder {
+            Recorder {
+                now: Some(now),
+                ..Recorder::default()
+            }
+        }
+
+        pub(crate) fn advance(&mut self, by: Duration) {
+            self.now = Some(self.now() + by);
+        }
+
+        pub(crate) fn pick(&self) -> Pick {
+            self.picker
+                .as_ref()
+                .expect("a picker was published")
+                .pick(&PickInfo::new("/s/m"))
+        }
+
+        pub(crate) fn take_connects(&mut self) -> Vec<SubchannelId> {
+            std::mem::take(&mut self.connects)
+        }
+    }
+
+    impl ChannelControl for Recorder {
+        fn now(&self) -> Instant {
+            self.now.expect("the test set a time")
+        }
+
+        fn new_subchannel(&mut self, address: &Address) -> SubchannelId {
+            self.next += 1;
+            let id = SubchannelId(self.next);
+            self.created.push((id, address.clone()));
+            id
+        }
+
+        fn remove_subchannel(&mut self, id: SubchannelId) {
+            self.removed.push(id);
+        }
+
+        fn connect(&mut self, id: SubchannelId) {
+            self.connects.push(id);
+        }
+
+        fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
+            self.state = Some(state);
+            self.picker = Some(picker);
+        }
+
+        fn request_resolution(&mut self) {
+            self.resolutions += 1;
+        }
+    }
+
+    pub(crate) fn addr(port: u16) -> Address {
+        Address::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lb_config_picks_the_first_known_policy() {
+        let registry = PolicyRegistry::default();
+        let (builder, config) = registry
+            .parse_lb_config(
+                &json!([{"unknown_policy": {}}, {"round_robin": {}}, {"pick_first": {}}]),
+            )
+            .unwrap();
+        assert_eq!(builder.name(), "round_robin");
+        assert_eq!(config.name, "round_robin");
+        for bad in [
+            json!({"round_robin": {}}),
+            json!([{"a": {}, "b": {}}]),
+            json!([{"unknown": {}}]),
+            json!([{"pick_first": {"shuffleAddressList": "yes"}}]),
+            json!([{"round_robin": 3}]),
+        ] {
+            assert_eq!(
+                registry.parse_lb_config(&bad).unwrap_err().code(),
+                anygrpc_codec::Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+}

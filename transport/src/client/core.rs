@@ -1,0 +1,362 @@
+//! The channel's control plane: the resolver feeds the load-balancing policy, the policy
+//! manages subchannels and publishes a picker, and calls pick.
+//!
+//! All policy calls happen under one lock, through [`Ctl`], which records what the policy asks
+//! for; the requests (connect, shut down, re-resolve) run after the lock is released, so a
+//! subchannel reporting a state change never waits on a lock held across IO. Calls waiting
+//! for a usable picker, and watchers of the channel's state, park their wakers here and are
+//! woken on every picker update.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    task::{Context, Poll, Waker},
+    time::Instant,
+};
+
+use anygrpc_lb::{
+    ChannelControl, ConnectivityState, FixedPicker, LbPolicy, Pick, PickInfo, Picker, PolicyConfig,
+    SubchannelId,
+};
+use anygrpc_resolver::Resolver;
+use anygrpc_rt::{Address, Runtime};
+use bytes::Bytes;
+use futures_util::future::poll_fn;
+use h2::client::SendRequest;
+
+use super::conn::{ConnSettings, Subchannel};
+use crate::Status;
+
+struct Inner {
+    policy: Box<dyn LbPolicy>,
+    subchannels: HashMap<SubchannelId, Arc<Subchannel>>,
+    next_id: u64,
+    picker: Arc<dyn Picker>,
+    state: ConnectivityState,
+    waiters: Vec<Waker>,
+    /// The resolver task is running (it starts when the channel first leaves IDLE).
+    resolving: bool,
+    /// The instant a timer task is armed for, if any.
+    timer: Option<Instant>,
+    /// Set when the resolver has been asked to resolve again; the resolver task takes it.
+    resolve_now: bool,
+    resolver_waker: Option<Waker>,
+}
+
+/// A picked subchannel, its connection, and the connection's generation.
+pub(crate) type Picked = (Arc<Subchannel>, SendRequest<Bytes>, u64);
+
+/// A channel's resolver, policy, subchannels and picker.
+pub(crate) struct Core {
+    runtime: Arc<dyn Runtime>,
+    settings: Arc<ConnSettings>,
+    policy_config: Option<PolicyConfig>,
+    resolver: Mutex<Box<dyn Resolver>>,
+    inner: Mutex<Inner>,
+    this: Weak<Core>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("state", &self.lock().state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a policy asked for, done once the lock is released.
+enum Action {
+    Connect(Arc<Subchannel>),
+    Shutdown(Arc<Subchannel>),
+}
+
+/// The [`ChannelControl`] a policy sees: records its requests.
+struct Ctl<'a> {
+    core: &'a Core,
+    subchannels: &'a mut HashMap<SubchannelId, Arc<Subchannel>>,
+    next_id: &'a mut u64,
+    published: Option<(ConnectivityState, Arc<dyn Picker>)>,
+    actions: Vec<Action>,
+    resolve_now: bool,
+}
+
+impl ChannelControl for Ctl<'_> {
+    fn now(&self) -> Instant {
+        self.core.runtime.now()
+    }
+
+    fn new_subchannel(&mut self, address: &Address) -> SubchannelId {
+        *self.next_id += 1;
+        let id = SubchannelId(*self.next_id);
+        let subchannel = Subchannel::new(
+            id,
+            address.clone(),
+            self.core.this.clone(),
+            self.core.runtime.clone(),
+            self.core.settings.clone(),
+        );
+        self.subchannels.insert(id, Arc::new(subchannel));
+        id
+    }
+
+    fn remove_subchannel(&mut self, id: SubchannelId) {
+        if let Some(subchannel) = self.subchannels.remove(&id) {
+            self.actions.push(Action::Shutdown(subchannel));
+        }
+    }
+
+    fn connect(&mut self, id: SubchannelId) {
+        if let Some(subchannel) = self.subchannels.get(&id) {
+            self.actions.push(Action::Connect(subchannel.clone()));
+        }
+    }
+
+    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
+        self.published = Some((state, picker));
+    }
+
+    fn request_resolution(&mut self) {
+        self.resolve_now = true;
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        runtime: Arc<dyn Runtime>,
+        settings: ConnSettings,
+        resolver: Box<dyn Resolver>,
+        policy: Box<dyn LbPolicy>,
+        policy_config: Option<PolicyConfig>,
+    ) -> Arc<Core> {
+        Arc::new_cyclic(|this| Core {
+            runtime,
+            settings: Arc::new(settings),
+            policy_config,
+            resolver: Mutex::new(resolver),
+            inner: Mutex::new(Inner {
+                policy,
+                subchannels: HashMap::new(),
+                next_id: 0,
+                picker: Arc::new(FixedPicker(Pick::Queue)),
+                state: ConnectivityState::Idle,
+                waiters: Vec::new(),
+                resolving: false,
+                timer: None,
+                resolve_now: false,
+                resolver_waker: None,
+            }),
+            this: this.clone(),
+        })
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the policy, then publishes what it published and carries out its requests.
+    fn with_policy(&self, f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl)) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut ctl = Ctl {
+            core: self,
+            subchannels: &mut inner.subchannels,
+            next_id: &mut inner.next_id,
+            published: None,
+            actions: Vec::new(),
+            resolve_now: false,
+        };
+        f(&mut *inner.policy, &mut ctl);
+        let Ctl {
+            published,
+            actions,
+            resolve_now,
+            ..
+        } = ctl;
+        self.apply(guard, published, actions, resolve_now);
+    }
+
+    /// The second half of [`with_policy`](Self::with_policy), not generic.
+    fn apply(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        published: Option<(ConnectivityState, Arc<dyn Picker>)>,
+        actions: Vec<Action>,
+        resolve_now: bool,
+    ) {
+        if let Some((state, picker)) = published {
+            inner.state = state;
+            inner.picker = picker;
+            inner.waiters.drain(..).for_each(Waker::wake);
+        }
+        let mut wake_resolver = None;
+        if resolve_now {
+            inner.resolve_now = true;
+            wake_resolver = inner.resolver_waker.take();
+        }
+        let armed = inner.timer;
+        let timer = inner
+            .policy
+            .poll_timeout()
+            .filter(|at| armed.is_none_or(|armed| *at < armed));
+        if let Some(at) = timer {
+            inner.timer = Some(at);
+        }
+        drop(inner);
+        if let Some(waker) = wake_resolver {
+            waker.wake();
+        }
+        if let Some(at) = timer {
+            let this = self.this.clone();
+            let runtime = self.runtime.clone();
+            self.runtime.spawn(Box::pin(async move {
+                runtime.sleep_until(at).await;
+                if let Some(core) = this.upgrade() {
+                    core.on_timer();
+                }
+            }));
+        }
+        for action in actions {
+            match action {
+                Action::Connect(subchannel) => subchannel.connect(),
+                Action::Shutdown(subchannel) => subchannel.shutdown(),
+            }
+        }
+    }
+
+    fn on_timer(&self) {
+        self.lock().timer = None;
+        self.with_policy(|policy, ctl| policy.handle_timeout(ctl));
+    }
+
+    /// A subchannel's connectivity changed.
+    pub(crate) fn subchannel_state(
+        &self,
+        id: SubchannelId,
+        state: ConnectivityState,
+        status: Option<Status>,
+    ) {
+        self.with_policy(|policy, ctl| policy.subchannel_state(id, state, status.as_ref(), ctl));
+    }
+
+    /// Leaves IDLE: starts resolving (once) and asks the policy to connect.
+    pub(crate) fn exit_idle(&self) {
+        let start = {
+            let mut inner = self.lock();
+            !std::mem::replace(&mut inner.resolving, true)
+        };
+        if start {
+            let this = self.this.clone();
+            self.runtime.spawn(Box::pin(resolve_task(this)));
+        } else {
+            self.with_policy(|policy, ctl| policy.exit_idle(ctl));
+        }
+    }
+
+    /// The channel's connectivity state; with `connect`, leaves IDLE.
+    pub(crate) fn state(&self, connect: bool) -> ConnectivityState {
+        let state = self.lock().state;
+        if connect && state == ConnectivityState::Idle {
+            self.exit_idle();
+        }
+        state
+    }
+
+    /// Waits until the state differs from `from`; returns the new state.
+    pub(crate) async fn changed(&self, from: ConnectivityState) -> ConnectivityState {
+        poll_fn(|cx| {
+            let mut inner = self.lock();
+            if inner.state != from {
+                return Poll::Ready(inner.state);
+            }
+            inner.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Picks a READY subchannel for a call, waiting while the picker queues, and (with
+    /// `wait_for_ready`) while it fails. Returns the subchannel, its connection, and the
+    /// connection's generation.
+    pub(crate) async fn pick(
+        &self,
+        path: &str,
+        wait_for_ready: bool,
+    ) -> Result<Picked, Status> {
+        poll_fn(|cx| self.poll_pick(cx, path, wait_for_ready)).await
+    }
+
+    fn poll_pick(
+        &self,
+        cx: &mut Context<'_>,
+        path: &str,
+        wait_for_ready: bool,
+    ) -> Poll<Result<Picked, Status>> {
+        let mut inner = self.lock();
+        let idle = inner.state == ConnectivityState::Idle;
+        match inner.picker.pick(&PickInfo::new(path)) {
+            Pick::Ready(id) => {
+                if let Some(subchannel) = inner.subchannels.get(&id) {
+                    if let Some((send, generation)) = subchannel.ready() {
+                        return Poll::Ready(Ok((subchannel.clone(), send, generation)));
+                    }
+                }
+                // The picker is about to be replaced (its subchannel just went away).
+            }
+            Pick::Fail(status) if !wait_for_ready => return Poll::Ready(Err(status)),
+            Pick::Fail(_) | Pick::Queue => {}
+        }
+        inner.waiters.push(cx.waker().clone());
+        drop(inner);
+        if idle {
+            self.exit_idle();
+        }
+        Poll::Pending
+    }
+
+    /// The resolver produced an update (or failed).
+    fn resolved(&self, addresses: Result<Vec<Address>, Status>) {
+        let config = self.policy_config.as_ref();
+        self.with_policy(|policy, ctl| match addresses {
+            Ok(addresses) => policy.update(addresses, config, ctl),
+            Err(status) => policy.resolver_error(status, ctl),
+        });
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Let the resolver task see that the channel is gone.
+        let waker = self.lock().resolver_waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Feeds resolver updates to the policy for as long as the channel lives.
+async fn resolve_task(core: Weak<Core>) {
+    loop {
+        let update = poll_fn(|cx| {
+            let Some(core) = core.upgrade() else {
+                return Poll::Ready(None);
+            };
+            let mut resolver = core.resolver.lock().unwrap_or_else(|e| e.into_inner());
+            {
+                let mut inner = core.lock();
+                if std::mem::take(&mut inner.resolve_now) {
+                    resolver.resolve_now();
+                }
+                inner.resolver_waker = Some(cx.waker().clone());
+            }
+            resolver.poll_update(cx).map(Some)
+        })
+        .await;
+        let Some(update) = update else { return };
+        let Some(core) = core.upgrade() else { return };
+        core.resolved(update.addresses);
+    }
+}
