@@ -17,7 +17,8 @@ use anygrpc_rt::Address;
 
 use crate::{
     policy::{
-        ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PolicyConfig, SubchannelId,
+        unique_addresses, ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick,
+        PolicyConfig, SubchannelId,
     },
     ConnectivityState,
 };
@@ -180,15 +181,10 @@ impl LbPolicy for PickFirst {
         if shuffle {
             self.rng.shuffle(&mut addresses);
         }
-        let mut seen = std::collections::HashSet::new();
-        addresses.retain(|a| seen.insert(a.clone()));
-        if addresses.is_empty() {
-            self.resolver_error(
-                Status::unavailable("the resolver returned no addresses"),
-                ctl,
-            );
-            return;
-        }
+        let addresses = match unique_addresses(addresses) {
+            Ok(addresses) => addresses,
+            Err(status) => return self.resolver_error(status, ctl),
+        };
         // Keep a READY connection whose address is still listed.
         let selected_address = self.selected.and_then(|id| {
             self.entries

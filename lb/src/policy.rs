@@ -108,6 +108,17 @@ pub enum Pick {
     Fail(Status),
 }
 
+/// Drops repeated addresses, keeping the first of each, so a policy makes one subchannel per
+/// address. An empty result is the error a policy reports as a resolver failure.
+pub fn unique_addresses(mut addresses: Vec<Address>) -> Result<Vec<Address>, Status> {
+    let mut seen = std::collections::HashSet::new();
+    addresses.retain(|a| seen.insert(a.clone()));
+    if addresses.is_empty() {
+        return Err(Status::unavailable("the resolver returned no addresses"));
+    }
+    Ok(addresses)
+}
+
 /// A picker that answers every call the same way.
 #[derive(Debug, Clone)]
 pub struct FixedPicker(pub Pick);

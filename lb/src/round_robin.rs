@@ -18,8 +18,8 @@ use anygrpc_rt::Address;
 
 use crate::{
     policy::{
-        ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PickInfo, Picker,
-        PolicyConfig, SubchannelId,
+        unique_addresses, ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PickInfo,
+        Picker, PolicyConfig, SubchannelId,
     },
     ConnectivityState,
 };
@@ -148,18 +148,10 @@ impl LbPolicy for RoundRobin {
         _: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
-        let mut seen = std::collections::HashSet::new();
-        let addresses: Vec<Address> = addresses
-            .into_iter()
-            .filter(|a| seen.insert(a.clone()))
-            .collect();
-        if addresses.is_empty() {
-            self.resolver_error(
-                Status::unavailable("the resolver returned no addresses"),
-                ctl,
-            );
-            return;
-        }
+        let addresses = match unique_addresses(addresses) {
+            Ok(addresses) => addresses,
+            Err(status) => return self.resolver_error(status, ctl),
+        };
         let mut old = std::mem::take(&mut self.entries);
         for address in &addresses {
             let entry = old.remove(address).unwrap_or_else(|| {

@@ -281,11 +281,7 @@ impl Core {
     /// Picks a READY subchannel for a call, waiting while the picker queues, and (with
     /// `wait_for_ready`) while it fails. Returns the subchannel, its connection, and the
     /// connection's generation.
-    pub(crate) async fn pick(
-        &self,
-        path: &str,
-        wait_for_ready: bool,
-    ) -> Result<Picked, Status> {
+    pub(crate) async fn pick(&self, path: &str, wait_for_ready: bool) -> Result<Picked, Status> {
         poll_fn(|cx| self.poll_pick(cx, path, wait_for_ready)).await
     }
 
