@@ -3,13 +3,15 @@
 //!
 //! All policy calls happen under one lock, through [`Ctl`], which records what the policy asks
 //! for; the requests (connect, shut down, re-resolve) run after the lock is released, so a
-//! subchannel reporting a state change never waits on a lock held across IO. Calls waiting
-//! for a usable picker, and watchers of the channel's state, park their wakers here and are
-//! woken on every picker update.
+//! subchannel reporting a state change never waits on a lock held across IO. What the policy
+//! publishes — state, picker, and the subchannels the picker may name — is a separate
+//! immutable [`Published`] snapshot behind a read-write lock: a call reads it and picks without
+//! ever touching the policy's lock. Calls waiting for a usable picker, and watchers of the
+//! channel's state, park their wakers in a list woken on every publication.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, Weak},
+    sync::{Arc, Mutex, MutexGuard, RwLock, Weak},
     task::{Context, Poll, Waker},
     time::Instant,
 };
@@ -31,9 +33,6 @@ struct Inner {
     policy: Box<dyn LbPolicy>,
     subchannels: HashMap<SubchannelId, Arc<Subchannel>>,
     next_id: u64,
-    picker: Arc<dyn Picker>,
-    state: ConnectivityState,
-    waiters: Vec<Waker>,
     /// The resolver task is running (it starts when the channel first leaves IDLE).
     resolving: bool,
     /// The instant a timer task is armed for, if any.
@@ -41,6 +40,13 @@ struct Inner {
     /// Set when the resolver has been asked to resolve again; the resolver task takes it.
     resolve_now: bool,
     resolver_waker: Option<Waker>,
+}
+
+/// What calls see: the policy's latest state and picker, and the subchannels at that moment.
+struct Published {
+    state: ConnectivityState,
+    picker: Arc<dyn Picker>,
+    subchannels: HashMap<SubchannelId, Arc<Subchannel>>,
 }
 
 /// A picked subchannel, its connection, and the connection's generation.
@@ -53,13 +59,15 @@ pub(crate) struct Core {
     policy_config: Option<PolicyConfig>,
     resolver: Mutex<Box<dyn Resolver>>,
     inner: Mutex<Inner>,
+    published: RwLock<Arc<Published>>,
+    waiters: Mutex<Vec<Waker>>,
     this: Weak<Core>,
 }
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
-            .field("state", &self.lock().state)
+            .field("state", &self.published().state)
             .finish_non_exhaustive()
     }
 }
@@ -137,14 +145,17 @@ impl Core {
                 policy,
                 subchannels: HashMap::new(),
                 next_id: 0,
-                picker: Arc::new(FixedPicker(Pick::Queue)),
-                state: ConnectivityState::Idle,
-                waiters: Vec::new(),
                 resolving: false,
                 timer: None,
                 resolve_now: false,
                 resolver_waker: None,
             }),
+            published: RwLock::new(Arc::new(Published {
+                state: ConnectivityState::Idle,
+                picker: Arc::new(FixedPicker(Pick::Queue)),
+                subchannels: HashMap::new(),
+            })),
+            waiters: Mutex::new(Vec::new()),
             this: this.clone(),
         })
     }
@@ -155,6 +166,26 @@ impl Core {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn published(&self) -> Arc<Published> {
+        self.published
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn waiters(&self) -> MutexGuard<'_, Vec<Waker>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parks `waker` until the next publication, unless `seen` is already stale (then the
+    /// caller is woken at once, so a publication between its read and this call is not lost).
+    fn park(&self, seen: &Arc<Published>, waker: &Waker) {
+        self.waiters().push(waker.clone());
+        if !Arc::ptr_eq(seen, &self.published()) {
+            waker.wake_by_ref();
+        }
     }
 
     /// Runs `f` on the policy, then publishes what it published and carries out its requests.
@@ -187,11 +218,11 @@ impl Core {
         actions: Vec<Action>,
         resolve_now: bool,
     ) {
-        if let Some((state, picker)) = published {
-            inner.state = state;
-            inner.picker = picker;
-            inner.waiters.drain(..).for_each(Waker::wake);
-        }
+        let publish = published.map(|(state, picker)| Published {
+            state,
+            picker,
+            subchannels: inner.subchannels.clone(),
+        });
         let mut wake_resolver = None;
         if resolve_now {
             inner.resolve_now = true;
@@ -205,7 +236,16 @@ impl Core {
         if let Some(at) = timer {
             inner.timer = Some(at);
         }
+        // Published under the policy's lock, so publications land in the order they were made.
+        let published = publish.is_some();
+        if let Some(publish) = publish {
+            *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(publish);
+        }
         drop(inner);
+        if published {
+            let waiters = std::mem::take(&mut *self.waiters());
+            waiters.into_iter().for_each(Waker::wake);
+        }
         if let Some(waker) = wake_resolver {
             waker.wake();
         }
@@ -258,7 +298,7 @@ impl Core {
 
     /// The channel's connectivity state; with `connect`, leaves IDLE.
     pub(crate) fn state(&self, connect: bool) -> ConnectivityState {
-        let state = self.lock().state;
+        let state = self.published().state;
         if connect && state == ConnectivityState::Idle {
             self.exit_idle();
         }
@@ -268,11 +308,11 @@ impl Core {
     /// Waits until the state differs from `from`; returns the new state.
     pub(crate) async fn changed(&self, from: ConnectivityState) -> ConnectivityState {
         poll_fn(|cx| {
-            let mut inner = self.lock();
-            if inner.state != from {
-                return Poll::Ready(inner.state);
+            let published = self.published();
+            if published.state != from {
+                return Poll::Ready(published.state);
             }
-            inner.waiters.push(cx.waker().clone());
+            self.park(&published, cx.waker());
             Poll::Pending
         })
         .await
@@ -291,11 +331,10 @@ impl Core {
         path: &str,
         wait_for_ready: bool,
     ) -> Poll<Result<Picked, Status>> {
-        let mut inner = self.lock();
-        let idle = inner.state == ConnectivityState::Idle;
-        match inner.picker.pick(&PickInfo::new(path)) {
+        let published = self.published();
+        match published.picker.pick(&PickInfo::new(path)) {
             Pick::Ready(id) => {
-                if let Some(subchannel) = inner.subchannels.get(&id) {
+                if let Some(subchannel) = published.subchannels.get(&id) {
                     if let Some((send, generation)) = subchannel.ready() {
                         return Poll::Ready(Ok((subchannel.clone(), send, generation)));
                     }
@@ -305,9 +344,8 @@ impl Core {
             Pick::Fail(status) if !wait_for_ready => return Poll::Ready(Err(status)),
             Pick::Fail(_) | Pick::Queue => {}
         }
-        inner.waiters.push(cx.waker().clone());
-        drop(inner);
-        if idle {
+        self.park(&published, cx.waker());
+        if published.state == ConnectivityState::Idle {
             self.exit_idle();
         }
         Poll::Pending

@@ -60,7 +60,6 @@ pub struct ChannelBuilder {
     send_compression: Option<&'static str>,
     max_recv_message_size: usize,
     max_send_message_size: usize,
-    max_header_list_size: usize,
     settings: ConnSettings,
     lb_registry: PolicyRegistry,
     load_balancing_config: String,
@@ -89,7 +88,6 @@ impl ChannelBuilder {
             send_compression: None,
             max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
             max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
-            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             settings: ConnSettings {
                 initial_stream_window_size: 1 << 20,
                 initial_connection_window_size: 2 << 20,
@@ -198,7 +196,6 @@ impl ChannelBuilder {
     /// The largest header list (metadata included) accepted from the server, advertised as
     /// `SETTINGS_MAX_HEADER_LIST_SIZE`, and the most request metadata sent. Default 16 KiB.
     pub fn max_header_list_size(mut self, bytes: usize) -> Self {
-        self.max_header_list_size = bytes;
         self.settings.max_header_list_size = u32::try_from(bytes).unwrap_or(u32::MAX);
         self
     }
@@ -298,7 +295,7 @@ impl ChannelBuilder {
                 send_compression: self.send_compression,
                 max_recv_message_size: self.max_recv_message_size,
                 max_send_message_size: self.max_send_message_size,
-                max_header_list_size: self.max_header_list_size,
+                max_header_list_size: settings.max_header_list_size as usize,
                 core: Core::new(runtime, settings, resolver, policy, Some(policy_config)),
             }),
         })
@@ -330,8 +327,9 @@ struct ChannelInner {
 /// A client connection to a gRPC target: cheap to clone, safe to share, and usable from any
 /// executor.
 ///
-/// It connects on first use (or at [`ChannelBuilder::connect`]), multiplexes every call over
-/// one HTTP/2 connection, and reconnects with backoff when the connection fails.
+/// It resolves its target on first use (or at [`ChannelBuilder::connect`]), keeps an HTTP/2
+/// connection per address its load-balancing policy uses (`pick_first` by default: one), sends
+/// each call where the policy's picker says, and reconnects with backoff when connections fail.
 #[derive(Clone)]
 pub struct Channel {
     inner: Arc<ChannelInner>,

@@ -250,12 +250,11 @@ impl ServerCall {
         F: FnOnce(Request<C::Decode>) -> Fut + Send,
         Fut: Future<Output = Result<Response<R>, Status>> + Send,
     {
-        let (mut request, responder) = self.split(codec.clone());
-        let work = async move {
+        let read_then_handle = |mut request: Request<Streaming<C::Decode>>| async move {
             let message = request.get_mut().single("request").await?;
-            handler(request.map(|_| message)).await.map(|r| r.map(body))
+            handler(request.map(|_| message)).await
         };
-        responder.run(codec, work).await;
+        self.request_stream(codec, read_then_handle, body).await;
     }
 
     /// Methods with a request stream: the handler reads it.
