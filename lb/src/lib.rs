@@ -1,6 +1,6 @@
 //! Load balancing, with no IO: connectivity states, connection backoff, the subchannel state
-//! machine, and the load-balancing policies (`pick_first`, `round_robin`, and any a user
-//! registers).
+//! machine, ORCA load reports, and the load-balancing policies (`pick_first`, `round_robin`,
+//! `weighted_round_robin`, and any a user registers).
 //!
 //! Everything here takes the current time as a value and returns what to do next, so the
 //! transport drives it with real clocks and sockets while tests drive it with virtual time.
@@ -8,15 +8,18 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod backoff;
+pub mod orca;
 pub mod pick_first;
 pub mod policy;
 pub mod round_robin;
 pub mod subchannel;
+pub mod weighted_round_robin;
 
 pub use backoff::{Backoff, BackoffConfig};
+pub use orca::OrcaLoadReport;
 pub use policy::{
-    ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig,
-    PolicyRegistry, SubchannelId,
+    ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick, PickInfo, Picker,
+    PolicyConfig, PolicyRegistry, SubchannelId,
 };
 pub use subchannel::{ConnectAttempt, Subchannel};
 

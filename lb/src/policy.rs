@@ -7,12 +7,17 @@
 //! channel's aggregate state. Calls never talk to the policy: they ask the latest picker,
 //! which is immutable and shared, so picking takes no lock the policy holds.
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anygrpc_codec::Status;
 use anygrpc_rt::Address;
 
-use crate::ConnectivityState;
+use crate::{orca::OrcaLoadReport, ConnectivityState};
 
 /// Names a subchannel the channel created for a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,6 +43,20 @@ pub trait ChannelControl {
 
     /// Asks the resolver to resolve again (connections failed or were lost).
     fn request_resolution(&mut self);
+
+    /// Gates a subchannel's READY on the channel's client-side health check (gRFC A17), when
+    /// the channel has one configured. Off until a policy turns it on: `pick_first` leaves it
+    /// off, `round_robin` and `weighted_round_robin` turn it on.
+    fn enable_health_check(&mut self, id: SubchannelId) {
+        let _ = id;
+    }
+
+    /// Streams out-of-band ORCA load reports (gRFC A51) from a subchannel while it is READY,
+    /// asking for one per `interval`; `None` stops. Reports arrive at
+    /// [`LbPolicy::load_report`].
+    fn set_load_reporting(&mut self, id: SubchannelId, interval: Option<Duration>) {
+        let _ = (id, interval);
+    }
 }
 
 /// A load-balancing policy: turns addresses and subchannel states into a picker.
@@ -74,6 +93,24 @@ pub trait LbPolicy: Send + fmt::Debug {
     fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) {
         let _ = ctl;
     }
+
+    /// An out-of-band load report arrived from a subchannel (see
+    /// [`ChannelControl::set_load_reporting`]).
+    fn load_report(
+        &mut self,
+        id: SubchannelId,
+        report: &OrcaLoadReport,
+        ctl: &mut dyn ChannelControl,
+    ) {
+        let _ = (id, report, ctl);
+    }
+}
+
+/// Receives the per-call load reports (`endpoint-load-metrics-bin`) of calls sent on a
+/// [`Pick::Reporting`] pick.
+pub trait LoadReportSink: Send + Sync + fmt::Debug {
+    /// A call ended with this report in its trailers, at `now`.
+    fn load_report(&self, report: &OrcaLoadReport, now: Instant);
 }
 
 /// Chooses a subchannel for each call.
@@ -102,6 +139,9 @@ impl<'a> PickInfo<'a> {
 pub enum Pick {
     /// Send the call on this (READY) subchannel.
     Ready(SubchannelId),
+    /// Send the call on this subchannel and hand the load report in its trailers, if any, to
+    /// the sink.
+    Reporting(SubchannelId, Arc<dyn LoadReportSink>),
     /// Wait for the next picker (the channel is connecting).
     Queue,
     /// Fail the call, unless it is wait-for-ready, in which case it waits for the next picker.
@@ -117,6 +157,28 @@ pub fn unique_addresses(mut addresses: Vec<Address>) -> Result<Vec<Address>, Sta
         return Err(Status::unavailable("the resolver returned no addresses"));
     }
     Ok(addresses)
+}
+
+/// Parses a protobuf JSON duration (`"10s"`, `"0.250s"`), as service configs write them.
+pub fn parse_json_duration(value: &serde_json::Value) -> Result<Duration, Status> {
+    let bad = || Status::invalid_argument(format!("invalid duration {value}"));
+    let text = value.as_str().ok_or_else(bad)?;
+    let number = text.strip_suffix('s').ok_or_else(bad)?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.len() > 9
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let seconds: u64 = whole.parse().map_err(|_| bad())?;
+    let nanos = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u32>().map_err(|_| bad())? * 10u32.pow(9 - fraction.len() as u32)
+    };
+    Ok(Duration::new(seconds, nanos))
 }
 
 /// A picker that answers every call the same way.
@@ -161,8 +223,8 @@ pub trait LbPolicyBuilder: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The policies a channel can use, by name. The default holds `pick_first` and
-/// `round_robin`; users register their own.
+/// The policies a channel can use, by name. The default holds `pick_first`, `round_robin`
+/// and `weighted_round_robin`; users register their own.
 #[derive(Debug, Clone)]
 pub struct PolicyRegistry {
     builders: HashMap<&'static str, Arc<dyn LbPolicyBuilder>>,
@@ -175,6 +237,9 @@ impl Default for PolicyRegistry {
         };
         registry.register(Arc::new(crate::pick_first::PickFirstBuilder));
         registry.register(Arc::new(crate::round_robin::RoundRobinBuilder));
+        registry.register(Arc::new(
+            crate::weighted_round_robin::WeightedRoundRobinBuilder,
+        ));
         registry
     }
 }
@@ -222,7 +287,6 @@ impl PolicyRegistry {
 pub(crate) mod testing {
     //! A recording [`ChannelControl`] for policy tests on virtual time.
     use super::*;
-    use std::time::Duration;
 
     #[derive(Debug, Default)]
     pub(crate) struct Recorder {
@@ -234,6 +298,8 @@ pub(crate) mod testing {
         pub(crate) state: Option<ConnectivityState>,
         pub(crate) picker: Option<Arc<dyn Picker>>,
         pub(crate) resolutions: usize,
+        pub(crate) health_checked: Vec<SubchannelId>,
+        pub(crate) load_reporting: HashMap<SubchannelId, Duration>,
     }
 
     impl Recorder {
@@ -288,6 +354,17 @@ pub(crate) mod testing {
         fn request_resolution(&mut self) {
             self.resolutions += 1;
         }
+
+        fn enable_health_check(&mut self, id: SubchannelId) {
+            self.health_checked.push(id);
+        }
+
+        fn set_load_reporting(&mut self, id: SubchannelId, interval: Option<Duration>) {
+            match interval {
+                Some(interval) => self.load_reporting.insert(id, interval),
+                None => self.load_reporting.remove(&id),
+            };
+        }
     }
 
     pub(crate) fn addr(port: u16) -> Address {
@@ -322,6 +399,38 @@ mod tests {
                 anygrpc_codec::Code::InvalidArgument,
                 "{bad}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_durations() {
+        assert_eq!(
+            parse_json_duration(&json!("10s")).unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            parse_json_duration(&json!("0.250s")).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_json_duration(&json!("1.000000001s")).unwrap(),
+            Duration::new(1, 1)
+        );
+        for bad in [
+            json!("10"),
+            json!("-1s"),
+            json!("1.s5"),
+            json!(".5s"),
+            json!(10),
+            json!("1.0000000001s"),
+        ] {
+            assert!(parse_json_duration(&bad).is_err(), "{bad}");
         }
     }
 }

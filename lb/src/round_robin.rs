@@ -141,6 +141,16 @@ impl RoundRobin {
     }
 }
 
+impl RoundRobin {
+    /// The READY subchannels of the last publication, in address order.
+    pub(crate) fn ready(&self) -> &[SubchannelId] {
+        match &self.published {
+            Some((ConnectivityState::Ready, ready)) => ready,
+            _ => &[],
+        }
+    }
+}
+
 impl LbPolicy for RoundRobin {
     fn update(
         &mut self,
@@ -156,6 +166,7 @@ impl LbPolicy for RoundRobin {
         for address in &addresses {
             let entry = old.remove(address).unwrap_or_else(|| {
                 let id = ctl.new_subchannel(address);
+                ctl.enable_health_check(id);
                 ctl.connect(id);
                 Entry {
                     id,
