@@ -16,7 +16,9 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod client;
+pub mod health;
 pub mod interceptor;
+pub mod orca;
 mod request;
 mod send;
 pub mod server;

@@ -43,6 +43,26 @@ pub(crate) struct ClientSide {
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
     pub(crate) cancel_sender: Option<futures_channel::oneshot::Sender<()>>,
     pub(crate) local_error: Option<LocalError>,
+    pub(crate) load_report: Option<LoadReporter>,
+}
+
+/// Hands the ORCA load report in a call's trailers to the load-balancing policy that asked
+/// for it (weighted round robin).
+pub(crate) struct LoadReporter {
+    pub(crate) sink: Arc<dyn anygrpc_lb::LoadReportSink>,
+    pub(crate) runtime: Arc<dyn anygrpc_rt::Runtime>,
+}
+
+impl LoadReporter {
+    fn report(&self, trailers: &http::HeaderMap) {
+        let report = trailers
+            .get(anygrpc_lb::orca::LOAD_REPORT_TRAILER)
+            .and_then(|v| anygrpc_codec::metadata::decode_binary(v.as_bytes()).ok())
+            .and_then(|bytes| anygrpc_lb::orca::decode_report(&bytes));
+        if let Some(report) = report {
+            self.sink.load_report(&report, self.runtime.now());
+        }
+    }
 }
 
 /// A client's response head, not yet received.
@@ -187,6 +207,13 @@ impl<T> Streaming<T> {
         self.client = None;
     }
 
+    /// Passes the load report in a client's trailers to its policy, if it wants one.
+    fn report_load(&self, trailers: &http::HeaderMap) {
+        if let Some(reporter) = self.client.as_ref().and_then(|c| c.load_report.as_ref()) {
+            reporter.report(trailers);
+        }
+    }
+
     /// Maps a stream error, preferring a failure the request-sending task recorded.
     fn stream_error(&self, err: &h2::Error) -> Status {
         let client = self.client.as_ref();
@@ -244,7 +271,11 @@ impl<T> Streaming<T> {
             }
         };
         let (parts, body) = response.into_parts();
-        match headers::check_response(parts.status, &parts.headers) {
+        let checked = headers::check_response(parts.status, &parts.headers);
+        if let Ok(Some(_)) = checked {
+            self.report_load(&parts.headers);
+        }
+        match checked {
             Err(status) => return Poll::Ready(Err(self.fail(status))),
             Ok(Some(status)) if status.is_ok() => {
                 // Trailers-only success: no messages.
@@ -335,6 +366,7 @@ impl<T> Streaming<T> {
                     return Poll::Ready(Some(Err(self.fail(status))));
                 }
             };
+            self.report_load(&trailers);
             let status = Status::from_trailers(&trailers)
                 .unwrap_or_else(|| Status::internal("trailers have no grpc-status"));
             if !status.is_ok() {

@@ -4,17 +4,39 @@
 
 use std::{
     sync::{Arc, Mutex, Weak},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use anygrpc_lb::{self as lb, BackoffConfig, ConnectivityState, SubchannelId};
+use anygrpc_codec::{
+    compression::CompressionRegistry,
+    frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE},
+    headers::RequestHead,
+    ProstCodec,
+};
+use anygrpc_lb::{
+    self as lb,
+    orca::{OrcaLoadReport, OrcaLoadReportRequest, ProtoDuration, STREAM_CORE_METRICS_PATH},
+    BackoffConfig, ConnectivityState, SubchannelId,
+};
 use anygrpc_rt::{Address, BoxIo, H2Io, Runtime, TcpOptions};
 use bytes::Bytes;
-use futures_util::future::FutureExt;
+use futures_util::{
+    future::{AbortHandle, FutureExt},
+    StreamExt,
+};
 use h2::client::SendRequest;
+use http::{
+    uri::{Authority, PathAndQuery, Scheme},
+    HeaderValue,
+};
 
 use super::core::Core;
-use crate::{with_deadline, Status};
+use crate::{
+    health::{self, Health, HealthCheckRequest},
+    send::send_message,
+    streaming::{ClientSide, PendingHead},
+    with_deadline, Code, Status, Streaming,
+};
 
 /// HTTP/2 and socket settings of a channel's connections.
 #[derive(Debug, Clone)]
@@ -25,6 +47,13 @@ pub(crate) struct ConnSettings {
     pub(crate) max_frame_size: u32,
     pub(crate) tcp_nodelay: bool,
     pub(crate) backoff: BackoffConfig,
+    /// The service a client-side health check watches (A17's
+    /// `healthCheckConfig.serviceName`); `None` turns health checking off.
+    pub(crate) health_check_service: Option<String>,
+    /// What the subchannel's own calls (health, load reports) send as the request head.
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+    pub(crate) user_agent: HeaderValue,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConnector>,
 }
@@ -34,6 +63,25 @@ struct Slot {
     send: Option<SendRequest<Bytes>>,
     /// Counts connections, so reports about an old one are ignored.
     generation: u64,
+    /// The policy gates READY on the channel's health check.
+    health_check: bool,
+    /// The policy wants out-of-band load reports at this interval.
+    load_reporting: Option<Duration>,
+    /// The streams running on the current connection: its health watch and load reports.
+    health_task: Option<AbortHandle>,
+    load_task: Option<AbortHandle>,
+}
+
+impl Slot {
+    /// Stops the streams of the current connection (it is gone, or the subchannel is).
+    fn stop_streams(&mut self) {
+        for task in [self.health_task.take(), self.load_task.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
 }
 
 /// A connection to one address.
@@ -72,6 +120,10 @@ impl Subchannel {
                 machine: lb::Subchannel::new(settings.backoff, fastrand::u64(..)),
                 send: None,
                 generation: 0,
+                health_check: false,
+                load_reporting: None,
+                health_task: None,
+                load_task: None,
             }),
             settings,
         }
@@ -110,12 +162,58 @@ impl Subchannel {
         }));
     }
 
-    /// Shuts down: no more attempts or reports; a live connection is left to its streams.
+    /// Shuts down: no more attempts or reports; a live connection is left to the calls on
+    /// it (the subchannel's own streams stop).
     pub(crate) fn shutdown(&self) {
         let mut slot = self.slot();
         slot.machine.shutdown();
         slot.send = None;
         slot.generation += 1;
+        slot.stop_streams();
+    }
+
+    /// Gates READY on the channel's health check, from the next connection on.
+    pub(crate) fn enable_health_check(&self) {
+        self.slot().health_check = true;
+    }
+
+    /// Starts, changes or stops out-of-band load reporting.
+    pub(crate) fn set_load_reporting(self: &Arc<Self>, interval: Option<Duration>) {
+        let mut slot = self.slot();
+        if slot.load_reporting == interval {
+            return;
+        }
+        slot.load_reporting = interval;
+        if let Some(task) = slot.load_task.take() {
+            task.abort();
+        }
+        if let (Some(interval), Some(send)) = (interval, slot.send.clone()) {
+            let generation = slot.generation;
+            slot.load_task =
+                Some(self.spawn_stream_task(self.clone().load_reports(generation, send, interval)));
+        }
+    }
+
+    /// Spawns one of the subchannel's own streams, returning the handle that stops it.
+    fn spawn_stream_task(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> AbortHandle {
+        let (task, handle) = futures_util::future::abortable(task);
+        self.runtime.spawn(Box::pin(task.map(drop)));
+        handle
+    }
+
+    /// The connection of `generation` is still the one in use.
+    fn is_current(&self, generation: u64) -> bool {
+        let slot = self.slot();
+        slot.generation == generation && slot.send.is_some()
+    }
+
+    fn report_if_current(&self, generation: u64, state: ConnectivityState, status: Option<Status>) {
+        if self.is_current(generation) {
+            self.report(state, status);
+        }
     }
 
     async fn attempt(self: Arc<Self>, generation: u64, deadline: Instant) {
@@ -128,14 +226,30 @@ impl Subchannel {
         };
         match result {
             Ok((send, driver)) => {
-                {
+                let health_service = {
                     let mut slot = self.slot();
                     if slot.generation != generation {
                         return;
                     }
                     slot.machine.connected();
-                    slot.send = Some(send);
-                }
+                    slot.send = Some(send.clone());
+                    let health_service = self
+                        .settings
+                        .health_check_service
+                        .clone()
+                        .filter(|_| slot.health_check);
+                    if let Some(service) = &health_service {
+                        let watch =
+                            self.clone()
+                                .watch_health(generation, send.clone(), service.clone());
+                        slot.health_task = Some(self.spawn_stream_task(watch));
+                    }
+                    if let Some(interval) = slot.load_reporting {
+                        let reports = self.clone().load_reports(generation, send, interval);
+                        slot.load_task = Some(self.spawn_stream_task(reports));
+                    }
+                    health_service
+                };
                 let this = Arc::downgrade(&self);
                 self.runtime.spawn(Box::pin(async move {
                     driver.await;
@@ -143,7 +257,10 @@ impl Subchannel {
                         this.closed(generation);
                     }
                 }));
-                self.report(ConnectivityState::Ready, None);
+                // With a health check, READY waits for the backend to say SERVING.
+                if health_service.is_none() {
+                    self.report(ConnectivityState::Ready, None);
+                }
             }
             Err(status) => {
                 tracing::debug!(address = %self.address, %status, "connection attempt failed");
@@ -181,6 +298,7 @@ impl Subchannel {
                 return;
             }
             slot.send = None;
+            slot.stop_streams();
             slot.machine.disconnected();
         }
         self.report(ConnectivityState::Idle, None);
@@ -223,6 +341,162 @@ impl Subchannel {
             }
         });
         Ok((send, Box::pin(driver)))
+    }
+}
+
+impl Subchannel {
+    /// Watches the backend's health (A17) on connection `generation`: SERVING reports READY,
+    /// anything else TRANSIENT_FAILURE. A failed stream is retried with backoff (at once if it
+    /// had delivered a status); `UNIMPLEMENTED` turns checking off for this connection.
+    async fn watch_health(
+        self: Arc<Self>,
+        generation: u64,
+        send: SendRequest<Bytes>,
+        service: String,
+    ) {
+        let request = HealthCheckRequest { service };
+        let mut backoff = lb::Backoff::new(self.settings.backoff, fastrand::u64(..));
+        loop {
+            let (retry_at, _) = backoff.start_attempt(self.runtime.now());
+            let mut stream = match self.open_stream(&send, health::WATCH_PATH, &request).await {
+                Ok(stream) => stream,
+                Err(status) => {
+                    return self.report_if_current(
+                        generation,
+                        ConnectivityState::TransientFailure,
+                        Some(status),
+                    )
+                }
+            };
+            let ended = loop {
+                match health::next_health(&mut stream).await {
+                    Some(Ok(Health::Serving)) => {
+                        backoff.reset();
+                        self.report_if_current(generation, ConnectivityState::Ready, None);
+                    }
+                    Some(Ok(Health::Unhealthy(status))) => {
+                        backoff.reset();
+                        let status = Status::unavailable(format!(
+                            "health check of {}: backend is {status:?}",
+                            self.address
+                        ));
+                        self.report_if_current(
+                            generation,
+                            ConnectivityState::TransientFailure,
+                            Some(status),
+                        );
+                    }
+                    Some(Err(status)) => break status,
+                    None => break Status::unavailable("health check stream ended"),
+                }
+            };
+            if ended.code() == Code::Unimplemented {
+                tracing::error!(address = %self.address, "the backend does not implement grpc.health.v1.Health: health checking disabled for this connection");
+                return self.report_if_current(generation, ConnectivityState::Ready, None);
+            }
+            if !self.is_current(generation) {
+                return;
+            }
+            tracing::debug!(address = %self.address, status = %ended, "health check stream failed");
+            self.runtime.sleep_until(retry_at).await;
+        }
+    }
+
+    /// Streams out-of-band ORCA load reports from connection `generation` to the policy. A
+    /// failed stream is retried with backoff; `UNIMPLEMENTED` stops.
+    async fn load_reports(
+        self: Arc<Self>,
+        generation: u64,
+        send: SendRequest<Bytes>,
+        interval: Duration,
+    ) {
+        let request = OrcaLoadReportRequest {
+            report_interval: Some(ProtoDuration::from_std(interval)),
+            request_cost_names: Vec::new(),
+        };
+        let mut backoff = lb::Backoff::new(self.settings.backoff, fastrand::u64(..));
+        loop {
+            let (retry_at, _) = backoff.start_attempt(self.runtime.now());
+            let ended = match self
+                .open_stream::<_, OrcaLoadReport>(&send, STREAM_CORE_METRICS_PATH, &request)
+                .await
+            {
+                Ok(mut stream) => loop {
+                    match stream.next().await {
+                        Some(Ok(report)) => {
+                            backoff.reset();
+                            if !self.is_current(generation) {
+                                return;
+                            }
+                            if let Some(core) = self.core.upgrade() {
+                                core.load_report(self.id, report);
+                            }
+                        }
+                        Some(Err(status)) => break status,
+                        None => break Status::unavailable("load report stream ended"),
+                    }
+                },
+                Err(status) => status,
+            };
+            if ended.code() == Code::Unimplemented || !self.is_current(generation) {
+                tracing::debug!(address = %self.address, status = %ended, "out-of-band load reports stopped");
+                return;
+            }
+            self.runtime.sleep_until(retry_at).await;
+        }
+    }
+
+    /// Opens a server-streaming call on this subchannel's connection (not through the
+    /// picker): the subchannel's own health and load-report streams.
+    async fn open_stream<Req, Resp>(
+        &self,
+        send: &SendRequest<Bytes>,
+        path: &'static str,
+        message: &Req,
+    ) -> Result<Streaming<Resp>, Status>
+    where
+        Req: prost::Message + Clone + Send + 'static,
+        Resp: prost::Message + Default + Send + 'static,
+    {
+        let settings = &self.settings;
+        let compression = Arc::new(CompressionRegistry::default());
+        let head = RequestHead {
+            scheme: settings.scheme.clone(),
+            authority: settings.authority.clone(),
+            path: PathAndQuery::from_static(path),
+            timeout: None,
+            encoding: None,
+            accept_encoding: compression.accept_encoding().clone(),
+            user_agent: settings.user_agent.clone(),
+            metadata: crate::MetadataMap::new(),
+        }
+        .into_request()?;
+        let codec = ProstCodec::<Req, Resp>::new();
+        let frame = Encoder::new(None, usize::MAX).encode(&codec, message.clone(), false)?;
+        let unavailable = |e: h2::Error| crate::status_from_h2(&e, false);
+        let mut ready = send.clone().ready().await.map_err(unavailable)?;
+        let (response, mut stream) = ready.send_request(head, false).map_err(unavailable)?;
+        send_message(&mut stream, frame, true)
+            .await
+            .map_err(unavailable)?;
+        let client = ClientSide {
+            deadline: None,
+            deadline_at: None,
+            cancel: None,
+            cancel_sender: None,
+            local_error: None,
+            load_report: None,
+        };
+        let head = PendingHead {
+            response,
+            compression,
+        };
+        Ok(Streaming::client(
+            head,
+            codec,
+            DEFAULT_MAX_RECV_MESSAGE_SIZE,
+            client,
+        ))
     }
 }
 

@@ -13,12 +13,12 @@ use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, RwLock, Weak},
     task::{Context, Poll, Waker},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anygrpc_lb::{
-    ChannelControl, ConnectivityState, FixedPicker, LbPolicy, Pick, PickInfo, Picker, PolicyConfig,
-    SubchannelId,
+    ChannelControl, ConnectivityState, FixedPicker, LbPolicy, LoadReportSink, OrcaLoadReport, Pick,
+    PickInfo, Picker, PolicyConfig, SubchannelId,
 };
 use anygrpc_resolver::Resolver;
 use anygrpc_rt::{Address, Runtime};
@@ -49,8 +49,16 @@ struct Published {
     subchannels: HashMap<SubchannelId, Arc<Subchannel>>,
 }
 
-/// A picked subchannel, its connection, and the connection's generation.
-pub(crate) type Picked = (Arc<Subchannel>, SendRequest<Bytes>, u64);
+/// What a pick gives a call.
+pub(crate) struct Picked {
+    pub(crate) subchannel: Arc<Subchannel>,
+    /// The subchannel's connection.
+    pub(crate) send: SendRequest<Bytes>,
+    /// The connection's generation, to report it closed.
+    pub(crate) generation: u64,
+    /// Where the call's ORCA load report goes, if the policy wants it.
+    pub(crate) load_report: Option<Arc<dyn LoadReportSink>>,
+}
 
 /// A channel's resolver, policy, subchannels and picker.
 pub(crate) struct Core {
@@ -76,6 +84,7 @@ impl std::fmt::Debug for Core {
 enum Action {
     Connect(Arc<Subchannel>),
     Shutdown(Arc<Subchannel>),
+    LoadReporting(Arc<Subchannel>, Option<Duration>),
 }
 
 /// The [`ChannelControl`] a policy sees: records its requests.
@@ -125,6 +134,19 @@ impl ChannelControl for Ctl<'_> {
 
     fn request_resolution(&mut self) {
         self.resolve_now = true;
+    }
+
+    fn enable_health_check(&mut self, id: SubchannelId) {
+        if let Some(subchannel) = self.subchannels.get(&id) {
+            subchannel.enable_health_check();
+        }
+    }
+
+    fn set_load_reporting(&mut self, id: SubchannelId, interval: Option<Duration>) {
+        if let Some(subchannel) = self.subchannels.get(&id) {
+            self.actions
+                .push(Action::LoadReporting(subchannel.clone(), interval));
+        }
     }
 }
 
@@ -263,6 +285,9 @@ impl Core {
             match action {
                 Action::Connect(subchannel) => subchannel.connect(),
                 Action::Shutdown(subchannel) => subchannel.shutdown(),
+                Action::LoadReporting(subchannel, interval) => {
+                    subchannel.set_load_reporting(interval)
+                }
             }
         }
     }
@@ -280,6 +305,11 @@ impl Core {
         status: Option<Status>,
     ) {
         self.with_policy(|policy, ctl| policy.subchannel_state(id, state, status.as_ref(), ctl));
+    }
+
+    /// A subchannel's out-of-band load report arrived.
+    pub(crate) fn load_report(&self, id: SubchannelId, report: OrcaLoadReport) {
+        self.with_policy(|policy, ctl| policy.load_report(id, &report, ctl));
     }
 
     /// Leaves IDLE: starts resolving (once) and asks the policy to connect.
@@ -332,17 +362,22 @@ impl Core {
         wait_for_ready: bool,
     ) -> Poll<Result<Picked, Status>> {
         let published = self.published();
-        match published.picker.pick(&PickInfo::new(path)) {
-            Pick::Ready(id) => {
-                if let Some(subchannel) = published.subchannels.get(&id) {
-                    if let Some((send, generation)) = subchannel.ready() {
-                        return Poll::Ready(Ok((subchannel.clone(), send, generation)));
-                    }
-                }
-                // The picker is about to be replaced (its subchannel just went away).
-            }
+        let (id, load_report) = match published.picker.pick(&PickInfo::new(path)) {
+            Pick::Ready(id) => (Some(id), None),
+            Pick::Reporting(id, sink) => (Some(id), Some(sink)),
             Pick::Fail(status) if !wait_for_ready => return Poll::Ready(Err(status)),
-            Pick::Fail(_) | Pick::Queue => {}
+            Pick::Fail(_) | Pick::Queue => (None, None),
+        };
+        if let Some(subchannel) = id.and_then(|id| published.subchannels.get(&id)) {
+            if let Some((send, generation)) = subchannel.ready() {
+                return Poll::Ready(Ok(Picked {
+                    subchannel: subchannel.clone(),
+                    send,
+                    generation,
+                    load_report,
+                }));
+            }
+            // The picker is about to be replaced (its subchannel just went away).
         }
         self.park(&published, cx.waker());
         if published.state == ConnectivityState::Idle {

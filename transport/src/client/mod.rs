@@ -33,7 +33,7 @@ use http::{
 use crate::{
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
     send::{append_ready, send_message, Gathered},
-    streaming::{ClientSide, LocalError, PendingHead},
+    streaming::{ClientSide, LoadReporter, LocalError, PendingHead},
     with_deadline, MetadataMap, Request, Response, Status, Streaming,
 };
 use conn::ConnSettings;
@@ -95,6 +95,10 @@ impl ChannelBuilder {
                 max_frame_size: 16 * 1024,
                 tcp_nodelay: true,
                 backoff: BackoffConfig::default(),
+                health_check_service: None,
+                scheme: Scheme::HTTP,
+                authority: Authority::from_static("localhost"),
+                user_agent: headers::default_user_agent(),
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -125,6 +129,16 @@ impl ChannelBuilder {
     /// used. An invalid list fails the channel's build with `INVALID_ARGUMENT`.
     pub fn load_balancing_config(mut self, json: impl Into<String>) -> Self {
         self.load_balancing_config = json.into();
+        self
+    }
+
+    /// Client-side health checking (gRFC A17; a service config's
+    /// `healthCheckConfig.serviceName`): each connection of a policy that uses health checks
+    /// (`round_robin`, `weighted_round_robin`) watches `service` with `grpc.health.v1.Health`
+    /// and is used only while the backend says SERVING. Backends without the health service
+    /// count as healthy. Off by default; `""` watches the server as a whole.
+    pub fn health_check_service_name(mut self, service: impl Into<String>) -> Self {
+        self.settings.health_check_service = Some(service.into());
         self
     }
 
@@ -271,7 +285,6 @@ impl ChannelBuilder {
             ))
             .map_err(|_| Status::invalid_argument("user agent must be visible ASCII"))?,
         };
-        #[allow(unused_mut)]
         let mut settings = self.settings;
         #[allow(unused_mut)]
         let mut scheme = Scheme::HTTP;
@@ -284,6 +297,9 @@ impl ChannelBuilder {
             settings.tls = Some(tls.connector(host)?);
             scheme = Scheme::HTTPS;
         }
+        settings.scheme = scheme.clone();
+        settings.authority = authority.clone();
+        settings.user_agent = user_agent.clone();
         Ok(Channel {
             inner: Arc::new(ChannelInner {
                 target: self.target,
@@ -394,6 +410,7 @@ struct Started {
     cancel: Option<CancelToken>,
     encoder: Encoder,
     compress: bool,
+    load_report: Option<LoadReporter>,
 }
 
 impl Grpc {
@@ -486,16 +503,16 @@ impl Grpc {
             // A connection found closing (GOAWAY) or gone before the stream opens never saw
             // the call, so the call picks again: a transparent retry.
             let mut attempts = 0;
-            let (subchannel, ready, generation) = loop {
+            let (picked, ready) = loop {
                 attempts += 1;
-                let (subchannel, send_request, generation) = inner
+                let picked = inner
                     .core
                     .pick(request.uri().path(), wait_for_ready)
                     .await?;
-                match send_request.ready().await {
-                    Ok(ready) => break (subchannel, ready, generation),
+                match picked.send.clone().ready().await {
+                    Ok(ready) => break (picked, ready),
                     Err(e) => {
-                        subchannel.closed(generation);
+                        picked.subchannel.closed(picked.generation);
                         if attempts >= MAX_TRANSPARENT_RETRIES || !(e.is_go_away() || e.is_io()) {
                             return Err(crate::status_from_h2(&e, false));
                         }
@@ -503,12 +520,17 @@ impl Grpc {
                 }
             };
             let mut ready = ready;
-            ready.send_request(request, false).map_err(|e| {
-                subchannel.closed(generation);
+            let (response, send) = ready.send_request(request, false).map_err(|e| {
+                picked.subchannel.closed(picked.generation);
                 crate::status_from_h2(&e, false)
-            })
+            })?;
+            let load_report = picked.load_report.map(|sink| LoadReporter {
+                sink,
+                runtime: runtime.clone(),
+            });
+            Ok::<_, Status>((response, send, load_report))
         };
-        let (response, send) = self.bounded(deadline, cancel.as_ref(), open).await??;
+        let (response, send, load_report) = self.bounded(deadline, cancel.as_ref(), open).await??;
         Ok(Started {
             send,
             response,
@@ -520,6 +542,7 @@ impl Grpc {
                     .unwrap_or(inner.max_send_message_size),
             ),
             compress: encoding.is_some(),
+            load_report,
         })
     }
 
@@ -569,14 +592,21 @@ impl Grpc {
         }
     }
 
-    /// The client-only state of a response stream: its deadline timer and cancellation.
-    fn client_side(&self, deadline: Option<Instant>, cancel: Option<&CancelToken>) -> ClientSide {
+    /// The client-only state of a response stream: its deadline timer, cancellation, and
+    /// where its load report goes.
+    fn client_side(
+        &self,
+        deadline: Option<Instant>,
+        cancel: Option<&CancelToken>,
+        load_report: Option<LoadReporter>,
+    ) -> ClientSide {
         ClientSide {
             deadline: deadline.map(|d| self.runtime().sleep_until(d)),
             deadline_at: deadline,
             cancel: cancel.map(CancelToken::cancelled),
             cancel_sender: None,
             local_error: None,
+            load_report,
         }
     }
 
@@ -596,7 +626,7 @@ impl Grpc {
             // A send failure (stream reset, connection lost) also fails the response, which
             // carries the status that explains it.
             let _ = send_message(&mut call.send, frame, true).await;
-            let client = self.client_side(None, None);
+            let client = self.client_side(None, None, call.load_report);
             let (metadata, streaming) =
                 Self::with_headers(self.response(call.response, codec, client)).await?;
             single_response(metadata, streaming).await
@@ -616,7 +646,7 @@ impl Grpc {
         let frame = call
             .encoder
             .encode(&codec, request.into_inner(), call.compress)?;
-        let client = self.client_side(deadline, cancel.as_ref());
+        let client = self.client_side(deadline, cancel.as_ref(), call.load_report.take());
         let exchange = async move {
             let _ = send_message(&mut call.send, frame, true).await;
             Self::with_headers(self.response(call.response, codec, client)).await
@@ -643,13 +673,14 @@ impl Grpc {
         let mut call = self.start(path, &mut request).await?;
         let (deadline, cancel) = (call.deadline, call.cancel.take());
         let messages = request.into_inner();
-        let client = self.spawn_sender(
+        let mut client = self.spawn_sender(
             call.send,
             call.encoder,
             call.compress,
             codec.clone(),
             messages,
         );
+        client.load_report = call.load_report;
         let exchange = async move {
             let (metadata, streaming) =
                 Self::with_headers(self.response(call.response, codec, client)).await?;
@@ -682,7 +713,7 @@ impl Grpc {
         let client = ClientSide {
             cancel_sender: sender.cancel_sender,
             local_error: sender.local_error,
-            ..self.client_side(deadline, cancel.as_ref())
+            ..self.client_side(deadline, cancel.as_ref(), call.load_report)
         };
         // The server may wait for a request before it answers, so the call returns at once;
         // the response head is read with the first message (or `Streaming::headers`).
@@ -752,6 +783,7 @@ impl Grpc {
             cancel: None,
             cancel_sender: Some(cancel_tx),
             local_error: Some(local_error),
+            load_report: None,
         }
     }
 }
