@@ -4,7 +4,8 @@
 //! [`ResolverBuilder`] from a [`Registry`]; the [`Resolver`] it builds pushes
 //! [`ResolverUpdate`]s (addresses, and the raw service config text if it found any) whenever it
 //! learns something, and is asked to [`resolve_now`](Resolver::resolve_now) when the channel's
-//! connections fail. Built in: `dns` (the default), `unix`, `ipv4`, `ipv6` and `passthrough`.
+//! connections fail. Built in: `dns` (the default), `unix`, `unix-abstract`, `ipv4`, `ipv6`
+//! and `passthrough`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
@@ -72,7 +73,7 @@ pub struct Registry {
 }
 
 impl Default for Registry {
-    /// `dns` (the default scheme), `unix`, `ipv4`, `ipv6`, `passthrough`.
+    /// `dns` (the default scheme), `unix`, `unix-abstract`, `ipv4`, `ipv6`, `passthrough`.
     fn default() -> Registry {
         let mut registry = Registry {
             builders: HashMap::new(),
@@ -80,6 +81,7 @@ impl Default for Registry {
         };
         registry.register(Arc::new(DnsResolverBuilder));
         registry.register(Arc::new(StaticResolverBuilder::Unix));
+        registry.register(Arc::new(StaticResolverBuilder::UnixAbstract));
         registry.register(Arc::new(StaticResolverBuilder::Ipv4));
         registry.register(Arc::new(StaticResolverBuilder::Ipv6));
         registry.register(Arc::new(PassthroughResolverBuilder));
@@ -232,6 +234,8 @@ impl Resolver for DnsResolver {
 enum StaticResolverBuilder {
     /// `unix:path` / `unix:///abs`.
     Unix,
+    /// `unix-abstract:name` (Linux's abstract socket namespace).
+    UnixAbstract,
     /// `ipv4:a:p,a:p`.
     Ipv4,
     /// `ipv6:[a]:p,...`.
@@ -242,6 +246,7 @@ impl ResolverBuilder for StaticResolverBuilder {
     fn scheme(&self) -> &'static str {
         match self {
             StaticResolverBuilder::Unix => "unix",
+            StaticResolverBuilder::UnixAbstract => "unix-abstract",
             StaticResolverBuilder::Ipv4 => "ipv4",
             StaticResolverBuilder::Ipv6 => "ipv6",
         }
@@ -254,6 +259,14 @@ impl ResolverBuilder for StaticResolverBuilder {
                     return Err(Status::invalid_argument("unix: target has no path"));
                 }
                 vec![Address::Unix(PathBuf::from(target.endpoint()))]
+            }
+            StaticResolverBuilder::UnixAbstract => {
+                if target.endpoint().is_empty() {
+                    return Err(Status::invalid_argument(
+                        "unix-abstract: target has no name",
+                    ));
+                }
+                vec![Address::UnixAbstract(target.endpoint().as_bytes().to_vec())]
             }
             StaticResolverBuilder::Ipv4 | StaticResolverBuilder::Ipv6 => {
                 let want_v4 = matches!(self, StaticResolverBuilder::Ipv4);
@@ -280,7 +293,9 @@ impl ResolverBuilder for StaticResolverBuilder {
 
     fn default_authority(&self, target: &Target) -> String {
         match self {
-            StaticResolverBuilder::Unix => "localhost".to_owned(),
+            StaticResolverBuilder::Unix | StaticResolverBuilder::UnixAbstract => {
+                "localhost".to_owned()
+            }
             _ => target
                 .endpoint()
                 .split(',')
@@ -393,6 +408,10 @@ mod tests {
             resolve("unix:rel/s").unwrap(),
             vec![Address::Unix("rel/s".into())]
         );
+        assert_eq!(
+            resolve("unix-abstract:my%00name").unwrap(),
+            vec![Address::UnixAbstract(b"my\0name".to_vec())]
+        );
     }
 
     #[test]
@@ -408,6 +427,7 @@ mod tests {
             "ipv6:1.2.3.4",
             "ipv4:1.2.3.4:notaport",
             "unix:",
+            "unix-abstract:",
             "dns:///host:99999",
         ] {
             assert_eq!(

@@ -172,6 +172,8 @@ impl Listener for TcpAcceptor {
 #[derive(Debug)]
 struct UnixAcceptor {
     listener: Async<UnixListener>,
+    /// The abstract name it is bound to, if it is.
+    abstract_name: Option<Vec<u8>>,
 }
 
 impl Listener for UnixAcceptor {
@@ -192,6 +194,9 @@ impl Listener for UnixAcceptor {
     }
 
     fn local_addr(&self) -> io::Result<Address> {
+        if let Some(name) = &self.abstract_name {
+            return Ok(Address::UnixAbstract(name.clone()));
+        }
         let addr = self.listener.get_ref().local_addr()?;
         Ok(Address::Unix(
             addr.as_pathname().map(PathBuf::from).unwrap_or_default(),
@@ -241,7 +246,27 @@ impl Runtime for AsyncIoRuntime {
 
     fn listen_unix(&self, path: PathBuf) -> io::Result<Box<dyn Listener>> {
         let listener = Async::<UnixListener>::bind(path)?;
-        Ok(Box::new(UnixAcceptor { listener }))
+        Ok(Box::new(UnixAcceptor {
+            listener,
+            abstract_name: None,
+        }))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn connect_unix_abstract(&self, name: Vec<u8>) -> BoxFuture<'static, io::Result<BoxIo>> {
+        Box::pin(async move {
+            let stream = Async::new(crate::connect_abstract(&name)?)?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn listen_unix_abstract(&self, name: Vec<u8>) -> io::Result<Box<dyn Listener>> {
+        let listener = Async::new(crate::bind_abstract(&name)?)?;
+        Ok(Box::new(UnixAcceptor {
+            listener,
+            abstract_name: Some(name),
+        }))
     }
 
     fn lookup_host(

@@ -66,6 +66,8 @@ pub enum Address {
     Tcp(SocketAddr),
     /// A Unix-domain socket path (empty for an unnamed peer).
     Unix(PathBuf),
+    /// A name in Linux's abstract Unix-socket namespace (`unix-abstract:` targets).
+    UnixAbstract(Vec<u8>),
 }
 
 impl From<SocketAddr> for Address {
@@ -86,6 +88,9 @@ impl fmt::Display for Address {
         match self {
             Address::Tcp(addr) => write!(f, "{addr}"),
             Address::Unix(path) => write!(f, "unix:{}", path.display()),
+            Address::UnixAbstract(name) => {
+                write!(f, "unix-abstract:{}", String::from_utf8_lossy(name))
+            }
         }
     }
 }
@@ -149,12 +154,54 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Binds a Unix-domain socket listener.
     fn listen_unix(&self, path: PathBuf) -> io::Result<Box<dyn Listener>>;
 
+    /// Opens a connection to a socket in Linux's abstract namespace. Elsewhere, and by
+    /// default, unsupported.
+    fn connect_unix_abstract(&self, name: Vec<u8>) -> BoxFuture<'static, io::Result<BoxIo>> {
+        let _ = name;
+        Box::pin(async { Err(abstract_unsupported()) })
+    }
+
+    /// Binds a listener in Linux's abstract namespace. Elsewhere, and by default,
+    /// unsupported.
+    fn listen_unix_abstract(&self, name: Vec<u8>) -> io::Result<Box<dyn Listener>> {
+        let _ = name;
+        Err(abstract_unsupported())
+    }
+
     /// Resolves a host name with the system resolver, off the executor threads.
     fn lookup_host(
         &self,
         host: String,
         port: u16,
     ) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
+}
+
+fn abstract_unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "abstract Unix sockets need Linux and a runtime that supports them",
+    )
+}
+
+/// Connects a non-blocking std Unix stream to an abstract name (connecting a Unix socket
+/// completes at once: the kernel queues it on the listener's backlog).
+#[cfg(all(target_os = "linux", any(feature = "async-io", feature = "tokio")))]
+fn connect_abstract(name: &[u8]) -> io::Result<std::os::unix::net::UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+/// Binds a non-blocking std Unix listener to an abstract name.
+#[cfg(all(target_os = "linux", any(feature = "async-io", feature = "tokio")))]
+fn bind_abstract(name: &[u8]) -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// The runtime anygrpc uses when none is given: [`AsyncIoRuntime`] with the `async-io`

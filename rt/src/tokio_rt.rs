@@ -130,6 +130,8 @@ impl Listener for TcpAcceptor {
 #[derive(Debug)]
 struct UnixAcceptor {
     listener: tokio::net::UnixListener,
+    /// The abstract name it is bound to, if it is.
+    abstract_name: Option<Vec<u8>>,
 }
 
 impl Listener for UnixAcceptor {
@@ -140,6 +142,9 @@ impl Listener for UnixAcceptor {
     }
 
     fn local_addr(&self) -> io::Result<Address> {
+        if let Some(name) = &self.abstract_name {
+            return Ok(Address::UnixAbstract(name.clone()));
+        }
         let addr = self.listener.local_addr()?;
         Ok(Address::Unix(
             addr.as_pathname().map(PathBuf::from).unwrap_or_default(),
@@ -195,7 +200,28 @@ impl Runtime for TokioRuntime {
     fn listen_unix(&self, path: PathBuf) -> io::Result<Box<dyn Listener>> {
         let _guard = self.handle.enter();
         let listener = tokio::net::UnixListener::bind(path)?;
-        Ok(Box::new(UnixAcceptor { listener }))
+        Ok(Box::new(UnixAcceptor {
+            listener,
+            abstract_name: None,
+        }))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn connect_unix_abstract(&self, name: Vec<u8>) -> BoxFuture<'static, io::Result<BoxIo>> {
+        self.on_runtime(async move {
+            let stream = tokio::net::UnixStream::from_std(crate::connect_abstract(&name)?)?;
+            Ok(Box::new(FuturesIo(stream)) as BoxIo)
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn listen_unix_abstract(&self, name: Vec<u8>) -> io::Result<Box<dyn Listener>> {
+        let _guard = self.handle.enter();
+        let listener = tokio::net::UnixListener::from_std(crate::bind_abstract(&name)?)?;
+        Ok(Box::new(UnixAcceptor {
+            listener,
+            abstract_name: Some(name),
+        }))
     }
 
     fn lookup_host(

@@ -208,6 +208,9 @@ impl Running {
         match &self.addr {
             Address::Tcp(addr) => addr.to_string(),
             Address::Unix(path) => format!("unix:{}", path.display()),
+            Address::UnixAbstract(name) => {
+                format!("unix-abstract:{}", String::from_utf8_lossy(name))
+            }
         }
     }
 

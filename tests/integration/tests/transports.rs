@@ -117,3 +117,16 @@ fn unix_domain_socket() {
     server.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn abstract_unix_socket() {
+    let name = format!("anygrpc-abstract-{}", std::process::id());
+    let (server, events) = test_server();
+    let bound = server
+        .bind(Address::UnixAbstract(name.clone().into_bytes()))
+        .unwrap();
+    let server = run(bound, events);
+    assert_eq!(server.target(), format!("unix-abstract:{name}"));
+    exercise(&server.client());
+    server.shutdown();
+}

@@ -312,6 +312,7 @@ impl Subchannel {
                 self.runtime.connect_tcp(*addr, options).await
             }
             Address::Unix(path) => self.runtime.connect_unix(path.clone()).await,
+            Address::UnixAbstract(name) => self.runtime.connect_unix_abstract(name.clone()).await,
         }
         .map_err(|e| Status::unavailable(format!("failed to connect to {address}: {e}")))?;
         #[cfg(feature = "tls")]

@@ -257,6 +257,7 @@ impl Server {
                 runtime.listen_tcp(addr, TcpOptions::default().with_nodelay(self.tcp_nodelay))?
             }
             Address::Unix(path) => runtime.listen_unix(path)?,
+            Address::UnixAbstract(name) => runtime.listen_unix_abstract(name)?,
         };
         self.with_listener(listener, runtime)
     }
