@@ -14,13 +14,16 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 pub use anygrpc_codec::Status;
+use anygrpc_lb::{Backoff, BackoffConfig};
 pub use anygrpc_rt::Address;
-use anygrpc_rt::{BoxFuture, Runtime};
+use anygrpc_rt::{BoxFuture, Runtime, Sleep};
 
 mod target;
 pub use target::Target;
@@ -79,7 +82,7 @@ impl Default for Registry {
             builders: HashMap::new(),
             default_scheme: "dns",
         };
-        registry.register(Arc::new(DnsResolverBuilder));
+        registry.register(Arc::new(DnsResolverBuilder::default()));
         registry.register(Arc::new(StaticResolverBuilder::Unix));
         registry.register(Arc::new(StaticResolverBuilder::UnixAbstract));
         registry.register(Arc::new(StaticResolverBuilder::Ipv4));
@@ -145,9 +148,45 @@ pub fn split_host_port(endpoint: &str, default_port: u16) -> Result<(String, u16
     }
 }
 
+/// The least time between two DNS resolutions of one target, unless configured otherwise
+/// (grpc-go's and the C-core's 30 s).
+pub const DEFAULT_MIN_RESOLUTION_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Resolves `dns:` targets with the runtime's system resolver.
+///
+/// Re-resolution requests (connections failing, GOAWAY) are served no more often than the
+/// minimum interval; a failed lookup is retried with connection backoff
+/// (`doc/connection-backoff.md`) until one succeeds. To change either, register a configured
+/// builder in the channel's [`Registry`].
 #[derive(Debug, Clone, Copy)]
-pub struct DnsResolverBuilder;
+pub struct DnsResolverBuilder {
+    min_interval: Duration,
+    backoff: BackoffConfig,
+}
+
+impl Default for DnsResolverBuilder {
+    fn default() -> DnsResolverBuilder {
+        DnsResolverBuilder {
+            min_interval: DEFAULT_MIN_RESOLUTION_INTERVAL,
+            backoff: BackoffConfig::default(),
+        }
+    }
+}
+
+impl DnsResolverBuilder {
+    /// The least time between resolutions. Default 30 s.
+    pub fn min_resolution_interval(mut self, interval: Duration) -> Self {
+        self.min_interval = interval;
+        self
+    }
+
+    /// The backoff between retries of a failed lookup. Default: the spec's connection
+    /// backoff.
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.backoff = backoff;
+        self
+    }
+}
 
 impl ResolverBuilder for DnsResolverBuilder {
     fn scheme(&self) -> &'static str {
@@ -172,17 +211,28 @@ impl ResolverBuilder for DnsResolverBuilder {
             runtime,
             lookup: None,
             wanted: true,
+            min_interval: self.min_interval,
+            backoff: Backoff::new(self.backoff, fastrand::u64(..)),
+            not_before: None,
+            timer: None,
         }))
     }
 }
 
-/// A `dns:` resolver: one system lookup per resolution request.
+/// A `dns:` resolver: one system lookup per resolution request, paced by the minimum
+/// interval, and retried with backoff while it fails.
 struct DnsResolver {
     host: String,
     port: u16,
     runtime: Arc<dyn Runtime>,
     lookup: Option<BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>>,
+    /// A resolution was asked for (or the last one failed) and has not started.
     wanted: bool,
+    min_interval: Duration,
+    backoff: Backoff,
+    /// The next lookup may not start before this instant.
+    not_before: Option<Instant>,
+    timer: Option<Pin<Box<dyn Sleep>>>,
 }
 
 impl fmt::Debug for DnsResolver {
@@ -201,12 +251,31 @@ impl Resolver for DnsResolver {
             if !self.wanted {
                 return Poll::Pending;
             }
+            let now = self.runtime.now();
+            if let Some(at) = self.not_before.filter(|at| *at > now) {
+                let runtime = &self.runtime;
+                let timer = self.timer.get_or_insert_with(|| runtime.sleep_until(at));
+                timer.as_mut().reset(at);
+                std::task::ready!(timer.as_mut().poll(cx));
+            }
+            self.timer = None;
             self.wanted = false;
             self.lookup = Some(self.runtime.lookup_host(self.host.clone(), self.port));
         }
         let lookup = self.lookup.as_mut().expect("set above");
         let result = std::task::ready!(lookup.as_mut().poll(cx));
         self.lookup = None;
+        let now = self.runtime.now();
+        if matches!(&result, Ok(addrs) if !addrs.is_empty()) {
+            self.backoff.reset();
+            self.not_before = Some(now + self.min_interval);
+        } else {
+            // Try again by itself once the backoff allows.
+            let (retry_at, _) = self.backoff.start_attempt(now);
+            self.not_before = Some(retry_at);
+            self.wanted = true;
+            cx.waker().wake_by_ref();
+        }
         let addresses = match result {
             Ok(addrs) if addrs.is_empty() => Err(Status::unavailable(format!(
                 "DNS resolution of {} returned no addresses",
@@ -321,7 +390,7 @@ impl ResolverBuilder for PassthroughResolverBuilder {
         target: &Target,
         runtime: Arc<dyn Runtime>,
     ) -> Result<Box<dyn Resolver>, Status> {
-        DnsResolverBuilder.build(target, runtime)
+        DnsResolverBuilder::default().build(target, runtime)
     }
 }
 
@@ -412,6 +481,155 @@ mod tests {
             resolve("unix-abstract:my%00name").unwrap(),
             vec![Address::UnixAbstract(b"my\0name".to_vec())]
         );
+    }
+
+    /// A runtime whose clock the test moves and whose lookups answer from a script.
+    #[derive(Debug)]
+    struct ScriptedDns {
+        now: std::sync::Mutex<Instant>,
+        answers: std::sync::Mutex<Vec<std::io::Result<Vec<SocketAddr>>>>,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    #[derive(Debug)]
+    struct VirtualSleep {
+        runtime: Arc<ScriptedDns>,
+        deadline: Instant,
+    }
+
+    impl std::future::Future for VirtualSleep {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if *self.runtime.now.lock().unwrap() >= self.deadline {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl Sleep for VirtualSleep {
+        fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
+            self.deadline = deadline;
+        }
+    }
+
+    #[derive(Debug)]
+    struct Handle(Arc<ScriptedDns>);
+
+    impl Runtime for Handle {
+        fn spawn(&self, _: BoxFuture<'static, ()>) {
+            unreachable!("the resolver spawns nothing")
+        }
+        fn now(&self) -> Instant {
+            *self.0.now.lock().unwrap()
+        }
+        fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+            Box::pin(VirtualSleep {
+                runtime: self.0.clone(),
+                deadline,
+            })
+        }
+        fn connect_tcp(
+            &self,
+            _: SocketAddr,
+            _: anygrpc_rt::TcpOptions,
+        ) -> BoxFuture<'static, std::io::Result<anygrpc_rt::BoxIo>> {
+            unreachable!()
+        }
+        fn connect_unix(
+            &self,
+            _: PathBuf,
+        ) -> BoxFuture<'static, std::io::Result<anygrpc_rt::BoxIo>> {
+            unreachable!()
+        }
+        fn listen_tcp(
+            &self,
+            _: SocketAddr,
+            _: anygrpc_rt::TcpOptions,
+        ) -> std::io::Result<Box<dyn anygrpc_rt::Listener>> {
+            unreachable!()
+        }
+        fn listen_unix(&self, _: PathBuf) -> std::io::Result<Box<dyn anygrpc_rt::Listener>> {
+            unreachable!()
+        }
+        fn lookup_host(
+            &self,
+            _: String,
+            port: u16,
+        ) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+            self.0
+                .lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answer = self.0.answers.lock().unwrap().remove(0);
+            let answer = answer.map(|addrs| {
+                addrs
+                    .into_iter()
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .collect()
+            });
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[test]
+    fn dns_paces_re_resolution_and_backs_off_after_failures() {
+        let start = Instant::now();
+        let dns = Arc::new(ScriptedDns {
+            now: std::sync::Mutex::new(start),
+            answers: std::sync::Mutex::new(vec![
+                Ok(vec!["10.0.0.1:0".parse().unwrap()]),
+                Err(std::io::Error::other("SERVFAIL")),
+                Err(std::io::Error::other("SERVFAIL")),
+                Ok(vec!["10.0.0.2:0".parse().unwrap()]),
+            ]),
+            lookups: Default::default(),
+        });
+        let advance = |by: Duration| *dns.now.lock().unwrap() += by;
+        let lookups = || dns.lookups.load(std::sync::atomic::Ordering::Relaxed);
+        let backoff = BackoffConfig {
+            jitter: 0.0,
+            ..BackoffConfig::default()
+        };
+        let target = Target::parse("dns:///backend.test:8080").unwrap();
+        let mut resolver = DnsResolverBuilder::default()
+            .backoff(backoff)
+            .build(&target, Arc::new(Handle(dns.clone())))
+            .unwrap();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut poll_on = |resolver: &mut Box<dyn Resolver>| match resolver.poll_update(&mut cx) {
+            Poll::Ready(update) => Some(update.addresses),
+            Poll::Pending => None,
+        };
+        assert_eq!(
+            poll_on(&mut resolver).unwrap().unwrap(),
+            vec![tcp("10.0.0.1:8080")]
+        );
+        assert!(poll_on(&mut resolver).is_none(), "nothing new until asked");
+        resolver.resolve_now();
+        let mut poll = || poll_on(&mut resolver);
+        assert!(
+            poll().is_none(),
+            "re-resolution waits out the 30 s minimum interval"
+        );
+        advance(Duration::from_secs(29));
+        assert!(poll().is_none());
+        assert_eq!(lookups(), 1);
+        advance(Duration::from_secs(1));
+        assert_eq!(poll().unwrap().unwrap_err().code(), Code::Unavailable);
+        // Failures retry by themselves: after 1 s, then 1.6 s.
+        assert!(poll().is_none());
+        advance(Duration::from_millis(999));
+        assert!(poll().is_none());
+        advance(Duration::from_millis(1));
+        assert!(poll().unwrap().is_err());
+        advance(Duration::from_millis(1599));
+        assert!(poll().is_none());
+        advance(Duration::from_millis(1));
+        assert_eq!(poll().unwrap().unwrap(), vec![tcp("10.0.0.2:8080")]);
+        assert_eq!(lookups(), 4);
+        assert!(poll().is_none(), "success stops the retries");
     }
 
     #[test]
