@@ -43,7 +43,16 @@ pub(crate) struct ClientSide {
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
     pub(crate) cancel_sender: Option<futures_channel::oneshot::Sender<()>>,
     pub(crate) local_error: Option<LocalError>,
+    pub(crate) tracking: CallTracking,
+}
+
+/// What a client call holds until it ends: where its load report goes, and the guard that
+/// keeps its channel out of IDLE.
+#[derive(Default)]
+pub(crate) struct CallTracking {
     pub(crate) load_report: Option<LoadReporter>,
+    /// Held for its `Drop`: the call has ended when this goes.
+    pub(crate) _active: Option<crate::client::ActiveCall>,
 }
 
 /// Hands the ORCA load report in a call's trailers to the load-balancing policy that asked
@@ -209,7 +218,8 @@ impl<T> Streaming<T> {
 
     /// Passes the load report in a client's trailers to its policy, if it wants one.
     fn report_load(&self, trailers: &http::HeaderMap) {
-        if let Some(reporter) = self.client.as_ref().and_then(|c| c.load_report.as_ref()) {
+        let client = self.client.as_ref();
+        if let Some(reporter) = client.and_then(|c| c.tracking.load_report.as_ref()) {
             reporter.report(trailers);
         }
     }

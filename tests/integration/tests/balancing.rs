@@ -315,3 +315,52 @@ fn a_custom_resolver_and_a_custom_policy_work_end_to_end() {
     assert_eq!(a_calls.load(Ordering::Relaxed), 0);
     assert_eq!(b_calls.load(Ordering::Relaxed), 20);
 }
+
+#[test]
+fn an_unused_channel_goes_idle_and_a_call_in_flight_keeps_it_connected() {
+    let (a, a_calls) = counted_server(localhost());
+    let channel = Channel::builder(&a.target())
+        .idle_timeout(Duration::from_millis(200))
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel.clone());
+    block_on(async {
+        client
+            .unary(Request::new(Payload::default()))
+            .await
+            .unwrap();
+        assert_eq!(channel.state(), ConnectivityState::Ready);
+        // No calls for the idle timeout: the channel lets its connection go.
+        assert_eq!(
+            channel
+                .wait_for_state_change(ConnectivityState::Ready)
+                .await,
+            ConnectivityState::Idle
+        );
+        // The next call reconnects.
+        client
+            .unary(Request::new(Payload::default()))
+            .await
+            .unwrap();
+        assert_eq!(channel.state(), ConnectivityState::Ready);
+        assert_eq!(a_calls.load(Ordering::Relaxed), 2);
+
+        // A call held open for 3.5 idle timeouts keeps the channel READY until it ends.
+        let mut hanging = Request::new(Payload {
+            hang: true,
+            ..Payload::default()
+        });
+        hanging.set_timeout(Duration::from_millis(700));
+        let call = std::pin::pin!(client.unary(hanging));
+        let idle = std::pin::pin!(channel.wait_for_state_change(ConnectivityState::Ready));
+        match futures_util::future::select(call, idle).await {
+            futures_util::future::Either::Left((result, idle)) => {
+                assert_eq!(result.unwrap_err().code(), Code::DeadlineExceeded);
+                assert_eq!(idle.await, ConnectivityState::Idle);
+            }
+            futures_util::future::Either::Right((state, _)) => {
+                panic!("went {state} while a call was in flight")
+            }
+        }
+    });
+}

@@ -486,7 +486,7 @@ impl Subchannel {
             cancel: None,
             cancel_sender: None,
             local_error: None,
-            load_report: None,
+            tracking: Default::default(),
         };
         let head = PendingHead {
             response,

@@ -11,16 +11,19 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, RwLock, Weak},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, RwLock, Weak,
+    },
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
 use anygrpc_lb::{
-    ChannelControl, ConnectivityState, FixedPicker, LbPolicy, LoadReportSink, OrcaLoadReport, Pick,
-    PickInfo, Picker, PolicyConfig, SubchannelId,
+    ChannelControl, ConnectivityState, FixedPicker, LbPolicy, LbPolicyBuilder, LoadReportSink,
+    OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
 };
-use anygrpc_resolver::Resolver;
+use anygrpc_resolver::{Resolver, ResolverBuilder, Target};
 use anygrpc_rt::{Address, Runtime};
 use bytes::Bytes;
 use futures_util::future::poll_fn;
@@ -31,6 +34,9 @@ use crate::Status;
 
 struct Inner {
     policy: Box<dyn LbPolicy>,
+    /// Counts the channel's exits from IDLE: the resolver and idle tasks of an earlier one
+    /// stop, and their updates are ignored.
+    epoch: u64,
     subchannels: HashMap<SubchannelId, Arc<Subchannel>>,
     next_id: u64,
     /// The resolver task is running (it starts when the channel first leaves IDLE).
@@ -64,8 +70,17 @@ pub(crate) struct Picked {
 pub(crate) struct Core {
     runtime: Arc<dyn Runtime>,
     settings: Arc<ConnSettings>,
+    policy_builder: Arc<dyn LbPolicyBuilder>,
     policy_config: Option<PolicyConfig>,
+    target: Target,
+    resolver_builder: Arc<dyn ResolverBuilder>,
     resolver: Mutex<Box<dyn Resolver>>,
+    /// An unused channel goes IDLE after this long (`None`: never).
+    idle_timeout: Option<Duration>,
+    /// Calls in flight, and when one last started or ended (nanoseconds since `created`).
+    active_calls: AtomicUsize,
+    last_activity: AtomicU64,
+    created: Instant,
     inner: Mutex<Inner>,
     published: RwLock<Arc<Published>>,
     waiters: Mutex<Vec<Waker>>,
@@ -150,21 +165,50 @@ impl ChannelControl for Ctl<'_> {
     }
 }
 
+/// What a channel's control plane is built from.
+pub(crate) struct CoreConfig {
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) settings: ConnSettings,
+    pub(crate) target: Target,
+    pub(crate) resolver_builder: Arc<dyn ResolverBuilder>,
+    pub(crate) policy_builder: Arc<dyn LbPolicyBuilder>,
+    pub(crate) policy_config: PolicyConfig,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Keeps a channel out of IDLE while a call is in flight.
+pub(crate) struct ActiveCall(Arc<Core>);
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.0.active_calls.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
 impl Core {
-    pub(crate) fn new(
-        runtime: Arc<dyn Runtime>,
-        settings: ConnSettings,
-        resolver: Box<dyn Resolver>,
-        policy: Box<dyn LbPolicy>,
-        policy_config: Option<PolicyConfig>,
-    ) -> Arc<Core> {
-        Arc::new_cyclic(|this| Core {
-            runtime,
-            settings: Arc::new(settings),
-            policy_config,
+    /// Builds the control plane; the resolver is built now so a bad target fails the build.
+    pub(crate) fn new(config: CoreConfig) -> Result<Arc<Core>, Status> {
+        let resolver = config
+            .resolver_builder
+            .build(&config.target, config.runtime.clone())?;
+        let policy = config.policy_builder.build(fastrand::u64(..));
+        let created = config.runtime.now();
+        Ok(Arc::new_cyclic(|this| Core {
+            runtime: config.runtime,
+            settings: Arc::new(config.settings),
+            policy_builder: config.policy_builder,
+            policy_config: Some(config.policy_config),
+            target: config.target,
+            resolver_builder: config.resolver_builder,
             resolver: Mutex::new(resolver),
+            idle_timeout: config.idle_timeout,
+            active_calls: AtomicUsize::new(0),
+            last_activity: AtomicU64::new(0),
+            created,
             inner: Mutex::new(Inner {
                 policy,
+                epoch: 0,
                 subchannels: HashMap::new(),
                 next_id: 0,
                 resolving: false,
@@ -179,7 +223,78 @@ impl Core {
             })),
             waiters: Mutex::new(Vec::new()),
             this: this.clone(),
-        })
+        }))
+    }
+
+    /// Records activity now (a call started or ended).
+    fn touch(&self) {
+        let nanos = self
+            .runtime
+            .now()
+            .saturating_duration_since(self.created)
+            .as_nanos();
+        self.last_activity
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A call is starting: the channel stays out of IDLE until the returned guard drops.
+    pub(crate) fn call_started(self: &Arc<Self>) -> ActiveCall {
+        self.active_calls.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        ActiveCall(self.clone())
+    }
+
+    /// When the channel may go IDLE, if no call starts before then.
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        if self.active_calls.load(Ordering::Relaxed) > 0 {
+            return self.runtime.now() + timeout;
+        }
+        let last = Duration::from_nanos(self.last_activity.load(Ordering::Relaxed));
+        self.created + last + timeout
+    }
+
+    /// Goes IDLE (the idle timeout passed with no calls): shuts every subchannel down, drops
+    /// the policy and the resolver for fresh ones, and publishes IDLE. The next call or
+    /// request to connect starts over.
+    fn enter_idle(&self, epoch: u64) {
+        let (subchannels, resolver_waker) = {
+            let mut inner = self.lock();
+            if inner.epoch != epoch || self.active_calls.load(Ordering::Relaxed) > 0 {
+                return;
+            }
+            inner.epoch += 1;
+            inner.resolving = false;
+            inner.resolve_now = false;
+            inner.timer = None;
+            inner.policy = self.policy_builder.build(fastrand::u64(..));
+            *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Published {
+                state: ConnectivityState::Idle,
+                picker: Arc::new(FixedPicker(Pick::Queue)),
+                subchannels: HashMap::new(),
+            });
+            (
+                std::mem::take(&mut inner.subchannels),
+                inner.resolver_waker.take(),
+            )
+        };
+        tracing::debug!(target = ?self.target, "channel idle: connections closed");
+        match self
+            .resolver_builder
+            .build(&self.target, self.runtime.clone())
+        {
+            Ok(resolver) => *self.resolver.lock().unwrap_or_else(|e| e.into_inner()) = resolver,
+            Err(status) => {
+                tracing::warn!(%status, "could not rebuild the resolver; keeping the old one")
+            }
+        }
+        if let Some(waker) = resolver_waker {
+            waker.wake();
+        }
+        let waiters = std::mem::take(&mut *self.waiters());
+        waiters.into_iter().for_each(Waker::wake);
+        for subchannel in subchannels.into_values() {
+            subchannel.shutdown();
+        }
     }
 
     pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -212,7 +327,20 @@ impl Core {
 
     /// Runs `f` on the policy, then publishes what it published and carries out its requests.
     fn with_policy(&self, f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl)) {
+        self.with_policy_of(None, f);
+    }
+
+    /// [`with_policy`](Self::with_policy), skipped unless the channel is still in `epoch`
+    /// (when given).
+    fn with_policy_of(
+        &self,
+        epoch: Option<u64>,
+        f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl),
+    ) {
         let mut guard = self.lock();
+        if epoch.is_some_and(|epoch| epoch != guard.epoch) {
+            return;
+        }
         let inner = &mut *guard;
         let mut ctl = Ctl {
             core: self,
@@ -312,15 +440,23 @@ impl Core {
         self.with_policy(|policy, ctl| policy.load_report(id, &report, ctl));
     }
 
-    /// Leaves IDLE: starts resolving (once) and asks the policy to connect.
+    /// Leaves IDLE: starts resolving (once per exit from IDLE) and the idle timer, and asks
+    /// the policy to connect.
     pub(crate) fn exit_idle(&self) {
         let start = {
             let mut inner = self.lock();
-            !std::mem::replace(&mut inner.resolving, true)
+            (!std::mem::replace(&mut inner.resolving, true)).then_some(inner.epoch)
         };
-        if start {
+        if let Some(epoch) = start {
             let this = self.this.clone();
-            self.runtime.spawn(Box::pin(resolve_task(this)));
+            self.runtime.spawn(Box::pin(resolve_task(this, epoch)));
+            if let Some(timeout) = self.idle_timeout {
+                self.touch();
+                let this = self.this.clone();
+                let runtime = self.runtime.clone();
+                self.runtime
+                    .spawn(Box::pin(idle_task(this, runtime, epoch, timeout)));
+            }
         } else {
             self.with_policy(|policy, ctl| policy.exit_idle(ctl));
         }
@@ -386,10 +522,10 @@ impl Core {
         Poll::Pending
     }
 
-    /// The resolver produced an update (or failed).
-    fn resolved(&self, addresses: Result<Vec<Address>, Status>) {
+    /// The resolver of `epoch` produced an update (or failed).
+    fn resolved(&self, epoch: u64, addresses: Result<Vec<Address>, Status>) {
         let config = self.policy_config.as_ref();
-        self.with_policy(|policy, ctl| match addresses {
+        self.with_policy_of(Some(epoch), |policy, ctl| match addresses {
             Ok(addresses) => policy.update(addresses, config, ctl),
             Err(status) => policy.resolver_error(status, ctl),
         });
@@ -406,8 +542,9 @@ impl Drop for Core {
     }
 }
 
-/// Feeds resolver updates to the policy for as long as the channel lives.
-async fn resolve_task(core: Weak<Core>) {
+/// Feeds resolver updates to the policy for as long as the channel lives and stays out of
+/// IDLE.
+async fn resolve_task(core: Weak<Core>, epoch: u64) {
     loop {
         let update = poll_fn(|cx| {
             let Some(core) = core.upgrade() else {
@@ -416,6 +553,9 @@ async fn resolve_task(core: Weak<Core>) {
             let mut resolver = core.resolver.lock().unwrap_or_else(|e| e.into_inner());
             {
                 let mut inner = core.lock();
+                if inner.epoch != epoch {
+                    return Poll::Ready(None);
+                }
                 if std::mem::take(&mut inner.resolve_now) {
                     resolver.resolve_now();
                 }
@@ -426,6 +566,24 @@ async fn resolve_task(core: Weak<Core>) {
         .await;
         let Some(update) = update else { return };
         let Some(core) = core.upgrade() else { return };
-        core.resolved(update.addresses);
+        core.resolved(epoch, update.addresses);
+    }
+}
+
+/// Returns the channel to IDLE once no call has been in flight for `timeout`.
+async fn idle_task(core: Weak<Core>, runtime: Arc<dyn Runtime>, epoch: u64, timeout: Duration) {
+    loop {
+        let deadline = {
+            let Some(core) = core.upgrade() else { return };
+            if core.lock().epoch != epoch {
+                return;
+            }
+            core.idle_deadline(timeout)
+        };
+        runtime.sleep_until(deadline).await;
+        let Some(core) = core.upgrade() else { return };
+        if core.idle_deadline(timeout) <= runtime.now() {
+            return core.enter_idle(epoch);
+        }
     }
 }

@@ -33,11 +33,12 @@ use http::{
 use crate::{
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
     send::{append_ready, send_message, Gathered},
-    streaming::{ClientSide, LoadReporter, LocalError, PendingHead},
+    streaming::{CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     with_deadline, MetadataMap, Request, Response, Status, Streaming,
 };
 use conn::ConnSettings;
-use core::Core;
+pub(crate) use core::ActiveCall;
+use core::{Core, CoreConfig};
 
 /// Configures and creates a [`Channel`].
 ///
@@ -63,6 +64,7 @@ pub struct ChannelBuilder {
     settings: ConnSettings,
     lb_registry: PolicyRegistry,
     load_balancing_config: String,
+    idle_timeout: Option<Duration>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ClientTlsConfig>,
 }
@@ -104,6 +106,7 @@ impl ChannelBuilder {
             },
             lb_registry: PolicyRegistry::default(),
             load_balancing_config: r#"[{"pick_first":{}}]"#.to_owned(),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -139,6 +142,13 @@ impl ChannelBuilder {
     /// count as healthy. Off by default; `""` watches the server as a whole.
     pub fn health_check_service_name(mut self, service: impl Into<String>) -> Self {
         self.settings.health_check_service = Some(service.into());
+        self
+    }
+
+    /// How long the channel stays connected with no call in flight before it goes IDLE,
+    /// closing its connections (the next call reconnects). Default 30 min; zero never.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = (!timeout.is_zero()).then_some(timeout);
         self
     }
 
@@ -265,11 +275,9 @@ impl ChannelBuilder {
         let authority = Authority::try_from(authority_text.as_str()).map_err(|e| {
             Status::invalid_argument(format!("invalid authority {authority_text:?}: {e}"))
         })?;
-        let resolver = builder.build(&target, runtime.clone())?;
         let lb_config: serde_json::Value = serde_json::from_str(&self.load_balancing_config)
             .map_err(|e| Status::invalid_argument(format!("invalid loadBalancingConfig: {e}")))?;
         let (policy_builder, policy_config) = self.lb_registry.parse_lb_config(&lb_config)?;
-        let policy = policy_builder.build(fastrand::u64(..));
         if let Some(encoding) = self.send_compression {
             if self.compression.get(encoding).is_none() {
                 return Err(Status::invalid_argument(format!(
@@ -312,7 +320,15 @@ impl ChannelBuilder {
                 max_recv_message_size: self.max_recv_message_size,
                 max_send_message_size: self.max_send_message_size,
                 max_header_list_size: settings.max_header_list_size as usize,
-                core: Core::new(runtime, settings, resolver, policy, Some(policy_config)),
+                core: Core::new(CoreConfig {
+                    runtime,
+                    settings,
+                    target,
+                    resolver_builder: builder,
+                    policy_builder,
+                    policy_config,
+                    idle_timeout: self.idle_timeout,
+                })?,
             }),
         })
     }
@@ -389,6 +405,9 @@ impl Channel {
     }
 }
 
+/// How long an unused channel stays connected unless configured otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// How many times a call is moved to another connection because the one it picked was closing
 /// before the call's stream opened.
 const MAX_TRANSPARENT_RETRIES: u32 = 5;
@@ -410,7 +429,7 @@ struct Started {
     cancel: Option<CancelToken>,
     encoder: Encoder,
     compress: bool,
-    load_report: Option<LoadReporter>,
+    tracking: CallTracking,
 }
 
 impl Grpc {
@@ -524,13 +543,16 @@ impl Grpc {
                 picked.subchannel.closed(picked.generation);
                 crate::status_from_h2(&e, false)
             })?;
-            let load_report = picked.load_report.map(|sink| LoadReporter {
-                sink,
-                runtime: runtime.clone(),
-            });
-            Ok::<_, Status>((response, send, load_report))
+            let tracking = CallTracking {
+                load_report: picked.load_report.map(|sink| LoadReporter {
+                    sink,
+                    runtime: runtime.clone(),
+                }),
+                _active: Some(inner.core.call_started()),
+            };
+            Ok::<_, Status>((response, send, tracking))
         };
-        let (response, send, load_report) = self.bounded(deadline, cancel.as_ref(), open).await??;
+        let (response, send, tracking) = self.bounded(deadline, cancel.as_ref(), open).await??;
         Ok(Started {
             send,
             response,
@@ -542,7 +564,7 @@ impl Grpc {
                     .unwrap_or(inner.max_send_message_size),
             ),
             compress: encoding.is_some(),
-            load_report,
+            tracking,
         })
     }
 
@@ -593,12 +615,12 @@ impl Grpc {
     }
 
     /// The client-only state of a response stream: its deadline timer, cancellation, and
-    /// where its load report goes.
+    /// tracking.
     fn client_side(
         &self,
         deadline: Option<Instant>,
         cancel: Option<&CancelToken>,
-        load_report: Option<LoadReporter>,
+        tracking: CallTracking,
     ) -> ClientSide {
         ClientSide {
             deadline: deadline.map(|d| self.runtime().sleep_until(d)),
@@ -606,7 +628,7 @@ impl Grpc {
             cancel: cancel.map(CancelToken::cancelled),
             cancel_sender: None,
             local_error: None,
-            load_report,
+            tracking,
         }
     }
 
@@ -626,7 +648,7 @@ impl Grpc {
             // A send failure (stream reset, connection lost) also fails the response, which
             // carries the status that explains it.
             let _ = send_message(&mut call.send, frame, true).await;
-            let client = self.client_side(None, None, call.load_report);
+            let client = self.client_side(None, None, call.tracking);
             let (metadata, streaming) =
                 Self::with_headers(self.response(call.response, codec, client)).await?;
             single_response(metadata, streaming).await
@@ -646,7 +668,11 @@ impl Grpc {
         let frame = call
             .encoder
             .encode(&codec, request.into_inner(), call.compress)?;
-        let client = self.client_side(deadline, cancel.as_ref(), call.load_report.take());
+        let client = self.client_side(
+            deadline,
+            cancel.as_ref(),
+            std::mem::take(&mut call.tracking),
+        );
         let exchange = async move {
             let _ = send_message(&mut call.send, frame, true).await;
             Self::with_headers(self.response(call.response, codec, client)).await
@@ -680,7 +706,7 @@ impl Grpc {
             codec.clone(),
             messages,
         );
-        client.load_report = call.load_report;
+        client.tracking = call.tracking;
         let exchange = async move {
             let (metadata, streaming) =
                 Self::with_headers(self.response(call.response, codec, client)).await?;
@@ -713,7 +739,7 @@ impl Grpc {
         let client = ClientSide {
             cancel_sender: sender.cancel_sender,
             local_error: sender.local_error,
-            ..self.client_side(deadline, cancel.as_ref(), call.load_report)
+            ..self.client_side(deadline, cancel.as_ref(), call.tracking)
         };
         // The server may wait for a request before it answers, so the call returns at once;
         // the response head is read with the first message (or `Streaming::headers`).
@@ -783,7 +809,7 @@ impl Grpc {
             cancel: None,
             cancel_sender: Some(cancel_tx),
             local_error: Some(local_error),
-            load_report: None,
+            tracking: CallTracking::default(),
         }
     }
 }
