@@ -70,13 +70,24 @@ impl echo::echo_server::Echo for EchoService {
 /// address and a sender that shuts it down.
 pub fn start_echo_server(
 ) -> std::io::Result<(std::net::SocketAddr, futures_channel::oneshot::Sender<()>)> {
-    let server = anygrpc::Server::builder()
-        .add_service(echo::echo_server::EchoServer::new(EchoService))
-        .bind(
-            "127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .expect("valid address"),
-        )?;
+    start_server(localhost(), |server| server)
+}
+
+/// `127.0.0.1:0`.
+pub fn localhost() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Starts an echo server on `addr`, with whatever else `configure` adds, serving on its own
+/// thread; returns its address and a sender that shuts it down.
+pub fn start_server(
+    addr: std::net::SocketAddr,
+    configure: impl FnOnce(anygrpc::Server) -> anygrpc::Server,
+) -> std::io::Result<(std::net::SocketAddr, futures_channel::oneshot::Sender<()>)> {
+    let server = configure(
+        anygrpc::Server::builder().add_service(echo::echo_server::EchoServer::new(EchoService)),
+    )
+    .bind(addr)?;
     let addr = match server.local_addr()? {
         anygrpc::rt::Address::Tcp(addr) => addr,
         other => return Err(std::io::Error::other(format!("unexpected address {other}"))),
@@ -88,6 +99,20 @@ pub fn start_echo_server(
         }))
     });
     Ok((addr, stop))
+}
+
+/// A server interceptor that counts the calls it sees, and the counter.
+pub fn call_counter() -> (
+    impl anygrpc::interceptor::Interceptor,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let interceptor = move |_: &mut anygrpc::interceptor::CallHead| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    };
+    (interceptor, calls)
 }
 
 /// Runs the four call shapes against `channel`, printing each result.
