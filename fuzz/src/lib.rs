@@ -16,6 +16,8 @@ use anygrpc_codec::{
     metadata::{self, MetadataMap},
     timeout, Code, Status,
 };
+use anygrpc_lb::{orca, weighted_round_robin as wrr};
+use anygrpc_resolver::txt;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -30,7 +32,46 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("headers", headers),
     ("grpc_timeout", grpc_timeout),
     ("grpc_message", grpc_message),
+    ("dns_txt", dns_txt),
+    ("orca_report", orca_report),
 ];
+
+/// A DNS TXT response (the first two bytes are the query id), then the same bytes as a
+/// `grpc_config` record: parsing never panics, records never hold more bytes than the message,
+/// and a selected service config is always a JSON object.
+pub fn dns_txt(data: &[u8]) {
+    let id = data.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    if let Ok(answer) = txt::decode_txt_response(id, data) {
+        let total: usize = answer.records.iter().map(String::len).sum();
+        assert!(total <= data.len());
+    }
+    let record = format!("grpc_config={}", String::from_utf8_lossy(data));
+    let draw = (data.len() % 100) as u32;
+    if let Ok(Some(config)) = txt::select_service_config(&[record], "host", draw) {
+        let parsed: serde_json::Value = serde_json::from_str(&config).expect("valid JSON");
+        assert!(parsed.is_object(), "{config}");
+    }
+}
+
+/// An ORCA load report, and the same bytes as a `weighted_round_robin` config: a report's
+/// weight is a positive finite number or none, and a config that parses has the bounds the
+/// policy relies on.
+pub fn orca_report(data: &[u8]) {
+    if let Some(report) = orca::decode_report(data) {
+        for penalty in [0.0, 1.0, 1e300] {
+            if let Some(weight) = wrr::report_weight(&report, penalty) {
+                assert!(weight.is_finite() && weight > 0.0, "{weight} from {report:?}");
+            }
+        }
+    }
+    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) {
+        if let Ok(config) = wrr::WrrConfig::from_json(&json) {
+            assert!(config.weight_update_period >= Duration::from_millis(100));
+            assert!(config.error_utilization_penalty >= 0.0);
+            assert!(config.error_utilization_penalty.is_finite());
+        }
+    }
+}
 
 fn deframe_all(
     chunks: impl Iterator<Item = Bytes>,

@@ -200,7 +200,8 @@ impl EndpointWeight {
     }
 }
 
-/// A58's weight of one report, or `None` if it carries no qps or no utilization.
+/// A58's weight of one report, or `None` if it carries no qps or no utilization (or values so
+/// extreme that the weight is not a positive finite number).
 pub fn report_weight(report: &OrcaLoadReport, error_utilization_penalty: f64) -> Option<f64> {
     let utilization = if report.application_utilization > 0.0 {
         report.application_utilization
@@ -216,7 +217,8 @@ pub fn report_weight(report: &OrcaLoadReport, error_utilization_penalty: f64) ->
     } else {
         0.0
     };
-    Some(qps / (utilization + error_rate * error_utilization_penalty))
+    let weight = qps / (utilization + error_rate * error_utilization_penalty);
+    (weight.is_finite() && weight > 0.0).then_some(weight)
 }
 
 impl LoadReportSink for EndpointWeight {

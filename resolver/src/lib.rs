@@ -26,6 +26,7 @@ pub use anygrpc_rt::Address;
 use anygrpc_rt::{BoxFuture, Runtime, Sleep};
 
 mod target;
+pub mod txt;
 pub use target::Target;
 
 /// The port used when a `dns:` or `ipv4:`/`ipv6:` target names none.
@@ -162,6 +163,7 @@ pub const DEFAULT_MIN_RESOLUTION_INTERVAL: Duration = Duration::from_secs(30);
 pub struct DnsResolverBuilder {
     min_interval: Duration,
     backoff: BackoffConfig,
+    service_config_from_txt: bool,
 }
 
 impl Default for DnsResolverBuilder {
@@ -169,6 +171,7 @@ impl Default for DnsResolverBuilder {
         DnsResolverBuilder {
             min_interval: DEFAULT_MIN_RESOLUTION_INTERVAL,
             backoff: BackoffConfig::default(),
+            service_config_from_txt: false,
         }
     }
 }
@@ -186,6 +189,49 @@ impl DnsResolverBuilder {
         self.backoff = backoff;
         self
     }
+
+    /// Also looks up the service config in the `_grpc_config.<host>` TXT record (gRFC A2)
+    /// with each resolution. Off by default, as in grpc-go and the C-core: a service config
+    /// from DNS lets whoever controls the zone change how clients behave.
+    pub fn service_config_from_txt(mut self, on: bool) -> Self {
+        self.service_config_from_txt = on;
+        self
+    }
+}
+
+/// How long a TXT lookup may take.
+const TXT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts a TXT lookup for `host`'s service config on a thread of its own (it blocks);
+/// resolves to the selected config, or `None` when there is none or it is unusable.
+fn spawn_txt_lookup(host: &str, draw: u32) -> futures_channel::oneshot::Receiver<Option<String>> {
+    let (tx, rx) = futures_channel::oneshot::channel();
+    let name = format!("_grpc_config.{host}");
+    let spawned = std::thread::Builder::new()
+        .name("anygrpc-dns-txt".to_owned())
+        .spawn(move || {
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+                .unwrap_or_default();
+            let lookup = txt::system_nameserver()
+                .and_then(|server| txt::lookup_txt(&name, server, TXT_TIMEOUT));
+            let config = match lookup {
+                Ok(records) => txt::select_service_config(&records, hostname.trim(), draw)
+                    .unwrap_or_else(|status| {
+                        tracing::warn!(%name, %status, "ignoring the service config in DNS");
+                        None
+                    }),
+                Err(e) => {
+                    tracing::debug!(%name, error = %e, "no service config from DNS");
+                    None
+                }
+            };
+            let _ = tx.send(config);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the DNS TXT lookup");
+    }
+    rx
 }
 
 impl ResolverBuilder for DnsResolverBuilder {
@@ -215,6 +261,11 @@ impl ResolverBuilder for DnsResolverBuilder {
             backoff: Backoff::new(self.backoff, fastrand::u64(..)),
             not_before: None,
             timer: None,
+            txt: self.service_config_from_txt.then(|| TxtState {
+                draw: fastrand::u32(0..100),
+                pending: None,
+                result: None,
+            }),
         }))
     }
 }
@@ -233,6 +284,16 @@ struct DnsResolver {
     /// The next lookup may not start before this instant.
     not_before: Option<Instant>,
     timer: Option<Pin<Box<dyn Sleep>>>,
+    /// The TXT service config lookup, when enabled.
+    txt: Option<TxtState>,
+}
+
+/// The TXT lookup that runs beside each address lookup.
+struct TxtState {
+    /// This client's draw for `percentage` (A2), fixed for its life.
+    draw: u32,
+    pending: Option<futures_channel::oneshot::Receiver<Option<String>>>,
+    result: Option<Option<String>>,
 }
 
 impl fmt::Debug for DnsResolver {
@@ -261,6 +322,27 @@ impl Resolver for DnsResolver {
             self.timer = None;
             self.wanted = false;
             self.lookup = Some(self.runtime.lookup_host(self.host.clone(), self.port));
+            if let Some(txt) = &mut self.txt {
+                txt.pending = Some(spawn_txt_lookup(&self.host, txt.draw));
+                txt.result = None;
+            }
+        }
+        let service_config = match &mut self.txt {
+            Some(TxtState {
+                pending: Some(rx),
+                result,
+                ..
+            }) => {
+                let config = std::task::ready!(std::future::Future::poll(Pin::new(rx), cx))
+                    .unwrap_or_default();
+                *result = Some(config.clone());
+                config
+            }
+            Some(TxtState { result, .. }) => result.clone().flatten(),
+            None => None,
+        };
+        if let Some(txt) = &mut self.txt {
+            txt.pending = None;
         }
         let lookup = self.lookup.as_mut().expect("set above");
         let result = std::task::ready!(lookup.as_mut().poll(cx));
@@ -289,7 +371,7 @@ impl Resolver for DnsResolver {
         };
         Poll::Ready(ResolverUpdate {
             addresses,
-            service_config: None,
+            service_config,
         })
     }
 
