@@ -40,7 +40,9 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// `grpc_config` record: parsing never panics, records never hold more bytes than the message,
 /// and a selected service config is always a JSON object.
 pub fn dns_txt(data: &[u8]) {
-    let id = data.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let id = data
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
     if let Ok(answer) = txt::decode_txt_response(id, data) {
         let total: usize = answer.records.iter().map(String::len).sum();
         assert!(total <= data.len());
@@ -60,7 +62,10 @@ pub fn orca_report(data: &[u8]) {
     if let Some(report) = orca::decode_report(data) {
         for penalty in [0.0, 1.0, 1e300] {
             if let Some(weight) = wrr::report_weight(&report, penalty) {
-                assert!(weight.is_finite() && weight > 0.0, "{weight} from {report:?}");
+                assert!(
+                    weight.is_finite() && weight > 0.0,
+                    "{weight} from {report:?}"
+                );
             }
         }
     }

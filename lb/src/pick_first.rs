@@ -50,10 +50,7 @@ impl LbPolicyBuilder for PickFirstBuilder {
                 ));
             }
         }
-        Ok(PolicyConfig {
-            name: self.name().to_owned(),
-            config: config.clone(),
-        })
+        Ok(PolicyConfig::new(self.name(), config))
     }
 }
 

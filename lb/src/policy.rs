@@ -200,6 +200,16 @@ pub struct PolicyConfig {
     pub config: serde_json::Value,
 }
 
+impl PolicyConfig {
+    /// The config object of policy `name`, once the policy's builder has checked it.
+    pub fn new(name: &str, config: &serde_json::Value) -> PolicyConfig {
+        PolicyConfig {
+            name: name.to_owned(),
+            config: config.clone(),
+        }
+    }
+}
+
 /// Builds one policy, by name.
 pub trait LbPolicyBuilder: Send + Sync + fmt::Debug + 'static {
     /// The name in `loadBalancingConfig`, e.g. `round_robin`.
@@ -211,10 +221,7 @@ pub trait LbPolicyBuilder: Send + Sync + fmt::Debug + 'static {
     /// Checks this policy's config object; an invalid one is `INVALID_ARGUMENT`.
     fn parse_config(&self, config: &serde_json::Value) -> Result<PolicyConfig, Status> {
         match config {
-            serde_json::Value::Object(_) => Ok(PolicyConfig {
-                name: self.name().to_owned(),
-                config: config.clone(),
-            }),
+            serde_json::Value::Object(_) => Ok(PolicyConfig::new(self.name(), config)),
             _ => Err(Status::invalid_argument(format!(
                 "{} config must be an object",
                 self.name()

@@ -130,10 +130,7 @@ impl LbPolicyBuilder for WeightedRoundRobinBuilder {
 
     fn parse_config(&self, config: &serde_json::Value) -> Result<PolicyConfig, Status> {
         WrrConfig::from_json(config)?;
-        Ok(PolicyConfig {
-            name: self.name().to_owned(),
-            config: config.clone(),
-        })
+        Ok(PolicyConfig::new(self.name(), config))
     }
 }
 
