@@ -3,7 +3,8 @@
 //!
 //! The channel is READY while any subchannel is; otherwise CONNECTING while any is connecting
 //! or idle; otherwise TRANSIENT_FAILURE. A subchannel that returns to IDLE (its connection
-//! closed, or its backoff ran out) is asked to connect again at once.
+//! closed, or its backoff ran out) is asked to connect again at once; losing a READY
+//! connection also asks the resolver to resolve again.
 
 use std::{
     collections::HashMap,
@@ -201,11 +202,17 @@ impl LbPolicy for RoundRobin {
         let Some(entry) = self.entries.values_mut().find(|e| e.id == id) else {
             return;
         };
-        entry.state = state;
+        let was_ready = std::mem::replace(&mut entry.state, state) == ConnectivityState::Ready;
         match state {
             ConnectivityState::Ready => entry.failing = false,
             ConnectivityState::TransientFailure => entry.failing = true,
-            ConnectivityState::Idle => ctl.connect(id),
+            ConnectivityState::Idle => {
+                // A lost connection (or a GOAWAY) may mean the backends moved.
+                if was_ready {
+                    ctl.request_resolution();
+                }
+                ctl.connect(id);
+            }
             _ => {}
         }
         if let Some(status) = status {
@@ -270,6 +277,7 @@ mod tests {
         ctl.take_connects();
         rr.subchannel_state(SubchannelId(2), Idle, None, &mut ctl);
         assert_eq!(ctl.take_connects(), vec![SubchannelId(2)]);
+        assert_eq!(ctl.resolutions, 1, "a lost connection asks for re-resolution");
         assert_eq!(
             picks(&ctl, 10).keys().collect::<Vec<_>>(),
             [&SubchannelId(1)]
