@@ -277,7 +277,10 @@ mod tests {
         ctl.take_connects();
         rr.subchannel_state(SubchannelId(2), Idle, None, &mut ctl);
         assert_eq!(ctl.take_connects(), vec![SubchannelId(2)]);
-        assert_eq!(ctl.resolutions, 1, "a lost connection asks for re-resolution");
+        assert_eq!(
+            ctl.resolutions, 1,
+            "a lost connection asks for re-resolution"
+        );
         assert_eq!(
             picks(&ctl, 10).keys().collect::<Vec<_>>(),
             [&SubchannelId(1)]
