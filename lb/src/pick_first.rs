@@ -99,7 +99,7 @@ impl PickFirst {
         ctl.update_picker(state, Arc::new(FixedPicker(pick)));
     }
 
-    fn entry(&mut self, id: SubchannelId) -> Option<usize> {
+    fn entry(&self, id: SubchannelId) -> Option<usize> {
         self.entries.iter().position(|e| e.id == Some(id))
     }
 
@@ -182,40 +182,8 @@ impl LbPolicy for PickFirst {
             Ok(addresses) => addresses,
             Err(status) => return self.resolver_error(status, ctl),
         };
-        // Keep a READY connection whose address is still listed.
-        let selected_address = self.selected.and_then(|id| {
-            self.entries
-                .iter()
-                .find(|e| e.id == Some(id))
-                .map(|e| e.address.clone())
-        });
-        if let Some(address) = selected_address.filter(|a| addresses.contains(a)) {
-            let id = self.selected.expect("selected");
-            let mut kept = None;
-            for entry in &mut self.entries {
-                if entry.id == Some(id) {
-                    kept = entry.id.take();
-                } else if let Some(other) = entry.id.take() {
-                    ctl.remove_subchannel(other);
-                }
-            }
-            self.entries = addresses
-                .into_iter()
-                .map(|a| Entry {
-                    id: (a == address).then_some(kept).flatten(),
-                    state: if a == address {
-                        ConnectivityState::Ready
-                    } else {
-                        ConnectivityState::Idle
-                    },
-                    address: a,
-                })
-                .collect();
-            return;
-        }
         // Subchannels of addresses still listed are kept, with their state and backoff, so
         // a re-resolution after failures does not restart every connection at once.
-        self.selected = None;
         let mut old: Vec<Entry> = std::mem::take(&mut self.entries);
         self.entries = addresses
             .into_iter()
@@ -235,6 +203,11 @@ impl LbPolicy for PickFirst {
                 ctl.remove_subchannel(id);
             }
         }
+        // A READY connection whose address is still listed stays in use.
+        if self.selected.is_some_and(|id| self.entry(id).is_some()) {
+            return;
+        }
+        self.selected = None;
         self.start_pass(ctl);
     }
 

@@ -319,7 +319,6 @@ pub struct WeightedRoundRobin {
     rng: fastrand::Rng,
     config: WrrConfig,
     weights: HashMap<SubchannelId, Arc<EndpointWeight>>,
-    states: HashMap<SubchannelId, ConnectivityState>,
     /// When the scheduler is next rebuilt (while READY).
     next_update: Option<Instant>,
 }
@@ -370,7 +369,6 @@ impl WeightedRoundRobin {
             rng: fastrand::Rng::with_seed(seed.rotate_left(17)),
             config: WrrConfig::default(),
             weights: HashMap::new(),
-            states: HashMap::new(),
             next_update: None,
         }
     }
@@ -407,7 +405,6 @@ impl WeightedRoundRobin {
         }
         for id in removed {
             self.weights.remove(&id);
-            self.states.remove(&id);
         }
         match published {
             Some((ConnectivityState::Ready, _)) => self.publish_weighted(ctl),
@@ -466,10 +463,8 @@ impl LbPolicy for WeightedRoundRobin {
         }
         if self.oob_interval() != old_oob {
             let interval = self.oob_interval();
-            for (id, state) in &self.states {
-                if *state == ConnectivityState::Ready {
-                    ctl.set_load_reporting(*id, interval);
-                }
+            for id in self.rr.ready() {
+                ctl.set_load_reporting(*id, interval);
             }
         }
         self.drive(ctl, |rr, ctl| rr.update(addresses, None, ctl));
@@ -493,8 +488,7 @@ impl LbPolicy for WeightedRoundRobin {
         if !self.weights.contains_key(&id) {
             return;
         }
-        let previous = self.states.insert(id, state);
-        if state == ConnectivityState::Ready && previous != Some(ConnectivityState::Ready) {
+        if state == ConnectivityState::Ready && !self.rr.ready().contains(&id) {
             // A reconnected backend starts over: its old load says nothing about the new
             // connection.
             self.weights[&id].reset();

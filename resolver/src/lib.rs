@@ -264,7 +264,7 @@ impl ResolverBuilder for DnsResolverBuilder {
             txt: self.service_config_from_txt.then(|| TxtState {
                 draw: fastrand::u32(0..100),
                 pending: None,
-                result: None,
+                config: None,
             }),
         }))
     }
@@ -293,7 +293,8 @@ struct TxtState {
     /// This client's draw for `percentage` (A2), fixed for its life.
     draw: u32,
     pending: Option<futures_channel::oneshot::Receiver<Option<String>>>,
-    result: Option<Option<String>>,
+    /// What the finished lookup selected, until the update that carries it.
+    config: Option<String>,
 }
 
 impl fmt::Debug for DnsResolver {
@@ -324,40 +325,20 @@ impl Resolver for DnsResolver {
             self.lookup = Some(self.runtime.lookup_host(self.host.clone(), self.port));
             if let Some(txt) = &mut self.txt {
                 txt.pending = Some(spawn_txt_lookup(&self.host, txt.draw));
-                txt.result = None;
+                txt.config = None;
             }
         }
-        let service_config = match &mut self.txt {
-            Some(TxtState {
-                pending: Some(rx),
-                result,
-                ..
-            }) => {
-                let config = std::task::ready!(std::future::Future::poll(Pin::new(rx), cx))
-                    .unwrap_or_default();
-                *result = Some(config.clone());
-                config
-            }
-            Some(TxtState { result, .. }) => result.clone().flatten(),
-            None => None,
-        };
         if let Some(txt) = &mut self.txt {
-            txt.pending = None;
+            if let Some(rx) = &mut txt.pending {
+                txt.config = std::task::ready!(std::future::Future::poll(Pin::new(rx), cx))
+                    .unwrap_or_default();
+                txt.pending = None;
+            }
         }
         let lookup = self.lookup.as_mut().expect("set above");
         let result = std::task::ready!(lookup.as_mut().poll(cx));
         self.lookup = None;
-        let now = self.runtime.now();
-        if matches!(&result, Ok(addrs) if !addrs.is_empty()) {
-            self.backoff.reset();
-            self.not_before = Some(now + self.min_interval);
-        } else {
-            // Try again by itself once the backoff allows.
-            let (retry_at, _) = self.backoff.start_attempt(now);
-            self.not_before = Some(retry_at);
-            self.wanted = true;
-            cx.waker().wake_by_ref();
-        }
+        let service_config = self.txt.as_mut().and_then(|txt| txt.config.take());
         let addresses = match result {
             Ok(addrs) if addrs.is_empty() => Err(Status::unavailable(format!(
                 "DNS resolution of {} returned no addresses",
@@ -369,6 +350,17 @@ impl Resolver for DnsResolver {
                 self.host
             ))),
         };
+        let now = self.runtime.now();
+        if addresses.is_ok() {
+            self.backoff.reset();
+            self.not_before = Some(now + self.min_interval);
+        } else {
+            // Try again by itself once the backoff allows.
+            let (retry_at, _) = self.backoff.start_attempt(now);
+            self.not_before = Some(retry_at);
+            self.wanted = true;
+            cx.waker().wake_by_ref();
+        }
         Poll::Ready(ResolverUpdate {
             addresses,
             service_config,

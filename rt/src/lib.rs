@@ -183,13 +183,18 @@ fn abstract_unsupported() -> io::Error {
     )
 }
 
+/// The socket address of a name in Linux's abstract namespace.
+#[cfg(all(target_os = "linux", any(feature = "async-io", feature = "tokio")))]
+fn abstract_addr(name: &[u8]) -> io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    std::os::unix::net::SocketAddr::from_abstract_name(name)
+}
+
 /// Connects a non-blocking std Unix stream to an abstract name (connecting a Unix socket
 /// completes at once: the kernel queues it on the listener's backlog).
 #[cfg(all(target_os = "linux", any(feature = "async-io", feature = "tokio")))]
 fn connect_abstract(name: &[u8]) -> io::Result<std::os::unix::net::UnixStream> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-    let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&abstract_addr(name)?)?;
     stream.set_nonblocking(true)?;
     Ok(stream)
 }
@@ -197,9 +202,7 @@ fn connect_abstract(name: &[u8]) -> io::Result<std::os::unix::net::UnixStream> {
 /// Binds a non-blocking std Unix listener to an abstract name.
 #[cfg(all(target_os = "linux", any(feature = "async-io", feature = "tokio")))]
 fn bind_abstract(name: &[u8]) -> io::Result<std::os::unix::net::UnixListener> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&abstract_addr(name)?)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

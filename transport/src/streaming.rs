@@ -36,12 +36,13 @@ impl<C: Codec> Decode<C::Decode> for C {
 pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
 
 /// What only the client side of a stream has.
+#[derive(Default)]
 pub(crate) struct ClientSide {
     pub(crate) deadline: Option<Pin<Box<dyn Sleep>>>,
     pub(crate) deadline_at: Option<std::time::Instant>,
     pub(crate) cancel: Option<crate::client::Cancelled>,
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
-    pub(crate) cancel_sender: Option<futures_channel::oneshot::Sender<()>>,
+    pub(crate) _cancel_sender: Option<futures_channel::oneshot::Sender<()>>,
     pub(crate) local_error: Option<LocalError>,
     pub(crate) tracking: CallTracking,
 }
@@ -216,12 +217,20 @@ impl<T> Streaming<T> {
         self.client = None;
     }
 
-    /// Passes the load report in a client's trailers to its policy, if it wants one.
-    fn report_load(&self, trailers: &http::HeaderMap) {
+    /// Client: the call ended with `status` in `trailers` (or a Trailers-Only head). Hands the
+    /// load report they carry to the policy that wants it, then ends the stream, keeping the
+    /// trailing metadata of a successful call.
+    fn end(&mut self, status: Status, trailers: http::HeaderMap) -> Result<(), Status> {
         let client = self.client.as_ref();
         if let Some(reporter) = client.and_then(|c| c.tracking.load_report.as_ref()) {
-            reporter.report(trailers);
+            reporter.report(&trailers);
         }
+        if !status.is_ok() {
+            return Err(self.fail(status));
+        }
+        self.finish();
+        self.trailers = Some(MetadataMap::from_header_map(trailers));
+        Ok(())
     }
 
     /// Maps a stream error, preferring a failure the request-sending task recorded.
@@ -281,19 +290,10 @@ impl<T> Streaming<T> {
             }
         };
         let (parts, body) = response.into_parts();
-        let checked = headers::check_response(parts.status, &parts.headers);
-        if let Ok(Some(_)) = checked {
-            self.report_load(&parts.headers);
-        }
-        match checked {
+        match headers::check_response(parts.status, &parts.headers) {
             Err(status) => return Poll::Ready(Err(self.fail(status))),
-            Ok(Some(status)) if status.is_ok() => {
-                // Trailers-only success: no messages.
-                self.finish();
-                self.trailers = Some(MetadataMap::from_header_map(parts.headers));
-                return Poll::Ready(Ok(()));
-            }
-            Ok(Some(status)) => return Poll::Ready(Err(self.fail(status))),
+            // Trailers-Only: the call ends here, with no messages.
+            Ok(Some(status)) => return Poll::Ready(self.end(status, parts.headers)),
             Ok(None) => {}
         }
         match compression.resolve(parts.headers.get(GRPC_ENCODING)) {
@@ -376,15 +376,9 @@ impl<T> Streaming<T> {
                     return Poll::Ready(Some(Err(self.fail(status))));
                 }
             };
-            self.report_load(&trailers);
             let status = Status::from_trailers(&trailers)
                 .unwrap_or_else(|| Status::internal("trailers have no grpc-status"));
-            if !status.is_ok() {
-                return Poll::Ready(Some(Err(self.fail(status))));
-            }
-            self.finish();
-            self.trailers = Some(MetadataMap::from_header_map(trailers));
-            return Poll::Ready(None);
+            return Poll::Ready(self.end(status, trailers).err().map(Err));
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Pieces shared by the anygrpc and tonic bench programs (tonic's crate includes this file by
-//! path, so both are measured by the same code): the counting allocator, flags, latency stats
-//! and the JSON line.
+//! path, so both are measured by the same code): the counting allocator, flags, the closed-loop
+//! worker over [`BenchCalls`], latency stats and the JSON line.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
+    future::Future,
     sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The system allocator, counting allocations.
@@ -80,6 +81,92 @@ pub fn number(args: &[String], name: &str, default: u64) -> u64 {
 
 /// The measurement modes.
 pub const MODES: &[&str] = &["unary", "server-stream", "client-stream", "bidi"];
+
+/// Messages per server-stream and client-stream call.
+pub const STREAM_MESSAGES: u32 = 100;
+
+/// The calls of `bench.v1.Bench`, as one library's generated client makes them; the worker
+/// below is the same for both libraries.
+pub trait BenchCalls {
+    /// A bidi call in progress.
+    type Bidi: BidiRoundTrip;
+
+    /// Unary: sends `body`; the reply's size.
+    fn unary(&mut self, body: Vec<u8>) -> impl Future<Output = Result<usize, String>> + Send;
+
+    /// Server streaming: asks for `count` messages of `size` bytes; (messages, bytes) received.
+    fn server_stream(
+        &mut self,
+        count: u32,
+        size: u32,
+    ) -> impl Future<Output = Result<(u64, usize), String>> + Send;
+
+    /// Client streaming: sends `count` copies of `body`; the reply's size.
+    fn client_stream(
+        &mut self,
+        body: Vec<u8>,
+        count: u32,
+    ) -> impl Future<Output = Result<usize, String>> + Send;
+
+    /// Opens a bidi call.
+    fn bidi(&mut self) -> impl Future<Output = Result<Self::Bidi, String>> + Send;
+}
+
+/// A bidi call used as ping-pong: one message in flight, so its send queue never grows.
+pub trait BidiRoundTrip {
+    /// Sends `body` and waits for its echo; the echo's size, or `None` if the call failed.
+    fn round_trip(&mut self, body: Vec<u8>) -> impl Future<Output = Option<usize>> + Send;
+}
+
+/// One worker's closed loop: calls of `mode` back to back until `until`.
+pub async fn worker<C: BenchCalls>(
+    mut client: C,
+    mode: &str,
+    size: usize,
+    until: Instant,
+) -> Report {
+    let mut report = Report::default();
+    let body = vec![0u8; size];
+    if mode == "bidi" {
+        let Ok(mut call) = client.bidi().await else {
+            report.errors += 1;
+            return report;
+        };
+        while Instant::now() < until {
+            let start = Instant::now();
+            match call.round_trip(body.clone()).await {
+                Some(bytes) => report.record(start, 1, bytes),
+                None => {
+                    report.errors += 1;
+                    break;
+                }
+            }
+        }
+        return report;
+    }
+    while Instant::now() < until {
+        let start = Instant::now();
+        let outcome = match mode {
+            "unary" => client.unary(body.clone()).await.map(|bytes| (1, bytes)),
+            "server-stream" => client.server_stream(STREAM_MESSAGES, size as u32).await,
+            "client-stream" => client
+                .client_stream(body.clone(), STREAM_MESSAGES)
+                .await
+                .map(|bytes| (1, bytes)),
+            other => panic!("unknown mode {other}; modes: {MODES:?}"),
+        };
+        match outcome {
+            Ok((messages, bytes)) => report.record(start, messages, bytes),
+            Err(error) => {
+                if report.errors == 0 && std::env::var_os("BENCH_VERBOSE").is_some() {
+                    eprintln!("first error: {error}");
+                }
+                report.errors += 1
+            }
+        }
+    }
+    report
+}
 
 /// What a load run measured.
 #[derive(Debug, Default)]

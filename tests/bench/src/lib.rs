@@ -69,87 +69,63 @@ impl pb::bench_server::Bench for BenchService {
     }
 }
 
-/// Messages per server-stream and client-stream call.
-pub const STREAM_MESSAGES: u32 = 100;
+/// One bidi call, as ping-pong.
+pub struct Bidi {
+    requests: futures_channel::mpsc::UnboundedSender<Payload>,
+    replies: Streaming<Payload>,
+}
 
-/// One worker's closed loop: calls back to back until `until`.
-async fn worker(client: BenchClient, mode: &str, size: usize, until: Instant) -> Report {
-    let mut report = Report::default();
-    let body = vec![0u8; size];
-    match mode {
-        "bidi" => {
-            // Ping-pong: one message in flight per worker, so an unbounded queue never grows.
-            let (tx, rx) = futures_channel::mpsc::unbounded();
-            let mut replies = match client.bidi_stream(rx).await {
-                Ok(r) => r.into_inner(),
-                Err(_) => {
-                    report.errors += 1;
-                    return report;
-                }
-            };
-            while Instant::now() < until {
-                let start = Instant::now();
-                if tx.unbounded_send(Payload { body: body.clone() }).is_err() {
-                    report.errors += 1;
-                    break;
-                }
-                match replies.message().await {
-                    Ok(Some(reply)) => report.record(start, 1, reply.body.len()),
-                    _ => {
-                        report.errors += 1;
-                        break;
-                    }
-                }
-            }
-        }
-        _ => {
-            while Instant::now() < until {
-                let start = Instant::now();
-                let outcome = match mode {
-                    "unary" => client
-                        .unary(Payload { body: body.clone() })
-                        .await
-                        .map(|r| (1, r.into_inner().body.len())),
-                    "server-stream" => {
-                        async {
-                            let request = StreamRequest {
-                                count: STREAM_MESSAGES,
-                                size: size as u32,
-                            };
-                            let mut stream = client.server_stream(request).await?.into_inner();
-                            let (mut n, mut bytes) = (0, 0);
-                            while let Some(m) = stream.message().await? {
-                                n += 1;
-                                bytes += m.body.len();
-                            }
-                            Ok((n, bytes))
-                        }
-                        .await
-                    }
-                    "client-stream" => {
-                        let body = body.clone();
-                        let messages =
-                            (0..STREAM_MESSAGES).map(move |_| Payload { body: body.clone() });
-                        client
-                            .client_stream(stream::iter(messages))
-                            .await
-                            .map(|r| (1, r.into_inner().body.len()))
-                    }
-                    other => panic!("unknown mode {other}; modes: {:?}", common::MODES),
-                };
-                match outcome {
-                    Ok((messages, bytes)) => report.record(start, messages as u64, bytes),
-                    Err(status) => {
-                        if report.errors == 0 && std::env::var_os("BENCH_VERBOSE").is_some() {
-                            eprintln!("first error: {status}");
-                        }
-                        report.errors += 1
-                    }
-                }
-            }
-        }
+impl common::BidiRoundTrip for Bidi {
+    async fn round_trip(&mut self, body: Vec<u8>) -> Option<usize> {
+        self.requests.unbounded_send(Payload { body }).ok()?;
+        Some(self.replies.message().await.ok()??.body.len())
     }
-    report
+}
+
+impl common::BenchCalls for BenchClient {
+    type Bidi = Bidi;
+
+    async fn unary(&mut self, body: Vec<u8>) -> Result<usize, String> {
+        let reply = BenchClient::unary(self, Payload { body }).await;
+        reply
+            .map(|r| r.into_inner().body.len())
+            .map_err(|s| s.to_string())
+    }
+
+    async fn server_stream(&mut self, count: u32, size: u32) -> Result<(u64, usize), String> {
+        let request = StreamRequest { count, size };
+        let received = async {
+            let mut stream = BenchClient::server_stream(self, request)
+                .await?
+                .into_inner();
+            let (mut n, mut bytes) = (0, 0);
+            while let Some(m) = stream.message().await? {
+                n += 1;
+                bytes += m.body.len();
+            }
+            Ok::<_, Status>((n, bytes))
+        };
+        received.await.map_err(|s| s.to_string())
+    }
+
+    async fn client_stream(&mut self, body: Vec<u8>, count: u32) -> Result<usize, String> {
+        let messages = (0..count).map(move |_| Payload { body: body.clone() });
+        let reply = BenchClient::client_stream(self, stream::iter(messages)).await;
+        reply
+            .map(|r| r.into_inner().body.len())
+            .map_err(|s| s.to_string())
+    }
+
+    async fn bidi(&mut self) -> Result<Bidi, String> {
+        let (requests, rx) = futures_channel::mpsc::unbounded();
+        let replies = BenchClient::bidi_stream(self, rx)
+            .await
+            .map_err(|s| s.to_string())?;
+        Ok(Bidi {
+            requests,
+            replies: replies.into_inner(),
+        })
+    }
 }
 
 /// Runs the closed loop: `concurrency` workers over `connections` channels for `duration`.
@@ -177,7 +153,7 @@ pub fn load(
         let start = Instant::now();
         let until = start + duration;
         let workers = (0..concurrency.max(1))
-            .map(|i| worker(clients[i % clients.len()].clone(), mode, size, until));
+            .map(|i| common::worker(clients[i % clients.len()].clone(), mode, size, until));
         let reports = futures_util::future::join_all(workers).await;
         let mut total = Report::default();
         for r in reports {

@@ -480,14 +480,7 @@ impl Subchannel {
         send_message(&mut stream, frame, true)
             .await
             .map_err(unavailable)?;
-        let client = ClientSide {
-            deadline: None,
-            deadline_at: None,
-            cancel: None,
-            cancel_sender: None,
-            local_error: None,
-            tracking: Default::default(),
-        };
+        let client = ClientSide::default();
         let head = PendingHead {
             response,
             compression,

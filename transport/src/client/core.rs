@@ -77,7 +77,8 @@ pub(crate) struct Core {
     resolver: Mutex<Box<dyn Resolver>>,
     /// An unused channel goes IDLE after this long (`None`: never).
     idle_timeout: Option<Duration>,
-    /// Calls in flight, and when one last started or ended (nanoseconds since `created`).
+    /// Calls in flight, and when the channel was last used: a call ended or it left IDLE
+    /// (nanoseconds since `created`).
     active_calls: AtomicUsize,
     last_activity: AtomicU64,
     created: Instant,
@@ -181,8 +182,11 @@ pub(crate) struct ActiveCall(Arc<Core>);
 
 impl Drop for ActiveCall {
     fn drop(&mut self) {
-        self.0.active_calls.fetch_sub(1, Ordering::Relaxed);
+        // Only the end of the last call in flight matters to the idle timer (while calls are
+        // in flight it does not look at the time), and it is recorded before the count can
+        // reach zero.
         self.0.touch();
+        self.0.active_calls.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -226,7 +230,7 @@ impl Core {
         }))
     }
 
-    /// Records activity now (a call started or ended).
+    /// Records activity now (a call ended, or the channel left IDLE).
     fn touch(&self) {
         let nanos = self
             .runtime
@@ -240,13 +244,12 @@ impl Core {
     /// A call is starting: the channel stays out of IDLE until the returned guard drops.
     pub(crate) fn call_started(self: &Arc<Self>) -> ActiveCall {
         self.active_calls.fetch_add(1, Ordering::Relaxed);
-        self.touch();
         ActiveCall(self.clone())
     }
 
     /// When the channel may go IDLE, if no call starts before then.
     fn idle_deadline(&self, timeout: Duration) -> Instant {
-        if self.active_calls.load(Ordering::Relaxed) > 0 {
+        if self.active_calls.load(Ordering::Acquire) > 0 {
             return self.runtime.now() + timeout;
         }
         let last = Duration::from_nanos(self.last_activity.load(Ordering::Relaxed));

@@ -626,9 +626,8 @@ impl Grpc {
             deadline: deadline.map(|d| self.runtime().sleep_until(d)),
             deadline_at: deadline,
             cancel: cancel.map(CancelToken::cancelled),
-            cancel_sender: None,
-            local_error: None,
             tracking,
+            ..ClientSide::default()
         }
     }
 
@@ -699,14 +698,14 @@ impl Grpc {
         let mut call = self.start(path, &mut request).await?;
         let (deadline, cancel) = (call.deadline, call.cancel.take());
         let messages = request.into_inner();
-        let mut client = self.spawn_sender(
+        let client = self.spawn_sender(
+            self.client_side(None, None, call.tracking),
             call.send,
             call.encoder,
             call.compress,
             codec.clone(),
             messages,
         );
-        client.tracking = call.tracking;
         let exchange = async move {
             let (metadata, streaming) =
                 Self::with_headers(self.response(call.response, codec, client)).await?;
@@ -729,27 +728,25 @@ impl Grpc {
         let mut call = self.start(path, &mut request).await?;
         let (deadline, cancel) = (call.deadline, call.cancel.take());
         let messages = request.into_inner();
-        let sender = self.spawn_sender(
+        let client = self.spawn_sender(
+            self.client_side(deadline, cancel.as_ref(), call.tracking),
             call.send,
             call.encoder,
             call.compress,
             codec.clone(),
             messages,
         );
-        let client = ClientSide {
-            cancel_sender: sender.cancel_sender,
-            local_error: sender.local_error,
-            ..self.client_side(deadline, cancel.as_ref(), call.tracking)
-        };
         // The server may wait for a request before it answers, so the call returns at once;
         // the response head is read with the first message (or `Streaming::headers`).
         Ok(Response::new(self.response(call.response, codec, client)))
     }
 
-    /// Spawns the task that sends a request stream; it stops when the returned side's
-    /// cancel sender is dropped (the response ended or was dropped).
+    /// Spawns the task that sends a request stream, and gives `client` the means to stop it
+    /// (dropping its cancel sender: the response ended or was dropped) and to learn why it
+    /// failed.
     fn spawn_sender<C, S>(
         &self,
+        client: ClientSide,
         mut send: h2::SendStream<Bytes>,
         mut encoder: Encoder,
         compress: bool,
@@ -804,12 +801,9 @@ impl Grpc {
             }
         }));
         ClientSide {
-            deadline: None,
-            deadline_at: None,
-            cancel: None,
-            cancel_sender: Some(cancel_tx),
+            _cancel_sender: Some(cancel_tx),
             local_error: Some(local_error),
-            tracking: CallTracking::default(),
+            ..client
         }
     }
 }

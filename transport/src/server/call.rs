@@ -437,8 +437,7 @@ async fn send_before(
     send: &mut SendStream<Bytes>,
     frame: Bytes,
 ) -> Result<(), Outcome<()>> {
-    let sending = std::pin::pin!(send_message(send, frame, false));
-    let mut sending = sending;
+    let mut sending = std::pin::pin!(send_message(send, frame, false));
     poll_fn(|cx| {
         if expired(sleep, cx) {
             return Poll::Ready(Err(Outcome::DeadlineExceeded));

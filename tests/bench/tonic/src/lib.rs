@@ -26,8 +26,6 @@ use pb::{bench_client::BenchClient, Payload, StreamRequest};
 pub const STREAM_WINDOW: u32 = 1 << 20;
 /// See [`STREAM_WINDOW`].
 pub const CONNECTION_WINDOW: u32 = 2 << 20;
-/// Messages per server-stream and client-stream call (as in anygrpc-bench).
-pub const STREAM_MESSAGES: u32 = 100;
 
 /// The benchmark service.
 #[derive(Debug, Default)]
@@ -83,84 +81,64 @@ impl pb::bench_server::Bench for BenchService {
 
 type Client = BenchClient<tonic::transport::Channel>;
 
-async fn worker(mut client: Client, mode: String, size: usize, until: Instant) -> Report {
-    let mut report = Report::default();
-    let body = vec![0u8; size];
-    if mode == "bidi" {
-        // Ping-pong: one message in flight per worker, so an unbounded queue never grows.
-        let (tx, rx) = request_channel();
-        let mut replies = match client.bidi_stream(rx).await {
-            Ok(r) => r.into_inner(),
-            Err(_) => {
-                report.errors += 1;
-                return report;
-            }
-        };
-        while Instant::now() < until {
-            let start = Instant::now();
-            if tx.send(Payload { body: body.clone() }).is_err() {
-                report.errors += 1;
-                break;
-            }
-            match replies.message().await {
-                Ok(Some(reply)) => report.record(start, 1, reply.body.len()),
-                _ => {
-                    report.errors += 1;
-                    break;
-                }
-            }
-        }
-        return report;
-    }
-    while Instant::now() < until {
-        let start = Instant::now();
-        let outcome: Result<(u64, usize), Status> = match mode.as_str() {
-            "unary" => client
-                .unary(Payload { body: body.clone() })
-                .await
-                .map(|r| (1, r.into_inner().body.len())),
-            "server-stream" => {
-                async {
-                    let request = StreamRequest {
-                        count: STREAM_MESSAGES,
-                        size: size as u32,
-                    };
-                    let mut stream = client.server_stream(request).await?.into_inner();
-                    let (mut n, mut bytes) = (0, 0);
-                    while let Some(m) = stream.message().await? {
-                        n += 1;
-                        bytes += m.body.len();
-                    }
-                    Ok((n, bytes))
-                }
-                .await
-            }
-            "client-stream" => {
-                let body = body.clone();
-                let messages = (0..STREAM_MESSAGES).map(move |_| Payload { body: body.clone() });
-                client
-                    .client_stream(stream::iter(messages))
-                    .await
-                    .map(|r| (1, r.into_inner().body.len()))
-            }
-            other => panic!("unknown mode {other}; modes: {:?}", common::MODES),
-        };
-        match outcome {
-            Ok((messages, bytes)) => report.record(start, messages, bytes),
-            Err(_) => report.errors += 1,
-        }
-    }
-    report
+/// One bidi call, as ping-pong.
+pub struct Bidi {
+    requests: tokio::sync::mpsc::UnboundedSender<Payload>,
+    replies: Streaming<Payload>,
 }
 
-/// An unbounded channel whose receiver is a request stream (tokio's, wrapped as a Stream).
-fn request_channel() -> (
-    tokio::sync::mpsc::UnboundedSender<Payload>,
-    impl Stream<Item = Payload> + Send + 'static,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stream = stream::poll_fn(move |cx| rx.poll_recv(cx));
-    (tx, stream)
+impl common::BidiRoundTrip for Bidi {
+    async fn round_trip(&mut self, body: Vec<u8>) -> Option<usize> {
+        self.requests.send(Payload { body }).ok()?;
+        Some(self.replies.message().await.ok()??.body.len())
+    }
+}
+
+impl common::BenchCalls for Client {
+    type Bidi = Bidi;
+
+    async fn unary(&mut self, body: Vec<u8>) -> Result<usize, String> {
+        let reply = BenchClient::unary(self, Payload { body }).await;
+        reply
+            .map(|r| r.into_inner().body.len())
+            .map_err(|s| s.to_string())
+    }
+
+    async fn server_stream(&mut self, count: u32, size: u32) -> Result<(u64, usize), String> {
+        let request = StreamRequest { count, size };
+        let received = async {
+            let mut stream = BenchClient::server_stream(self, request)
+                .await?
+                .into_inner();
+            let (mut n, mut bytes) = (0, 0);
+            while let Some(m) = stream.message().await? {
+                n += 1;
+                bytes += m.body.len();
+            }
+            Ok::<_, Status>((n, bytes))
+        };
+        received.await.map_err(|s| s.to_string())
+    }
+
+    async fn client_stream(&mut self, body: Vec<u8>, count: u32) -> Result<usize, String> {
+        let messages = (0..count).map(move |_| Payload { body: body.clone() });
+        let reply = BenchClient::client_stream(self, stream::iter(messages)).await;
+        reply
+            .map(|r| r.into_inner().body.len())
+            .map_err(|s| s.to_string())
+    }
+
+    async fn bidi(&mut self) -> Result<Bidi, String> {
+        let (requests, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let outgoing = stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let replies = BenchClient::bidi_stream(self, outgoing)
+            .await
+            .map_err(|s| s.to_string())?;
+        Ok(Bidi {
+            requests,
+            replies: replies.into_inner(),
+        })
+    }
 }
 
 /// Runs the closed loop on the current tokio runtime.
@@ -190,12 +168,8 @@ pub async fn load(
     let until = start + duration;
     let tasks: Vec<_> = (0..concurrency.max(1))
         .map(|i| {
-            tokio::spawn(worker(
-                clients[i % clients.len()].clone(),
-                mode.to_owned(),
-                size,
-                until,
-            ))
+            let (client, mode) = (clients[i % clients.len()].clone(), mode.to_owned());
+            tokio::spawn(async move { common::worker(client, &mode, size, until).await })
         })
         .collect();
     let mut total = Report::default();
