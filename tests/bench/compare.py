@@ -5,6 +5,8 @@ Measurements, each repeated --rounds times with the implementations alternated A
   - h2load unary against each server: 1 and 4 connections x 100 streams, 16 B and 1 KiB;
   - each load generator (anygrpc, tonic) against each gRPC server: unary C=64, bidi C=64,
     unary C=1 (latency), server streaming of 1 KiB messages;
+  - for unary C=1 and server streaming, also against the raw h2 server and anygrpc's server on
+    a tokio runtime: the ceiling, and the runtime's share separated from the gRPC layer's;
   - peak RSS of each server idle and after the load; heap allocations per call.
 """
 
@@ -20,15 +22,15 @@ import tempfile
 import threading
 import time
 
-PORTS = {"anygrpc": 50161, "tonic": 50162, "h2": 50163}
+PORTS = {"anygrpc": 50161, "tonic": 50162, "h2": 50163, "anygrpc-tokio": 50164}
 
 
 class Server:
-    def __init__(self, name, binary):
+    def __init__(self, name, binary, *extra):
         self.name = name
         self.port = PORTS[name]
         self.proc = subprocess.Popen(
-            [binary, "--addr", f"127.0.0.1:{self.port}"],
+            [binary, "--addr", f"127.0.0.1:{self.port}", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()
@@ -129,7 +131,10 @@ def main():
         "anygrpc": Server("anygrpc", os.path.join(args.anygrpc_bin, "bench-server")),
         "tonic": Server("tonic", os.path.join(args.tonic_bin, "tonic-bench-server")),
         "h2": Server("h2", os.path.join(args.tonic_bin, "h2-echo-server")),
+        "anygrpc-tokio": Server("anygrpc-tokio", os.path.join(args.anygrpc_bin, "bench-server"),
+                                "--runtime", "tokio"),
     }
+    grpc_servers = ("anygrpc", "tonic", "h2")
     clients = {
         "anygrpc": os.path.join(args.anygrpc_bin, "bench-client"),
         "tonic": os.path.join(args.tonic_bin, "tonic-bench-client"),
@@ -153,21 +158,26 @@ def main():
         for connections in (1, 4):
             for size in (16, 1024):
                 for _ in range(args.rounds):
-                    for name, s in servers.items():
+                    for name in grpc_servers:
+                        s = servers[name]
                         rps = h2load(s.port, connections, 100, bodies[size], args.seconds)
                         h2.setdefault((connections, size, name), []).append(rps)
                         print(f"h2load {connections}x100 {size}B {name}: {rps:.0f} req/s", file=sys.stderr, flush=True)
         after = {name: s.reading() for name, s in servers.items()}
         server_allocs = {
-            name: (after[name][1] - before[name][1]) / max(1, after[name][0] - before[name][0]) for name in servers
+            name: (after[name][1] - before[name][1]) / max(1, after[name][0] - before[name][0])
+            for name in grpc_servers
         }
 
         # Load generators against each gRPC server.
         runs = {}
         modes = [("unary", 64, 16), ("bidi", 64, 16), ("unary", 1, 16), ("server-stream", 64, 1024)]
+        ceiling_modes = [("unary", 1, 16), ("server-stream", 64, 1024)]
         for mode, concurrency, size in modes:
+            targets = ("anygrpc", "tonic", "h2", "anygrpc-tokio") if (mode, concurrency, size) in ceiling_modes \
+                else ("anygrpc", "tonic")
             for _ in range(args.rounds):
-                for server in ("anygrpc", "tonic"):
+                for server in targets:
                     for cli in ("anygrpc", "tonic"):
                         r = client(clients[cli], servers[server].port, mode, concurrency, size, args.seconds)
                         runs.setdefault((mode, concurrency, size, cli, server), []).append(r)
@@ -217,6 +227,19 @@ def main():
             a = med(r[key] for r in runs[(mode, concurrency, size, cli, "anygrpc")])
             t = med(r[key] for r in runs[(mode, concurrency, size, cli, "tonic")])
             out.append(f"| {mode} C={concurrency} {size} B | {cli} | {a:.0f} | {t:.0f} | {ratio(a, t):.2f} |")
+    out.append("\n### Ceiling and runtime: the same load generators against the raw h2 server and "
+               "anygrpc's server on tokio\n")
+    names = ("anygrpc", "anygrpc-tokio", "tonic", "h2")
+    out.append("| workload | client | anygrpc | anygrpc on tokio | tonic | raw h2 | anygrpc / raw h2 | tonic / raw h2 |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for mode, concurrency, size in ceiling_modes:
+        keys = [("p50_us", "unary C=1 p50 (us)"), ("p99_us", "unary C=1 p99 (us)")] if concurrency == 1 \
+            else [("msgs_per_sec", f"server-stream C={concurrency} {size} B (messages/s)")]
+        for key, label in keys:
+            for cli in ("anygrpc", "tonic"):
+                v = {n: med(r[key] for r in runs[(mode, concurrency, size, cli, n)]) for n in names}
+                out.append(f"| {label} | {cli} | " + " | ".join(f"{v[n]:.0f}" for n in names) +
+                           f" | {ratio(v['anygrpc'], v['h2']):.2f} | {ratio(v['tonic'], v['h2']):.2f} |")
     out.append("\n### Memory and allocations\n")
     out.append("| | anygrpc | tonic | raw h2 |")
     out.append("|---|---:|---:|---:|")

@@ -1,11 +1,16 @@
-//! A raw h2 echo server with no gRPC logic: it answers each request with 200,
+//! A raw h2 server with no gRPC logic: it answers each request with 200,
 //! `content-type: application/grpc`, the request body, and `grpc-status: 0` trailers. Built
 //! directly on h2 and tokio, it is the ceiling for any gRPC server built on h2.
+//!
+//! `/bench.v1.Bench/ServerStream` is the one exception: it reads the `StreamRequest` and sends
+//! `count` gRPC frames of `size` zero bytes as one DATA write, the least work any server can do
+//! for that call.
 
 use std::sync::atomic::Ordering;
 
-use anygrpc_bench_tonic::{common, CONNECTION_WINDOW, STREAM_WINDOW};
-use bytes::{Bytes, BytesMut};
+use anygrpc_bench_tonic::{common, pb::StreamRequest, CONNECTION_WINDOW, STREAM_WINDOW};
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
 
 #[global_allocator]
 static ALLOC: common::Counting = common::Counting;
@@ -14,12 +19,16 @@ async fn echo(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
 ) -> Result<(), h2::Error> {
+    let streaming = request.uri().path() == "/bench.v1.Bench/ServerStream";
     let mut body = request.into_body();
     let mut data = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         let _ = body.flow_control().release_capacity(chunk.len());
         data.extend_from_slice(&chunk);
+    }
+    if streaming {
+        data = stream_frames(&data);
     }
     let response = http::Response::builder()
         .header("content-type", "application/grpc")
@@ -32,6 +41,28 @@ async fn echo(
     send.send_trailers(trailers)?;
     common::CALLS.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// `count` frames of a `Payload` with `size` zero bytes, for the `StreamRequest` in `request`
+/// (a gRPC frame); empty if it does not decode.
+fn stream_frames(request: &[u8]) -> BytesMut {
+    let Some(StreamRequest { count, size }) = request
+        .get(5..)
+        .and_then(|message| StreamRequest::decode(message).ok())
+    else {
+        return BytesMut::new();
+    };
+    let message = anygrpc_bench_tonic::pb::Payload {
+        body: vec![0; size as usize],
+    }
+    .encode_to_vec();
+    let mut frames = BytesMut::with_capacity(count as usize * (5 + message.len()));
+    for _ in 0..count {
+        frames.put_u8(0);
+        frames.put_u32(message.len() as u32);
+        frames.put_slice(&message);
+    }
+    frames
 }
 
 #[tokio::main]
