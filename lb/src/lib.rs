@@ -1,6 +1,7 @@
-//! Load balancing, with no IO: connectivity states, connection backoff, the subchannel state
-//! machine, ORCA load reports, and the load-balancing policies (`pick_first`, `round_robin`,
-//! `weighted_round_robin`, and any a user registers).
+//! The client channel's decisions, with no IO: connectivity states, connection backoff, the
+//! subchannel state machine, ORCA load reports, the load-balancing policies (`pick_first`,
+//! `round_robin`, `weighted_round_robin`, and any a user registers), the service config, and
+//! gRFC A6's retry, hedging and throttling decisions.
 //!
 //! Everything here takes the current time as a value and returns what to do next, so the
 //! transport drives it with real clocks and sockets while tests drive it with virtual time.
@@ -11,7 +12,9 @@ pub mod backoff;
 pub mod orca;
 pub mod pick_first;
 pub mod policy;
+pub mod retry;
 pub mod round_robin;
+pub mod service_config;
 pub mod subchannel;
 pub mod weighted_round_robin;
 
@@ -21,6 +24,8 @@ pub use policy::{
     ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick, PickInfo, Picker,
     PolicyConfig, PolicyRegistry, SubchannelId,
 };
+pub use retry::{Attempts, BufferBudget, Decision, Pushback, Throttle};
+pub use service_config::{AttemptPolicy, MethodConfig, ServiceConfig};
 pub use subchannel::{ConnectAttempt, Subchannel};
 
 use std::fmt;
