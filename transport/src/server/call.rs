@@ -67,6 +67,12 @@ enum Outcome<T> {
 ///
 /// Without interceptors the task is the service's own future, so a call costs no allocation
 /// beyond what the service and the runtime make.
+/// A request extension on calls that a client retried or hedged: how many attempts it made
+/// before this one (`grpc-previous-rpc-attempts`, gRFC A6). Read it with
+/// `request.extensions().get::<PreviousAttempts>()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousAttempts(pub u32);
+
 pub(super) fn accept(
     shared: &Arc<ServerShared>,
     request: http::Request<RecvStream>,
@@ -123,13 +129,21 @@ pub(super) fn accept(
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let method_at = path.path().len() - method.len();
+    let mut extensions = extensions.clone();
+    if let Some(previous) = parts
+        .headers
+        .get("grpc-previous-rpc-attempts")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        extensions.insert(PreviousAttempts(previous));
+    }
     let call = ServerCall {
         shared: shared.clone(),
         path,
         body,
         respond,
         metadata: MetadataMap::from_header_map(parts.headers),
-        extensions: extensions.clone(),
+        extensions,
         deadline,
         remote_addr: remote_addr.clone(),
         decompressor,
@@ -282,9 +296,31 @@ impl ServerCall {
             deadline: self.deadline,
             remote_addr: Some(self.remote_addr.clone()),
         };
-        if let Err(status) = interceptor::run(&self.shared.interceptors, &mut head).await {
-            trailers_only(&mut self.respond, &status, None);
-            return None;
+        // Interceptors may wait (an auth lookup, a slow backend's delay): a client that
+        // cancels, or a deadline that passes, ends them as it would end the handler.
+        let verdict = {
+            let mut run = std::pin::pin!(interceptor::run(&self.shared.interceptors, &mut head));
+            let respond = &mut self.respond;
+            let mut sleep = self.deadline.map(|d| self.shared.runtime.sleep_until(d));
+            poll_fn(|cx| {
+                if respond.poll_reset(cx).is_ready() {
+                    return Poll::Ready(Err(None));
+                }
+                if expired(&mut sleep, cx) {
+                    let status = Status::deadline_exceeded("deadline exceeded in an interceptor");
+                    return Poll::Ready(Err(Some(status)));
+                }
+                run.as_mut().poll(cx).map(|verdict| verdict.map_err(Some))
+            })
+            .await
+        };
+        match verdict {
+            Ok(()) => {}
+            Err(None) => return None,
+            Err(Some(status)) => {
+                trailers_only(&mut self.respond, &status, None);
+                return None;
+            }
         }
         self.path = head.path;
         self.metadata = head.metadata;

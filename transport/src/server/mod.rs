@@ -15,7 +15,7 @@ use futures_util::{
     StreamExt,
 };
 
-pub use call::ServerCall;
+pub use call::{PreviousAttempts, ServerCall};
 
 use crate::interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor};
 
