@@ -17,7 +17,8 @@ pub struct Request<T> {
     deadline: Option<Instant>,
     remote_addr: Option<Address>,
     cancel: Option<CancelToken>,
-    wait_for_ready: bool,
+    /// `None` until set: the method's service config decides.
+    wait_for_ready: Option<bool>,
 }
 
 impl<T> Request<T> {
@@ -31,7 +32,7 @@ impl<T> Request<T> {
             deadline: None,
             remote_addr: None,
             cancel: None,
-            wait_for_ready: false,
+            wait_for_ready: None,
         }
     }
 
@@ -82,15 +83,17 @@ impl<T> Request<T> {
         self.cancel = Some(token);
     }
 
-    /// Client: wait-for-ready. Without it (the default) a call fails fast with `UNAVAILABLE`
-    /// while the channel is in TRANSIENT_FAILURE; with it, the call waits for a connection
-    /// until its deadline.
+    /// Client: wait-for-ready. Without it (the default, unless the method's service config
+    /// says `waitForReady`) a call fails fast with `UNAVAILABLE` while the channel is in
+    /// TRANSIENT_FAILURE; with it, the call waits for a connection until its deadline. Set
+    /// either way, it overrides the service config.
     pub fn set_wait_for_ready(&mut self, wait: bool) {
-        self.wait_for_ready = wait;
+        self.wait_for_ready = Some(wait);
     }
 
-    /// Whether the call waits for the channel to be ready (client side).
-    pub fn wait_for_ready(&self) -> bool {
+    /// Whether the call waits for the channel to be ready (client side), as set on the
+    /// request; `None` if not set.
+    pub fn wait_for_ready(&self) -> Option<bool> {
         self.wait_for_ready
     }
 
@@ -149,7 +152,7 @@ impl<T> Request<T> {
             deadline,
             remote_addr,
             cancel: None,
-            wait_for_ready: false,
+            wait_for_ready: None,
         }
     }
 }

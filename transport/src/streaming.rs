@@ -19,6 +19,9 @@ use futures_util::future::poll_fn;
 
 use crate::{MetadataMap, Status};
 
+static GRPC_RETRY_PUSHBACK_MS: http::HeaderName =
+    http::HeaderName::from_static("grpc-retry-pushback-ms");
+
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
 /// parameter.
 pub(crate) trait Decode<T>: Send {
@@ -47,11 +50,12 @@ pub(crate) struct ClientSide {
     pub(crate) tracking: CallTracking,
 }
 
-/// What a client call holds until it ends: where its load report goes, and the guard that
-/// keeps its channel out of IDLE.
+/// What a client call holds until it ends: where its load report goes, the retry throttle its
+/// success feeds, and the guard that keeps its channel out of IDLE.
 #[derive(Default)]
 pub(crate) struct CallTracking {
     pub(crate) load_report: Option<LoadReporter>,
+    pub(crate) throttle: Option<Arc<anygrpc_lb::Throttle>>,
     /// Held for its `Drop`: the call has ended when this goes.
     pub(crate) _active: Option<crate::client::ActiveCall>,
 }
@@ -105,6 +109,19 @@ pub struct Streaming<T> {
     client: Option<ClientSide>,
     headers: MetadataMap,
     trailers: Option<MetadataMap>,
+    attempt_end: AttemptEnd,
+}
+
+/// How a client call's stream failed before its response head, for the retry driver.
+#[derive(Debug, Default)]
+pub(crate) struct AttemptEnd {
+    /// The server's `grpc-retry-pushback-ms`.
+    pub(crate) pushback: Option<http::HeaderValue>,
+    /// Refused before the server's application saw it: RST_STREAM(REFUSED_STREAM), or a
+    /// GOAWAY(NO_ERROR) that excluded it. (h2 hides the GOAWAY's last stream id, and a
+    /// processed stream cut off when that connection closes fails the same way; a server that
+    /// sent NO_ERROR promised to finish those, so they are taken as refused too.)
+    pub(crate) refused: bool,
 }
 
 impl<T> fmt::Debug for Streaming<T> {
@@ -136,6 +153,7 @@ impl<T> Streaming<T> {
             client: None,
             headers: MetadataMap::new(),
             trailers: None,
+            attempt_end: AttemptEnd::default(),
         }
     }
 
@@ -158,6 +176,7 @@ impl<T> Streaming<T> {
             client: Some(client),
             headers: MetadataMap::new(),
             trailers: None,
+            attempt_end: AttemptEnd::default(),
         }
     }
 
@@ -192,6 +211,11 @@ impl<T> Streaming<T> {
         Ok(&self.headers)
     }
 
+    /// How the stream failed before its response head (see [`AttemptEnd`]).
+    pub(crate) fn attempt_end(&mut self) -> AttemptEnd {
+        std::mem::take(&mut self.attempt_end)
+    }
+
     pub(crate) fn take_headers(&mut self) -> MetadataMap {
         std::mem::take(&mut self.headers)
     }
@@ -220,13 +244,17 @@ impl<T> Streaming<T> {
     /// Client: the call ended with `status` in `trailers` (or a Trailers-Only head). Hands the
     /// load report they carry to the policy that wants it, then ends the stream, keeping the
     /// trailing metadata of a successful call.
-    fn end(&mut self, status: Status, trailers: http::HeaderMap) -> Result<(), Status> {
+    fn end(&mut self, status: Status, mut trailers: http::HeaderMap) -> Result<(), Status> {
         let client = self.client.as_ref();
         if let Some(reporter) = client.and_then(|c| c.tracking.load_report.as_ref()) {
             reporter.report(&trailers);
         }
         if !status.is_ok() {
+            self.attempt_end.pushback = trailers.remove(&GRPC_RETRY_PUSHBACK_MS);
             return Err(self.fail(status));
+        }
+        if let Some(throttle) = client.and_then(|c| c.tracking.throttle.as_ref()) {
+            throttle.record_success();
         }
         self.finish();
         self.trailers = Some(MetadataMap::from_header_map(trailers));
@@ -285,6 +313,10 @@ impl<T> Streaming<T> {
         let response = match result {
             Ok(response) => response,
             Err(err) => {
+                self.attempt_end.refused = err.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (err.is_go_away()
+                        && err.is_remote()
+                        && err.reason() == Some(h2::Reason::NO_ERROR));
                 let status = self.stream_error(&err);
                 return Poll::Ready(Err(self.fail(status)));
             }

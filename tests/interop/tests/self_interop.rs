@@ -68,3 +68,74 @@ fn unknown_cases_are_errors_that_list_the_valid_ones() {
         "{err}"
     );
 }
+
+/// `interop-client --service_config_json` applies a retry policy: against a server that fails
+/// the first two attempts of each call with UNAVAILABLE, `empty_unary` passes with the policy
+/// (the server sees attempts 0, 1, 2) and fails without it. `large_unary`'s 271,828-byte
+/// request is over the 256 KiB per-call retry buffer, so it commits at once: one attempt.
+#[test]
+fn service_config_json_applies_a_retry_policy() {
+    use std::sync::{Arc, Mutex};
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let bound = anygrpc::Server::builder()
+        .add_service(TestService)
+        .interceptor(move |head: &mut anygrpc::interceptor::CallHead| {
+            let previous = head
+                .extensions_mut()
+                .get::<anygrpc::server::PreviousAttempts>()
+                .map_or(0, |p| p.0);
+            log.lock().unwrap().push(previous);
+            if previous < 2 {
+                return Err(anygrpc::Status::unavailable("injected failure"));
+            }
+            Ok(())
+        })
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    let port = match bound.local_addr().unwrap() {
+        anygrpc::rt::Address::Tcp(addr) => addr.port().to_string(),
+        other => panic!("tcp expected, got {other}"),
+    };
+    std::thread::spawn(move || anygrpc::rt::block_on(bound.serve()));
+    let config = r#"{"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
+    let run = |case: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_interop-client"))
+            .args(["--server_port", &port, "--test_case", case])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let with_policy = run("empty_unary", &["--service_config_json", config]);
+    let out = String::from_utf8_lossy(&with_policy.stdout);
+    assert!(with_policy.status.success(), "{out}");
+    assert!(out.contains("PASS empty_unary"), "{out}");
+    assert_eq!(*seen.lock().unwrap(), [0, 1, 2]);
+
+    seen.lock().unwrap().clear();
+    let without = run("empty_unary", &[]);
+    assert!(!without.status.success());
+    assert_eq!(*seen.lock().unwrap(), [0], "no policy: one attempt");
+
+    seen.lock().unwrap().clear();
+    let large = run("large_unary", &["--service_config_json", config]);
+    assert!(!large.status.success());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [0],
+        "over the retry buffer: one attempt"
+    );
+
+    let invalid = run(
+        "empty_unary",
+        &["--service_config_json", "{\"methodConfig\": 1}"],
+    );
+    assert_eq!(
+        invalid.status.code(),
+        Some(2),
+        "an invalid config is a usage error"
+    );
+}

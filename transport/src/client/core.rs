@@ -21,9 +21,10 @@ use std::{
 
 use anygrpc_lb::{
     ChannelControl, ConnectivityState, FixedPicker, LbPolicy, LbPolicyBuilder, LoadReportSink,
-    OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
+    OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry, ServiceConfig,
+    SubchannelId, Throttle,
 };
-use anygrpc_resolver::{Resolver, ResolverBuilder, Target};
+use anygrpc_resolver::{Resolver, ResolverBuilder, ResolverUpdate, Target};
 use anygrpc_rt::{Address, Runtime};
 use bytes::Bytes;
 use futures_util::future::poll_fn;
@@ -34,6 +35,11 @@ use crate::Status;
 
 struct Inner {
     policy: Box<dyn LbPolicy>,
+    /// What `policy` was built from, and the connection settings of its subchannels: a
+    /// service config naming another policy or health-check service replaces all three.
+    policy_builder: Arc<dyn LbPolicyBuilder>,
+    policy_config: PolicyConfig,
+    settings: Arc<ConnSettings>,
     /// Counts the channel's exits from IDLE: the resolver and idle tasks of an earlier one
     /// stop, and their updates are ignored.
     epoch: u64,
@@ -66,12 +72,25 @@ pub(crate) struct Picked {
     pub(crate) load_report: Option<Arc<dyn LoadReportSink>>,
 }
 
+/// The service config calls follow now, and the channel's retry throttle for it.
+#[derive(Debug, Default)]
+pub(crate) struct CallConfig {
+    pub(crate) service_config: Arc<ServiceConfig>,
+    pub(crate) throttle: Option<Arc<Throttle>>,
+}
+
 /// A channel's resolver, policy, subchannels and picker.
 pub(crate) struct Core {
     runtime: Arc<dyn Runtime>,
-    settings: Arc<ConnSettings>,
+    /// The connection settings and policy the channel was built with, used where the service
+    /// config says nothing.
+    settings: ConnSettings,
     policy_builder: Arc<dyn LbPolicyBuilder>,
-    policy_config: Option<PolicyConfig>,
+    policy_config: PolicyConfig,
+    lb_registry: PolicyRegistry,
+    /// The builder's service config, in force while the resolver provides none.
+    default_config: Arc<ServiceConfig>,
+    call_config: RwLock<Arc<CallConfig>>,
     target: Target,
     resolver_builder: Arc<dyn ResolverBuilder>,
     resolver: Mutex<Box<dyn Resolver>>,
@@ -106,6 +125,7 @@ enum Action {
 /// The [`ChannelControl`] a policy sees: records its requests.
 struct Ctl<'a> {
     core: &'a Core,
+    settings: &'a Arc<ConnSettings>,
     subchannels: &'a mut HashMap<SubchannelId, Arc<Subchannel>>,
     next_id: &'a mut u64,
     published: Option<(ConnectivityState, Arc<dyn Picker>)>,
@@ -126,7 +146,7 @@ impl ChannelControl for Ctl<'_> {
             address.clone(),
             self.core.this.clone(),
             self.core.runtime.clone(),
-            self.core.settings.clone(),
+            self.settings.clone(),
         );
         self.subchannels.insert(id, Arc::new(subchannel));
         id
@@ -174,7 +194,22 @@ pub(crate) struct CoreConfig {
     pub(crate) resolver_builder: Arc<dyn ResolverBuilder>,
     pub(crate) policy_builder: Arc<dyn LbPolicyBuilder>,
     pub(crate) policy_config: PolicyConfig,
+    pub(crate) lb_registry: PolicyRegistry,
+    /// Already checked with [`check_service_config`].
+    pub(crate) default_service_config: ServiceConfig,
     pub(crate) idle_timeout: Option<Duration>,
+}
+
+/// Parses a service config and checks its `loadBalancingConfig` against `registry`.
+pub(crate) fn check_service_config(
+    json: &str,
+    registry: &PolicyRegistry,
+) -> Result<ServiceConfig, Status> {
+    let config = ServiceConfig::parse(json)?;
+    if let Some(list) = &config.load_balancing_config {
+        registry.parse_lb_config(list)?;
+    }
+    Ok(config)
 }
 
 /// Keeps a channel out of IDLE while a call is in flight.
@@ -196,22 +231,15 @@ impl Core {
         let resolver = config
             .resolver_builder
             .build(&config.target, config.runtime.clone())?;
-        let policy = config.policy_builder.build(fastrand::u64(..));
         let created = config.runtime.now();
-        Ok(Arc::new_cyclic(|this| Core {
+        let default_config = Arc::new(config.default_service_config);
+        let core = Arc::new_cyclic(|this| Core {
             runtime: config.runtime,
-            settings: Arc::new(config.settings),
-            policy_builder: config.policy_builder,
-            policy_config: Some(config.policy_config),
-            target: config.target,
-            resolver_builder: config.resolver_builder,
-            resolver: Mutex::new(resolver),
-            idle_timeout: config.idle_timeout,
-            active_calls: AtomicUsize::new(0),
-            last_activity: AtomicU64::new(0),
-            created,
             inner: Mutex::new(Inner {
-                policy,
+                policy: config.policy_builder.build(fastrand::u64(..)),
+                policy_builder: config.policy_builder.clone(),
+                policy_config: config.policy_config.clone(),
+                settings: Arc::new(config.settings.clone()),
                 epoch: 0,
                 subchannels: HashMap::new(),
                 next_id: 0,
@@ -220,6 +248,19 @@ impl Core {
                 resolve_now: false,
                 resolver_waker: None,
             }),
+            settings: config.settings,
+            policy_builder: config.policy_builder,
+            policy_config: config.policy_config,
+            lb_registry: config.lb_registry,
+            default_config: default_config.clone(),
+            call_config: RwLock::default(),
+            target: config.target,
+            resolver_builder: config.resolver_builder,
+            resolver: Mutex::new(resolver),
+            idle_timeout: config.idle_timeout,
+            active_calls: AtomicUsize::new(0),
+            last_activity: AtomicU64::new(0),
+            created,
             published: RwLock::new(Arc::new(Published {
                 state: ConnectivityState::Idle,
                 picker: Arc::new(FixedPicker(Pick::Queue)),
@@ -227,7 +268,84 @@ impl Core {
             })),
             waiters: Mutex::new(Vec::new()),
             this: this.clone(),
-        }))
+        });
+        core.use_service_config(default_config);
+        Ok(core)
+    }
+
+    /// The service config calls follow now.
+    pub(crate) fn call_config(&self) -> Arc<CallConfig> {
+        self.call_config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes a resolver's service config, or the default when it has none. An invalid one
+    /// is logged and ignored: the config in force stays.
+    fn resolver_service_config(&self, json: Option<&str>) {
+        let config = match json {
+            None => self.default_config.clone(),
+            Some(json) => match check_service_config(json, &self.lb_registry) {
+                Ok(config) => Arc::new(config),
+                Err(status) => {
+                    tracing::warn!(target = ?self.target, %status, "ignoring the resolver's invalid service config");
+                    return;
+                }
+            },
+        };
+        self.use_service_config(config);
+    }
+
+    /// Puts `config` in force: calls follow it from now on; a change of load-balancing
+    /// policy or health-check service rebuilds the policy (and so its subchannels), and the
+    /// next resolver update feeds the new one. The retry throttle carries over while its
+    /// settings stay the same.
+    fn use_service_config(&self, config: Arc<ServiceConfig>) {
+        let current = self.call_config();
+        if *current.service_config == *config {
+            return;
+        }
+        let throttle = config
+            .retry_throttling
+            .map(|settings| match &current.throttle {
+                Some(throttle) if throttle.config() == settings => throttle.clone(),
+                _ => Arc::new(Throttle::new(settings)),
+            });
+        let (builder, policy_config) = config
+            .load_balancing_config
+            .as_ref()
+            .and_then(|list| self.lb_registry.parse_lb_config(list).ok())
+            .unwrap_or_else(|| (self.policy_builder.clone(), self.policy_config.clone()));
+        let health = config
+            .health_check_service_name
+            .clone()
+            .or_else(|| self.settings.health_check_service.clone());
+        let dropped = {
+            let mut inner = self.lock();
+            let same_policy = inner.policy_config == policy_config
+                && inner.settings.health_check_service == health;
+            *self.call_config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(CallConfig {
+                service_config: config,
+                throttle,
+            });
+            if same_policy {
+                return;
+            }
+            tracing::debug!(policy = %policy_config.name, "service config: new load-balancing policy");
+            inner.policy = builder.build(fastrand::u64(..));
+            inner.policy_builder = builder;
+            inner.policy_config = policy_config;
+            inner.settings = Arc::new(ConnSettings {
+                health_check_service: health,
+                ..self.settings.clone()
+            });
+            inner.timer = None;
+            std::mem::take(&mut inner.subchannels)
+        };
+        for subchannel in dropped.into_values() {
+            subchannel.shutdown();
+        }
     }
 
     /// Records activity now (a call ended, or the channel left IDLE).
@@ -269,7 +387,7 @@ impl Core {
             inner.resolving = false;
             inner.resolve_now = false;
             inner.timer = None;
-            inner.policy = self.policy_builder.build(fastrand::u64(..));
+            inner.policy = inner.policy_builder.build(fastrand::u64(..));
             *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Published {
                 state: ConnectivityState::Idle,
                 picker: Arc::new(FixedPicker(Pick::Queue)),
@@ -347,6 +465,7 @@ impl Core {
         let inner = &mut *guard;
         let mut ctl = Ctl {
             core: self,
+            settings: &inner.settings,
             subchannels: &mut inner.subchannels,
             next_id: &mut inner.next_id,
             published: None,
@@ -526,10 +645,13 @@ impl Core {
     }
 
     /// The resolver of `epoch` produced an update (or failed).
-    fn resolved(&self, epoch: u64, addresses: Result<Vec<Address>, Status>) {
-        let config = self.policy_config.as_ref();
-        self.with_policy_of(Some(epoch), |policy, ctl| match addresses {
-            Ok(addresses) => policy.update(addresses, config, ctl),
+    fn resolved(&self, epoch: u64, update: ResolverUpdate) {
+        if update.addresses.is_ok() {
+            self.resolver_service_config(update.service_config.as_deref());
+        }
+        let config = self.lock().policy_config.clone();
+        self.with_policy_of(Some(epoch), |policy, ctl| match update.addresses {
+            Ok(addresses) => policy.update(addresses, Some(&config), ctl),
             Err(status) => policy.resolver_error(status, ctl),
         });
     }
@@ -569,7 +691,7 @@ async fn resolve_task(core: Weak<Core>, epoch: u64) {
         .await;
         let Some(update) = update else { return };
         let Some(core) = core.upgrade() else { return };
-        core.resolved(epoch, update.addresses);
+        core.resolved(epoch, update);
     }
 }
 

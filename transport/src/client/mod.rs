@@ -19,12 +19,15 @@ use anygrpc_codec::{
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
     Codec,
 };
-use anygrpc_lb::{BackoffConfig, ConnectivityState, PolicyRegistry};
+use anygrpc_lb::{
+    retry, AttemptPolicy, Attempts, BackoffConfig, BufferBudget, ConnectivityState, Decision,
+    PolicyRegistry, Pushback, ServiceConfig, Throttle,
+};
 use anygrpc_resolver::Registry;
 use anygrpc_rt::Runtime;
 use bytes::Bytes;
 use futures_core::Stream;
-use futures_util::{future::Either, StreamExt};
+use futures_util::{future::Either, stream::FuturesUnordered, StreamExt};
 use http::{
     uri::{Authority, PathAndQuery, Scheme},
     HeaderValue,
@@ -33,7 +36,7 @@ use http::{
 use crate::{
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
     send::{append_ready, send_message, Gathered},
-    streaming::{CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
+    streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     with_deadline, MetadataMap, Request, Response, Status, Streaming,
 };
 use conn::ConnSettings;
@@ -64,6 +67,10 @@ pub struct ChannelBuilder {
     settings: ConnSettings,
     lb_registry: PolicyRegistry,
     load_balancing_config: String,
+    default_service_config: Option<String>,
+    max_attempts: u32,
+    retry_buffer_per_call: usize,
+    retry_buffer_per_channel: usize,
     idle_timeout: Option<Duration>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ClientTlsConfig>,
@@ -106,6 +113,10 @@ impl ChannelBuilder {
             },
             lb_registry: PolicyRegistry::default(),
             load_balancing_config: r#"[{"pick_first":{}}]"#.to_owned(),
+            default_service_config: None,
+            max_attempts: retry::DEFAULT_MAX_ATTEMPTS,
+            retry_buffer_per_call: retry::DEFAULT_PER_CALL_BUFFER,
+            retry_buffer_per_channel: retry::DEFAULT_PER_CHANNEL_BUFFER,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             #[cfg(feature = "tls")]
             tls: None,
@@ -132,6 +143,35 @@ impl ChannelBuilder {
     /// used. An invalid list fails the channel's build with `INVALID_ARGUMENT`.
     pub fn load_balancing_config(mut self, json: impl Into<String>) -> Self {
         self.load_balancing_config = json.into();
+        self
+    }
+
+    /// The service config (`doc/service_config.md`, JSON) in force while the resolver provides
+    /// none: per-method timeouts, wait-for-ready, message limits, retry or hedging policies
+    /// (gRFC A6), retry throttling, the load-balancing policy and the health-check service.
+    /// Its `loadBalancingConfig` and `healthCheckConfig` take precedence over
+    /// [`load_balancing_config`](Self::load_balancing_config) and
+    /// [`health_check_service_name`](Self::health_check_service_name). An invalid config
+    /// fails the channel's build with `INVALID_ARGUMENT`; an invalid one from the resolver is
+    /// ignored, and the config in force stays.
+    pub fn default_service_config(mut self, json: impl Into<String>) -> Self {
+        self.default_service_config = Some(json.into());
+        self
+    }
+
+    /// The most attempts a retry or hedging policy may make per call, its first included:
+    /// a policy's larger `maxAttempts` is cut to this. Default 5 (gRFC A6).
+    pub fn max_retry_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The retry buffer: request bytes a call holds for replay until it commits, per call
+    /// and for all of the channel's calls together. A call whose request does not fit makes
+    /// one attempt. Default 256 KiB per call, 16 MiB per channel.
+    pub fn retry_buffer_size(mut self, per_call: usize, per_channel: usize) -> Self {
+        self.retry_buffer_per_call = per_call;
+        self.retry_buffer_per_channel = per_channel;
         self
     }
 
@@ -278,6 +318,10 @@ impl ChannelBuilder {
         let lb_config: serde_json::Value = serde_json::from_str(&self.load_balancing_config)
             .map_err(|e| Status::invalid_argument(format!("invalid loadBalancingConfig: {e}")))?;
         let (policy_builder, policy_config) = self.lb_registry.parse_lb_config(&lb_config)?;
+        let default_service_config = match &self.default_service_config {
+            None => ServiceConfig::default(),
+            Some(json) => core::check_service_config(json, &self.lb_registry)?,
+        };
         if let Some(encoding) = self.send_compression {
             if self.compression.get(encoding).is_none() {
                 return Err(Status::invalid_argument(format!(
@@ -320,6 +364,9 @@ impl ChannelBuilder {
                 max_recv_message_size: self.max_recv_message_size,
                 max_send_message_size: self.max_send_message_size,
                 max_header_list_size: settings.max_header_list_size as usize,
+                max_attempts: self.max_attempts,
+                retry_buffer_per_call: self.retry_buffer_per_call,
+                retry_budget: BufferBudget::new(self.retry_buffer_per_channel),
                 core: Core::new(CoreConfig {
                     runtime,
                     settings,
@@ -327,6 +374,8 @@ impl ChannelBuilder {
                     resolver_builder: builder,
                     policy_builder,
                     policy_config,
+                    lb_registry: self.lb_registry,
+                    default_service_config,
                     idle_timeout: self.idle_timeout,
                 })?,
             }),
@@ -353,6 +402,9 @@ struct ChannelInner {
     max_recv_message_size: usize,
     max_send_message_size: usize,
     max_header_list_size: usize,
+    max_attempts: u32,
+    retry_buffer_per_call: usize,
+    retry_budget: BufferBudget,
     core: Arc<Core>,
 }
 
@@ -421,15 +473,41 @@ pub struct Grpc {
     max_send_message_size: Option<usize>,
 }
 
-/// The pieces of a started call.
-struct Started {
-    send: h2::SendStream<Bytes>,
-    response: h2::client::ResponseFuture,
+/// A call ready to make attempts: its request head, options and retry plan.
+struct Prepared {
+    /// The request head; each attempt sends a copy.
+    request: http::Request<()>,
     deadline: Option<Instant>,
     cancel: Option<CancelToken>,
+    wait_for_ready: bool,
     encoder: Encoder,
     compress: bool,
+    max_recv_message_size: usize,
+    /// The method's retry or hedging policy (`None`: one attempt).
+    policy: Option<AttemptPolicy>,
+    throttle: Option<Arc<Throttle>>,
+}
+
+/// An attempt's open stream.
+struct Opened {
+    send: h2::SendStream<Bytes>,
+    response: h2::client::ResponseFuture,
     tracking: CallTracking,
+}
+
+/// How an attempt failed: its status, and what the retry driver needs to know about it.
+type AttemptFailure = (Status, AttemptEnd);
+
+/// Holds a call's request bytes in the channel's retry buffer until the call commits.
+struct Buffered<'a> {
+    budget: &'a BufferBudget,
+    bytes: usize,
+}
+
+impl Drop for Buffered<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 impl Grpc {
@@ -465,17 +543,25 @@ impl Grpc {
         self.channel.inner.core.runtime()
     }
 
-    /// Runs interceptors, opens the HTTP/2 stream and sends the request headers.
-    async fn start<T>(
+    /// Applies the method's service config, runs interceptors and builds the request head.
+    async fn prepare<T>(
         &self,
         path: PathAndQuery,
         request: &mut Request<T>,
-    ) -> Result<Started, Status> {
-        let metadata = std::mem::take(request.metadata_mut());
-        let timeout = request.timeout();
-        let cancel = request.take_cancel_token();
-        let wait_for_ready = request.wait_for_ready();
+    ) -> Result<Prepared, Status> {
         let inner = &self.channel.inner;
+        let config = inner.core.call_config();
+        let method = config.service_config.method(path.path());
+        let metadata = std::mem::take(request.metadata_mut());
+        let timeout = match (request.timeout(), method.and_then(|m| m.timeout)) {
+            (Some(call), Some(method)) => Some(call.min(method)),
+            (call, method) => call.or(method),
+        };
+        let cancel = request.take_cancel_token();
+        let wait_for_ready = request
+            .wait_for_ready()
+            .or(method.and_then(|m| m.wait_for_ready))
+            .unwrap_or(false);
         let runtime = self.runtime();
         let deadline = timeout.map(|t| {
             runtime
@@ -518,80 +604,208 @@ impl Grpc {
             metadata: head.metadata,
         }
         .into_request()?;
-        let open = async {
-            // A connection found closing (GOAWAY) or gone before the stream opens never saw
-            // the call, so the call picks again: a transparent retry.
-            let mut attempts = 0;
-            let (picked, ready) = loop {
-                attempts += 1;
-                let picked = inner
-                    .core
-                    .pick(request.uri().path(), wait_for_ready)
-                    .await?;
-                match picked.send.clone().ready().await {
-                    Ok(ready) => break (picked, ready),
-                    Err(e) => {
-                        picked.subchannel.closed(picked.generation);
-                        if attempts >= MAX_TRANSPARENT_RETRIES || !(e.is_go_away() || e.is_io()) {
-                            return Err(crate::status_from_h2(&e, false));
-                        }
-                    }
-                }
-            };
-            let mut ready = ready;
-            let (response, send) = ready.send_request(request, false).map_err(|e| {
-                picked.subchannel.closed(picked.generation);
-                crate::status_from_h2(&e, false)
-            })?;
-            let tracking = CallTracking {
-                load_report: picked.load_report.map(|sink| LoadReporter {
-                    sink,
-                    runtime: runtime.clone(),
-                }),
-                _active: Some(inner.core.call_started()),
-            };
-            Ok::<_, Status>((response, send, tracking))
+        let limit = |call: Option<usize>, channel: usize, method: Option<usize>| {
+            let limit = call.unwrap_or(channel);
+            method.map_or(limit, |m| m.min(limit))
         };
-        let (response, send, tracking) = self.bounded(deadline, cancel.as_ref(), open).await??;
-        Ok(Started {
-            send,
-            response,
+        Ok(Prepared {
+            request,
             deadline,
             cancel,
+            wait_for_ready,
             encoder: Encoder::new(
                 compressor,
-                self.max_send_message_size
-                    .unwrap_or(inner.max_send_message_size),
+                limit(
+                    self.max_send_message_size,
+                    inner.max_send_message_size,
+                    method.and_then(|m| m.max_request_message_bytes),
+                ),
             ),
             compress: encoding.is_some(),
+            max_recv_message_size: limit(
+                self.max_recv_message_size,
+                inner.max_recv_message_size,
+                method.and_then(|m| m.max_response_message_bytes),
+            ),
+            policy: method.and_then(|m| m.attempts.clone()),
+            throttle: config.throttle.clone(),
+        })
+    }
+
+    /// Picks a connection and opens an attempt's stream, sending `request` as its headers.
+    async fn open(&self, call: &Prepared, request: http::Request<()>) -> Result<Opened, Status> {
+        let inner = &self.channel.inner;
+        // A connection found closing (GOAWAY) or gone before the stream opens never saw the
+        // call, so the call picks again: a transparent retry.
+        let mut tries = 0;
+        let (picked, mut ready) = loop {
+            tries += 1;
+            let picked = inner
+                .core
+                .pick(request.uri().path(), call.wait_for_ready)
+                .await?;
+            match picked.send.clone().ready().await {
+                Ok(ready) => break (picked, ready),
+                Err(e) => {
+                    picked.subchannel.closed(picked.generation);
+                    if tries >= MAX_TRANSPARENT_RETRIES || !(e.is_go_away() || e.is_io()) {
+                        return Err(crate::status_from_h2(&e, false));
+                    }
+                }
+            }
+        };
+        let (response, send) = ready.send_request(request, false).map_err(|e| {
+            picked.subchannel.closed(picked.generation);
+            crate::status_from_h2(&e, false)
+        })?;
+        let tracking = CallTracking {
+            load_report: picked.load_report.map(|sink| LoadReporter {
+                sink,
+                runtime: self.runtime().clone(),
+            }),
+            throttle: call.throttle.clone(),
+            _active: Some(inner.core.call_started()),
+        };
+        Ok(Opened {
+            send,
+            response,
             tracking,
         })
     }
 
-    /// The response stream of a started call; its head is received on first use.
+    /// One attempt of a call with a single request message: opens a stream (telling the
+    /// server how many attempts came before), sends `frame`, and waits for the response head.
+    async fn single_attempt<C: Codec + Clone>(
+        &self,
+        call: &Prepared,
+        frame: &Bytes,
+        codec: &C,
+        previous: u32,
+        stream_limits: bool,
+    ) -> Result<Streaming<C::Decode>, AttemptFailure> {
+        let request = attempt_request(&call.request, previous);
+        let mut opened = self
+            .open(call, request)
+            .await
+            .map_err(|status| (status, AttemptEnd::default()))?;
+        // A send failure (stream reset, connection lost) also fails the response, which
+        // carries the status that explains it.
+        let _ = send_message(&mut opened.send, frame.clone(), true).await;
+        let client = if stream_limits {
+            self.client_side(call.deadline, call.cancel.as_ref(), opened.tracking)
+        } else {
+            self.client_side(None, None, opened.tracking)
+        };
+        let mut streaming = self.response(
+            opened.response,
+            codec.clone(),
+            client,
+            call.max_recv_message_size,
+        );
+        match streaming.headers().await {
+            Ok(_) => Ok(streaming),
+            Err(status) => Err((status, streaming.attempt_end())),
+        }
+    }
+
+    /// Makes a call's attempts until one commits (its response head arrives) or the call
+    /// fails, following the method's retry or hedging policy (gRFC A6; the decisions are
+    /// [`Attempts`]'). `attempt(previous)` makes one attempt. A request that does not fit the
+    /// retry buffer commits at once: one attempt.
+    async fn run_attempts<T, F, Fut>(
+        &self,
+        call: &Prepared,
+        request_bytes: usize,
+        mut attempt: F,
+    ) -> Result<Streaming<T>, Status>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<Streaming<T>, AttemptFailure>>,
+    {
+        let inner = &self.channel.inner;
+        let _buffered = call.policy.as_ref().and_then(|_| {
+            (request_bytes <= inner.retry_buffer_per_call
+                && inner.retry_budget.try_reserve(request_bytes))
+            .then_some(Buffered {
+                budget: &inner.retry_budget,
+                bytes: request_bytes,
+            })
+        });
+        let (Some(policy), Some(_)) = (call.policy.clone(), &_buffered) else {
+            // One attempt, and one more at once if its stream was refused.
+            return match attempt(0).await {
+                Err((_, end)) if end.refused => attempt(0).await.map_err(|(status, _)| status),
+                other => other.map_err(|(status, _)| status),
+            };
+        };
+        let runtime = self.runtime();
+        let throttle = call.throttle.as_deref();
+        let mut attempts = Attempts::new(Some(policy), inner.max_attempts, runtime.now());
+        let mut rng = fastrand::Rng::new();
+        let mut running = FuturesUnordered::new();
+        let mut last_failure = None;
+        loop {
+            let now = runtime.now();
+            while attempts.next_attempt_at().is_some_and(|at| at <= now) {
+                if let Some(previous) = attempts.start_attempt(now, throttle) {
+                    running.push(attempt(previous));
+                }
+            }
+            let Some(failure) = last_failure
+                .take()
+                .filter(|_| running.is_empty() && attempts.next_attempt_at().is_none())
+            else {
+                let timer = match attempts.next_attempt_at() {
+                    Some(at) => Either::Left(runtime.sleep_until(at)),
+                    None => Either::Right(std::future::pending::<()>()),
+                };
+                let next = match futures_util::future::select(running.next(), timer).await {
+                    Either::Left((next, _)) => next,
+                    Either::Right(_) => continue,
+                };
+                match next {
+                    // Committed: the other attempts are dropped, which cancels them.
+                    Some(Ok(streaming)) => return Ok(streaming),
+                    Some(Err((status, end))) => {
+                        if end.refused && attempts.refused() {
+                            running.push(attempt(attempts.started().saturating_sub(1)));
+                            continue;
+                        }
+                        let pushback =
+                            Pushback::parse(end.pushback.as_ref().map(HeaderValue::as_bytes));
+                        let decision = attempts.on_failure(
+                            runtime.now(),
+                            status.code(),
+                            pushback,
+                            throttle,
+                            &mut rng,
+                        );
+                        if decision == Decision::Fail {
+                            return Err(status);
+                        }
+                        last_failure = Some(status);
+                    }
+                    None => {}
+                }
+                continue;
+            };
+            return Err(failure);
+        }
+    }
+
+    /// The response stream of an attempt; its head is received on first use.
     fn response<C: Codec>(
         &self,
         response: h2::client::ResponseFuture,
         codec: C,
         client: ClientSide,
+        max_message_size: usize,
     ) -> Streaming<C::Decode> {
-        let inner = &self.channel.inner;
         let head = PendingHead {
             response,
-            compression: inner.compression.clone(),
+            compression: self.channel.inner.compression.clone(),
         };
-        let limit = self
-            .max_recv_message_size
-            .unwrap_or(inner.max_recv_message_size);
-        Streaming::client(head, codec, limit, client)
-    }
-
-    /// Waits for a response stream's head; returns its header metadata and the stream.
-    async fn with_headers<T>(
-        mut streaming: Streaming<T>,
-    ) -> Result<(MetadataMap, Streaming<T>), Status> {
-        streaming.headers().await?;
-        Ok((streaming.take_headers(), streaming))
+        Streaming::client(head, codec, max_message_size, client)
     }
 
     /// Runs part of a call until the deadline (`DEADLINE_EXCEEDED`) or cancellation
@@ -631,57 +845,105 @@ impl Grpc {
         }
     }
 
-    /// A unary call: one request message, one response message.
-    pub async fn unary<C: Codec>(
+    /// A unary call: one request message, one response message. Retried or hedged as the
+    /// method's service config says.
+    pub async fn unary<C: Codec + Clone>(
         &self,
         path: PathAndQuery,
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<C::Decode>, Status> {
-        let mut call = self.start(path, &mut request).await?;
-        let (deadline, cancel) = (call.deadline, call.cancel.take());
+        let mut call = self.prepare(path, &mut request).await?;
         let frame = call
             .encoder
             .encode(&codec, request.into_inner(), call.compress)?;
-        let exchange = async move {
-            // A send failure (stream reset, connection lost) also fails the response, which
-            // carries the status that explains it.
-            let _ = send_message(&mut call.send, frame, true).await;
-            let client = self.client_side(None, None, call.tracking);
-            let (metadata, streaming) =
-                Self::with_headers(self.response(call.response, codec, client)).await?;
-            single_response(metadata, streaming).await
+        let call = &call;
+        let exchange = async {
+            let mut streaming = self
+                .run_attempts(call, frame.len(), |previous| {
+                    self.single_attempt(call, &frame, &codec, previous, false)
+                })
+                .await?;
+            single_response(streaming.take_headers(), streaming).await
         };
-        self.bounded(deadline, cancel.as_ref(), exchange).await?
+        self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+            .await?
     }
 
-    /// A server-streaming call: one request message, a stream of responses.
-    pub async fn server_streaming<C: Codec>(
+    /// A server-streaming call: one request message, a stream of responses. Retried or hedged
+    /// until the response head arrives, as the method's service config says.
+    pub async fn server_streaming<C: Codec + Clone>(
         &self,
         path: PathAndQuery,
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<Streaming<C::Decode>>, Status> {
-        let mut call = self.start(path, &mut request).await?;
-        let (deadline, cancel) = (call.deadline, call.cancel.take());
+        let mut call = self.prepare(path, &mut request).await?;
         let frame = call
             .encoder
             .encode(&codec, request.into_inner(), call.compress)?;
-        let client = self.client_side(
-            deadline,
-            cancel.as_ref(),
-            std::mem::take(&mut call.tracking),
-        );
-        let exchange = async move {
-            let _ = send_message(&mut call.send, frame, true).await;
-            Self::with_headers(self.response(call.response, codec, client)).await
-        };
-        let (metadata, streaming) = self.bounded(deadline, cancel.as_ref(), exchange).await??;
+        let call = &call;
+        let attempts = self.run_attempts(call, frame.len(), |previous| {
+            self.single_attempt(call, &frame, &codec, previous, true)
+        });
+        let mut streaming = self
+            .bounded(call.deadline, call.cancel.as_ref(), attempts)
+            .await??;
         Ok(Response::from_parts(
-            metadata,
+            streaming.take_headers(),
             streaming,
             MetadataMap::new(),
         ))
+    }
+
+    /// Opens a streaming-request call's only attempt and starts its request-sending task.
+    /// (Retry policies apply to single-request calls; a request stream is not buffered for
+    /// replay, so these calls get the transparent retries of [`open`](Self::open) only.)
+    async fn start_streaming<C, S>(
+        &self,
+        path: PathAndQuery,
+        codec: &C,
+        mut request: Request<S>,
+        stream_limits: bool,
+    ) -> Result<(Option<Instant>, Option<CancelToken>, Streaming<C::Decode>), Status>
+    where
+        C: Codec + Clone,
+        S: Stream<Item = C::Encode> + Send + 'static,
+    {
+        let mut call = self.prepare(path, &mut request).await?;
+        let head = std::mem::take(&mut call.request);
+        let open = self.open(&call, head);
+        let opened = self
+            .bounded(call.deadline, call.cancel.as_ref(), open)
+            .await??;
+        let Prepared {
+            deadline,
+            cancel,
+            encoder,
+            compress,
+            max_recv_message_size,
+            ..
+        } = call;
+        let client = if stream_limits {
+            self.client_side(deadline, cancel.as_ref(), opened.tracking)
+        } else {
+            self.client_side(None, None, opened.tracking)
+        };
+        let client = self.spawn_sender(
+            client,
+            opened.send,
+            encoder,
+            compress,
+            codec.clone(),
+            request.into_inner(),
+        );
+        let streaming = self.response(
+            opened.response,
+            codec.clone(),
+            client,
+            max_recv_message_size,
+        );
+        Ok((deadline, cancel, streaming))
     }
 
     /// A client-streaming call: a stream of requests, one response.
@@ -689,27 +951,17 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        mut request: Request<S>,
+        request: Request<S>,
     ) -> Result<Response<C::Decode>, Status>
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let mut call = self.start(path, &mut request).await?;
-        let (deadline, cancel) = (call.deadline, call.cancel.take());
-        let messages = request.into_inner();
-        let client = self.spawn_sender(
-            self.client_side(None, None, call.tracking),
-            call.send,
-            call.encoder,
-            call.compress,
-            codec.clone(),
-            messages,
-        );
+        let (deadline, cancel, mut streaming) =
+            self.start_streaming(path, &codec, request, false).await?;
         let exchange = async move {
-            let (metadata, streaming) =
-                Self::with_headers(self.response(call.response, codec, client)).await?;
-            single_response(metadata, streaming).await
+            streaming.headers().await?;
+            single_response(streaming.take_headers(), streaming).await
         };
         self.bounded(deadline, cancel.as_ref(), exchange).await?
     }
@@ -719,26 +971,16 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        mut request: Request<S>,
+        request: Request<S>,
     ) -> Result<Response<Streaming<C::Decode>>, Status>
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let mut call = self.start(path, &mut request).await?;
-        let (deadline, cancel) = (call.deadline, call.cancel.take());
-        let messages = request.into_inner();
-        let client = self.spawn_sender(
-            self.client_side(deadline, cancel.as_ref(), call.tracking),
-            call.send,
-            call.encoder,
-            call.compress,
-            codec.clone(),
-            messages,
-        );
+        let (_, _, streaming) = self.start_streaming(path, &codec, request, true).await?;
         // The server may wait for a request before it answers, so the call returns at once;
         // the response head is read with the first message (or `Streaming::headers`).
-        Ok(Response::new(self.response(call.response, codec, client)))
+        Ok(Response::new(streaming))
     }
 
     /// Spawns the task that sends a request stream, and gives `client` the means to stop it
@@ -807,6 +1049,23 @@ impl Grpc {
         }
     }
 }
+
+/// A copy of a call's request head for one attempt, saying how many attempts came before.
+fn attempt_request(head: &http::Request<()>, previous: u32) -> http::Request<()> {
+    let mut request = http::Request::new(());
+    *request.method_mut() = head.method().clone();
+    *request.uri_mut() = head.uri().clone();
+    *request.headers_mut() = head.headers().clone();
+    if previous > 0 {
+        request
+            .headers_mut()
+            .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(previous));
+    }
+    request
+}
+
+const GRPC_PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("grpc-previous-rpc-attempts");
 
 /// Reads exactly one message and the trailers.
 async fn single_response<T>(

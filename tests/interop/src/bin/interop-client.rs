@@ -56,7 +56,7 @@ const FLAGS: &[Flag] = &[
         name: "service_config_json",
         default: "",
         boolean: false,
-        help: "A default service config (not supported yet: a non-empty value is an error).",
+        help: "The channel's default service config, as JSON (e.g. a retryPolicy).",
     },
 ];
 
@@ -80,11 +80,6 @@ fn run() -> Result<bool, String> {
             return Ok(true);
         }
     };
-    if flags.get("service_config_json").is_some() {
-        return Err(
-            "--service_config_json is not supported yet (service config is a later issue)".into(),
-        );
-    }
     let cases: Vec<&str> = match flags.get("test_case").unwrap_or("large_unary") {
         "all" => CASES.to_vec(),
         list => list.split(',').map(str::trim).collect(),
@@ -105,6 +100,9 @@ fn run() -> Result<bool, String> {
         format!("{host}:{port}")
     };
     let mut builder = anygrpc::Channel::builder(&target);
+    if let Some(json) = flags.get("service_config_json") {
+        builder = builder.default_service_config(json);
+    }
     if let Some(name) = flags.get("server_host_override") {
         builder = builder.authority(name);
     }

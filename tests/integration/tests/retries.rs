@@ -1,0 +1,292 @@
+//! Service config and gRFC A6 end to end: retries with `grpc-previous-rpc-attempts`,
+//! non-retryable codes, hedging across a slow and a fast backend, retry throttling, and
+//! method settings from the config.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anygrpc::{
+    interceptor::{AsyncInterceptor, CallHead},
+    rt::block_on,
+    server::PreviousAttempts,
+    Channel, Code, Request, Status,
+};
+use anygrpc_integration_tests::*;
+use futures_channel::mpsc;
+use futures_util::{future::BoxFuture, StreamExt};
+
+/// A server whose interceptor fails calls with `fail_with` while `failing` says so, and
+/// records each call's `grpc-previous-rpc-attempts`.
+struct Flaky {
+    running: Running,
+    seen: Arc<Mutex<Vec<u32>>>,
+}
+
+fn flaky_server(fail_with: Code, failing: impl Fn(usize) -> bool + Send + Sync + 'static) -> Flaky {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let running = start_with(move |server| {
+        server.interceptor(move |head: &mut CallHead| {
+            let previous = head
+                .extensions_mut()
+                .get::<PreviousAttempts>()
+                .map_or(0, |p| p.0);
+            let mut seen = log.lock().unwrap();
+            seen.push(previous);
+            if failing(seen.len()) {
+                return Err(Status::new(fail_with, "injected failure"));
+            }
+            Ok(())
+        })
+    });
+    Flaky { running, seen }
+}
+
+fn retry_config(max_attempts: u32, codes: &str) -> String {
+    format!(
+        r#"{{"methodConfig": [{{
+            "name": [{{"service": "anygrpc.test.Test"}}],
+            "retryPolicy": {{"maxAttempts": {max_attempts}, "initialBackoff": "0.01s",
+                "maxBackoff": "0.05s", "backoffMultiplier": 2, "retryableStatusCodes": [{codes}]}}
+        }}]}}"#
+    )
+}
+
+fn payload(body: &[u8]) -> Request<Payload> {
+    Request::new(Payload {
+        body: body.to_vec(),
+        ..Payload::default()
+    })
+}
+
+#[test]
+fn a_call_succeeds_on_attempt_n_plus_1_and_the_server_sees_n_previous_attempts() {
+    let flaky = flaky_server(Code::Unavailable, |call| call <= 3);
+    let channel = Channel::builder(&flaky.running.target())
+        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let reply = block_on(client.unary(payload(b"hello"))).unwrap();
+    assert_eq!(reply.into_inner().body, b"hello");
+    assert_eq!(*flaky.seen.lock().unwrap(), [0, 1, 2, 3]);
+
+    // Server streaming retries the same way before its response head.
+    let flaky2 = flaky_server(Code::Unavailable, |call| call <= 2);
+    let channel = Channel::builder(&flaky2.running.target())
+        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let messages = block_on(async {
+        let mut request = payload(b"");
+        request.get_mut().count = 3;
+        let mut stream = client.server_stream(request).await?.into_inner();
+        let mut n = 0;
+        while stream.message().await?.is_some() {
+            n += 1;
+        }
+        Ok::<_, Status>(n)
+    })
+    .unwrap();
+    assert_eq!(messages, 3);
+    assert_eq!(*flaky2.seen.lock().unwrap(), [0, 1, 2]);
+}
+
+#[test]
+fn attempts_stop_at_max_attempts_and_non_retryable_codes_are_not_retried() {
+    let flaky = flaky_server(Code::Unavailable, |_| true);
+    let channel = Channel::builder(&flaky.running.target())
+        .default_service_config(retry_config(3, r#""UNAVAILABLE""#))
+        .connect_lazy()
+        .unwrap();
+    let err = block_on(TestClient::new(channel).unary(payload(b"x"))).unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(*flaky.seen.lock().unwrap(), [0, 1, 2]);
+
+    let invalid = flaky_server(Code::InvalidArgument, |_| true);
+    let channel = Channel::builder(&invalid.running.target())
+        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
+        .connect_lazy()
+        .unwrap();
+    let err = block_on(TestClient::new(channel).unary(payload(b"x"))).unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        *invalid.seen.lock().unwrap(),
+        [0],
+        "INVALID_ARGUMENT is not retried"
+    );
+}
+
+/// Delays every call by `delay`, counting calls started and reporting each one cancelled
+/// mid-delay.
+struct Slow {
+    delay: Duration,
+    started: Arc<AtomicUsize>,
+    cancelled: mpsc::UnboundedSender<()>,
+}
+
+/// Reports a cancellation when dropped before it is marked done.
+struct CancelReport(mpsc::UnboundedSender<()>, bool);
+
+impl Drop for CancelReport {
+    fn drop(&mut self) {
+        if !self.1 {
+            let _ = self.0.unbounded_send(());
+        }
+    }
+}
+
+impl AsyncInterceptor for Slow {
+    fn intercept<'a>(&'a self, _: &'a mut CallHead) -> BoxFuture<'a, Result<(), Status>> {
+        Box::pin(async move {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let mut guard = CancelReport(self.cancelled.clone(), false);
+            async_io::Timer::after(self.delay).await;
+            guard.1 = true;
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn hedging_answers_at_the_fast_backends_speed_and_cancels_every_loser() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let (cancelled, mut cancellations) = mpsc::unbounded();
+    let slow = Slow {
+        delay: Duration::from_secs(2),
+        started: started.clone(),
+        cancelled,
+    };
+    let slow_server = start_with(|server| server.async_interceptor(slow));
+    let fast_server = start();
+    let target = format!("ipv4:{},{}", slow_server.target(), fast_server.target());
+    let config = r#"{"loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{"name": [{"service": "anygrpc.test.Test", "method": "Unary"}],
+            "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.05s",
+                              "nonFatalStatusCodes": ["UNAVAILABLE"]}}]}"#;
+    let channel = Channel::builder(&target)
+        .default_service_config(config)
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let mut latencies = block_on(async {
+        // Warm up both connections so latency is the hedging schedule's, not connecting.
+        for _ in 0..4 {
+            client.unary(payload(b"warm")).await.unwrap();
+        }
+        let mut latencies = Vec::new();
+        for _ in 0..40 {
+            let begun = Instant::now();
+            client.unary(payload(b"x")).await.unwrap();
+            latencies.push(begun.elapsed());
+        }
+        latencies
+    });
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    assert!(
+        p99 < Duration::from_millis(1000),
+        "p99 {p99:?}: hedges to the fast backend should answer well before the slow one's 2 s"
+    );
+    let slow_attempts = started.load(Ordering::SeqCst);
+    eprintln!(
+        "hedging: p50 {:?}, p99 {p99:?}, slow backend attempts {slow_attempts}",
+        latencies[latencies.len() / 2]
+    );
+    assert!(
+        slow_attempts >= 20,
+        "round robin sent the slow backend {slow_attempts} attempts"
+    );
+    // Every attempt the slow backend started lost the race and was cancelled: each reports
+    // its cancellation, well before its 2 s delay would have ended it.
+    let all_cancelled = block_on(async {
+        let reports = async {
+            for _ in 0..slow_attempts {
+                cancellations.next().await;
+            }
+        };
+        let limit = async_io::Timer::after(Duration::from_secs(1));
+        matches!(
+            futures_util::future::select(std::pin::pin!(reports), limit).await,
+            futures_util::future::Either::Left(_)
+        )
+    });
+    assert!(
+        all_cancelled,
+        "every one of {slow_attempts} losing attempts is cancelled"
+    );
+}
+
+#[test]
+fn throttling_stops_retries_under_sustained_failure_and_resumes_after_successes() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    let flaky = flaky_server(Code::Unavailable, move |_| flag.load(Ordering::SeqCst));
+    // maxTokens 10: retries stop once the tokens are at or below 5; each success gives 1.
+    let config = r#"{"retryThrottling": {"maxTokens": 10, "tokenRatio": 1},
+        "methodConfig": [{"name": [{"service": "anygrpc.test.Test"}],
+            "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.01s",
+                "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
+    let channel = Channel::builder(&flaky.running.target())
+        .default_service_config(config)
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let attempts_of = |expect_ok: bool| {
+        let before = flaky.seen.lock().unwrap().len();
+        let result = block_on(client.unary(payload(b"x")));
+        assert_eq!(result.is_ok(), expect_ok, "{result:?}");
+        flaky.seen.lock().unwrap().len() - before
+    };
+    // 10 → 9 (retry) → 8; 8 → 7 (retry) → 6; 6 → 5: throttled from here on.
+    let failing_calls: Vec<usize> = (0..8).map(|_| attempts_of(false)).collect();
+    assert_eq!(failing_calls, [2, 2, 1, 1, 1, 1, 1, 1]);
+    // The tokens are at 0 now. A failure takes one before the check, so retries resume once
+    // seven successes bring them to 7 (7 - 1 = 6 > 5).
+    failing.store(false, Ordering::SeqCst);
+    for _ in 0..7 {
+        assert_eq!(attempts_of(true), 1);
+    }
+    failing.store(true, Ordering::SeqCst);
+    assert_eq!(
+        attempts_of(false),
+        2,
+        "retries resume once the tokens recover"
+    );
+}
+
+#[test]
+fn method_config_sets_timeouts_and_an_invalid_config_fails_the_build() {
+    let server = start();
+    let config = r#"{"methodConfig": [{"name": [{"service": "anygrpc.test.Test", "method": "Unary"}],
+        "timeout": "0.2s"}]}"#;
+    let channel = Channel::builder(&server.target())
+        .default_service_config(config)
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let begun = Instant::now();
+    let mut request = payload(b"");
+    request.get_mut().hang = true;
+    let err = block_on(client.unary(request)).unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(begun.elapsed() < Duration::from_secs(5));
+
+    for bad in [
+        "{",
+        r#"{"methodConfig": [{"name": [{"service": "s"}], "retryPolicy": {"maxAttempts": 1}}]}"#,
+        r#"{"loadBalancingConfig": [{"no_such_policy": {}}]}"#,
+    ] {
+        let err = Channel::builder(&server.target())
+            .default_service_config(bad)
+            .connect_lazy()
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+    }
+}
