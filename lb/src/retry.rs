@@ -347,6 +347,16 @@ mod tests {
         })
     }
 
+    /// Ends the attempt in flight with UNAVAILABLE at `at`, with no throttle.
+    fn unavailable(
+        attempts: &mut Attempts,
+        at: Instant,
+        pushback: Pushback,
+        rng: &mut fastrand::Rng,
+    ) -> Decision {
+        attempts.on_failure(at, Code::Unavailable, pushback, None, rng)
+    }
+
     /// Fails every attempt with UNAVAILABLE; returns the delays between attempts.
     fn retry_delays(attempts: &mut Attempts, seed: u64) -> Vec<Duration> {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -356,7 +366,7 @@ mod tests {
             delays.push(at - now);
             now = at;
             attempts.start_attempt(now, None).unwrap();
-            attempts.on_failure(now, Code::Unavailable, Pushback::None, None, &mut rng);
+            unavailable(attempts, now, Pushback::None, &mut rng);
         }
         delays.remove(0);
         delays
@@ -408,7 +418,7 @@ mod tests {
         let mut none = Attempts::new(None, 5, now);
         none.start_attempt(now, None);
         assert_eq!(
-            none.on_failure(now, Code::Unavailable, Pushback::None, None, &mut rng),
+            unavailable(&mut none, now, Pushback::None, &mut rng),
             Decision::Fail
         );
     }
@@ -419,12 +429,12 @@ mod tests {
         let now = Instant::now();
         let mut attempts = Attempts::new(Some(retry_policy(5)), 5, now);
         attempts.start_attempt(now, None);
-        attempts.on_failure(now, Code::Unavailable, Pushback::None, None, &mut rng);
+        unavailable(&mut attempts, now, Pushback::None, &mut rng);
         let t1 = attempts.next_attempt_at().unwrap();
         attempts.start_attempt(t1, None);
         let pushed = Pushback::After(Duration::from_secs(3));
         assert_eq!(
-            attempts.on_failure(t1, Code::Unavailable, pushed, None, &mut rng),
+            unavailable(&mut attempts, t1, pushed, &mut rng),
             Decision::Continue
         );
         assert_eq!(
@@ -434,14 +444,14 @@ mod tests {
         // After pushback the backoff starts over from initialBackoff.
         let t2 = t1 + Duration::from_secs(3);
         attempts.start_attempt(t2, None);
-        attempts.on_failure(t2, Code::Unavailable, Pushback::None, None, &mut rng);
+        unavailable(&mut attempts, t2, Pushback::None, &mut rng);
         let d = attempts.next_attempt_at().unwrap() - t2;
         assert!(
             d >= Duration::from_millis(80) && d <= Duration::from_millis(120),
             "{d:?}"
         );
         attempts.start_attempt(t2 + d, None);
-        let stop = attempts.on_failure(t2 + d, Code::Unavailable, Pushback::Stop, None, &mut rng);
+        let stop = unavailable(&mut attempts, t2 + d, Pushback::Stop, &mut rng);
         assert_eq!(stop, Decision::Fail);
 
         assert_eq!(Pushback::parse(None), Pushback::None);
@@ -535,22 +545,15 @@ mod tests {
         assert_eq!(attempts.start_attempt(t0 + ms(50), None), Some(1));
         assert_eq!(attempts.next_attempt_at(), Some(t0 + ms(100)));
         // A non-fatal failure at 60 ms brings the next hedge forward to now.
-        let d = attempts.on_failure(
-            t0 + ms(60),
-            Code::Unavailable,
-            Pushback::None,
-            None,
-            &mut rng,
-        );
+        let d = unavailable(&mut attempts, t0 + ms(60), Pushback::None, &mut rng);
         assert_eq!(d, Decision::Continue);
         assert_eq!(attempts.next_attempt_at(), Some(t0 + ms(60)));
         assert_eq!(attempts.start_attempt(t0 + ms(60), None), Some(2));
         // Pushback delays the next one.
-        let d = attempts.on_failure(
+        let d = unavailable(
+            &mut attempts,
             t0 + ms(70),
-            Code::Unavailable,
             Pushback::After(ms(500)),
-            None,
             &mut rng,
         );
         assert_eq!(d, Decision::Continue);
@@ -559,23 +562,11 @@ mod tests {
         assert_eq!(attempts.next_attempt_at(), None, "maxAttempts reached");
         // Two still in flight (the first and the last): the call waits for both.
         assert_eq!(
-            attempts.on_failure(
-                t0 + ms(600),
-                Code::Unavailable,
-                Pushback::None,
-                None,
-                &mut rng
-            ),
+            unavailable(&mut attempts, t0 + ms(600), Pushback::None, &mut rng),
             Decision::Continue
         );
         assert_eq!(
-            attempts.on_failure(
-                t0 + ms(600),
-                Code::Unavailable,
-                Pushback::None,
-                None,
-                &mut rng
-            ),
+            unavailable(&mut attempts, t0 + ms(600), Pushback::None, &mut rng),
             Decision::Fail
         );
     }
@@ -596,7 +587,7 @@ mod tests {
         attempts.start_attempt(t0, None);
         attempts.start_attempt(t0, None);
         assert_eq!(
-            attempts.on_failure(t0, Code::Unavailable, Pushback::Stop, None, &mut rng),
+            unavailable(&mut attempts, t0, Pushback::Stop, &mut rng),
             Decision::Continue
         );
         assert_eq!(
@@ -605,7 +596,7 @@ mod tests {
             "no more hedges after a stop"
         );
         assert_eq!(
-            attempts.on_failure(t0, Code::Unavailable, Pushback::None, None, &mut rng),
+            unavailable(&mut attempts, t0, Pushback::None, &mut rng),
             Decision::Fail
         );
     }

@@ -751,45 +751,45 @@ impl Grpc {
                     running.push(attempt(previous));
                 }
             }
-            let Some(failure) = last_failure
-                .take()
-                .filter(|_| running.is_empty() && attempts.next_attempt_at().is_none())
-            else {
-                let timer = match attempts.next_attempt_at() {
-                    Some(at) => Either::Left(runtime.sleep_until(at)),
-                    None => Either::Right(std::future::pending::<()>()),
-                };
-                let next = match futures_util::future::select(running.next(), timer).await {
-                    Either::Left((next, _)) => next,
-                    Either::Right(_) => continue,
-                };
-                match next {
-                    // Committed: the other attempts are dropped, which cancels them.
-                    Some(Ok(streaming)) => return Ok(streaming),
-                    Some(Err((status, end))) => {
-                        if end.refused && attempts.refused() {
-                            running.push(attempt(attempts.started().saturating_sub(1)));
-                            continue;
-                        }
-                        let pushback =
-                            Pushback::parse(end.pushback.as_ref().map(HeaderValue::as_bytes));
-                        let decision = attempts.on_failure(
-                            runtime.now(),
-                            status.code(),
-                            pushback,
-                            throttle,
-                            &mut rng,
-                        );
-                        if decision == Decision::Fail {
-                            return Err(status);
-                        }
-                        last_failure = Some(status);
+            let due = attempts.next_attempt_at();
+            if running.is_empty() {
+                // Waiting out a backoff or pushback; nothing in flight.
+                match due {
+                    Some(at) => runtime.sleep_until(at).await,
+                    None => {
+                        return Err(last_failure.unwrap_or_else(|| {
+                            Status::unavailable("the retry throttle allowed no attempt")
+                        }))
                     }
-                    None => {}
                 }
                 continue;
+            }
+            let timer = match due {
+                Some(at) => Either::Left(runtime.sleep_until(at)),
+                None => Either::Right(std::future::pending::<()>()),
             };
-            return Err(failure);
+            let Either::Left((Some(outcome), _)) =
+                futures_util::future::select(running.next(), timer).await
+            else {
+                continue;
+            };
+            let (status, end) = match outcome {
+                // Committed: the other attempts are dropped, which cancels them.
+                Ok(streaming) => return Ok(streaming),
+                Err(failure) => failure,
+            };
+            if end.refused && attempts.refused() {
+                running.push(attempt(attempts.started().saturating_sub(1)));
+                continue;
+            }
+            let pushback = Pushback::parse(end.pushback.as_ref().map(HeaderValue::as_bytes));
+            let now = runtime.now();
+            if attempts.on_failure(now, status.code(), pushback, throttle, &mut rng)
+                == Decision::Fail
+            {
+                return Err(status);
+            }
+            last_failure = Some(status);
         }
     }
 
