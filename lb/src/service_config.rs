@@ -171,10 +171,11 @@ impl ServiceConfig {
             return None;
         }
         let name = path.strip_prefix('/').unwrap_or(path);
-        let service = name.rsplit_once('/').map_or("", |(service, _)| service);
+        // The service's key, `service/`, is the start of the name itself: no allocation.
+        let service = name.rfind('/').map_or("", |slash| &name[..=slash]);
         self.methods
             .get(name)
-            .or_else(|| self.methods.get(&format!("{service}/")))
+            .or_else(|| self.methods.get(service))
             .or_else(|| self.methods.get(""))
     }
 }

@@ -82,9 +82,9 @@ pub(crate) struct CallConfig {
 /// A channel's resolver, policy, subchannels and picker.
 pub(crate) struct Core {
     runtime: Arc<dyn Runtime>,
-    /// The connection settings and policy the channel was built with, used where the service
+    /// The health-check service and policy the channel was built with, used where the service
     /// config says nothing.
-    settings: ConnSettings,
+    health_check_service: Option<String>,
     policy_builder: Arc<dyn LbPolicyBuilder>,
     policy_config: PolicyConfig,
     lb_registry: PolicyRegistry,
@@ -232,6 +232,7 @@ impl Core {
             .resolver_builder
             .build(&config.target, config.runtime.clone())?;
         let created = config.runtime.now();
+        let health_check_service = config.settings.health_check_service.clone();
         let default_config = Arc::new(config.default_service_config);
         let core = Arc::new_cyclic(|this| Core {
             runtime: config.runtime,
@@ -239,7 +240,7 @@ impl Core {
                 policy: config.policy_builder.build(fastrand::u64(..)),
                 policy_builder: config.policy_builder.clone(),
                 policy_config: config.policy_config.clone(),
-                settings: Arc::new(config.settings.clone()),
+                settings: Arc::new(config.settings),
                 epoch: 0,
                 subchannels: HashMap::new(),
                 next_id: 0,
@@ -248,7 +249,7 @@ impl Core {
                 resolve_now: false,
                 resolver_waker: None,
             }),
-            settings: config.settings,
+            health_check_service,
             policy_builder: config.policy_builder,
             policy_config: config.policy_config,
             lb_registry: config.lb_registry,
@@ -320,7 +321,7 @@ impl Core {
         let health = config
             .health_check_service_name
             .clone()
-            .or_else(|| self.settings.health_check_service.clone());
+            .or_else(|| self.health_check_service.clone());
         let dropped = {
             let mut inner = self.lock();
             let same_policy = inner.policy_config == policy_config
@@ -338,7 +339,7 @@ impl Core {
             inner.policy_config = policy_config;
             inner.settings = Arc::new(ConnSettings {
                 health_check_service: health,
-                ..self.settings.clone()
+                ..(*inner.settings).clone()
             });
             inner.timer = None;
             std::mem::take(&mut inner.subchannels)

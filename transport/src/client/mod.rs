@@ -675,6 +675,8 @@ impl Grpc {
 
     /// One attempt of a call with a single request message: opens a stream (telling the
     /// server how many attempts came before), sends `frame`, and waits for the response head.
+    /// With `stream_limits` the returned stream enforces the call's deadline and cancellation
+    /// itself (it outlives the call's `bounded` scope: server streaming).
     async fn single_attempt<C: Codec + Clone>(
         &self,
         call: &Prepared,
@@ -691,11 +693,11 @@ impl Grpc {
         // A send failure (stream reset, connection lost) also fails the response, which
         // carries the status that explains it.
         let _ = send_message(&mut opened.send, frame.clone(), true).await;
-        let client = if stream_limits {
-            self.client_side(call.deadline, call.cancel.as_ref(), opened.tracking)
-        } else {
-            self.client_side(None, None, opened.tracking)
-        };
+        let client = self.client_side(
+            call.deadline.filter(|_| stream_limits),
+            call.cancel.as_ref().filter(|_| stream_limits),
+            opened.tracking,
+        );
         let mut streaming = self.response(
             opened.response,
             codec.clone(),
@@ -723,15 +725,16 @@ impl Grpc {
         Fut: std::future::Future<Output = Result<Streaming<T>, AttemptFailure>>,
     {
         let inner = &self.channel.inner;
-        let _buffered = call.policy.as_ref().and_then(|_| {
-            (request_bytes <= inner.retry_buffer_per_call
-                && inner.retry_budget.try_reserve(request_bytes))
-            .then_some(Buffered {
+        let reserved = call.policy.is_some()
+            && request_bytes <= inner.retry_buffer_per_call
+            && inner.retry_budget.try_reserve(request_bytes);
+        let Some((policy, _buffered)) = call.policy.clone().filter(|_| reserved).map(|policy| {
+            let buffered = Buffered {
                 budget: &inner.retry_budget,
                 bytes: request_bytes,
-            })
-        });
-        let (Some(policy), Some(_)) = (call.policy.clone(), &_buffered) else {
+            };
+            (policy, buffered)
+        }) else {
             // One attempt, and one more at once if its stream was refused.
             return match attempt(0).await {
                 Err((_, end)) if end.refused => attempt(0).await.map_err(|(status, _)| status),
@@ -899,6 +902,7 @@ impl Grpc {
     /// Opens a streaming-request call's only attempt and starts its request-sending task.
     /// (Retry policies apply to single-request calls; a request stream is not buffered for
     /// replay, so these calls get the transparent retries of [`open`](Self::open) only.)
+    /// `stream_limits` as for [`single_attempt`](Self::single_attempt).
     async fn start_streaming<C, S>(
         &self,
         path: PathAndQuery,
@@ -924,11 +928,11 @@ impl Grpc {
             max_recv_message_size,
             ..
         } = call;
-        let client = if stream_limits {
-            self.client_side(deadline, cancel.as_ref(), opened.tracking)
-        } else {
-            self.client_side(None, None, opened.tracking)
-        };
+        let client = self.client_side(
+            deadline.filter(|_| stream_limits),
+            cancel.as_ref().filter(|_| stream_limits),
+            opened.tracking,
+        );
         let client = self.spawn_sender(
             client,
             opened.send,
