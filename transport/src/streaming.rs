@@ -45,7 +45,7 @@ pub(crate) struct ClientSide {
     pub(crate) deadline_at: Option<std::time::Instant>,
     pub(crate) cancel: Option<crate::client::Cancelled>,
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
-    pub(crate) _cancel_sender: Option<futures_channel::oneshot::Sender<()>>,
+    pub(crate) request_task: Option<futures_channel::oneshot::Sender<()>>,
     pub(crate) local_error: Option<LocalError>,
     pub(crate) tracking: CallTracking,
 }
@@ -85,7 +85,13 @@ pub(crate) struct PendingHead {
     pub(crate) compression: Arc<CompressionRegistry>,
 }
 
-enum State {
+/// A client call that makes its attempts in a task of its own (a bidi call under a retry
+/// policy) hands over the response stream of the attempt it commits to.
+pub(crate) type Committing<T> = futures_channel::oneshot::Receiver<Result<Streaming<T>, Status>>;
+
+enum State<T> {
+    /// Client: waiting for the call to commit to an attempt.
+    Committing(Committing<T>),
     /// Client: waiting for the response head.
     Head(PendingHead),
     Data,
@@ -101,7 +107,7 @@ enum State {
 /// trailers is that error, [`headers`](Self::headers) gives the response's header metadata
 /// and [`trailers`](Self::trailers) the trailing metadata of a successful call.
 pub struct Streaming<T> {
-    state: State,
+    state: State<T>,
     recv: Option<h2::RecvStream>,
     deframer: Deframer,
     compressor: Option<Arc<dyn Compressor>>,
@@ -177,6 +183,31 @@ impl<T> Streaming<T> {
             headers: MetadataMap::new(),
             trailers: None,
             attempt_end: AttemptEnd::default(),
+        }
+    }
+
+    /// A client's stream of responses from the attempt a call will commit to.
+    pub(crate) fn committing<C>(committing: Committing<T>, codec: C) -> Streaming<T>
+    where
+        C: Codec<Decode = T>,
+    {
+        Streaming {
+            state: State::Committing(committing),
+            recv: None,
+            deframer: Deframer::new(0),
+            compressor: None,
+            decoder: Box::new(codec),
+            client: None,
+            headers: MetadataMap::new(),
+            trailers: None,
+            attempt_end: AttemptEnd::default(),
+        }
+    }
+
+    /// Keeps the call's request task running for as long as this stream is.
+    pub(crate) fn hold_request_task(&mut self, stop: futures_channel::oneshot::Sender<()>) {
+        if let Some(client) = self.client.as_mut() {
+            client.request_task = Some(stop);
         }
     }
 
@@ -299,6 +330,16 @@ impl<T> Streaming<T> {
     /// Client: receives and checks the response head. Ready(Ok) once it has arrived (or on
     /// the server, at once).
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        if let State::Committing(committing) = &mut self.state {
+            match ready!(Pin::new(committing).poll(cx)) {
+                Ok(Ok(committed)) => *self = committed,
+                Ok(Err(status)) => return Poll::Ready(Err(self.fail(status))),
+                Err(_) => {
+                    let status = Status::cancelled("the call's attempts were stopped");
+                    return Poll::Ready(Err(self.fail(status)));
+                }
+            }
+        }
         if !matches!(self.state, State::Head(_)) {
             return Poll::Ready(Ok(()));
         }
@@ -362,7 +403,7 @@ impl<T> Streaming<T> {
             if let Some(status) = self.poll_limits(cx) {
                 return Poll::Ready(Some(Err(self.fail(status))));
             }
-            if let State::Head(_) = self.state {
+            if let State::Committing(_) | State::Head(_) = self.state {
                 if let Err(status) = ready!(self.poll_head(cx)) {
                     return Poll::Ready(Some(Err(status)));
                 }

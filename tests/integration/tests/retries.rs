@@ -290,3 +290,290 @@ fn method_config_sets_timeouts_and_an_invalid_config_fails_the_build() {
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
     }
 }
+
+/// What one attempt of a streaming call received: its `grpc-previous-rpc-attempts` and the
+/// bodies of the request messages it read.
+type AttemptLog = Arc<Mutex<Vec<(u32, Vec<Vec<u8>>)>>>;
+
+/// A service whose streaming methods fail every attempt before `succeed_on` with UNAVAILABLE
+/// once they have read `read_before_failing` request messages, so a retry has to be sent what
+/// the failed attempt had already received.
+#[derive(Clone)]
+struct FailsAfterReading {
+    succeed_on: u32,
+    read_before_failing: usize,
+    log: AttemptLog,
+}
+
+impl FailsAfterReading {
+    /// Reads the messages a failing attempt takes, logs them, and fails it; `None` for the
+    /// attempt that succeeds (logged with no messages yet).
+    async fn attempt(
+        &self,
+        request: &mut Request<anygrpc::Streaming<Payload>>,
+    ) -> Result<usize, Status> {
+        let previous = request
+            .extensions()
+            .get::<PreviousAttempts>()
+            .map_or(0, |p| p.0);
+        let index = {
+            let mut log = self.log.lock().unwrap();
+            log.push((previous, Vec::new()));
+            log.len() - 1
+        };
+        if previous >= self.succeed_on {
+            return Ok(index);
+        }
+        for _ in 0..self.read_before_failing {
+            let message = request.get_mut().message().await?.expect("a message");
+            self.log.lock().unwrap()[index].1.push(message.body);
+        }
+        Err(Status::unavailable("injected failure after reading"))
+    }
+}
+
+impl anygrpc_integration_tests::pb::test_server::Test for FailsAfterReading {
+    async fn unary(&self, _: Request<Payload>) -> Result<anygrpc::Response<Payload>, Status> {
+        Err(Status::unimplemented("streaming only"))
+    }
+
+    async fn server_stream(
+        &self,
+        _: Request<Payload>,
+    ) -> Result<anygrpc::Response<anygrpc::ResponseStream<Payload>>, Status> {
+        Err(Status::unimplemented("streaming only"))
+    }
+
+    async fn client_stream(
+        &self,
+        mut request: Request<anygrpc::Streaming<Payload>>,
+    ) -> Result<anygrpc::Response<Payload>, Status> {
+        let index = self.attempt(&mut request).await?;
+        let mut messages = request.into_inner();
+        while let Some(message) = messages.message().await? {
+            self.log.lock().unwrap()[index].1.push(message.body);
+        }
+        let count = self.log.lock().unwrap()[index].1.len() as u32;
+        Ok(anygrpc::Response::new(Payload {
+            count,
+            ..Payload::default()
+        }))
+    }
+
+    async fn bidi(
+        &self,
+        mut request: Request<anygrpc::Streaming<Payload>>,
+    ) -> Result<anygrpc::Response<anygrpc::ResponseStream<Payload>>, Status> {
+        let index = self.attempt(&mut request).await?;
+        let log = self.log.clone();
+        let echoed = request.into_inner().map(move |message| {
+            let message = message?;
+            log.lock().unwrap()[index].1.push(message.body.clone());
+            Ok(message)
+        });
+        Ok(anygrpc::Response::new(Box::pin(echoed)))
+    }
+}
+
+fn fails_after_reading(succeed_on: u32, read_before_failing: usize) -> (Running, AttemptLog) {
+    let log = AttemptLog::default();
+    let service = FailsAfterReading {
+        succeed_on,
+        read_before_failing,
+        log: log.clone(),
+    };
+    let server = anygrpc::Server::builder()
+        .add_service(anygrpc_integration_tests::TestServer::new(service))
+        .bind(localhost())
+        .unwrap();
+    (run(server, mpsc::unbounded().1), log)
+}
+
+fn bodies(names: &[&str]) -> Vec<Vec<u8>> {
+    names.iter().map(|n| n.as_bytes().to_vec()).collect()
+}
+
+#[test]
+fn client_streaming_retries_replay_the_request_stream() {
+    let (server, log) = fails_after_reading(2, 2);
+    let channel = Channel::builder(&server.target())
+        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let messages = ["a", "b", "c"].map(|body| Payload {
+        body: body.into(),
+        ..Payload::default()
+    });
+    let reply =
+        block_on(client.client_stream(Request::new(futures_util::stream::iter(messages)))).unwrap();
+    assert_eq!(reply.into_inner().count, 3);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            (0, bodies(&["a", "b"])),
+            (1, bodies(&["a", "b"])),
+            (2, bodies(&["a", "b", "c"]))
+        ],
+        "each retry is sent the whole request stream from its first message"
+    );
+}
+
+#[test]
+fn bidi_retries_replay_what_was_sent_and_go_on_with_the_stream() {
+    let (server, log) = fails_after_reading(1, 2);
+    let channel = Channel::builder(&server.target())
+        .default_service_config(retry_config(3, r#""UNAVAILABLE""#))
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let (requests, outgoing) = mpsc::unbounded();
+    let send = |body: &str| {
+        requests
+            .unbounded_send(Payload {
+                body: body.into(),
+                ..Payload::default()
+            })
+            .unwrap()
+    };
+    let echoed = block_on(async {
+        let mut replies = client.bidi(Request::new(outgoing)).await?.into_inner();
+        send("a");
+        send("b");
+        // The first attempt fails after reading both; the echo comes from the retry, which
+        // was sent them again.
+        let first = replies.message().await?.expect("an echo").body;
+        send("c");
+        requests.close_channel();
+        let mut echoed = vec![first];
+        while let Some(reply) = replies.message().await? {
+            echoed.push(reply.body);
+        }
+        Ok::<_, Status>(echoed)
+    })
+    .unwrap();
+    assert_eq!(echoed, bodies(&["a", "b", "c"]));
+    assert_eq!(
+        *log.lock().unwrap(),
+        [(0, bodies(&["a", "b"])), (1, bodies(&["a", "b", "c"]))]
+    );
+}
+
+#[test]
+fn a_request_stream_that_outgrows_the_retry_buffer_commits_the_call() {
+    let (server, log) = fails_after_reading(1, 1);
+    let channel = Channel::builder(&server.target())
+        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
+        .retry_buffer_size(64, 1 << 20)
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let messages = (0..3).map(|_| Payload {
+        body: vec![b'x'; 100],
+        ..Payload::default()
+    });
+    let err = block_on(client.client_stream(Request::new(futures_util::stream::iter(messages))))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 1, "no retry once the request outgrew the buffer");
+    assert_eq!(log[0].0, 0);
+}
+
+/// A resolver the test feeds: `pushed:` yields each update the test sends, and reports it
+/// taken when the channel asks for the next one (the channel applies an update before it
+/// polls again).
+#[derive(Debug)]
+struct Pushed {
+    updates: Mutex<Option<mpsc::UnboundedReceiver<anygrpc_resolver::ResolverUpdate>>>,
+    taken: mpsc::UnboundedSender<()>,
+}
+
+#[derive(Debug)]
+struct PushedResolver {
+    updates: mpsc::UnboundedReceiver<anygrpc_resolver::ResolverUpdate>,
+    taken: mpsc::UnboundedSender<()>,
+    delivered: bool,
+}
+
+impl anygrpc_resolver::ResolverBuilder for Pushed {
+    fn scheme(&self) -> &'static str {
+        "pushed"
+    }
+
+    fn build(
+        &self,
+        _: &anygrpc_resolver::Target,
+        _: Arc<dyn anygrpc::rt::Runtime>,
+    ) -> Result<Box<dyn anygrpc_resolver::Resolver>, Status> {
+        let updates = self.updates.lock().unwrap().take().expect("built once");
+        Ok(Box::new(PushedResolver {
+            updates,
+            taken: self.taken.clone(),
+            delivered: false,
+        }))
+    }
+}
+
+impl anygrpc_resolver::Resolver for PushedResolver {
+    fn poll_update(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<anygrpc_resolver::ResolverUpdate> {
+        if std::mem::take(&mut self.delivered) {
+            let _ = self.taken.unbounded_send(());
+        }
+        let update = std::task::ready!(self.updates.poll_next_unpin(cx)).expect("test alive");
+        self.delivered = true;
+        std::task::Poll::Ready(update)
+    }
+
+    fn resolve_now(&mut self) {}
+}
+
+#[test]
+fn a_resolvers_invalid_service_config_is_ignored_and_the_last_good_one_stays() {
+    let flaky = flaky_server(Code::Unavailable, |call| call % 2 == 1);
+    let (updates, pending) = mpsc::unbounded();
+    let (taken, mut taken_events) = mpsc::unbounded();
+    let mut resolvers = anygrpc_resolver::Registry::default();
+    resolvers.register(Arc::new(Pushed {
+        updates: Mutex::new(Some(pending)),
+        taken,
+    }));
+    let channel = Channel::builder("pushed:flaky")
+        .resolver_registry(resolvers)
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let push = |config: Option<&str>| {
+        updates
+            .unbounded_send(anygrpc_resolver::ResolverUpdate {
+                addresses: Ok(vec![flaky.running.addr.clone()]),
+                service_config: config.map(str::to_owned),
+            })
+            .unwrap();
+    };
+    // Every odd-numbered call on the server fails: a call is retried once (and succeeds)
+    // while a retry policy is in force, and fails without one.
+    let attempts_of = |expect_ok: bool| {
+        let before = flaky.seen.lock().unwrap().len();
+        let result = block_on(client.unary(payload(b"x")));
+        assert_eq!(result.is_ok(), expect_ok, "{result:?}");
+        flaky.seen.lock().unwrap().len() - before
+    };
+    // The first call waits for the resolver's first result, and follows its config.
+    push(Some(&retry_config(2, r#""UNAVAILABLE""#)));
+    assert_eq!(attempts_of(true), 2);
+    block_on(taken_events.next());
+    // An invalid config is ignored: the retry policy stays in force.
+    push(Some(
+        r#"{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 1}}]}"#,
+    ));
+    block_on(taken_events.next());
+    assert_eq!(attempts_of(true), 2);
+    // No config from the resolver: the channel's default (none here) applies.
+    push(None);
+    block_on(taken_events.next());
+    assert_eq!(attempts_of(false), 1);
+}

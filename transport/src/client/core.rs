@@ -12,7 +12,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, RwLock, Weak,
     },
     task::{Context, Poll, Waker},
@@ -91,6 +91,8 @@ pub(crate) struct Core {
     /// The builder's service config, in force while the resolver provides none.
     default_config: Arc<ServiceConfig>,
     call_config: RwLock<Arc<CallConfig>>,
+    /// The resolver has given its first result: the service config calls follow is known.
+    resolved_once: AtomicBool,
     target: Target,
     resolver_builder: Arc<dyn ResolverBuilder>,
     resolver: Mutex<Box<dyn Resolver>>,
@@ -268,6 +270,7 @@ impl Core {
                 subchannels: HashMap::new(),
             })),
             waiters: Mutex::new(Vec::new()),
+            resolved_once: AtomicBool::new(false),
             this: this.clone(),
         });
         core.use_service_config(default_config);
@@ -280,6 +283,29 @@ impl Core {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Waits for the resolver's first result (starting resolution if the channel is IDLE):
+    /// until then, the service config a call follows is not known (gRFC A2: calls wait for
+    /// it, as in grpc-go and the C-core).
+    pub(crate) async fn first_resolution(&self) {
+        poll_fn(|cx| {
+            if self.resolved_once.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waiters().push(cx.waker().clone());
+            if self.resolved_once.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.exit_idle();
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether the resolver has given its first result.
+    pub(crate) fn resolved_once(&self) -> bool {
+        self.resolved_once.load(Ordering::Acquire)
     }
 
     /// Takes a resolver's service config, or the default when it has none. An invalid one
@@ -655,6 +681,10 @@ impl Core {
             Ok(addresses) => policy.update(addresses, Some(&config), ctl),
             Err(status) => policy.resolver_error(status, ctl),
         });
+        if !self.resolved_once.swap(true, Ordering::AcqRel) {
+            let waiters = std::mem::take(&mut *self.waiters());
+            waiters.into_iter().for_each(Waker::wake);
+        }
     }
 }
 

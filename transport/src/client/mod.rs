@@ -3,12 +3,13 @@
 mod cancel;
 mod conn;
 mod core;
+mod sender;
 
 pub use cancel::{cancellation, CancelToken, Cancelled, Canceller};
 
 use std::{
     fmt,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -35,13 +36,14 @@ use http::{
 
 use crate::{
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
-    send::{append_ready, send_message, Gathered},
+    send::send_message,
     streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     with_deadline, MetadataMap, Request, Response, Status, Streaming,
 };
 use conn::ConnSettings;
 pub(crate) use core::ActiveCall;
 use core::{Core, CoreConfig};
+use sender::{Encoding, Replay};
 
 /// Configures and creates a [`Channel`].
 ///
@@ -460,10 +462,6 @@ impl Channel {
 /// How long an unused channel stays connected unless configured otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// How many times a call is moved to another connection because the one it picked was closing
-/// before the call's stream opened.
-const MAX_TRANSPARENT_RETRIES: u32 = 5;
-
 /// Per-client call options layered on a [`Channel`]: what generated clients hold.
 #[derive(Debug, Clone)]
 pub struct Grpc {
@@ -498,15 +496,47 @@ struct Opened {
 /// How an attempt failed: its status, and what the retry driver needs to know about it.
 type AttemptFailure = (Status, AttemptEnd);
 
-/// Holds a call's request bytes in the channel's retry buffer until the call commits.
-struct Buffered<'a> {
-    budget: &'a BufferBudget,
+/// Request bytes a call holds in its channel's retry buffer until it commits; given back
+/// when dropped.
+struct Buffered {
+    channel: Channel,
     bytes: usize,
 }
 
-impl Drop for Buffered<'_> {
+impl Buffered {
+    fn new(channel: &Channel) -> Buffered {
+        Buffered {
+            channel: channel.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `bytes` more if the call's and the channel's limits allow.
+    fn grow(&mut self, bytes: usize) -> bool {
+        let inner = &self.channel.inner;
+        let total = self.bytes.saturating_add(bytes);
+        if total > inner.retry_buffer_per_call || !inner.retry_budget.try_reserve(bytes) {
+            return false;
+        }
+        self.bytes = total;
+        true
+    }
+}
+
+impl Drop for Buffered {
     fn drop(&mut self) {
-        self.budget.release(self.bytes);
+        self.channel.inner.retry_budget.release(self.bytes);
+    }
+}
+
+impl Prepared {
+    /// Moves the call's message encoding out, for its request task.
+    fn take_encoding<C>(&mut self, codec: C) -> Encoding<C> {
+        Encoding {
+            codec,
+            encoder: std::mem::replace(&mut self.encoder, Encoder::new(None, 0)),
+            compress: self.compress,
+        }
     }
 }
 
@@ -550,6 +580,14 @@ impl Grpc {
         request: &mut Request<T>,
     ) -> Result<Prepared, Status> {
         let inner = &self.channel.inner;
+        let cancel = request.take_cancel_token();
+        if !inner.core.resolved_once() {
+            let deadline = request
+                .timeout()
+                .and_then(|t| self.runtime().now().checked_add(t));
+            let resolved = inner.core.first_resolution();
+            self.bounded(deadline, cancel.as_ref(), resolved).await?;
+        }
         let config = inner.core.call_config();
         let method = config.service_config.method(path.path());
         let metadata = std::mem::take(request.metadata_mut());
@@ -557,7 +595,6 @@ impl Grpc {
             (Some(call), Some(method)) => Some(call.min(method)),
             (call, method) => call.or(method),
         };
-        let cancel = request.take_cancel_token();
         let wait_for_ready = request
             .wait_for_ready()
             .or(method.and_then(|m| m.wait_for_ready))
@@ -636,10 +673,10 @@ impl Grpc {
     async fn open(&self, call: &Prepared, request: http::Request<()>) -> Result<Opened, Status> {
         let inner = &self.channel.inner;
         // A connection found closing (GOAWAY) or gone before the stream opens never saw the
-        // call, so the call picks again: a transparent retry.
-        let mut tries = 0;
+        // call, so the call picks again, as often as it takes (a transparent retry, gRFC A6;
+        // the caller bounds the call by its deadline). The closed connection is taken out of
+        // the picker first, so each new try waits for another connection.
         let (picked, mut ready) = loop {
-            tries += 1;
             let picked = inner
                 .core
                 .pick(request.uri().path(), call.wait_for_ready)
@@ -648,7 +685,7 @@ impl Grpc {
                 Ok(ready) => break (picked, ready),
                 Err(e) => {
                     picked.subchannel.closed(picked.generation);
-                    if tries >= MAX_TRANSPARENT_RETRIES || !(e.is_go_away() || e.is_io()) {
+                    if !(e.is_go_away() || e.is_io()) {
                         return Err(crate::status_from_h2(&e, false));
                     }
                 }
@@ -685,69 +722,117 @@ impl Grpc {
         previous: u32,
         stream_limits: bool,
     ) -> Result<Streaming<C::Decode>, AttemptFailure> {
-        let request = attempt_request(&call.request, previous);
         let mut opened = self
-            .open(call, request)
+            .open(call, attempt_request(&call.request, previous))
             .await
             .map_err(|status| (status, AttemptEnd::default()))?;
         // A send failure (stream reset, connection lost) also fails the response, which
         // carries the status that explains it.
         let _ = send_message(&mut opened.send, frame.clone(), true).await;
-        let client = self.client_side(
-            call.deadline.filter(|_| stream_limits),
-            call.cancel.as_ref().filter(|_| stream_limits),
-            opened.tracking,
-        );
-        let mut streaming = self.response(
+        let streaming = self.attempt_response(
+            call,
             opened.response,
-            codec.clone(),
-            client,
-            call.max_recv_message_size,
+            opened.tracking,
+            codec,
+            stream_limits,
+            None,
         );
-        match streaming.headers().await {
-            Ok(_) => Ok(streaming),
-            Err(status) => Err((status, streaming.attempt_end())),
-        }
+        response_head(streaming).await
+    }
+
+    /// One attempt of a streaming-request call under a retry or hedging policy: opens a
+    /// stream, hands it to the request task (which sends it every message from the first),
+    /// and waits for the response head. Returns the attempt's id with its response stream.
+    async fn replay_attempt<C: Codec + Clone>(
+        &self,
+        call: &Prepared,
+        replay: &Replay,
+        codec: &C,
+        previous: u32,
+        stream_limits: bool,
+    ) -> Result<(u64, Streaming<C::Decode>), AttemptFailure> {
+        let opened = self
+            .open(call, attempt_request(&call.request, previous))
+            .await
+            .map_err(|status| (status, AttemptEnd::default()))?;
+        let (id, error) = replay.attach(opened.send);
+        let streaming = self.attempt_response(
+            call,
+            opened.response,
+            opened.tracking,
+            codec,
+            stream_limits,
+            Some(error),
+        );
+        Ok((id, response_head(streaming).await?))
+    }
+
+    /// The response stream of an opened attempt; its head is received on first use. With
+    /// `stream_limits` it enforces the call's deadline and cancellation; `local_error` is
+    /// where the attempt's request task records why it reset the stream.
+    fn attempt_response<C: Codec + Clone>(
+        &self,
+        call: &Prepared,
+        response: h2::client::ResponseFuture,
+        tracking: CallTracking,
+        codec: &C,
+        stream_limits: bool,
+        local_error: Option<LocalError>,
+    ) -> Streaming<C::Decode> {
+        let (deadline, cancel) = match stream_limits {
+            true => (call.deadline, call.cancel.as_ref()),
+            false => (None, None),
+        };
+        let client = ClientSide {
+            deadline: deadline.map(|d| self.runtime().sleep_until(d)),
+            deadline_at: deadline,
+            cancel: cancel.map(CancelToken::cancelled),
+            tracking,
+            local_error,
+            ..ClientSide::default()
+        };
+        let head = PendingHead {
+            response,
+            compression: self.channel.inner.compression.clone(),
+        };
+        Streaming::client(head, codec.clone(), call.max_recv_message_size, client)
     }
 
     /// Makes a call's attempts until one commits (its response head arrives) or the call
     /// fails, following the method's retry or hedging policy (gRFC A6; the decisions are
-    /// [`Attempts`]'). `attempt(previous)` makes one attempt. A request that does not fit the
-    /// retry buffer commits at once: one attempt.
-    async fn run_attempts<T, F, Fut>(
+    /// [`Attempts`]'). `attempt(previous)` makes one attempt; `replayable()` says whether a
+    /// new attempt can still be sent the whole request (a request that outgrew the retry
+    /// buffer commits the call: no attempt starts after that).
+    async fn run_attempts<A, F, Fut>(
         &self,
         call: &Prepared,
-        request_bytes: usize,
+        replayable: impl Fn() -> bool,
         mut attempt: F,
-    ) -> Result<Streaming<T>, Status>
+    ) -> Result<A, Status>
     where
         F: FnMut(u32) -> Fut,
-        Fut: std::future::Future<Output = Result<Streaming<T>, AttemptFailure>>,
+        Fut: std::future::Future<Output = Result<A, AttemptFailure>>,
     {
-        let inner = &self.channel.inner;
-        let reserved = call.policy.is_some()
-            && request_bytes <= inner.retry_buffer_per_call
-            && inner.retry_budget.try_reserve(request_bytes);
-        let Some((policy, _buffered)) = call.policy.clone().filter(|_| reserved).map(|policy| {
-            let buffered = Buffered {
-                budget: &inner.retry_budget,
-                bytes: request_bytes,
-            };
-            (policy, buffered)
-        }) else {
+        let Some(policy) = call.policy.clone().filter(|_| replayable()) else {
             // One attempt, and one more at once if its stream was refused.
             return match attempt(0).await {
-                Err((_, end)) if end.refused => attempt(0).await.map_err(|(status, _)| status),
+                Err((_, end)) if end.refused && replayable() => {
+                    attempt(0).await.map_err(|(status, _)| status)
+                }
                 other => other.map_err(|(status, _)| status),
             };
         };
         let runtime = self.runtime();
         let throttle = call.throttle.as_deref();
-        let mut attempts = Attempts::new(Some(policy), inner.max_attempts, runtime.now());
+        let mut attempts =
+            Attempts::new(Some(policy), self.channel.inner.max_attempts, runtime.now());
         let mut rng = fastrand::Rng::new();
         let mut running = FuturesUnordered::new();
         let mut last_failure = None;
         loop {
+            if !replayable() {
+                attempts.commit();
+            }
             let now = runtime.now();
             while attempts.next_attempt_at().is_some_and(|at| at <= now) {
                 if let Some(previous) = attempts.start_attempt(now, throttle) {
@@ -778,10 +863,13 @@ impl Grpc {
             };
             let (status, end) = match outcome {
                 // Committed: the other attempts are dropped, which cancels them.
-                Ok(streaming) => return Ok(streaming),
+                Ok(committed) => return Ok(committed),
                 Err(failure) => failure,
             };
-            if end.refused && attempts.refused() {
+            if !replayable() {
+                attempts.commit();
+            }
+            if end.refused && replayable() && attempts.refused() {
                 running.push(attempt(attempts.started().saturating_sub(1)));
                 continue;
             }
@@ -794,21 +882,6 @@ impl Grpc {
             }
             last_failure = Some(status);
         }
-    }
-
-    /// The response stream of an attempt; its head is received on first use.
-    fn response<C: Codec>(
-        &self,
-        response: h2::client::ResponseFuture,
-        codec: C,
-        client: ClientSide,
-        max_message_size: usize,
-    ) -> Streaming<C::Decode> {
-        let head = PendingHead {
-            response,
-            compression: self.channel.inner.compression.clone(),
-        };
-        Streaming::client(head, codec, max_message_size, client)
     }
 
     /// Runs part of a call until the deadline (`DEADLINE_EXCEEDED`) or cancellation
@@ -831,23 +904,6 @@ impl Grpc {
         }
     }
 
-    /// The client-only state of a response stream: its deadline timer, cancellation, and
-    /// tracking.
-    fn client_side(
-        &self,
-        deadline: Option<Instant>,
-        cancel: Option<&CancelToken>,
-        tracking: CallTracking,
-    ) -> ClientSide {
-        ClientSide {
-            deadline: deadline.map(|d| self.runtime().sleep_until(d)),
-            deadline_at: deadline,
-            cancel: cancel.map(CancelToken::cancelled),
-            tracking,
-            ..ClientSide::default()
-        }
-    }
-
     /// A unary call: one request message, one response message. Retried or hedged as the
     /// method's service config says.
     pub async fn unary<C: Codec + Clone>(
@@ -860,12 +916,15 @@ impl Grpc {
         let frame = call
             .encoder
             .encode(&codec, request.into_inner(), call.compress)?;
+        let held = self.buffer_request(&call, frame.len());
         let call = &call;
         let exchange = async {
             let mut streaming = self
-                .run_attempts(call, frame.len(), |previous| {
-                    self.single_attempt(call, &frame, &codec, previous, false)
-                })
+                .run_attempts(
+                    call,
+                    || held.is_some(),
+                    |previous| self.single_attempt(call, &frame, &codec, previous, false),
+                )
                 .await?;
             single_response(streaming.take_headers(), streaming).await
         };
@@ -885,10 +944,13 @@ impl Grpc {
         let frame = call
             .encoder
             .encode(&codec, request.into_inner(), call.compress)?;
+        let held = self.buffer_request(&call, frame.len());
         let call = &call;
-        let attempts = self.run_attempts(call, frame.len(), |previous| {
-            self.single_attempt(call, &frame, &codec, previous, true)
-        });
+        let attempts = self.run_attempts(
+            call,
+            || held.is_some(),
+            |previous| self.single_attempt(call, &frame, &codec, previous, true),
+        );
         let mut streaming = self
             .bounded(call.deadline, call.cancel.as_ref(), attempts)
             .await??;
@@ -899,158 +961,129 @@ impl Grpc {
         ))
     }
 
-    /// Opens a streaming-request call's only attempt and starts its request-sending task.
-    /// (Retry policies apply to single-request calls; a request stream is not buffered for
-    /// replay, so these calls get the transparent retries of [`open`](Self::open) only.)
+    /// Holds a single-message request in the retry buffer if the call has a retry or hedging
+    /// policy and the request fits; `None` means the call makes one attempt.
+    fn buffer_request(&self, call: &Prepared, bytes: usize) -> Option<Buffered> {
+        let mut held = Buffered::new(&self.channel);
+        (call.policy.is_some() && held.grow(bytes)).then_some(held)
+    }
+
+    /// Starts a streaming-request call: its request task, and its attempt. Without a retry
+    /// or hedging policy the call has one attempt (with the transparent retries of
+    /// [`open`](Self::open)) and returns once its stream is open; with one, the request task
+    /// keeps what it sent for replay and the call returns once it commits to an attempt.
     /// `stream_limits` as for [`single_attempt`](Self::single_attempt).
-    async fn start_streaming<C, S>(
+    async fn stream_call<C, S>(
         &self,
-        path: PathAndQuery,
-        codec: &C,
-        mut request: Request<S>,
+        call: &Prepared,
+        encoding: Encoding<C>,
+        messages: S,
         stream_limits: bool,
-    ) -> Result<(Option<Instant>, Option<CancelToken>, Streaming<C::Decode>), Status>
+    ) -> Result<Streaming<C::Decode>, Status>
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let mut call = self.prepare(path, &mut request).await?;
-        let head = std::mem::take(&mut call.request);
-        let open = self.open(&call, head);
-        let opened = self
-            .bounded(call.deadline, call.cancel.as_ref(), open)
-            .await??;
-        let Prepared {
-            deadline,
-            cancel,
-            encoder,
-            compress,
-            max_recv_message_size,
-            ..
-        } = call;
-        let client = self.client_side(
-            deadline.filter(|_| stream_limits),
-            cancel.as_ref().filter(|_| stream_limits),
-            opened.tracking,
-        );
-        let client = self.spawn_sender(
-            client,
-            opened.send,
-            encoder,
-            compress,
-            codec.clone(),
-            request.into_inner(),
-        );
-        let streaming = self.response(
-            opened.response,
-            codec.clone(),
-            client,
-            max_recv_message_size,
-        );
-        Ok((deadline, cancel, streaming))
+        let runtime = &**self.runtime();
+        let codec = encoding.codec.clone();
+        if call.policy.is_none() {
+            let opened = self.open(call, attempt_request(&call.request, 0)).await?;
+            let (stop, error) = sender::spawn(runtime, opened.send, encoding, messages);
+            let mut streaming = self.attempt_response(
+                call,
+                opened.response,
+                opened.tracking,
+                &codec,
+                stream_limits,
+                Some(error),
+            );
+            streaming.hold_request_task(stop);
+            return Ok(streaming);
+        }
+        let replay = Replay::start(runtime, encoding, messages, Buffered::new(&self.channel));
+        let (id, mut streaming) = self
+            .run_attempts(
+                call,
+                || replay.replayable(),
+                |previous| self.replay_attempt(call, &replay, &codec, previous, stream_limits),
+            )
+            .await?;
+        streaming.hold_request_task(replay.commit(id));
+        Ok(streaming)
     }
 
-    /// A client-streaming call: a stream of requests, one response.
+    /// A client-streaming call: a stream of requests, one response. Retried or hedged until
+    /// the response head arrives, as the method's service config says.
     pub async fn client_streaming<C, S>(
         &self,
         path: PathAndQuery,
         codec: C,
-        request: Request<S>,
+        mut request: Request<S>,
     ) -> Result<Response<C::Decode>, Status>
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let (deadline, cancel, mut streaming) =
-            self.start_streaming(path, &codec, request, false).await?;
-        let exchange = async move {
+        let mut call = self.prepare(path, &mut request).await?;
+        let encoding = call.take_encoding(codec);
+        let call = &call;
+        let exchange = async {
+            let mut streaming = self
+                .stream_call(call, encoding, request.into_inner(), false)
+                .await?;
             streaming.headers().await?;
             single_response(streaming.take_headers(), streaming).await
         };
-        self.bounded(deadline, cancel.as_ref(), exchange).await?
+        self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+            .await?
     }
 
-    /// A bidirectional-streaming call: requests and responses flow independently.
+    /// A bidirectional-streaming call: requests and responses flow independently. Retried or
+    /// hedged until the response head arrives, as the method's service config says.
+    ///
+    /// The server may wait for requests before it answers, so the call returns once its
+    /// stream is open (under a retry policy, at once: its attempts run in a task of their
+    /// own); the response head is read with the first message, or with
+    /// [`Streaming::headers`].
     pub async fn streaming<C, S>(
         &self,
         path: PathAndQuery,
         codec: C,
-        request: Request<S>,
+        mut request: Request<S>,
     ) -> Result<Response<Streaming<C::Decode>>, Status>
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let (_, _, streaming) = self.start_streaming(path, &codec, request, true).await?;
-        // The server may wait for a request before it answers, so the call returns at once;
-        // the response head is read with the first message (or `Streaming::headers`).
-        Ok(Response::new(streaming))
-    }
-
-    /// Spawns the task that sends a request stream, and gives `client` the means to stop it
-    /// (dropping its cancel sender: the response ended or was dropped) and to learn why it
-    /// failed.
-    fn spawn_sender<C, S>(
-        &self,
-        client: ClientSide,
-        mut send: h2::SendStream<Bytes>,
-        mut encoder: Encoder,
-        compress: bool,
-        codec: C,
-        messages: S,
-    ) -> ClientSide
-    where
-        C: Codec,
-        S: Stream<Item = C::Encode> + Send + 'static,
-    {
-        let (cancel_tx, cancel_rx) = futures_channel::oneshot::channel::<()>();
-        let local_error: LocalError = Arc::new(Mutex::new(None));
-        let error_slot = local_error.clone();
+        let mut call = self.prepare(path, &mut request).await?;
+        let encoding = call.take_encoding(codec.clone());
+        let messages = request.into_inner();
+        if call.policy.is_none() {
+            let start = self.stream_call(&call, encoding, messages, true);
+            let streaming = self
+                .bounded(call.deadline, call.cancel.as_ref(), start)
+                .await??;
+            return Ok(Response::new(streaming));
+        }
+        let (mut committed, receiver) = futures_channel::oneshot::channel();
+        let grpc = self.clone();
         self.runtime().spawn(Box::pin(async move {
-            let work = async {
-                let mut messages = std::pin::pin!(messages.map(Ok::<_, Status>));
-                let failed = loop {
-                    let Some(Ok(first)) = messages.next().await else {
-                        break None;
-                    };
-                    if let Err(status) = encoder.append(&codec, first, compress) {
-                        break Some(status);
-                    }
-                    let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
-                    if send_message(&mut send, encoder.take(), false)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    match gathered {
-                        Gathered::More => {}
-                        Gathered::End => break None,
-                        Gathered::Fail(status) => break Some(status),
-                    }
-                };
-                match failed {
-                    None => {
-                        let _ = send.send_data(Bytes::new(), true);
-                    }
-                    Some(status) => {
-                        if let Ok(mut slot) = error_slot.lock() {
-                            *slot = Some(status);
-                        }
-                        send.send_reset(h2::Reason::CANCEL);
-                    }
+            let start = grpc.stream_call(&call, encoding, messages, true);
+            let start = grpc.bounded(call.deadline, call.cancel.as_ref(), start);
+            let start = std::pin::pin!(start);
+            // The caller dropping the response stream cancels the attempts.
+            let outcome = {
+                let dropped = std::pin::pin!(committed.cancellation());
+                match futures_util::future::select(start, dropped).await {
+                    Either::Left((outcome, _)) => Some(outcome.and_then(|started| started)),
+                    Either::Right(_) => None,
                 }
             };
-            let work = std::pin::pin!(work);
-            if let Either::Right(_) = futures_util::future::select(work, cancel_rx).await {
-                tracing::trace!("request stream stopped: call ended");
+            if let Some(outcome) = outcome {
+                let _ = committed.send(outcome);
             }
         }));
-        ClientSide {
-            _cancel_sender: Some(cancel_tx),
-            local_error: Some(local_error),
-            ..client
-        }
+        Ok(Response::new(Streaming::committing(receiver, codec)))
     }
 }
 
@@ -1070,6 +1103,14 @@ fn attempt_request(head: &http::Request<()>, previous: u32) -> http::Request<()>
 
 const GRPC_PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
     http::HeaderName::from_static("grpc-previous-rpc-attempts");
+
+/// Waits for an attempt's response head: the call commits to the attempt when it arrives.
+async fn response_head<T>(mut streaming: Streaming<T>) -> Result<Streaming<T>, AttemptFailure> {
+    match streaming.headers().await {
+        Ok(_) => Ok(streaming),
+        Err(status) => Err((status, streaming.attempt_end())),
+    }
+}
 
 /// Reads exactly one message and the trailers.
 async fn single_response<T>(

@@ -1,0 +1,362 @@
+//! The task that sends a streaming call's request messages.
+//!
+//! It reads the caller's message stream, encodes what is ready into one frame at a time, and
+//! writes each frame to the call's attempts. Under a retry or hedging policy (gRFC A6) the
+//! frames also stay in the retry buffer until the call commits, so that a new attempt can be
+//! sent everything from the start: the retry driver [`attach`](Replay::attach)es each
+//! attempt's stream and, once one attempt's response head arrives,
+//! [`commit`](Replay::commit)s to it. A request that outgrows the buffer commits the call.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use anygrpc_codec::{frame::Encoder, Codec};
+use anygrpc_rt::Runtime;
+use bytes::Bytes;
+use futures_channel::{mpsc, oneshot};
+use futures_core::Stream;
+use futures_util::{future::Either, StreamExt};
+
+use super::Buffered;
+use crate::{
+    send::{append_ready, send_message, Gathered},
+    streaming::LocalError,
+    Status,
+};
+
+/// What a call's message encoding needs.
+pub(super) struct Encoding<C> {
+    pub(super) codec: C,
+    pub(super) encoder: Encoder,
+    pub(super) compress: bool,
+}
+
+/// Spawns the task sending `messages` on a call's only attempt. Dropping the returned sender
+/// stops it; the slot receives the status of a request stream that failed (the stream is then
+/// reset).
+pub(super) fn spawn<C, S>(
+    runtime: &dyn Runtime,
+    send: h2::SendStream<Bytes>,
+    encoding: Encoding<C>,
+    messages: S,
+) -> (oneshot::Sender<()>, LocalError)
+where
+    C: Codec,
+    S: Stream<Item = C::Encode> + Send + 'static,
+{
+    let error = LocalError::default();
+    let mut task = Task::new(encoding, messages, None);
+    task.targets.push(Target::new(0, send, error.clone()));
+    let (stop, stopped) = oneshot::channel();
+    runtime.spawn(Box::pin(task.run(None, stopped)));
+    (stop, error)
+}
+
+/// The retry driver's handle on a call's request task.
+pub(super) struct Replay {
+    control: mpsc::UnboundedSender<Control>,
+    overflowed: Arc<AtomicBool>,
+    next_id: AtomicU64,
+    /// Stops the task when dropped; handed to the attempt the call commits to.
+    stop: oneshot::Sender<()>,
+}
+
+/// What the retry driver tells the task.
+enum Control {
+    /// A new attempt's stream, to be sent everything from the first message.
+    Attempt(Target),
+    /// The call committed to this attempt: the others' streams go, and frames are kept only
+    /// until it has sent them.
+    Commit(u64),
+}
+
+impl Replay {
+    /// Spawns the task: it reads `messages` only while some attempt can take them, keeping
+    /// what it read in `buffered` until the call commits.
+    pub(super) fn start<C, S>(
+        runtime: &dyn Runtime,
+        encoding: Encoding<C>,
+        messages: S,
+        buffered: Buffered,
+    ) -> Replay
+    where
+        C: Codec,
+        S: Stream<Item = C::Encode> + Send + 'static,
+    {
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let buffer = RetryBuffer {
+            held: buffered,
+            overflowed: overflowed.clone(),
+        };
+        let task = Task::new(encoding, messages, Some(buffer));
+        let (control, commands) = mpsc::unbounded();
+        let (stop, stopped) = oneshot::channel();
+        runtime.spawn(Box::pin(task.run(Some(commands), stopped)));
+        Replay {
+            control,
+            overflowed,
+            next_id: AtomicU64::new(0),
+            stop,
+        }
+    }
+
+    /// Whether a new attempt can still be sent the whole request: false once it outgrew the
+    /// retry buffer (the call has then committed).
+    pub(super) fn replayable(&self) -> bool {
+        !self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Hands the task an attempt's stream. Returns the attempt's id, for
+    /// [`commit`](Self::commit), and the slot where a failure of the request stream is
+    /// recorded for that attempt.
+    pub(super) fn attach(&self, send: h2::SendStream<Bytes>) -> (u64, LocalError) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let error = LocalError::default();
+        // The task outlives the driver's handle, so the channel is open.
+        let _ = self
+            .control
+            .unbounded_send(Control::Attempt(Target::new(id, send, error.clone())));
+        (id, error)
+    }
+
+    /// Commits the call to attempt `id`. Returns what stops the task when dropped, for the
+    /// committed attempt's response stream to hold.
+    pub(super) fn commit(self, id: u64) -> oneshot::Sender<()> {
+        let _ = self.control.unbounded_send(Control::Commit(id));
+        self.stop
+    }
+}
+
+/// An attempt's request stream.
+struct Target {
+    id: u64,
+    send: h2::SendStream<Bytes>,
+    /// The index of the next frame it is to send.
+    next: u64,
+    /// Where a failed request stream's status goes.
+    error: LocalError,
+    /// Its end of stream (or reset) is sent.
+    closed: bool,
+}
+
+impl Target {
+    fn new(id: u64, send: h2::SendStream<Bytes>, error: LocalError) -> Target {
+        Target {
+            id,
+            send,
+            next: 0,
+            error,
+            closed: false,
+        }
+    }
+
+    /// Ends the request stream: cleanly, or with a reset and `failure` recorded.
+    fn close(&mut self, failure: Option<&Status>) {
+        self.closed = true;
+        match failure {
+            None => {
+                let _ = self.send.send_data(Bytes::new(), true);
+            }
+            Some(status) => {
+                fail(&self.error, status.clone());
+                self.send.send_reset(h2::Reason::CANCEL);
+            }
+        }
+    }
+}
+
+fn fail(slot: &LocalError, status: Status) {
+    if let Ok(mut slot) = slot.lock() {
+        *slot = Some(status);
+    }
+}
+
+/// The frames kept for replay until the call commits.
+struct RetryBuffer {
+    held: Buffered,
+    overflowed: Arc<AtomicBool>,
+}
+
+struct Task<C, S> {
+    encoding: Encoding<C>,
+    messages: std::pin::Pin<Box<S>>,
+    /// Frames not yet sent by every attempt (and, until the call commits, all of them).
+    frames: VecDeque<Bytes>,
+    /// The index of `frames[0]`.
+    first: u64,
+    /// How the message stream ended: `Some(None)` cleanly, `Some(Some(status))` failed.
+    end: Option<Option<Status>>,
+    targets: Vec<Target>,
+    /// Present until the call commits.
+    buffer: Option<RetryBuffer>,
+}
+
+impl<C, S> Task<C, S>
+where
+    C: Codec,
+    S: Stream<Item = C::Encode> + Send + 'static,
+{
+    fn new(encoding: Encoding<C>, messages: S, buffer: Option<RetryBuffer>) -> Task<C, S> {
+        Task {
+            encoding,
+            messages: Box::pin(messages),
+            frames: VecDeque::new(),
+            first: 0,
+            end: None,
+            targets: Vec::new(),
+            buffer,
+        }
+    }
+
+    /// Works until stopped, taking the driver's commands as they come.
+    async fn run(
+        mut self,
+        mut commands: Option<mpsc::UnboundedReceiver<Control>>,
+        stopped: oneshot::Receiver<()>,
+    ) {
+        let work = async {
+            loop {
+                let Some(control) = commands.as_mut() else {
+                    self.advance().await;
+                    continue;
+                };
+                let command = {
+                    let advance = std::pin::pin!(self.advance());
+                    match futures_util::future::select(advance, control.next()).await {
+                        Either::Left(_) => continue,
+                        Either::Right((command, _)) => command,
+                    }
+                };
+                match command {
+                    Some(command) => self.apply(command),
+                    // The driver is done: the call committed or failed.
+                    None => commands = None,
+                }
+            }
+        };
+        let work = std::pin::pin!(work);
+        if let Either::Right(_) = futures_util::future::select(work, stopped).await {
+            tracing::trace!("request stream stopped: call ended");
+        }
+    }
+
+    fn apply(&mut self, command: Control) {
+        match command {
+            Control::Attempt(mut target) => {
+                if self.first > 0 {
+                    // Frames it would need are gone: the request outgrew the retry buffer
+                    // while this attempt was starting.
+                    let status = Status::unavailable(
+                        "the request outgrew the retry buffer before this attempt could be sent it",
+                    );
+                    target.close(Some(&status));
+                    return;
+                }
+                self.targets.push(target);
+            }
+            Control::Commit(id) => {
+                self.buffer = None;
+                self.targets.retain(|t| t.id == id);
+                self.trim();
+            }
+        }
+    }
+
+    /// One step: a frame to an attempt behind the others, else the next frame read from the
+    /// message stream, else each attempt's end of stream. Pending while nothing can be done
+    /// (no attempt to send to, or everything sent). Cancel-safe.
+    async fn advance(&mut self) {
+        let end = self.first + self.frames.len() as u64;
+        if let Some(i) = self.targets.iter().position(|t| t.next < end) {
+            let target = &mut self.targets[i];
+            let frame = self.frames[(target.next - self.first) as usize].clone();
+            match send_message(&mut target.send, frame, false).await {
+                Ok(()) => target.next += 1,
+                // The attempt failed; its response says why.
+                Err(_) => drop(self.targets.swap_remove(i)),
+            }
+            self.trim();
+            return;
+        }
+        match &self.end {
+            Some(failure) => {
+                for target in self.targets.iter_mut().filter(|t| !t.closed) {
+                    target.close(failure.as_ref());
+                }
+                std::future::pending().await
+            }
+            None if self.targets.is_empty() => std::future::pending().await,
+            None => self.read().await,
+        }
+    }
+
+    /// Reads the next message and any others ready, as one frame.
+    async fn read(&mut self) {
+        let Encoding {
+            codec,
+            encoder,
+            compress,
+        } = &mut self.encoding;
+        let failure = match self.messages.next().await {
+            None => {
+                self.end = Some(None);
+                return;
+            }
+            Some(message) => match encoder.append(codec, message, *compress) {
+                Err(status) => Some(status),
+                Ok(()) => {
+                    let mut ready = (&mut self.messages).map(Ok::<_, Status>);
+                    match append_ready(encoder, codec, *compress, &mut ready) {
+                        Gathered::More => None,
+                        Gathered::End => {
+                            self.end = Some(None);
+                            None
+                        }
+                        Gathered::Fail(status) => Some(status),
+                    }
+                }
+            },
+        };
+        if failure.is_some() {
+            self.end = Some(failure);
+        }
+        if encoder.pending() > 0 {
+            let frame = encoder.take();
+            self.push(frame);
+        }
+    }
+
+    /// Queues a frame for every attempt, keeping it for replay if the buffer has room; if not,
+    /// the call commits.
+    fn push(&mut self, frame: Bytes) {
+        if let Some(buffer) = &mut self.buffer {
+            if !buffer.held.grow(frame.len()) {
+                buffer.overflowed.store(true, Ordering::Release);
+                self.buffer = None;
+                self.trim();
+            }
+        }
+        self.frames.push_back(frame);
+    }
+
+    /// Once the call no longer keeps frames for replay, drops those every attempt has sent.
+    fn trim(&mut self) {
+        if self.buffer.is_some() {
+            return;
+        }
+        let sent = self
+            .targets
+            .iter()
+            .map(|t| t.next)
+            .min()
+            .unwrap_or(self.first + self.frames.len() as u64);
+        while self.first < sent && self.frames.pop_front().is_some() {
+            self.first += 1;
+        }
+    }
+}
