@@ -36,9 +36,8 @@ use http::{
 
 use crate::{
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
-    send::send_message,
     streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
-    with_deadline, MetadataMap, Request, Response, Status, Streaming,
+    MetadataMap, Request, Response, Status, Streaming,
 };
 use conn::ConnSettings;
 pub(crate) use core::ActiveCall;
@@ -726,10 +725,13 @@ impl Grpc {
             .open(call, attempt_request(&call.request, previous))
             .await
             .map_err(|status| (status, AttemptEnd::default()))?;
-        // A send failure (stream reset, connection lost) also fails the response, which
-        // carries the status that explains it.
-        let _ = send_message(&mut opened.send, frame.clone(), true).await;
-        let streaming = self.attempt_response(
+        // The whole request is one frame, already in memory, so it is queued at once rather
+        // than after waiting for send capacity (h2 sends it as the peer's window allows; that
+        // saves three of h2's stream locks per call). A send failure (stream reset,
+        // connection lost) also fails the response, which carries the status that explains
+        // it.
+        let _ = opened.send.send_data(frame.clone(), true);
+        let mut streaming = self.attempt_response(
             call,
             opened.response,
             opened.tracking,
@@ -737,7 +739,8 @@ impl Grpc {
             stream_limits,
             None,
         );
-        response_head(streaming).await
+        response_head(&mut streaming).await?;
+        Ok(streaming)
     }
 
     /// One attempt of a streaming-request call under a retry or hedging policy: opens a
@@ -756,7 +759,7 @@ impl Grpc {
             .await
             .map_err(|status| (status, AttemptEnd::default()))?;
         let (id, error) = replay.attach(opened.send);
-        let streaming = self.attempt_response(
+        let mut streaming = self.attempt_response(
             call,
             opened.response,
             opened.tracking,
@@ -764,7 +767,8 @@ impl Grpc {
             stream_limits,
             Some(error),
         );
-        Ok((id, response_head(streaming).await?))
+        response_head(&mut streaming).await?;
+        Ok((id, streaming))
     }
 
     /// The response stream of an opened attempt; its head is received on first use. With
@@ -815,13 +819,32 @@ impl Grpc {
     {
         let Some(policy) = call.policy.clone().filter(|_| replayable()) else {
             // One attempt, and one more at once if its stream was refused.
-            return match attempt(0).await {
-                Err((_, end)) if end.refused && replayable() => {
-                    attempt(0).await.map_err(|(status, _)| status)
+            let mut refused_retry = true;
+            loop {
+                match attempt(0).await {
+                    Err((_, end)) if end.refused && refused_retry && replayable() => {
+                        refused_retry = false;
+                    }
+                    outcome => return outcome.map_err(|(status, _)| status),
                 }
-                other => other.map_err(|(status, _)| status),
-            };
+            }
         };
+        // Boxed: the policy's state would otherwise enlarge every call's future.
+        Box::pin(self.follow_policy(call, policy, replayable, attempt)).await
+    }
+
+    /// [`run_attempts`](Self::run_attempts) under a retry or hedging policy.
+    async fn follow_policy<A, F, Fut>(
+        &self,
+        call: &Prepared,
+        policy: AttemptPolicy,
+        replayable: impl Fn() -> bool,
+        mut attempt: F,
+    ) -> Result<A, Status>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<A, AttemptFailure>>,
+    {
         let runtime = self.runtime();
         let throttle = call.throttle.as_deref();
         let mut attempts =
@@ -886,21 +909,16 @@ impl Grpc {
 
     /// Runs part of a call until the deadline (`DEADLINE_EXCEEDED`) or cancellation
     /// (`CANCELLED`), whichever comes first.
-    async fn bounded<F: std::future::Future>(
+    fn bounded<F: std::future::Future>(
         &self,
         deadline: Option<Instant>,
         cancel: Option<&CancelToken>,
-        fut: F,
-    ) -> Result<F::Output, Status> {
-        let limited = std::pin::pin!(with_deadline(&**self.runtime(), deadline, fut));
-        let cancelled = match cancel {
-            Some(token) => Either::Left(token.cancelled()),
-            None => Either::Right(std::future::pending::<()>()),
-        };
-        match futures_util::future::select(limited, cancelled).await {
-            Either::Left((Ok(out), _)) => Ok(out),
-            Either::Left((Err(_), _)) => Err(Status::deadline_exceeded("deadline exceeded")),
-            Either::Right(_) => Err(Status::cancelled("call cancelled by the client")),
+        work: F,
+    ) -> Bounded<F> {
+        Bounded {
+            work,
+            deadline: deadline.map(|at| self.runtime().sleep_until(at)),
+            cancelled: cancel.map(CancelToken::cancelled),
         }
     }
 
@@ -926,7 +944,7 @@ impl Grpc {
                     |previous| self.single_attempt(call, &frame, &codec, previous, false),
                 )
                 .await?;
-            single_response(streaming.take_headers(), streaming).await
+            single_response(&mut streaming).await
         };
         self.bounded(call.deadline, call.cancel.as_ref(), exchange)
             .await?
@@ -1032,7 +1050,7 @@ impl Grpc {
                 .stream_call(call, encoding, request.into_inner(), false)
                 .await?;
             streaming.headers().await?;
-            single_response(streaming.take_headers(), streaming).await
+            single_response(&mut streaming).await
         };
         self.bounded(call.deadline, call.cancel.as_ref(), exchange)
             .await?
@@ -1104,19 +1122,54 @@ fn attempt_request(head: &http::Request<()>, previous: u32) -> http::Request<()>
 const GRPC_PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
     http::HeaderName::from_static("grpc-previous-rpc-attempts");
 
+pin_project_lite::pin_project! {
+    /// Part of a call, bounded by its deadline and its cancellation (see [`Grpc::bounded`]).
+    struct Bounded<F> {
+        #[pin]
+        work: F,
+        deadline: Option<std::pin::Pin<Box<dyn anygrpc_rt::Sleep>>>,
+        cancelled: Option<Cancelled>,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Bounded<F> {
+    type Output = Result<F::Output, Status>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.project();
+        if let Poll::Ready(out) = this.work.poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        if let Some(sleep) = this.deadline {
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Status::deadline_exceeded("deadline exceeded")));
+            }
+        }
+        if let Some(cancelled) = this.cancelled {
+            if std::pin::Pin::new(cancelled).poll(cx).is_ready() {
+                return Poll::Ready(Err(Status::cancelled("call cancelled by the client")));
+            }
+        }
+        Poll::Pending
+    }
+}
+
 /// Waits for an attempt's response head: the call commits to the attempt when it arrives.
-async fn response_head<T>(mut streaming: Streaming<T>) -> Result<Streaming<T>, AttemptFailure> {
+async fn response_head<T>(streaming: &mut Streaming<T>) -> Result<(), AttemptFailure> {
     match streaming.headers().await {
-        Ok(_) => Ok(streaming),
+        Ok(_) => Ok(()),
         Err(status) => Err((status, streaming.attempt_end())),
     }
 }
 
-/// Reads exactly one message and the trailers.
-async fn single_response<T>(
-    metadata: MetadataMap,
-    mut streaming: Streaming<T>,
-) -> Result<Response<T>, Status> {
+/// Reads exactly one message and the trailers: the response of a call that committed to
+/// `streaming`'s attempt.
+async fn single_response<T>(streaming: &mut Streaming<T>) -> Result<Response<T>, Status> {
+    let metadata = streaming.take_headers();
     let message = streaming.single("response").await?;
     let trailers = streaming.trailers().await?.unwrap_or_default();
     Ok(Response::from_parts(metadata, message, trailers))
