@@ -577,3 +577,45 @@ fn a_resolvers_invalid_service_config_is_ignored_and_the_last_good_one_stays() {
     block_on(taken_events.next());
     assert_eq!(attempts_of(false), 1);
 }
+
+#[test]
+fn a_hedged_client_stream_sends_every_hedge_the_whole_request() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let slow = Slow {
+        delay: Duration::from_secs(2),
+        started: started.clone(),
+        cancelled: mpsc::unbounded().0,
+    };
+    let slow_server = start_with(|server| server.async_interceptor(slow));
+    let fast_server = start();
+    let target = format!("ipv4:{},{}", slow_server.target(), fast_server.target());
+    let config = r#"{"loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{"name": [{"service": "anygrpc.test.Test", "method": "ClientStream"}],
+            "hedgingPolicy": {"maxAttempts": 2, "hedgingDelay": "0.05s"}}]}"#;
+    let channel = Channel::builder(&target)
+        .default_service_config(config)
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    for call in 0..6 {
+        let messages = (0..3).map(|i| Payload {
+            body: vec![i; 10],
+            ..Payload::default()
+        });
+        let begun = Instant::now();
+        let reply =
+            block_on(client.client_stream(Request::new(futures_util::stream::iter(messages))))
+                .unwrap()
+                .into_inner();
+        assert_eq!((reply.count, reply.response_size), (3, 30), "call {call}");
+        assert!(
+            begun.elapsed() < Duration::from_secs(1),
+            "call {call} took {:?}: the hedge to the fast backend should answer",
+            begun.elapsed()
+        );
+    }
+    assert!(
+        started.load(Ordering::SeqCst) >= 3,
+        "round robin sent the slow backend first attempts, so hedges carried calls"
+    );
+}
