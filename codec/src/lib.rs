@@ -3,7 +3,9 @@
 //! Everything a gRPC peer parses or produces on the wire lives here as plain functions and
 //! small state machines: [`Code`] and [`Status`], [`MetadataMap`], the `grpc-timeout` and
 //! `grpc-message` encodings, the 5-byte length-prefixed [`frame`] format, [`compression`], the
-//! [`Codec`] trait with its prost implementation, and the request/response [`headers`] rules.
+//! [`Codec`] trait with its prost implementation, the request/response [`headers`] rules, and
+//! the connection-level pieces h2 keeps to itself: HTTP/2 [`frames`] seen on the byte stream
+//! and [`keepalive`] (pings, and a server's ping policing), on time passed in.
 //! Bytes go in, values or a [`Status`] come out; nothing here reads a clock, touches a socket
 //! or spawns a task, so every function can be fuzzed and tested directly.
 #![forbid(unsafe_code)]
@@ -13,7 +15,9 @@ mod code;
 pub mod codec;
 pub mod compression;
 pub mod frame;
+pub mod frames;
 pub mod headers;
+pub mod keepalive;
 pub mod message;
 pub mod metadata;
 mod status;
