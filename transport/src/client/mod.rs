@@ -579,11 +579,17 @@ impl Grpc {
         request: &mut Request<T>,
     ) -> Result<Prepared, Status> {
         let inner = &self.channel.inner;
+        let runtime = self.runtime();
+        // The call's deadline counts from here, a wait for the resolver included.
+        let started = runtime.now();
+        let deadline_after = |timeout: Duration| {
+            started
+                .checked_add(timeout)
+                .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600))
+        };
         let cancel = request.take_cancel_token();
         if !inner.core.resolved_once() {
-            let deadline = request
-                .timeout()
-                .and_then(|t| self.runtime().now().checked_add(t));
+            let deadline = request.timeout().map(deadline_after);
             let resolved = inner.core.first_resolution();
             self.bounded(deadline, cancel.as_ref(), resolved).await?;
         }
@@ -598,13 +604,7 @@ impl Grpc {
             .wait_for_ready()
             .or(method.and_then(|m| m.wait_for_ready))
             .unwrap_or(false);
-        let runtime = self.runtime();
-        let deadline = timeout.map(|t| {
-            runtime
-                .now()
-                .checked_add(t)
-                .unwrap_or_else(|| runtime.now() + Duration::from_secs(100 * 365 * 24 * 3600))
-        });
+        let deadline = timeout.map(deadline_after);
         let mut head = CallHead {
             path: path.clone(),
             metadata,
@@ -709,10 +709,39 @@ impl Grpc {
         })
     }
 
-    /// One attempt of a call with a single request message: opens a stream (telling the
-    /// server how many attempts came before), sends `frame`, and waits for the response head.
-    /// With `stream_limits` the returned stream enforces the call's deadline and cancellation
-    /// itself (it outlives the call's `bounded` scope: server streaming).
+    /// One attempt: opens a stream (telling the server how many attempts came before), hands
+    /// its request side to `send`, and waits for the response head. `send` returns what the
+    /// caller keeps of the attempt and, if a task sends the request, where it records a
+    /// failure. With `stream_limits` the returned stream enforces the call's deadline and
+    /// cancellation itself (it outlives the call's `bounded` scope: server streaming, bidi).
+    async fn attempt<C: Codec + Clone, K>(
+        &self,
+        call: &Prepared,
+        codec: &C,
+        previous: u32,
+        stream_limits: bool,
+        send: impl FnOnce(h2::SendStream<Bytes>) -> (K, Option<LocalError>),
+    ) -> Result<(K, Streaming<C::Decode>), AttemptFailure> {
+        let opened = self
+            .open(call, attempt_request(&call.request, previous))
+            .await
+            .map_err(|status| (status, AttemptEnd::default()))?;
+        let (kept, local_error) = send(opened.send);
+        let mut streaming = self.attempt_response(
+            call,
+            opened.response,
+            opened.tracking,
+            codec,
+            stream_limits,
+            local_error,
+        );
+        match streaming.headers().await {
+            Ok(_) => Ok((kept, streaming)),
+            Err(status) => Err((status, streaming.attempt_end())),
+        }
+    }
+
+    /// One attempt of a call with a single request message, `frame`.
     async fn single_attempt<C: Codec + Clone>(
         &self,
         call: &Prepared,
@@ -721,54 +750,19 @@ impl Grpc {
         previous: u32,
         stream_limits: bool,
     ) -> Result<Streaming<C::Decode>, AttemptFailure> {
-        let mut opened = self
-            .open(call, attempt_request(&call.request, previous))
-            .await
-            .map_err(|status| (status, AttemptEnd::default()))?;
         // The whole request is one frame, already in memory, so it is queued at once rather
         // than after waiting for send capacity (h2 sends it as the peer's window allows; that
         // saves three of h2's stream locks per call). A send failure (stream reset,
         // connection lost) also fails the response, which carries the status that explains
         // it.
-        let _ = opened.send.send_data(frame.clone(), true);
-        let mut streaming = self.attempt_response(
-            call,
-            opened.response,
-            opened.tracking,
-            codec,
-            stream_limits,
-            None,
-        );
-        response_head(&mut streaming).await?;
+        let send = |mut stream: h2::SendStream<Bytes>| {
+            let _ = stream.send_data(frame.clone(), true);
+            ((), None)
+        };
+        let ((), streaming) = self
+            .attempt(call, codec, previous, stream_limits, send)
+            .await?;
         Ok(streaming)
-    }
-
-    /// One attempt of a streaming-request call under a retry or hedging policy: opens a
-    /// stream, hands it to the request task (which sends it every message from the first),
-    /// and waits for the response head. Returns the attempt's id with its response stream.
-    async fn replay_attempt<C: Codec + Clone>(
-        &self,
-        call: &Prepared,
-        replay: &Replay,
-        codec: &C,
-        previous: u32,
-        stream_limits: bool,
-    ) -> Result<(u64, Streaming<C::Decode>), AttemptFailure> {
-        let opened = self
-            .open(call, attempt_request(&call.request, previous))
-            .await
-            .map_err(|status| (status, AttemptEnd::default()))?;
-        let (id, error) = replay.attach(opened.send);
-        let mut streaming = self.attempt_response(
-            call,
-            opened.response,
-            opened.tracking,
-            codec,
-            stream_limits,
-            Some(error),
-        );
-        response_head(&mut streaming).await?;
-        Ok((id, streaming))
     }
 
     /// The response stream of an opened attempt; its head is received on first use. With
@@ -982,15 +976,16 @@ impl Grpc {
     /// Holds a single-message request in the retry buffer if the call has a retry or hedging
     /// policy and the request fits; `None` means the call makes one attempt.
     fn buffer_request(&self, call: &Prepared, bytes: usize) -> Option<Buffered> {
+        call.policy.as_ref()?;
         let mut held = Buffered::new(&self.channel);
-        (call.policy.is_some() && held.grow(bytes)).then_some(held)
+        held.grow(bytes).then_some(held)
     }
 
     /// Starts a streaming-request call: its request task, and its attempt. Without a retry
     /// or hedging policy the call has one attempt (with the transparent retries of
     /// [`open`](Self::open)) and returns once its stream is open; with one, the request task
     /// keeps what it sent for replay and the call returns once it commits to an attempt.
-    /// `stream_limits` as for [`single_attempt`](Self::single_attempt).
+    /// `stream_limits` as for [`attempt`](Self::attempt).
     async fn stream_call<C, S>(
         &self,
         call: &Prepared,
@@ -1023,7 +1018,12 @@ impl Grpc {
             .run_attempts(
                 call,
                 || replay.replayable(),
-                |previous| self.replay_attempt(call, &replay, &codec, previous, stream_limits),
+                |previous| {
+                    self.attempt(call, &codec, previous, stream_limits, |stream| {
+                        let (id, error) = replay.attach(stream);
+                        (id, Some(error))
+                    })
+                },
             )
             .await?;
         streaming.hold_request_task(replay.commit(id));
@@ -1155,14 +1155,6 @@ impl<F: std::future::Future> std::future::Future for Bounded<F> {
             }
         }
         Poll::Pending
-    }
-}
-
-/// Waits for an attempt's response head: the call commits to the attempt when it arrives.
-async fn response_head<T>(streaming: &mut Streaming<T>) -> Result<(), AttemptFailure> {
-    match streaming.headers().await {
-        Ok(_) => Ok(()),
-        Err(status) => Err((status, streaming.attempt_end())),
     }
 }
 
