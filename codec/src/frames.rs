@@ -48,20 +48,42 @@ impl FrameHeader {
     }
 }
 
+/// The most GOAWAY debug data a scanner keeps; the rest is skipped.
+pub const MAX_GOAWAY_DEBUG_DATA: usize = 256;
+
+/// What a [`FrameScanner`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen<'a> {
+    /// A frame's header, as soon as its 9 bytes have gone by.
+    Frame(FrameHeader),
+    /// A GOAWAY frame's payload, once all of it has gone by.
+    GoAway {
+        /// The highest stream the sender processed or may process.
+        last_stream_id: u32,
+        /// The HTTP/2 error code.
+        error_code: u32,
+        /// Its debug data (at most [`MAX_GOAWAY_DEBUG_DATA`] bytes).
+        debug_data: &'a [u8],
+    },
+}
+
 /// Follows one direction of a connection, frame by frame, in the chunks it is read or written
-/// in.
+/// in. Payloads are skipped, except a GOAWAY's (kept up to a bound), whose error code and debug
+/// data h2 does not report.
 #[derive(Debug, Clone)]
 pub struct FrameScanner {
     /// Preface bytes still to skip.
     preface: usize,
     header: [u8; 9],
     header_len: usize,
-    /// Payload bytes of the current frame still to skip.
+    /// Payload bytes of the current frame still to go by.
     payload: usize,
+    /// The current frame is a GOAWAY: its payload is kept here.
+    goaway: Option<Vec<u8>>,
 }
 
 impl FrameScanner {
-    /// The bytes a server reads: the client's preface, then frames.
+    /// The bytes a server reads, or a client writes: the client's preface, then frames.
     pub fn client_to_server() -> FrameScanner {
         FrameScanner::skipping(CLIENT_PREFACE.len())
     }
@@ -77,11 +99,17 @@ impl FrameScanner {
             header: [0; 9],
             header_len: 0,
             payload: 0,
+            goaway: None,
         }
     }
 
-    /// Takes the next chunk of the stream, calling `frame` with each header completed in it.
-    pub fn scan(&mut self, mut bytes: &[u8], mut frame: impl FnMut(FrameHeader)) {
+    /// Whether the bytes so far end exactly at a frame's end (the next byte starts a frame).
+    pub fn at_frame_boundary(&self) -> bool {
+        self.preface == 0 && self.header_len == 0 && self.payload == 0
+    }
+
+    /// Takes the next chunk of the stream, reporting what completes in it.
+    pub fn scan(&mut self, mut bytes: &[u8], mut seen: impl FnMut(Seen<'_>)) {
         while !bytes.is_empty() {
             if self.preface > 0 {
                 let n = self.preface.min(bytes.len());
@@ -92,7 +120,14 @@ impl FrameScanner {
             if self.payload > 0 {
                 let n = self.payload.min(bytes.len());
                 self.payload -= n;
+                if let Some(kept) = &mut self.goaway {
+                    let room = (8 + MAX_GOAWAY_DEBUG_DATA).saturating_sub(kept.len());
+                    kept.extend_from_slice(&bytes[..n.min(room)]);
+                }
                 bytes = &bytes[n..];
+                if self.payload == 0 {
+                    self.goaway_done(&mut seen);
+                }
                 continue;
             }
             let n = (9 - self.header_len).min(bytes.len());
@@ -109,8 +144,28 @@ impl FrameScanner {
                     stream_id: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
                 };
                 self.payload = header.length as usize;
-                frame(header);
+                if header.kind == kind::GOAWAY {
+                    self.goaway = Some(Vec::with_capacity(self.payload.min(8 + MAX_GOAWAY_DEBUG_DATA)));
+                }
+                seen(Seen::Frame(header));
+                if self.payload == 0 {
+                    self.goaway_done(&mut seen);
+                }
             }
+        }
+    }
+
+    fn goaway_done(&mut self, seen: &mut impl FnMut(Seen<'_>)) {
+        let Some(payload) = self.goaway.take() else {
+            return;
+        };
+        // A GOAWAY shorter than its fixed 8 bytes is a peer's protocol error, which h2 reports.
+        if let (Some(id), Some(code)) = (payload.get(0..4), payload.get(4..8)) {
+            seen(Seen::GoAway {
+                last_stream_id: u32::from_be_bytes(id.try_into().unwrap_or_default()) & 0x7fff_ffff,
+                error_code: u32::from_be_bytes(code.try_into().unwrap_or_default()),
+                debug_data: &payload[8..],
+            });
         }
     }
 }
@@ -155,7 +210,11 @@ mod tests {
         let mut scanner = FrameScanner::client_to_server();
         let mut seen = Vec::new();
         for piece in stream().chunks(chunk) {
-            scanner.scan(piece, |h| seen.push(h));
+            scanner.scan(piece, |s| {
+                if let Seen::Frame(h) = s {
+                    seen.push(h)
+                }
+            });
         }
         seen
     }
@@ -182,21 +241,40 @@ mod tests {
     }
 
     #[test]
-    fn a_goaway_with_debug_data_scans_back() {
-        let bytes = goaway(7, 0xb, b"too_many_pings");
-        let mut seen = Vec::new();
-        FrameScanner::server_to_client().scan(&bytes, |h| seen.push(h));
-        assert_eq!(
-            seen,
-            [FrameHeader {
-                length: 8 + 14,
-                kind: kind::GOAWAY,
-                flags: 0,
-                stream_id: 0
-            }]
-        );
-        assert_eq!(&bytes[9..13], &7u32.to_be_bytes());
-        assert_eq!(&bytes[13..17], &0xbu32.to_be_bytes());
-        assert_eq!(&bytes[17..], b"too_many_pings");
+    fn a_goaway_with_debug_data_scans_back_in_any_chunking() {
+        let mut bytes = frame(kind::PING, 0, 0, &[1; 8]);
+        bytes.extend(goaway(7, 0xb, b"too_many_pings"));
+        for chunk in [1, 3, 9, 17, 100] {
+            let mut scanner = FrameScanner::server_to_client();
+            let mut goaways = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                scanner.scan(piece, |s| {
+                    if let Seen::GoAway {
+                        last_stream_id,
+                        error_code,
+                        debug_data,
+                    } = s
+                    {
+                        goaways.push((last_stream_id, error_code, debug_data.to_vec()));
+                    }
+                });
+            }
+            assert_eq!(goaways, [(7, 0xb, b"too_many_pings".to_vec())], "chunks of {chunk}");
+            assert!(scanner.at_frame_boundary());
+        }
+    }
+
+    #[test]
+    fn long_debug_data_is_cut_and_short_goaways_are_not_reported() {
+        let mut bytes = goaway(1, 0, &[b'x'; 1000]);
+        bytes.extend(frame(kind::GOAWAY, 0, 0, &[0; 3]));
+        let mut scanner = FrameScanner::server_to_client();
+        let mut lengths = Vec::new();
+        scanner.scan(&bytes, |s| {
+            if let Seen::GoAway { debug_data, .. } = s {
+                lengths.push(debug_data.len());
+            }
+        });
+        assert_eq!(lengths, [MAX_GOAWAY_DEBUG_DATA]);
     }
 }

@@ -5,12 +5,14 @@
 //! `grpc-message` encodings, the 5-byte length-prefixed [`frame`] format, [`compression`], the
 //! [`Codec`] trait with its prost implementation, the request/response [`headers`] rules, and
 //! the connection-level pieces h2 keeps to itself: HTTP/2 [`frames`] seen on the byte stream
-//! and [`keepalive`] (pings, and a server's ping policing), on time passed in.
+//! [`keepalive`] (pings, and a server's ping policing), a server connection's [`lifetime`]
+//! (idle and age limits) and the [`bdp`] flow-control window, on time passed in.
 //! Bytes go in, values or a [`Status`] come out; nothing here reads a clock, touches a socket
 //! or spawns a task, so every function can be fuzzed and tested directly.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod bdp;
 mod code;
 pub mod codec;
 pub mod compression;
@@ -18,6 +20,7 @@ pub mod frame;
 pub mod frames;
 pub mod headers;
 pub mod keepalive;
+pub mod lifetime;
 pub mod message;
 pub mod metadata;
 mod status;

@@ -152,7 +152,7 @@ impl Listener for TcpAcceptor {
         loop {
             match self.listener.get_ref().accept() {
                 Ok((stream, peer)) => {
-                    crate::set_nodelay(&stream, &self.options)?;
+                    crate::configure_stream(&stream, &self.options)?;
                     let stream = Async::new(stream)?;
                     return Poll::Ready(Ok((Box::new(stream), Address::Tcp(peer))));
                 }
@@ -227,7 +227,7 @@ impl Runtime for AsyncIoRuntime {
     ) -> BoxFuture<'static, io::Result<BoxIo>> {
         Box::pin(async move {
             let stream = Async::<TcpStream>::connect(addr).await?;
-            crate::set_nodelay(stream.get_ref(), &options)?;
+            crate::configure_stream(stream.get_ref(), &options)?;
             Ok(Box::new(stream) as BoxIo)
         })
     }
@@ -240,7 +240,7 @@ impl Runtime for AsyncIoRuntime {
     }
 
     fn listen_tcp(&self, addr: SocketAddr, options: TcpOptions) -> io::Result<Box<dyn Listener>> {
-        let listener = Async::<TcpListener>::bind(addr)?;
+        let listener = Async::new(crate::bind_tcp(addr, &options)?)?;
         Ok(Box::new(TcpAcceptor { listener, options }))
     }
 

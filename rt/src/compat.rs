@@ -10,6 +10,26 @@ use futures_io::{AsyncRead as _, AsyncWrite as _};
 
 use crate::BoxIo;
 
+/// Sees a connection's bytes as they pass through [`H2Io`], and may substitute for some of
+/// what h2 writes.
+///
+/// h2 keeps some frames to itself (it answers PINGs, and its GOAWAYs carry no debug data);
+/// the transport's keepalive, ping policing and connection management look at the bytes here.
+pub trait Tap: Send + 'static {
+    /// `bytes` were read from the peer.
+    fn read(&mut self, bytes: &[u8]);
+
+    /// `bytes` of h2's output were written (or replaced, see [`Tap::replace`]).
+    fn written(&mut self, bytes: &[u8]);
+
+    /// Called with h2's next output before it is written, while [`Tap::may_replace`] is true:
+    /// `Some((n, bytes))` writes `bytes` in place of its first `n` bytes.
+    fn replace(&mut self, next: &[u8]) -> Option<(usize, Vec<u8>)>;
+
+    /// Whether [`Tap::replace`] needs to see the output (a cheap check made on every write).
+    fn may_replace(&self) -> bool;
+}
+
 /// How many IO operations may complete at once in a row before the adapter yields.
 ///
 /// A connection whose socket always has data would otherwise keep its task running forever and
@@ -19,11 +39,22 @@ const BUDGET: u32 = 64;
 /// Presents a [`BoxIo`] as a `tokio::io::AsyncRead + AsyncWrite` for `h2`.
 ///
 /// It forwards vectored writes, reads straight into `h2`'s uninitialized buffer (no
-/// zero-filling), and yields to the executor after [`BUDGET`] consecutive ready operations.
-#[derive(Debug)]
+/// zero-filling), yields to the executor after [`BUDGET`] consecutive ready operations, and
+/// shows the bytes to a [`Tap`] if it has one.
 pub struct H2Io {
     inner: BoxIo,
     ready_in_a_row: u32,
+    tap: Option<Box<dyn Tap>>,
+    /// Bytes a tap put in place of h2's, still to be written (and how many already were).
+    substitute: Option<(Vec<u8>, usize)>,
+}
+
+impl std::fmt::Debug for H2Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Io")
+            .field("tapped", &self.tap.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for dyn crate::Io {
@@ -38,6 +69,60 @@ impl H2Io {
         H2Io {
             inner,
             ready_in_a_row: 0,
+            tap: None,
+            substitute: None,
+        }
+    }
+
+    /// Wraps a stream whose bytes `tap` sees.
+    pub fn tapped(inner: BoxIo, tap: Box<dyn Tap>) -> H2Io {
+        H2Io {
+            tap: Some(tap),
+            ..H2Io::new(inner)
+        }
+    }
+
+    /// Writes what remains of a substitute; ready when nothing does.
+    fn poll_substitute(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.substitute {
+            if *done == bytes.len() {
+                self.substitute = None;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*done..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *done += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Lets the tap replace the start of `buf`: returns how many of its bytes were taken.
+    fn substitute(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Option<io::Result<usize>> {
+        let tap = self.tap.as_mut()?;
+        let (n, bytes) = tap.replace(buf)?;
+        let n = n.min(buf.len());
+        tap.written(&buf[..n]);
+        self.substitute = Some((bytes, 0));
+        // Start writing it now; what does not fit goes before h2's next bytes.
+        match self.poll_substitute(cx) {
+            Poll::Ready(Err(e)) => Some(Err(e)),
+            _ => Some(Ok(n)),
+        }
+    }
+
+    fn wrote(&mut self, poll: &Poll<io::Result<usize>>, bufs: &[IoSlice<'_>]) {
+        self.track(poll);
+        if let (Some(tap), Poll::Ready(Ok(mut n))) = (self.tap.as_mut(), poll) {
+            for buf in bufs {
+                let take = n.min(buf.len());
+                tap.written(&buf[..take]);
+                n -= take;
+                if n == 0 {
+                    break;
+                }
+            }
         }
     }
 
@@ -87,6 +172,9 @@ impl tokio::io::AsyncRead for H2Io {
                     buf.assume_init(n);
                 }
                 buf.advance(n);
+                if let Some(tap) = this.tap.as_mut() {
+                    tap.read(&slice[..n]);
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -105,8 +193,14 @@ impl tokio::io::AsyncWrite for H2Io {
         if this.spend(cx) {
             return Poll::Pending;
         }
+        std::task::ready!(this.poll_substitute(cx))?;
+        if this.tap.as_ref().is_some_and(|tap| tap.may_replace()) {
+            if let Some(taken) = this.substitute(cx, buf) {
+                return Poll::Ready(taken);
+            }
+        }
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.track(&poll);
+        this.wrote(&poll, &[IoSlice::new(buf)]);
         poll
     }
 
@@ -116,11 +210,17 @@ impl tokio::io::AsyncWrite for H2Io {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.tap.as_ref().is_some_and(|tap| tap.may_replace()) {
+            // One slice at a time, so that the tap sees each write's start.
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            return Pin::new(this).poll_write(cx, first);
+        }
         if this.spend(cx) {
             return Poll::Pending;
         }
+        std::task::ready!(this.poll_substitute(cx))?;
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.track(&poll);
+        this.wrote(&poll, bufs);
         poll
     }
 
@@ -129,11 +229,15 @@ impl tokio::io::AsyncWrite for H2Io {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_substitute(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_close(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_substitute(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx)
     }
 }
 
@@ -146,6 +250,24 @@ mod tests {
 
     #[derive(Debug)]
     struct Endless;
+
+    /// Records what it sees; replaces a leading `b"old"` with `b"new!"`.
+    struct Recorder(std::sync::Arc<std::sync::Mutex<(Vec<u8>, Vec<u8>)>>);
+
+    impl Tap for Recorder {
+        fn read(&mut self, bytes: &[u8]) {
+            self.0.lock().unwrap().0.extend_from_slice(bytes);
+        }
+        fn written(&mut self, bytes: &[u8]) {
+            self.0.lock().unwrap().1.extend_from_slice(bytes);
+        }
+        fn replace(&mut self, next: &[u8]) -> Option<(usize, Vec<u8>)> {
+            next.starts_with(b"old").then(|| (3, b"new!".to_vec()))
+        }
+        fn may_replace(&self) -> bool {
+            true
+        }
+    }
 
     impl futures_io::AsyncRead for Endless {
         fn poll_read(
@@ -202,5 +324,70 @@ mod tests {
         let mut buf = ReadBuf::uninit(&mut storage);
         assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_ready());
         assert_eq!(buf.filled(), b"abc");
+    }
+
+    /// A sink whose bytes the test can read afterwards.
+    #[derive(Debug, Clone, Default)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl futures_io::AsyncRead for Sink {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+    }
+
+    impl futures_io::AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            // Two bytes at a time: substitutes and h2's bytes both go out in pieces.
+            let n = buf.len().min(2);
+            self.0.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_tap_sees_both_directions_and_can_replace_output() {
+        use tokio::io::AsyncWrite;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut reader = H2Io::tapped(
+            Box::new(Cursor::new(b"xyz".to_vec())),
+            Box::new(Recorder(seen.clone())),
+        );
+        let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 8];
+        let mut buf = ReadBuf::uninit(&mut storage);
+        assert!(Pin::new(&mut reader).poll_read(&mut cx, &mut buf).is_ready());
+
+        let sink = Sink::default();
+        let mut writer = H2Io::tapped(Box::new(sink.clone()), Box::new(Recorder(seen.clone())));
+        let output = b"oldrest";
+        let mut written = 0;
+        while written < output.len() {
+            let (a, b) = output[written..].split_at(if written == 0 { 3 } else { 0 });
+            let slices = [IoSlice::new(a), IoSlice::new(b)];
+            match Pin::new(&mut writer).poll_write_vectored(&mut cx, &slices) {
+                Poll::Ready(Ok(n)) => written += n,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(Pin::new(&mut writer).poll_flush(&mut cx).is_ready());
+        let (read, wrote) = seen.lock().unwrap().clone();
+        assert_eq!(read, b"xyz");
+        assert_eq!(wrote, output, "the tap sees h2's bytes");
+        assert_eq!(*sink.0.lock().unwrap(), b"new!rest", "the peer gets the substitute");
     }
 }

@@ -21,11 +21,11 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 mod compat;
-pub use compat::H2Io;
+pub use compat::{H2Io, Tap};
 
 #[cfg(feature = "async-io")]
 mod async_io_rt;
@@ -111,18 +111,37 @@ pub trait Listener: Send + fmt::Debug + 'static {
     fn local_addr(&self) -> io::Result<Address>;
 }
 
-/// Options for new TCP connections and listeners.
+/// Options for new TCP connections and listeners (a listener applies them to the connections
+/// it accepts).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct TcpOptions {
     /// Set `TCP_NODELAY` (on by default in anygrpc: gRPC messages are latency-sensitive).
     pub nodelay: bool,
+    /// Set `TCP_USER_TIMEOUT` (Linux): how long sent data may stay unacknowledged before the
+    /// kernel drops the connection. gRPC sets it to the keepalive timeout.
+    pub user_timeout: Option<Duration>,
+    /// Bind listeners with `SO_REUSEPORT`, so several servers (processes) can share a port and
+    /// the kernel spreads connections over them.
+    pub reuse_port: bool,
 }
 
 impl TcpOptions {
     /// Sets `TCP_NODELAY`.
     pub fn with_nodelay(mut self, on: bool) -> TcpOptions {
         self.nodelay = on;
+        self
+    }
+
+    /// Sets `TCP_USER_TIMEOUT` (Linux; ignored elsewhere).
+    pub fn with_user_timeout(mut self, timeout: Option<Duration>) -> TcpOptions {
+        self.user_timeout = timeout;
+        self
+    }
+
+    /// Binds listeners with `SO_REUSEPORT`.
+    pub fn with_reuse_port(mut self, on: bool) -> TcpOptions {
+        self.reuse_port = on;
         self
     }
 }
@@ -226,10 +245,76 @@ pub fn default_runtime() -> Option<Arc<dyn Runtime>> {
     }
 }
 
+/// Applies the per-connection options to a connected or accepted TCP socket.
 #[cfg(any(feature = "async-io", feature = "tokio"))]
-fn set_nodelay(stream: &std::net::TcpStream, options: &TcpOptions) -> io::Result<()> {
+fn configure_stream(stream: impl std::os::fd::AsFd, options: &TcpOptions) -> io::Result<()> {
+    use rustix::net::sockopt;
     if options.nodelay {
-        stream.set_nodelay(true)?;
+        sockopt::set_tcp_nodelay(&stream, true)?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = options.user_timeout {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        sockopt::set_tcp_user_timeout(&stream, ms)?;
     }
     Ok(())
+}
+
+/// Binds a non-blocking TCP listener, with `SO_REUSEPORT` if asked for.
+#[cfg(any(feature = "async-io", feature = "tokio"))]
+fn bind_tcp(addr: SocketAddr, options: &TcpOptions) -> io::Result<std::net::TcpListener> {
+    let listener = match options.reuse_port {
+        false => std::net::TcpListener::bind(addr)?,
+        true => {
+            use rustix::net::{sockopt, AddressFamily, SocketType};
+            let family = match addr {
+                SocketAddr::V4(_) => AddressFamily::INET,
+                SocketAddr::V6(_) => AddressFamily::INET6,
+            };
+            let socket = rustix::net::socket(family, SocketType::STREAM, None)?;
+            sockopt::set_socket_reuseaddr(&socket, true)?;
+            sockopt::set_socket_reuseport(&socket, true)?;
+            rustix::net::bind(&socket, &addr)?;
+            rustix::net::listen(&socket, 1024)?;
+            std::net::TcpListener::from(socket)
+        }
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+#[cfg(all(test, feature = "async-io"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuse_port_lets_two_listeners_share_a_port() {
+        let rt = AsyncIoRuntime::new();
+        let shared = TcpOptions::default().with_reuse_port(true);
+        let first = rt
+            .listen_tcp("127.0.0.1:0".parse().unwrap(), shared.clone())
+            .unwrap();
+        let Address::Tcp(addr) = first.local_addr().unwrap() else {
+            unreachable!()
+        };
+        assert!(rt.listen_tcp(addr, shared).is_ok());
+        let err = rt.listen_tcp(addr, TcpOptions::default()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn connections_get_nodelay_and_the_user_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let options = TcpOptions::default()
+            .with_nodelay(true)
+            .with_user_timeout(Some(Duration::from_millis(1500)));
+        configure_stream(&stream, &options).unwrap();
+        assert!(stream.nodelay().unwrap());
+        assert_eq!(
+            rustix::net::sockopt::tcp_user_timeout(&stream).unwrap(),
+            1500
+        );
+    }
 }

@@ -116,9 +116,7 @@ struct TcpAcceptor {
 impl Listener for TcpAcceptor {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, Address)>> {
         let (stream, peer) = std::task::ready!(self.listener.poll_accept(cx))?;
-        if self.options.nodelay {
-            stream.set_nodelay(true)?;
-        }
+        crate::configure_stream(&stream, &self.options)?;
         Poll::Ready(Ok((Box::new(FuturesIo(stream)), Address::Tcp(peer))))
     }
 
@@ -175,9 +173,7 @@ impl Runtime for TokioRuntime {
     ) -> BoxFuture<'static, io::Result<BoxIo>> {
         self.on_runtime(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
-            if options.nodelay {
-                stream.set_nodelay(true)?;
-            }
+            crate::configure_stream(&stream, &options)?;
             Ok(Box::new(FuturesIo(stream)) as BoxIo)
         })
     }
@@ -191,8 +187,7 @@ impl Runtime for TokioRuntime {
 
     fn listen_tcp(&self, addr: SocketAddr, options: TcpOptions) -> io::Result<Box<dyn Listener>> {
         let _guard = self.handle.enter();
-        let std_listener = std::net::TcpListener::bind(addr)?;
-        std_listener.set_nonblocking(true)?;
+        let std_listener = crate::bind_tcp(addr, &options)?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         Ok(Box::new(TcpAcceptor { listener, options }))
     }
