@@ -86,9 +86,9 @@ impl Keepalive {
         self.last_read = self.last_read.max(now);
     }
 
-    /// What to do at `now`, with or without calls in flight. After [`Ping`](KeepaliveAction::Ping)
-    /// the ping counts as sent at `now`.
-    pub fn poll(&mut self, now: Instant, calls_in_flight: bool) -> KeepaliveAction {
+    /// What to do at `now`; `calls_in_flight` is asked only when a ping is due. After
+    /// [`Ping`](KeepaliveAction::Ping) the ping counts as sent at `now`.
+    pub fn poll(&mut self, now: Instant, calls_in_flight: impl FnOnce() -> bool) -> KeepaliveAction {
         if let Some(sent) = self.ping_sent {
             if self.last_read < sent {
                 let dead_at = sent + self.config.timeout;
@@ -99,12 +99,12 @@ impl Keepalive {
             }
             self.ping_sent = None;
         }
-        if !calls_in_flight && !self.config.permit_without_calls {
-            return KeepaliveAction::Wait(None);
-        }
         let due = self.last_read + self.config.time;
         if now < due {
             return KeepaliveAction::Wait(Some(due));
+        }
+        if !self.config.permit_without_calls && !calls_in_flight() {
+            return KeepaliveAction::Wait(None);
         }
         self.ping_sent = Some(now);
         KeepaliveAction::Ping
@@ -197,43 +197,44 @@ mod tests {
     fn a_client_pings_after_time_without_reads_and_gives_up_after_timeout() {
         let t0 = Instant::now();
         let mut k = Keepalive::new(KeepaliveConfig::client(10 * S, 20 * S, false), t0);
-        assert_eq!(k.poll(t0, true), KeepaliveAction::Wait(Some(t0 + 10 * S)));
+        assert_eq!(k.poll(t0, || true), KeepaliveAction::Wait(Some(t0 + 10 * S)));
         // Reads push the ping back: time counts from the last one.
         k.read(t0 + 4 * S);
         assert_eq!(
-            k.poll(t0 + 10 * S, true),
+            k.poll(t0 + 10 * S, || true),
             KeepaliveAction::Wait(Some(t0 + 14 * S))
         );
-        assert_eq!(k.poll(t0 + 14 * S, true), KeepaliveAction::Ping);
+        assert_eq!(k.poll(t0 + 14 * S, || true), KeepaliveAction::Ping);
         assert_eq!(
-            k.poll(t0 + 15 * S, true),
+            k.poll(t0 + 15 * S, || true),
             KeepaliveAction::Wait(Some(t0 + 34 * S))
         );
-        assert_eq!(k.poll(t0 + 34 * S, true), KeepaliveAction::Dead);
+        assert_eq!(k.poll(t0 + 34 * S, || true), KeepaliveAction::Dead);
     }
 
     #[test]
     fn an_answer_resets_the_keepalive() {
         let t0 = Instant::now();
         let mut k = Keepalive::new(KeepaliveConfig::client(10 * S, 20 * S, false), t0);
-        assert_eq!(k.poll(t0 + 10 * S, true), KeepaliveAction::Ping);
+        assert_eq!(k.poll(t0 + 10 * S, || true), KeepaliveAction::Ping);
         k.read(t0 + 11 * S);
         assert_eq!(
-            k.poll(t0 + 12 * S, true),
+            k.poll(t0 + 12 * S, || true),
             KeepaliveAction::Wait(Some(t0 + 21 * S))
         );
-        assert_eq!(k.poll(t0 + 21 * S, true), KeepaliveAction::Ping);
+        assert_eq!(k.poll(t0 + 21 * S, || true), KeepaliveAction::Ping);
     }
 
     #[test]
     fn without_calls_a_client_pings_only_if_permitted() {
         let t0 = Instant::now();
         let mut idle = Keepalive::new(KeepaliveConfig::client(10 * S, 20 * S, false), t0);
-        assert_eq!(idle.poll(t0 + 100 * S, false), KeepaliveAction::Wait(None));
+        assert_eq!(idle.poll(t0 + 5 * S, || false), KeepaliveAction::Wait(Some(t0 + 10 * S)));
+        assert_eq!(idle.poll(t0 + 100 * S, || false), KeepaliveAction::Wait(None));
         // A call starting after a long silence pings at once.
-        assert_eq!(idle.poll(t0 + 100 * S, true), KeepaliveAction::Ping);
+        assert_eq!(idle.poll(t0 + 100 * S, || true), KeepaliveAction::Ping);
         let mut permitted = Keepalive::new(KeepaliveConfig::client(10 * S, 20 * S, true), t0);
-        assert_eq!(permitted.poll(t0 + 10 * S, false), KeepaliveAction::Ping);
+        assert_eq!(permitted.poll(t0 + 10 * S, || false), KeepaliveAction::Ping);
     }
 
     #[test]

@@ -264,6 +264,12 @@ impl Service for HealthServer {
             _ => Box::pin(call.unimplemented()),
         }
     }
+
+    /// Every service turns NOT_SERVING, so that health-checking clients move their calls
+    /// elsewhere before the connections go away.
+    fn shutting_down(&self) {
+        self.reporter.shutdown();
+    }
 }
 
 /// What a client's health watch learned, for its subchannel.

@@ -16,6 +16,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod client;
+mod connection;
 pub mod health;
 pub mod interceptor;
 pub mod orca;

@@ -3,7 +3,11 @@
 //! Every state change is reported to the channel's [`Core`], which tells the policy.
 
 use std::{
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -11,6 +15,7 @@ use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE},
     headers::RequestHead,
+    keepalive::KeepaliveConfig,
     ProstCodec,
 };
 use anygrpc_lb::{
@@ -21,10 +26,10 @@ use anygrpc_lb::{
 use anygrpc_rt::{Address, BoxIo, H2Io, Runtime, TcpOptions};
 use bytes::Bytes;
 use futures_util::{
-    future::{AbortHandle, FutureExt},
+    future::{poll_fn, AbortHandle, FutureExt},
     StreamExt,
 };
-use h2::client::SendRequest;
+use h2::client::{Connection, SendRequest};
 use http::{
     uri::{Authority, PathAndQuery, Scheme},
     HeaderValue,
@@ -32,6 +37,7 @@ use http::{
 
 use super::core::Core;
 use crate::{
+    connection::{ConnectionTap, Liveness, LivenessEvent, Shared, ENHANCE_YOUR_CALM, TOO_MANY_PINGS},
     health::{self, Health, HealthCheckRequest},
     send::send_message,
     streaming::{ClientSide, PendingHead},
@@ -46,6 +52,9 @@ pub(crate) struct ConnSettings {
     pub(crate) max_header_list_size: u32,
     pub(crate) max_frame_size: u32,
     pub(crate) tcp_nodelay: bool,
+    /// Grow the receive windows with the bandwidth-delay product (off once a window is set).
+    pub(crate) dynamic_window: bool,
+    pub(crate) keepalive: Option<ClientKeepalive>,
     pub(crate) backoff: BackoffConfig,
     /// The service a client-side health check watches (A17's
     /// `healthCheckConfig.serviceName`); `None` turns health checking off.
@@ -56,6 +65,47 @@ pub(crate) struct ConnSettings {
     pub(crate) user_agent: HeaderValue,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConnector>,
+}
+
+/// A channel's keepalive settings (gRFC A8).
+#[derive(Debug, Clone)]
+pub(crate) struct ClientKeepalive {
+    /// The keepalive time in nanoseconds, shared by the channel's connections: doubled when a
+    /// server says the client pings too often.
+    time: Arc<AtomicU64>,
+    timeout: Duration,
+    permit_without_calls: bool,
+}
+
+impl ClientKeepalive {
+    pub(crate) fn new(config: KeepaliveConfig) -> ClientKeepalive {
+        ClientKeepalive {
+            time: Arc::new(AtomicU64::new(nanos(config.time))),
+            timeout: config.timeout,
+            permit_without_calls: config.permit_without_calls,
+        }
+    }
+
+    /// The settings for a new connection.
+    fn config(&self) -> KeepaliveConfig {
+        KeepaliveConfig {
+            time: Duration::from_nanos(self.time.load(Ordering::Relaxed)),
+            timeout: self.timeout,
+            permit_without_calls: self.permit_without_calls,
+        }
+    }
+
+    /// The server closed a connection with GOAWAY ENHANCE_YOUR_CALM `too_many_pings`: ping
+    /// half as often on new connections (as grpc-go and the C-core do).
+    fn too_many_pings(&self, address: &Address) {
+        let time = Duration::from_nanos(self.time.load(Ordering::Relaxed)).saturating_mul(2);
+        self.time.store(nanos(time), Ordering::Relaxed);
+        tracing::warn!(%address, keepalive_time = ?time, "the server sent GOAWAY too_many_pings: keepalive time doubled for new connections");
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 struct Slot {
@@ -137,6 +187,13 @@ impl Subchannel {
     pub(crate) fn ready(&self) -> Option<(SendRequest<Bytes>, u64)> {
         let slot = self.slot();
         slot.send.clone().map(|send| (send, slot.generation))
+    }
+
+    /// Whether connection `generation` has streams open (calls, health or load reports).
+    fn calls_in_flight(&self, generation: u64) -> bool {
+        let slot = self.slot();
+        slot.generation == generation
+            && slot.send.as_ref().is_some_and(|send| send.num_active_streams() > 0)
     }
 
     fn report(&self, state: ConnectivityState, status: Option<Status>) {
@@ -225,7 +282,7 @@ impl Subchannel {
             ))),
         };
         match result {
-            Ok((send, driver)) => {
+            Ok((send, connection)) => {
                 let health_service = {
                     let mut slot = self.slot();
                     if slot.generation != generation {
@@ -250,13 +307,8 @@ impl Subchannel {
                     }
                     health_service
                 };
-                let this = Arc::downgrade(&self);
-                self.runtime.spawn(Box::pin(async move {
-                    driver.await;
-                    if let Some(this) = this.upgrade() {
-                        this.closed(generation);
-                    }
-                }));
+                let driver = self.drive(connection, generation);
+                self.runtime.spawn(Box::pin(driver));
                 // With a health check, READY waits for the backend to say SERVING.
                 if health_service.is_none() {
                     self.report(ConnectivityState::Ready, None);
@@ -304,11 +356,14 @@ impl Subchannel {
         self.report(ConnectivityState::Idle, None);
     }
 
-    async fn establish(&self) -> Result<(SendRequest<Bytes>, Driver), Status> {
+    async fn establish(&self) -> Result<(SendRequest<Bytes>, Established), Status> {
         let address = &self.address;
+        let keepalive = self.settings.keepalive.as_ref().map(ClientKeepalive::config);
         let io: BoxIo = match address {
             Address::Tcp(addr) => {
-                let options = TcpOptions::default().with_nodelay(self.settings.tcp_nodelay);
+                let options = TcpOptions::default()
+                    .with_nodelay(self.settings.tcp_nodelay)
+                    .with_user_timeout(keepalive.map(|k| k.timeout));
                 self.runtime.connect_tcp(*addr, options).await
             }
             Address::Unix(path) => self.runtime.connect_unix(path.clone()).await,
@@ -321,6 +376,8 @@ impl Subchannel {
             None => io,
         };
         let s = &self.settings;
+        let shared = Shared::new(self.runtime.now(), None);
+        let tap = ConnectionTap::client(shared.clone(), self.runtime.clone());
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(s.initial_stream_window_size)
             .initial_connection_window_size(s.initial_connection_window_size)
@@ -331,18 +388,106 @@ impl Subchannel {
             // overhead as the connection window allows data.
             .data_frame_budget(s.initial_connection_window_size as usize)
             .enable_push(false)
-            .handshake::<_, Bytes>(H2Io::new(io))
+            .handshake::<_, Bytes>(H2Io::tapped(io, tap))
             .await
             .map_err(|e| {
                 Status::unavailable(format!("HTTP/2 handshake with {address} failed: {e}"))
             })?;
-        let driver = connection.map(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection closed with an error");
-            }
-        });
-        Ok((send, Box::pin(driver)))
+        Ok((
+            send,
+            Established {
+                connection,
+                shared,
+                keepalive,
+            },
+        ))
     }
+
+    /// Runs connection `generation` until it closes, with its keepalive and BDP pings, then
+    /// reports it gone.
+    fn drive(
+        self: &Arc<Self>,
+        established: Established,
+        generation: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let Established {
+            mut connection,
+            shared,
+            keepalive,
+        } = established;
+        let settings = &self.settings;
+        let mut liveness = Liveness::new(
+            shared.clone(),
+            self.runtime.clone(),
+            connection.ping_pong(),
+            keepalive,
+            settings.dynamic_window.then_some(settings.initial_stream_window_size),
+        );
+        let this = Arc::downgrade(self);
+        let mut went_away = false;
+        async move {
+            let ended = poll_fn(|cx| loop {
+                if let Poll::Ready(result) = connection.poll_unpin(cx) {
+                    return Poll::Ready(result.err().map(|e| e.to_string()));
+                }
+                if !went_away && shared.went_away() {
+                    // No new calls here; those in flight finish. The subchannel reconnects.
+                    went_away = true;
+                    if let Some(this) = this.upgrade() {
+                        this.went_away(generation, &shared);
+                    }
+                }
+                let calls = || this.upgrade().is_some_and(|s| s.calls_in_flight(generation));
+                match std::task::ready!(liveness.poll(cx, calls)) {
+                    LivenessEvent::Dead => {
+                        return Poll::Ready(Some(
+                            "keepalive timeout: the server stopped answering".to_owned(),
+                        ))
+                    }
+                    LivenessEvent::Window(window) => grow_window(&mut connection, window),
+                }
+            })
+            .await;
+            // Dropping the connection fails the streams still on it.
+            drop(connection);
+            if let Some(this) = this.upgrade() {
+                if let Some(why) = ended {
+                    tracing::debug!(address = %this.address, %why, "connection closed");
+                }
+                this.closed(generation);
+            }
+        }
+    }
+
+    /// The server sent GOAWAY on connection `generation`: stop using it, and ping less often if
+    /// it said the client pings too much.
+    fn went_away(&self, generation: u64, shared: &Shared) {
+        let goaway = shared.observed().goaway.clone();
+        tracing::debug!(address = %self.address, ?goaway, "the server sent GOAWAY");
+        if let (Some((ENHANCE_YOUR_CALM, debug)), Some(keepalive)) =
+            (goaway, &self.settings.keepalive)
+        {
+            if debug == TOO_MANY_PINGS {
+                keepalive.too_many_pings(&self.address);
+            }
+        }
+        self.closed(generation);
+    }
+}
+
+/// Sets a connection's receive windows to what the BDP estimate asks for.
+fn grow_window(connection: &mut Connection<H2Io, Bytes>, window: u32) {
+    connection.set_target_window_size(window);
+    if let Err(e) = connection.set_initial_window_size(window) {
+        tracing::debug!(error = %e, "could not grow the stream window");
+    }
+}
+
+/// A connection just set up, with what its task needs.
+struct Established {
+    connection: Connection<H2Io, Bytes>,
+    shared: Arc<Shared>,
+    keepalive: Option<KeepaliveConfig>,
 }
 
 impl Subchannel {
@@ -493,6 +638,3 @@ impl Subchannel {
         ))
     }
 }
-
-/// The future that runs an HTTP/2 connection until it closes.
-type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

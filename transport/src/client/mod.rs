@@ -17,6 +17,7 @@ use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
     headers::{self, RequestHead},
+    keepalive::{self, KeepaliveConfig},
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
     Codec,
 };
@@ -39,7 +40,7 @@ use crate::{
     streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     MetadataMap, Request, Response, Status, Streaming,
 };
-use conn::ConnSettings;
+use conn::{ClientKeepalive, ConnSettings};
 pub(crate) use core::ActiveCall;
 use core::{Core, CoreConfig};
 use sender::{Encoding, Replay};
@@ -66,6 +67,8 @@ pub struct ChannelBuilder {
     max_recv_message_size: usize,
     max_send_message_size: usize,
     settings: ConnSettings,
+    keepalive: KeepaliveConfig,
+    keepalive_on: bool,
     lb_registry: PolicyRegistry,
     load_balancing_config: String,
     default_service_config: Option<String>,
@@ -104,6 +107,8 @@ impl ChannelBuilder {
                 max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
                 max_frame_size: 16 * 1024,
                 tcp_nodelay: true,
+                dynamic_window: true,
+                keepalive: None,
                 backoff: BackoffConfig::default(),
                 health_check_service: None,
                 scheme: Scheme::HTTP,
@@ -112,6 +117,12 @@ impl ChannelBuilder {
                 #[cfg(feature = "tls")]
                 tls: None,
             },
+            keepalive: KeepaliveConfig {
+                time: Duration::MAX,
+                timeout: keepalive::DEFAULT_KEEPALIVE_TIMEOUT,
+                permit_without_calls: false,
+            },
+            keepalive_on: false,
             lb_registry: PolicyRegistry::default(),
             load_balancing_config: r#"[{"pick_first":{}}]"#.to_owned(),
             default_service_config: None,
@@ -265,15 +276,51 @@ impl ChannelBuilder {
         self
     }
 
-    /// HTTP/2 initial stream flow-control window. Default 1 MiB.
+    /// HTTP/2 initial stream flow-control window. Default 1 MiB, grown with the measured
+    /// bandwidth-delay product (up to 16 MiB); setting it fixes the windows.
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
         self.settings.initial_stream_window_size = bytes;
+        self.settings.dynamic_window = false;
         self
     }
 
-    /// HTTP/2 initial connection flow-control window. Default 2 MiB.
+    /// HTTP/2 initial connection flow-control window. Default 2 MiB, grown with the measured
+    /// bandwidth-delay product; setting it fixes the windows.
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
         self.settings.initial_connection_window_size = bytes;
+        self.settings.dynamic_window = false;
+        self
+    }
+
+    /// Keepalive (gRFC A8): ping a connection that has read nothing for `time` (at least
+    /// 10 s: shorter values are raised), and close it, failing its calls with `UNAVAILABLE`,
+    /// when the ping goes unanswered for [`keepalive_timeout`](Self::keepalive_timeout).
+    /// Default: off. A server that answers GOAWAY `too_many_pings` doubles the time for the
+    /// channel's new connections.
+    pub fn keepalive_time(self, time: Duration) -> Self {
+        self.keepalive_time_unclamped(time.max(keepalive::MIN_CLIENT_KEEPALIVE_TIME))
+    }
+
+    /// [`keepalive_time`](Self::keepalive_time) without the 10 s floor, for tests that need
+    /// keepalive to act within a test's time. Servers with default settings disconnect
+    /// clients that ping this often.
+    #[doc(hidden)]
+    pub fn keepalive_time_unclamped(mut self, time: Duration) -> Self {
+        self.keepalive.time = time;
+        self.keepalive_on = true;
+        self
+    }
+
+    /// How long a keepalive ping may go unanswered before the connection is closed (on Linux,
+    /// also the connection's `TCP_USER_TIMEOUT`). Default 20 s.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.keepalive.timeout = timeout;
+        self
+    }
+
+    /// Whether keepalive pings are sent while no call is in flight. Default: false.
+    pub fn keepalive_permit_without_calls(mut self, permit: bool) -> Self {
+        self.keepalive.permit_without_calls = permit;
         self
     }
 
@@ -339,6 +386,9 @@ impl ChannelBuilder {
             .map_err(|_| Status::invalid_argument("user agent must be visible ASCII"))?,
         };
         let mut settings = self.settings;
+        settings.keepalive = self
+            .keepalive_on
+            .then(|| ClientKeepalive::new(self.keepalive));
         #[allow(unused_mut)]
         let mut scheme = Scheme::HTTP;
         #[cfg(feature = "tls")]

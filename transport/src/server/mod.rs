@@ -2,11 +2,21 @@
 
 mod call;
 
-use std::{collections::HashMap, fmt, future::Future, io, sync::Arc, task::Poll, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    io,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, Instant},
+};
 
 use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
+    keepalive::{self, KeepaliveConfig, PingPolicy, PingStrikes},
+    lifetime::{ConnectionLimits, Lifetime, LifetimeAction},
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
 };
 use anygrpc_rt::{Address, BoxFuture, BoxIo, H2Io, Listener, Runtime, TcpOptions};
@@ -17,10 +27,20 @@ use futures_util::{
 
 pub use call::{PreviousAttempts, ServerCall};
 
-use crate::interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor};
+use crate::{
+    connection::{self, ConnectionTap, Liveness, LivenessEvent, Timer, TOO_MANY_PINGS},
+    interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor},
+};
 
 /// The default `SETTINGS_MAX_CONCURRENT_STREAMS` a server advertises.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1000;
+
+/// How long calls may run after a graceful shutdown begins, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a connection closed for misbehaving (or by a dead peer's absence) may take to
+/// flush its final GOAWAY before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A gRPC service: routes a method name to its handler. Generated code implements this.
 pub trait Service: Send + Sync + 'static {
@@ -30,6 +50,10 @@ pub trait Service: Send + Sync + 'static {
     /// Handles one call of `method` (the part of the path after the service name). Unknown
     /// methods should end with [`ServerCall::unimplemented`].
     fn call(&self, method: &str, call: ServerCall) -> BoxFuture<'static, ()>;
+
+    /// The server has begun a graceful shutdown: called before its connections are told to go
+    /// away. The health service reports NOT_SERVING from here on. Default: nothing.
+    fn shutting_down(&self) {}
 }
 
 /// Settings shared by every connection and call of a server.
@@ -42,6 +66,12 @@ pub(crate) struct ServerShared {
     pub(crate) max_recv_message_size: usize,
     pub(crate) max_send_message_size: usize,
     handshake_timeout: Duration,
+    keepalive: KeepaliveConfig,
+    ping_policy: PingPolicy,
+    limits: ConnectionLimits,
+    shutdown_grace: Option<Duration>,
+    /// The stream window the BDP estimate starts from, if windows grow with it.
+    dynamic_window: Option<u32>,
     h2: h2::server::Builder,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
@@ -75,7 +105,13 @@ pub struct Server {
     max_local_error_reset_streams: usize,
     max_concurrent_reset_streams: usize,
     tcp_nodelay: bool,
+    reuse_port: bool,
     handshake_timeout: Duration,
+    keepalive: KeepaliveConfig,
+    ping_policy: PingPolicy,
+    limits: ConnectionLimits,
+    shutdown_grace: Option<Duration>,
+    dynamic_window: bool,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTlsConfig>,
 }
@@ -109,7 +145,17 @@ impl Server {
             max_local_error_reset_streams: 1024,
             max_concurrent_reset_streams: 50,
             tcp_nodelay: true,
+            reuse_port: false,
             handshake_timeout: Duration::from_secs(20),
+            keepalive: KeepaliveConfig {
+                time: keepalive::DEFAULT_SERVER_KEEPALIVE_TIME,
+                timeout: keepalive::DEFAULT_KEEPALIVE_TIMEOUT,
+                permit_without_calls: true,
+            },
+            ping_policy: PingPolicy::default(),
+            limits: ConnectionLimits::default(),
+            shutdown_grace: Some(DEFAULT_SHUTDOWN_GRACE),
+            dynamic_window: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -180,15 +226,19 @@ impl Server {
         self
     }
 
-    /// HTTP/2 initial stream flow-control window. Default 1 MiB.
+    /// HTTP/2 initial stream flow-control window. Default 1 MiB, grown with the measured
+    /// bandwidth-delay product (up to 16 MiB); setting it fixes the windows.
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
         self.initial_stream_window_size = bytes;
+        self.dynamic_window = false;
         self
     }
 
-    /// HTTP/2 initial connection flow-control window. Default 2 MiB.
+    /// HTTP/2 initial connection flow-control window. Default 2 MiB, grown with the measured
+    /// bandwidth-delay product; setting it fixes the windows.
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
         self.initial_connection_window_size = bytes;
+        self.dynamic_window = false;
         self
     }
 
@@ -230,6 +280,69 @@ impl Server {
         self
     }
 
+    /// Binds the listener with `SO_REUSEPORT`, so that several server processes can share the
+    /// port and the kernel spreads connections over them. Default: off.
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+
+    /// Pings a connection that has sent nothing for `time`. Default 2 hours.
+    pub fn keepalive_time(mut self, time: Duration) -> Self {
+        self.keepalive.time = time;
+        self
+    }
+
+    /// Closes a connection whose keepalive ping goes unanswered this long (on Linux, also the
+    /// connections' `TCP_USER_TIMEOUT`). Default 20 s.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.keepalive.timeout = timeout;
+        self
+    }
+
+    /// Keepalive enforcement: the least time between a client's pings. A client that pings
+    /// sooner more than twice (with no response data sent in between) is sent GOAWAY
+    /// ENHANCE_YOUR_CALM `too_many_pings` and disconnected. Default 5 minutes.
+    pub fn keepalive_min_ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_policy.min_interval = interval;
+        self
+    }
+
+    /// Keepalive enforcement: whether clients may ping while no call is in flight (otherwise
+    /// such pings are held to one per 2 hours). Default: false.
+    pub fn keepalive_permit_without_calls(mut self, permit: bool) -> Self {
+        self.ping_policy.permit_without_calls = permit;
+        self
+    }
+
+    /// Closes a connection that has had no calls for this long (gracefully: GOAWAY `max_idle`).
+    /// Default: never.
+    pub fn max_connection_idle(mut self, idle: Duration) -> Self {
+        self.limits.max_idle = Some(idle);
+        self
+    }
+
+    /// Closes connections after this age, ±10% (gracefully: GOAWAY `max_age`), so that clients
+    /// reconnect and rebalance. Default: never.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.limits.max_age = Some(age);
+        self
+    }
+
+    /// After a connection's `max_age` GOAWAY, how long its calls may run before the connection
+    /// is closed under them. Default: as long as they take.
+    pub fn max_connection_age_grace(mut self, grace: Duration) -> Self {
+        self.limits.max_age_grace = Some(grace);
+        self
+    }
+
+    /// On graceful shutdown, how long calls in flight may run before their connections are
+    /// closed under them (`None`: as long as they take). Default 30 s.
+    pub fn shutdown_grace_period(mut self, grace: Option<Duration>) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// How long a new connection may take to complete its TLS and HTTP/2 handshakes before it
     /// is closed, so idle or slow connections cannot pin server tasks. Default 20 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
@@ -254,7 +367,11 @@ impl Server {
         };
         let listener = match addr.into() {
             Address::Tcp(addr) => {
-                runtime.listen_tcp(addr, TcpOptions::default().with_nodelay(self.tcp_nodelay))?
+                let options = TcpOptions::default()
+                    .with_nodelay(self.tcp_nodelay)
+                    .with_user_timeout(Some(self.keepalive.timeout))
+                    .with_reuse_port(self.reuse_port);
+                runtime.listen_tcp(addr, options)?
             }
             Address::Unix(path) => runtime.listen_unix(path)?,
             Address::UnixAbstract(name) => runtime.listen_unix_abstract(name)?,
@@ -300,6 +417,13 @@ impl Server {
                 max_recv_message_size: self.max_recv_message_size,
                 max_send_message_size: self.max_send_message_size,
                 handshake_timeout: self.handshake_timeout,
+                keepalive: self.keepalive,
+                ping_policy: self.ping_policy,
+                limits: self.limits,
+                shutdown_grace: self.shutdown_grace,
+                dynamic_window: self
+                    .dynamic_window
+                    .then_some(self.initial_stream_window_size),
                 h2,
                 #[cfg(feature = "tls")]
                 tls,
@@ -312,8 +436,10 @@ impl Server {
         self.bind(addr)?.serve().await
     }
 
-    /// Binds and serves until `signal` completes, then shuts down gracefully: stops accepting,
-    /// sends GOAWAY on every connection, and returns once in-flight calls have finished.
+    /// Binds and serves until `signal` completes, then shuts down gracefully: tells the
+    /// services (the health service turns NOT_SERVING), stops accepting, sends GOAWAY on every
+    /// connection, and returns once in-flight calls have finished or the
+    /// [grace period](Self::shutdown_grace_period) is over.
     pub async fn serve_with_shutdown(
         self,
         addr: impl Into<Address>,
@@ -384,6 +510,9 @@ impl BoundServer {
                 Either::Right(_) => break,
             }
         }
+        for service in self.shared.services.values() {
+            service.shutting_down();
+        }
         drop(self.listener);
         let _ = shutdown_tx.send(());
         drop(alive_tx);
@@ -392,16 +521,28 @@ impl BoundServer {
     }
 }
 
-/// Runs one connection: TLS, the HTTP/2 handshake, then a task per stream, until the peer
-/// closes it or shutdown drains it.
+/// What ends a wait in a connection's loop.
+enum Next {
+    Accepted(Option<Result<(http::Request<h2::RecvStream>, h2::server::SendResponse<bytes::Bytes>), h2::Error>>),
+    Close(&'static str),
+}
+
+/// Runs one connection: TLS, the HTTP/2 handshake, then its calls, keepalive, ping policing,
+/// age and idle limits, until the peer closes it or it is drained or closed.
 async fn serve_connection(
     shared: Arc<ServerShared>,
     io: BoxIo,
     peer: Address,
     shutdown: impl Future<Output = ()> + Unpin,
 ) {
-    let deadline = shared.runtime.now().checked_add(shared.handshake_timeout);
-    let handshake = crate::with_deadline(&*shared.runtime, deadline, handshake(&shared, io));
+    let runtime = shared.runtime.clone();
+    let observed = connection::Shared::new(
+        runtime.now(),
+        Some(PingStrikes::new(shared.ping_policy)),
+    );
+    let tap = ConnectionTap::server(observed.clone(), runtime.clone());
+    let deadline = runtime.now().checked_add(shared.handshake_timeout);
+    let handshake = crate::with_deadline(&*runtime, deadline, handshake(&shared, io, tap));
     let (mut conn, extensions) = match handshake.await {
         Ok(Ok(connected)) => connected,
         Ok(Err(why)) => {
@@ -413,19 +554,82 @@ async fn serve_connection(
             return;
         }
     };
+    let mut liveness = Liveness::new(
+        observed.clone(),
+        runtime.clone(),
+        conn.ping_pong(),
+        Some(shared.keepalive),
+        shared.dynamic_window,
+    );
+    let jitter = fastrand::f64() * 2.0 - 1.0;
+    let mut lifetime = Lifetime::new(shared.limits, runtime.now(), jitter);
+    let mut timer = Timer::new(runtime.clone());
     let mut shutdown = shutdown;
-    let mut draining = false;
+    let mut shutting_down = false;
+    // Set once the connection is being closed for cause: its final GOAWAY must go out by then.
+    let mut close_by: Option<Instant> = None;
     loop {
-        let next = poll_fn(|cx| {
-            if !draining && shutdown.poll_unpin(cx).is_ready() {
-                draining = true;
-                conn.graceful_shutdown();
+        let next = poll_fn(|cx| loop {
+            let now = runtime.now();
+            if !shutting_down && shutdown.poll_unpin(cx).is_ready() {
+                shutting_down = true;
+                if lifetime.shut_down(now, shared.shutdown_grace) {
+                    conn.graceful_shutdown();
+                }
             }
-            conn.poll_accept(cx)
+            if let Poll::Ready(next) = conn.poll_accept(cx) {
+                return Poll::Ready(Next::Accepted(next));
+            }
+            let calls = conn.has_streams();
+            let too_many_pings = {
+                let mut seen = observed.observed();
+                seen.calls_in_flight = calls;
+                std::mem::take(&mut seen.too_many_pings)
+            };
+            if too_many_pings && close_by.is_none() {
+                tracing::warn!(%peer, "the client pings too often: GOAWAY ENHANCE_YOUR_CALM too_many_pings");
+                observed.goaway_debug_data(TOO_MANY_PINGS);
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                close_by = Some(now + CLOSE_TIMEOUT);
+                continue;
+            }
+            match liveness.poll(cx, || calls) {
+                Poll::Ready(LivenessEvent::Dead) => {
+                    return Poll::Ready(Next::Close("keepalive timeout: the client stopped answering"))
+                }
+                Poll::Ready(LivenessEvent::Window(window)) => {
+                    conn.set_target_window_size(window);
+                    let _ = conn.set_initial_window_size(window);
+                    continue;
+                }
+                Poll::Pending => {}
+            }
+            let wake_at = match lifetime.poll(now, calls) {
+                LifetimeAction::GoAway(reason) => {
+                    tracing::debug!(%peer, reason = %String::from_utf8_lossy(reason), "draining the connection");
+                    observed.goaway_debug_data(reason);
+                    conn.graceful_shutdown();
+                    continue;
+                }
+                LifetimeAction::Close => {
+                    return Poll::Ready(Next::Close("grace period over: calls still in flight cancelled"))
+                }
+                LifetimeAction::Wait(at) => at,
+            };
+            if close_by.is_some_and(|by| now >= by) {
+                return Poll::Ready(Next::Close("the final GOAWAY could not be sent in time"));
+            }
+            let wake_at = match (wake_at, close_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if !timer.poll(cx, wake_at) {
+                return Poll::Pending;
+            }
         })
         .await;
         match next {
-            Some(Ok((request, respond))) => {
+            Next::Accepted(Some(Ok((request, respond)))) => {
                 if let Some(mut call) = call::accept(&shared, request, respond, &peer, &extensions)
                 {
                     // A call whose request is already here and whose handler answers at once
@@ -436,15 +640,19 @@ async fn serve_connection(
                         .await
                         .is_pending()
                     {
-                        shared.runtime.spawn(call);
+                        runtime.spawn(call);
                     }
                 }
             }
-            Some(Err(err)) => {
+            Next::Accepted(Some(Err(err))) => {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
                 break;
             }
-            None => break,
+            Next::Accepted(None) => break,
+            Next::Close(why) => {
+                tracing::debug!(%peer, why, "closing the connection");
+                break;
+            }
         }
     }
 }
@@ -452,7 +660,11 @@ async fn serve_connection(
 type Connected = (h2::server::Connection<H2Io, bytes::Bytes>, http::Extensions);
 
 /// TLS (if configured) and the HTTP/2 handshake of a new connection.
-async fn handshake(shared: &ServerShared, io: BoxIo) -> Result<Connected, String> {
+async fn handshake(
+    shared: &ServerShared,
+    io: BoxIo,
+    tap: Box<dyn anygrpc_rt::Tap>,
+) -> Result<Connected, String> {
     #[allow(unused_mut)]
     let mut extensions = http::Extensions::new();
     #[cfg(feature = "tls")]
@@ -468,7 +680,7 @@ async fn handshake(shared: &ServerShared, io: BoxIo) -> Result<Connected, String
     };
     let conn = shared
         .h2
-        .handshake::<_, bytes::Bytes>(H2Io::new(io))
+        .handshake::<_, bytes::Bytes>(H2Io::tapped(io, tap))
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
     Ok((conn, extensions))

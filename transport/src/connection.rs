@@ -1,0 +1,340 @@
+//! What runs beside h2 on every connection: the IO tap that sees the frames h2 keeps to itself,
+//! and [`Liveness`], which drives keepalive pings and the BDP flow-control window with h2's
+//! ping API. The decisions are `codec::keepalive` and `codec::bdp`; this module does the IO.
+
+use std::{
+    mem,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use anygrpc_codec::{
+    bdp::BdpEstimator,
+    frames::{self, FrameScanner, Seen},
+    keepalive::{Keepalive, KeepaliveAction, KeepaliveConfig, PingStrikes},
+};
+use anygrpc_rt::{Runtime, Sleep, Tap};
+use h2::{Ping, PingPong};
+
+/// The GOAWAY error code a server sends to a client that pings too often.
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
+/// The debug data that goes with it.
+pub(crate) const TOO_MANY_PINGS: &[u8] = b"too_many_pings";
+
+/// What the tap saw since the connection's task last looked.
+#[derive(Debug)]
+pub(crate) struct Observed {
+    /// When the peer last sent anything.
+    pub(crate) last_read: Instant,
+    /// DATA payload bytes read.
+    data_bytes: usize,
+    /// The peer's last GOAWAY: error code and debug data.
+    pub(crate) goaway: Option<(u32, Vec<u8>)>,
+    /// A server's ping policing, fed by the pings it reads and the HEADERS and DATA it writes.
+    strikes: Option<PingStrikes>,
+    /// Whether calls are in flight, as the connection's task last saw (for ping policing).
+    pub(crate) calls_in_flight: bool,
+    /// The client pinged too often.
+    pub(crate) too_many_pings: bool,
+}
+
+/// The state a connection's tap and its task share. Both run in the connection's task (h2
+/// does its IO only there), so the lock is never contended.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    observed: Mutex<Observed>,
+    /// The peer sent GOAWAY (its details are in [`Observed::goaway`]).
+    went_away: AtomicBool,
+    /// Debug data put on the GOAWAY frames h2 writes from now on.
+    goaway_debug: OnceLock<&'static [u8]>,
+}
+
+impl Shared {
+    pub(crate) fn new(now: Instant, strikes: Option<PingStrikes>) -> Arc<Shared> {
+        Arc::new(Shared {
+            observed: Mutex::new(Observed {
+                last_read: now,
+                data_bytes: 0,
+                goaway: None,
+                strikes,
+                calls_in_flight: false,
+                too_many_pings: false,
+            }),
+            went_away: AtomicBool::new(false),
+            goaway_debug: OnceLock::new(),
+        })
+    }
+
+    /// Whether the peer has sent GOAWAY (a cheap check, made after every poll).
+    pub(crate) fn went_away(&self) -> bool {
+        self.went_away.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn observed(&self) -> MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts `debug` on the GOAWAY frames h2 sends from now on (the first reason given stays).
+    pub(crate) fn goaway_debug_data(&self, debug: &'static [u8]) {
+        let _ = self.goaway_debug.set(debug);
+    }
+}
+
+/// The [`Tap`] of one connection.
+pub(crate) struct ConnectionTap {
+    shared: Arc<Shared>,
+    runtime: Arc<dyn Runtime>,
+    reads: FrameScanner,
+    /// A server follows its own output: HEADERS and DATA forgive ping strikes, and GOAWAYs
+    /// get their debug data.
+    writes: Option<FrameScanner>,
+}
+
+impl ConnectionTap {
+    /// A client connection's tap.
+    pub(crate) fn client(shared: Arc<Shared>, runtime: Arc<dyn Runtime>) -> Box<dyn Tap> {
+        Box::new(ConnectionTap {
+            shared,
+            runtime,
+            reads: FrameScanner::server_to_client(),
+            writes: None,
+        })
+    }
+
+    /// A server connection's tap.
+    pub(crate) fn server(shared: Arc<Shared>, runtime: Arc<dyn Runtime>) -> Box<dyn Tap> {
+        Box::new(ConnectionTap {
+            shared,
+            runtime,
+            reads: FrameScanner::client_to_server(),
+            writes: Some(FrameScanner::server_to_client()),
+        })
+    }
+}
+
+impl Tap for ConnectionTap {
+    fn read(&mut self, bytes: &[u8]) {
+        let now = self.runtime.now();
+        let mut observed = self.shared.observed();
+        let observed = &mut *observed;
+        observed.last_read = now;
+        self.reads.scan(bytes, |seen| match seen {
+            Seen::Frame(header) if header.kind == frames::kind::DATA => {
+                observed.data_bytes += header.length as usize;
+            }
+            Seen::Frame(header) if header.is_ping() => {
+                if let Some(strikes) = &mut observed.strikes {
+                    if strikes.ping(now, observed.calls_in_flight) {
+                        observed.too_many_pings = true;
+                    }
+                }
+            }
+            Seen::GoAway {
+                error_code,
+                debug_data,
+                ..
+            } => {
+                observed.goaway = Some((error_code, debug_data.to_vec()));
+                self.shared.went_away.store(true, Ordering::Relaxed);
+            }
+            Seen::Frame(_) => {}
+        });
+    }
+
+    fn written(&mut self, bytes: &[u8]) {
+        let Some(writes) = &mut self.writes else {
+            return;
+        };
+        let mut forgive = false;
+        writes.scan(bytes, |seen| {
+            if let Seen::Frame(header) = seen {
+                forgive |= header.is_headers_or_data();
+            }
+        });
+        if forgive {
+            if let Some(strikes) = &mut self.shared.observed().strikes {
+                strikes.sent_headers_or_data();
+            }
+        }
+    }
+
+    fn replace(&mut self, next: &[u8]) -> Option<(usize, Vec<u8>)> {
+        let debug = self.shared.goaway_debug.get()?;
+        if !self.writes.as_ref()?.at_frame_boundary() {
+            return None;
+        }
+        // h2's GOAWAYs have no debug data: a 9-byte header and 8 bytes of payload.
+        let frame = next.get(..17)?;
+        if frame[..3] != [0, 0, 8] || frame[3] != frames::kind::GOAWAY {
+            return None;
+        }
+        let last_stream_id = u32::from_be_bytes([frame[9], frame[10], frame[11], frame[12]]);
+        let error_code = u32::from_be_bytes([frame[13], frame[14], frame[15], frame[16]]);
+        Some((17, frames::goaway(last_stream_id, error_code, debug)))
+    }
+
+    fn may_replace(&self) -> bool {
+        self.shared.goaway_debug.get().is_some()
+    }
+}
+
+/// What [`Liveness`] reports to the connection's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LivenessEvent {
+    /// The peer answered nothing within the keepalive timeout: close the connection.
+    Dead,
+    /// Set the connection's and streams' receive windows to this size.
+    Window(u32),
+}
+
+/// Keepalive pings and BDP sampling on one connection, sharing h2's single user ping.
+pub(crate) struct Liveness {
+    shared: Arc<Shared>,
+    runtime: Arc<dyn Runtime>,
+    keepalive: Option<Keepalive>,
+    bdp: Option<BdpEstimator>,
+    ping_pong: Option<PingPong>,
+    ping_in_flight: bool,
+    timer: Timer,
+}
+
+impl Liveness {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        runtime: Arc<dyn Runtime>,
+        ping_pong: Option<PingPong>,
+        keepalive: Option<KeepaliveConfig>,
+        bdp_initial_window: Option<u32>,
+    ) -> Liveness {
+        let now = runtime.now();
+        Liveness {
+            shared,
+            keepalive: keepalive.map(|config| Keepalive::new(config, now)),
+            bdp: bdp_initial_window.map(BdpEstimator::new),
+            ping_pong,
+            ping_in_flight: false,
+            timer: Timer::new(runtime.clone()),
+            runtime,
+        }
+    }
+
+    fn send_ping(&mut self) -> bool {
+        if self.ping_in_flight {
+            return false;
+        }
+        let Some(ping_pong) = &mut self.ping_pong else {
+            return false;
+        };
+        self.ping_in_flight = ping_pong.send_ping(Ping::opaque()).is_ok();
+        self.ping_in_flight
+    }
+
+    /// Runs after every poll of the connection, with what the tap saw meanwhile. Asks
+    /// `calls_in_flight` only when a keepalive ping is due.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        calls_in_flight: impl FnOnce() -> bool,
+    ) -> Poll<LivenessEvent> {
+        if self.keepalive.is_none() && self.bdp.is_none() {
+            return Poll::Pending;
+        }
+        let now = self.runtime.now();
+        let (last_read, data_bytes) = {
+            let mut observed = self.shared.observed();
+            (observed.last_read, mem::take(&mut observed.data_bytes))
+        };
+        let mut grown = None;
+        if self.ping_in_flight {
+            if let Some(ping_pong) = &mut self.ping_pong {
+                if let Poll::Ready(answer) = ping_pong.poll_pong(cx) {
+                    self.ping_in_flight = false;
+                    if let (Ok(_), Some(bdp)) = (answer, &mut self.bdp) {
+                        grown = bdp.pong(now);
+                    }
+                }
+            }
+        }
+        if data_bytes > 0 && self.bdp.as_mut().is_some_and(|bdp| bdp.received(data_bytes)) {
+            let sent = self.send_ping();
+            if let Some(bdp) = &mut self.bdp {
+                bdp.ping_sent(now, sent);
+            }
+        }
+        if let Some(keepalive) = &mut self.keepalive {
+            keepalive.read(last_read);
+            match keepalive.poll(now, calls_in_flight) {
+                KeepaliveAction::Dead => return Poll::Ready(LivenessEvent::Dead),
+                // A ping already in flight (a BDP sample) serves as well: any answer counts.
+                KeepaliveAction::Ping => {
+                    self.send_ping();
+                    return self.poll_again(cx, grown);
+                }
+                KeepaliveAction::Wait(at) => {
+                    if self.timer.poll(cx, at) {
+                        cx.waker().wake_by_ref();
+                    }
+                }
+            }
+        }
+        match grown {
+            Some(window) => Poll::Ready(LivenessEvent::Window(window)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// After a ping, the keepalive's next deadline is computed on the next poll, at once.
+    fn poll_again(&mut self, cx: &mut Context<'_>, grown: Option<u32>) -> Poll<LivenessEvent> {
+        cx.waker().wake_by_ref();
+        match grown {
+            Some(window) => Poll::Ready(LivenessEvent::Window(window)),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A connection task's timer for deadlines that mostly move later (each read pushes the
+/// keepalive ping back): it is moved only when it must fire sooner, and firing early costs the
+/// task one look, instead of a timer update on every poll.
+pub(crate) struct Timer {
+    runtime: Arc<dyn Runtime>,
+    sleep: Option<Pin<Box<dyn Sleep>>>,
+    armed_at: Option<Instant>,
+}
+
+impl Timer {
+    pub(crate) fn new(runtime: Arc<dyn Runtime>) -> Timer {
+        Timer {
+            runtime,
+            sleep: None,
+            armed_at: None,
+        }
+    }
+
+    /// Makes sure the task is woken at `at` or sooner; `true` when the timer has fired (the
+    /// caller looks at its deadlines again).
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, at: Option<Instant>) -> bool {
+        if let Some(at) = at {
+            if self.armed_at.is_none_or(|armed| armed > at) {
+                self.armed_at = Some(at);
+                match &mut self.sleep {
+                    Some(sleep) => sleep.as_mut().reset(at),
+                    None => self.sleep = Some(self.runtime.sleep_until(at)),
+                }
+            }
+        }
+        let Some(sleep) = self.sleep.as_mut().filter(|_| self.armed_at.is_some()) else {
+            return false;
+        };
+        let fired = sleep.as_mut().poll(cx).is_ready();
+        if fired {
+            self.armed_at = None;
+        }
+        fired
+    }
+}
