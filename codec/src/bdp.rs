@@ -136,7 +136,9 @@ mod tests {
             }
         }
         assert_eq!(windows[0], 128 * 1024);
-        assert!(windows.windows(2).all(|w| w[1] == (w[0] * 2).min(BDP_LIMIT)));
+        assert!(windows
+            .windows(2)
+            .all(|w| w[1] == (w[0] * 2).min(BDP_LIMIT)));
         assert_eq!(bdp.window(), BDP_LIMIT);
         assert!(!bdp.received(1), "no sampling at the limit");
     }

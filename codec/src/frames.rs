@@ -145,7 +145,9 @@ impl FrameScanner {
                 };
                 self.payload = header.length as usize;
                 if header.kind == kind::GOAWAY {
-                    self.goaway = Some(Vec::with_capacity(self.payload.min(8 + MAX_GOAWAY_DEBUG_DATA)));
+                    self.goaway = Some(Vec::with_capacity(
+                        self.payload.min(8 + MAX_GOAWAY_DEBUG_DATA),
+                    ));
                 }
                 seen(Seen::Frame(header));
                 if self.payload == 0 {
@@ -259,7 +261,11 @@ mod tests {
                     }
                 });
             }
-            assert_eq!(goaways, [(7, 0xb, b"too_many_pings".to_vec())], "chunks of {chunk}");
+            assert_eq!(
+                goaways,
+                [(7, 0xb, b"too_many_pings".to_vec())],
+                "chunks of {chunk}"
+            );
             assert!(scanner.at_frame_boundary());
         }
     }

@@ -88,7 +88,11 @@ impl Keepalive {
 
     /// What to do at `now`; `calls_in_flight` is asked only when a ping is due. After
     /// [`Ping`](KeepaliveAction::Ping) the ping counts as sent at `now`.
-    pub fn poll(&mut self, now: Instant, calls_in_flight: impl FnOnce() -> bool) -> KeepaliveAction {
+    pub fn poll(
+        &mut self,
+        now: Instant,
+        calls_in_flight: impl FnOnce() -> bool,
+    ) -> KeepaliveAction {
         if let Some(sent) = self.ping_sent {
             if self.last_read < sent {
                 let dead_at = sent + self.config.timeout;
@@ -197,7 +201,10 @@ mod tests {
     fn a_client_pings_after_time_without_reads_and_gives_up_after_timeout() {
         let t0 = Instant::now();
         let mut k = Keepalive::new(KeepaliveConfig::client(10 * S, 20 * S, false), t0);
-        assert_eq!(k.poll(t0, || true), KeepaliveAction::Wait(Some(t0 + 10 * S)));
+        assert_eq!(
+            k.poll(t0, || true),
+            KeepaliveAction::Wait(Some(t0 + 10 * S))
+        );
         // Reads push the ping back: time counts from the last one.
         k.read(t0 + 4 * S);
         assert_eq!(
@@ -229,8 +236,14 @@ mod tests {
     fn without_calls_a_client_pings_only_if_permitted() {
         let t0 = Instant::now();
         let mut idle = Keepalive::new(KeepaliveConfig::client(10 * S, 20 * S, false), t0);
-        assert_eq!(idle.poll(t0 + 5 * S, || false), KeepaliveAction::Wait(Some(t0 + 10 * S)));
-        assert_eq!(idle.poll(t0 + 100 * S, || false), KeepaliveAction::Wait(None));
+        assert_eq!(
+            idle.poll(t0 + 5 * S, || false),
+            KeepaliveAction::Wait(Some(t0 + 10 * S))
+        );
+        assert_eq!(
+            idle.poll(t0 + 100 * S, || false),
+            KeepaliveAction::Wait(None)
+        );
         // A call starting after a long silence pings at once.
         assert_eq!(idle.poll(t0 + 100 * S, || true), KeepaliveAction::Ping);
         let mut permitted = Keepalive::new(KeepaliveConfig::client(10 * S, 20 * S, true), t0);

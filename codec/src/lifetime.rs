@@ -137,7 +137,10 @@ mod tests {
             ..Default::default()
         };
         let mut life = Lifetime::new(limits, t0, 0.0);
-        assert_eq!(life.poll(t0, false), LifetimeAction::Wait(Some(t0 + 10 * S)));
+        assert_eq!(
+            life.poll(t0, false),
+            LifetimeAction::Wait(Some(t0 + 10 * S))
+        );
         // A call keeps it open; idleness counts from its end.
         assert_eq!(life.poll(t0 + 5 * S, true), LifetimeAction::Wait(None));
         assert_eq!(
@@ -190,7 +193,10 @@ mod tests {
         );
         assert_eq!(life.poll(t0 + 30 * S, true), LifetimeAction::Close);
         let mut aged = Lifetime::new(limits, t0, 0.0);
-        assert_eq!(aged.poll(t0 + 10 * S, true), LifetimeAction::GoAway(b"max_age"));
+        assert_eq!(
+            aged.poll(t0 + 10 * S, true),
+            LifetimeAction::GoAway(b"max_age")
+        );
         assert!(!aged.shut_down(t0 + 11 * S, Some(S)));
         assert_eq!(aged.poll(t0 + 12 * S, true), LifetimeAction::Close);
     }
@@ -199,8 +205,14 @@ mod tests {
     fn without_limits_a_connection_lives_forever() {
         let t0 = Instant::now();
         let mut life = Lifetime::new(ConnectionLimits::default(), t0, 0.5);
-        assert_eq!(life.poll(t0 + 1_000_000 * S, false), LifetimeAction::Wait(None));
+        assert_eq!(
+            life.poll(t0 + 1_000_000 * S, false),
+            LifetimeAction::Wait(None)
+        );
         assert!(life.shut_down(t0, None));
-        assert_eq!(life.poll(t0 + 1_000_000 * S, true), LifetimeAction::Wait(None));
+        assert_eq!(
+            life.poll(t0 + 1_000_000 * S, true),
+            LifetimeAction::Wait(None)
+        );
     }
 }

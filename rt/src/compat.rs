@@ -212,7 +212,10 @@ impl tokio::io::AsyncWrite for H2Io {
         let this = self.get_mut();
         if this.tap.as_ref().is_some_and(|tap| tap.may_replace()) {
             // One slice at a time, so that the tap sees each write's start.
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
             return Pin::new(this).poll_write(cx, first);
         }
         if this.spend(cx) {
@@ -370,7 +373,9 @@ mod tests {
         );
         let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 8];
         let mut buf = ReadBuf::uninit(&mut storage);
-        assert!(Pin::new(&mut reader).poll_read(&mut cx, &mut buf).is_ready());
+        assert!(Pin::new(&mut reader)
+            .poll_read(&mut cx, &mut buf)
+            .is_ready());
 
         let sink = Sink::default();
         let mut writer = H2Io::tapped(Box::new(sink.clone()), Box::new(Recorder(seen.clone())));
@@ -388,6 +393,10 @@ mod tests {
         let (read, wrote) = seen.lock().unwrap().clone();
         assert_eq!(read, b"xyz");
         assert_eq!(wrote, output, "the tap sees h2's bytes");
-        assert_eq!(*sink.0.lock().unwrap(), b"new!rest", "the peer gets the substitute");
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            b"new!rest",
+            "the peer gets the substitute"
+        );
     }
 }

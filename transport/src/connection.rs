@@ -168,14 +168,24 @@ impl Tap for ConnectionTap {
         if !self.writes.as_ref()?.at_frame_boundary() {
             return None;
         }
-        // h2's GOAWAYs have no debug data: a 9-byte header and 8 bytes of payload.
-        let frame = next.get(..17)?;
-        if frame[..3] != [0, 0, 8] || frame[3] != frames::kind::GOAWAY {
-            return None;
+        // Walk the whole frames in `next` to h2's GOAWAY, which has no debug data: a 9-byte
+        // header and 8 bytes of payload. What comes before it goes out unchanged.
+        let mut at = 0;
+        while let Some(header) = next.get(at..at + 9) {
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            if header[3] == frames::kind::GOAWAY && length == 8 {
+                let payload = next.get(at + 9..at + 17)?;
+                let last_stream_id =
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let error_code =
+                    u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                let mut out = next[..at].to_vec();
+                out.extend(frames::goaway(last_stream_id, error_code, debug));
+                return Some((at + 17, out));
+            }
+            at += 9 + length;
         }
-        let last_stream_id = u32::from_be_bytes([frame[9], frame[10], frame[11], frame[12]]);
-        let error_code = u32::from_be_bytes([frame[13], frame[14], frame[15], frame[16]]);
-        Some((17, frames::goaway(last_stream_id, error_code, debug)))
+        None
     }
 
     fn may_replace(&self) -> bool {
@@ -260,7 +270,12 @@ impl Liveness {
                 }
             }
         }
-        if data_bytes > 0 && self.bdp.as_mut().is_some_and(|bdp| bdp.received(data_bytes)) {
+        if data_bytes > 0
+            && self
+                .bdp
+                .as_mut()
+                .is_some_and(|bdp| bdp.received(data_bytes))
+        {
             let sent = self.send_ping();
             if let Some(bdp) = &mut self.bdp {
                 bdp.ping_sent(now, sent);

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 
+pub mod faults;
+
 /// Generated code for `test.proto`.
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/anygrpc.test.rs"));

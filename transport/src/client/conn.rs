@@ -37,7 +37,9 @@ use http::{
 
 use super::core::Core;
 use crate::{
-    connection::{ConnectionTap, Liveness, LivenessEvent, Shared, ENHANCE_YOUR_CALM, TOO_MANY_PINGS},
+    connection::{
+        ConnectionTap, Liveness, LivenessEvent, Shared, ENHANCE_YOUR_CALM, TOO_MANY_PINGS,
+    },
     health::{self, Health, HealthCheckRequest},
     send::send_message,
     streaming::{ClientSide, PendingHead},
@@ -193,7 +195,10 @@ impl Subchannel {
     fn calls_in_flight(&self, generation: u64) -> bool {
         let slot = self.slot();
         slot.generation == generation
-            && slot.send.as_ref().is_some_and(|send| send.num_active_streams() > 0)
+            && slot
+                .send
+                .as_ref()
+                .is_some_and(|send| send.num_active_streams() > 0)
     }
 
     fn report(&self, state: ConnectivityState, status: Option<Status>) {
@@ -358,7 +363,11 @@ impl Subchannel {
 
     async fn establish(&self) -> Result<(SendRequest<Bytes>, Established), Status> {
         let address = &self.address;
-        let keepalive = self.settings.keepalive.as_ref().map(ClientKeepalive::config);
+        let keepalive = self
+            .settings
+            .keepalive
+            .as_ref()
+            .map(ClientKeepalive::config);
         let io: BoxIo = match address {
             Address::Tcp(addr) => {
                 let options = TcpOptions::default()
@@ -421,7 +430,9 @@ impl Subchannel {
             self.runtime.clone(),
             connection.ping_pong(),
             keepalive,
-            settings.dynamic_window.then_some(settings.initial_stream_window_size),
+            settings
+                .dynamic_window
+                .then_some(settings.initial_stream_window_size),
         );
         let this = Arc::downgrade(self);
         let mut went_away = false;
@@ -437,7 +448,10 @@ impl Subchannel {
                         this.went_away(generation, &shared);
                     }
                 }
-                let calls = || this.upgrade().is_some_and(|s| s.calls_in_flight(generation));
+                let calls = || {
+                    this.upgrade()
+                        .is_some_and(|s| s.calls_in_flight(generation))
+                };
                 match std::task::ready!(liveness.poll(cx, calls)) {
                     LivenessEvent::Dead => {
                         return Poll::Ready(Some(
@@ -453,6 +467,10 @@ impl Subchannel {
             if let Some(this) = this.upgrade() {
                 if let Some(why) = ended {
                     tracing::debug!(address = %this.address, %why, "connection closed");
+                }
+                // A GOAWAY with an error closes the connection in the poll that reads it.
+                if !went_away && shared.went_away() {
+                    this.went_away(generation, &shared);
                 }
                 this.closed(generation);
             }

@@ -718,20 +718,34 @@ impl Grpc {
         })
     }
 
-    /// Picks a connection and opens an attempt's stream, sending `request` as its headers.
-    async fn open(&self, call: &Prepared, request: http::Request<()>) -> Result<Opened, Status> {
+    /// Picks a connection and opens an attempt's stream, sending `request()` as its headers
+    /// (made again if the stream has to be opened on another connection).
+    async fn open(
+        &self,
+        call: &Prepared,
+        request: impl Fn() -> http::Request<()>,
+    ) -> Result<Opened, Status> {
+        let mut request_head = Some(request());
         let inner = &self.channel.inner;
         // A connection found closing (GOAWAY) or gone before the stream opens never saw the
         // call, so the call picks again, as often as it takes (a transparent retry, gRFC A6;
         // the caller bounds the call by its deadline). The closed connection is taken out of
         // the picker first, so each new try waits for another connection.
-        let (picked, mut ready) = loop {
+        let (picked, response, send) = loop {
             let picked = inner
                 .core
-                .pick(request.uri().path(), call.wait_for_ready)
+                .pick(call.request.uri().path(), call.wait_for_ready)
                 .await?;
-            match picked.send.clone().ready().await {
-                Ok(ready) => break (picked, ready),
+            // GOAWAY may arrive between `ready` and `send_request`: both mean "pick again".
+            let opened = match picked.send.clone().ready().await {
+                Ok(mut ready) => {
+                    let head = request_head.take().unwrap_or_else(&request);
+                    ready.send_request(head, false)
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((response, send)) => break (picked, response, send),
                 Err(e) => {
                     picked.subchannel.closed(picked.generation);
                     if !(e.is_go_away() || e.is_io()) {
@@ -740,10 +754,6 @@ impl Grpc {
                 }
             }
         };
-        let (response, send) = ready.send_request(request, false).map_err(|e| {
-            picked.subchannel.closed(picked.generation);
-            crate::status_from_h2(&e, false)
-        })?;
         let tracking = CallTracking {
             load_report: picked.load_report.map(|sink| LoadReporter {
                 sink,
@@ -773,7 +783,7 @@ impl Grpc {
         send: impl FnOnce(h2::SendStream<Bytes>) -> (K, Option<LocalError>),
     ) -> Result<(K, Streaming<C::Decode>), AttemptFailure> {
         let opened = self
-            .open(call, attempt_request(&call.request, previous))
+            .open(call, || attempt_request(&call.request, previous))
             .await
             .map_err(|status| (status, AttemptEnd::default()))?;
         let (kept, local_error) = send(opened.send);
@@ -984,7 +994,7 @@ impl Grpc {
             let mut streaming = self
                 .run_attempts(
                     call,
-                    || held.is_some(),
+                    || replayable(call, &held),
                     |previous| self.single_attempt(call, &frame, &codec, previous, false),
                 )
                 .await?;
@@ -1010,7 +1020,7 @@ impl Grpc {
         let call = &call;
         let attempts = self.run_attempts(
             call,
-            || held.is_some(),
+            || replayable(call, &held),
             |previous| self.single_attempt(call, &frame, &codec, previous, true),
         );
         let mut streaming = self
@@ -1050,7 +1060,9 @@ impl Grpc {
         let runtime = &**self.runtime();
         let codec = encoding.codec.clone();
         if call.policy.is_none() {
-            let opened = self.open(call, attempt_request(&call.request, 0)).await?;
+            let opened = self
+                .open(call, || attempt_request(&call.request, 0))
+                .await?;
             let (stop, error) = sender::spawn(runtime, opened.send, encoding, messages);
             let mut streaming = self.attempt_response(
                 call,
@@ -1156,6 +1168,13 @@ impl Grpc {
 }
 
 /// A copy of a call's request head for one attempt, saying how many attempts came before.
+/// Whether a single-message request can be sent again: always without a policy (the call
+/// holds its one frame for the refused-stream retry), under one while it is in the retry
+/// buffer.
+fn replayable(call: &Prepared, held: &Option<Buffered>) -> bool {
+    call.policy.is_none() || held.is_some()
+}
+
 fn attempt_request(head: &http::Request<()>, previous: u32) -> http::Request<()> {
     let mut request = http::Request::new(());
     *request.method_mut() = head.method().clone();

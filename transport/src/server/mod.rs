@@ -521,12 +521,6 @@ impl BoundServer {
     }
 }
 
-/// What ends a wait in a connection's loop.
-enum Next {
-    Accepted(Option<Result<(http::Request<h2::RecvStream>, h2::server::SendResponse<bytes::Bytes>), h2::Error>>),
-    Close(&'static str),
-}
-
 /// Runs one connection: TLS, the HTTP/2 handshake, then its calls, keepalive, ping policing,
 /// age and idle limits, until the peer closes it or it is drained or closed.
 async fn serve_connection(
@@ -536,10 +530,8 @@ async fn serve_connection(
     shutdown: impl Future<Output = ()> + Unpin,
 ) {
     let runtime = shared.runtime.clone();
-    let observed = connection::Shared::new(
-        runtime.now(),
-        Some(PingStrikes::new(shared.ping_policy)),
-    );
+    let observed =
+        connection::Shared::new(runtime.now(), Some(PingStrikes::new(shared.ping_policy)));
     let tap = ConnectionTap::server(observed.clone(), runtime.clone());
     let deadline = runtime.now().checked_add(shared.handshake_timeout);
     let handshake = crate::with_deadline(&*runtime, deadline, handshake(&shared, io, tap));
@@ -568,93 +560,81 @@ async fn serve_connection(
     let mut shutting_down = false;
     // Set once the connection is being closed for cause: its final GOAWAY must go out by then.
     let mut close_by: Option<Instant> = None;
-    loop {
-        let next = poll_fn(|cx| loop {
-            let now = runtime.now();
-            if !shutting_down && shutdown.poll_unpin(cx).is_ready() {
-                shutting_down = true;
-                if lifetime.shut_down(now, shared.shutdown_grace) {
-                    conn.graceful_shutdown();
-                }
+    let ended = poll_fn(|cx| loop {
+        let now = runtime.now();
+        if !shutting_down && shutdown.poll_unpin(cx).is_ready() {
+            shutting_down = true;
+            if lifetime.shut_down(now, shared.shutdown_grace) {
+                conn.graceful_shutdown();
             }
-            if let Poll::Ready(next) = conn.poll_accept(cx) {
-                return Poll::Ready(Next::Accepted(next));
-            }
-            let calls = conn.has_streams();
-            let too_many_pings = {
-                let mut seen = observed.observed();
-                seen.calls_in_flight = calls;
-                std::mem::take(&mut seen.too_many_pings)
-            };
-            if too_many_pings && close_by.is_none() {
-                tracing::warn!(%peer, "the client pings too often: GOAWAY ENHANCE_YOUR_CALM too_many_pings");
-                observed.goaway_debug_data(TOO_MANY_PINGS);
-                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
-                close_by = Some(now + CLOSE_TIMEOUT);
-                continue;
-            }
-            match liveness.poll(cx, || calls) {
-                Poll::Ready(LivenessEvent::Dead) => {
-                    return Poll::Ready(Next::Close("keepalive timeout: the client stopped answering"))
-                }
-                Poll::Ready(LivenessEvent::Window(window)) => {
-                    conn.set_target_window_size(window);
-                    let _ = conn.set_initial_window_size(window);
-                    continue;
-                }
-                Poll::Pending => {}
-            }
-            let wake_at = match lifetime.poll(now, calls) {
-                LifetimeAction::GoAway(reason) => {
-                    tracing::debug!(%peer, reason = %String::from_utf8_lossy(reason), "draining the connection");
-                    observed.goaway_debug_data(reason);
-                    conn.graceful_shutdown();
-                    continue;
-                }
-                LifetimeAction::Close => {
-                    return Poll::Ready(Next::Close("grace period over: calls still in flight cancelled"))
-                }
-                LifetimeAction::Wait(at) => at,
-            };
-            if close_by.is_some_and(|by| now >= by) {
-                return Poll::Ready(Next::Close("the final GOAWAY could not be sent in time"));
-            }
-            let wake_at = match (wake_at, close_by) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if !timer.poll(cx, wake_at) {
-                return Poll::Pending;
-            }
-        })
-        .await;
-        match next {
-            Next::Accepted(Some(Ok((request, respond)))) => {
+        }
+        match conn.poll_accept(cx) {
+            Poll::Ready(Some(Ok((request, respond)))) => {
                 if let Some(mut call) = call::accept(&shared, request, respond, &peer, &extensions)
                 {
                     // A call whose request is already here and whose handler answers at once
                     // completes in this first poll, on this task: no hand-off to another
                     // thread, no contention on the connection's lock. Anything that has to
                     // wait gets a task of its own (and re-registers its wakers there).
-                    if poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx)))
-                        .await
-                        .is_pending()
-                    {
+                    if call.as_mut().poll(cx).is_pending() {
                         runtime.spawn(call);
                     }
                 }
+                continue;
             }
-            Next::Accepted(Some(Err(err))) => {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-                break;
-            }
-            Next::Accepted(None) => break,
-            Next::Close(why) => {
-                tracing::debug!(%peer, why, "closing the connection");
-                break;
-            }
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(format!("error: {err}")),
+            Poll::Ready(None) => return Poll::Ready("closed".to_owned()),
+            Poll::Pending => {}
         }
-    }
+        let calls = conn.has_streams();
+        let too_many_pings = {
+            let mut seen = observed.observed();
+            seen.calls_in_flight = calls;
+            std::mem::take(&mut seen.too_many_pings)
+        };
+        if too_many_pings && close_by.is_none() {
+            tracing::warn!(%peer, "the client pings too often: GOAWAY ENHANCE_YOUR_CALM too_many_pings");
+            observed.goaway_debug_data(TOO_MANY_PINGS);
+            conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+            close_by = Some(now + CLOSE_TIMEOUT);
+            continue;
+        }
+        match liveness.poll(cx, || calls) {
+            Poll::Ready(LivenessEvent::Dead) => {
+                return Poll::Ready("keepalive timeout: the client stopped answering".to_owned())
+            }
+            Poll::Ready(LivenessEvent::Window(window)) => {
+                conn.set_target_window_size(window);
+                let _ = conn.set_initial_window_size(window);
+                continue;
+            }
+            Poll::Pending => {}
+        }
+        let wake_at = match lifetime.poll(now, calls) {
+            LifetimeAction::GoAway(reason) => {
+                tracing::debug!(%peer, reason = %String::from_utf8_lossy(reason), "draining the connection");
+                observed.goaway_debug_data(reason);
+                conn.graceful_shutdown();
+                continue;
+            }
+            LifetimeAction::Close => {
+                return Poll::Ready("grace period over: calls still in flight cancelled".to_owned())
+            }
+            LifetimeAction::Wait(at) => at,
+        };
+        if close_by.is_some_and(|by| now >= by) {
+            return Poll::Ready("the final GOAWAY could not be sent in time".to_owned());
+        }
+        let wake_at = match (wake_at, close_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if !timer.poll(cx, wake_at) {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    tracing::debug!(%peer, %ended, "connection ended");
 }
 
 type Connected = (h2::server::Connection<H2Io, bytes::Bytes>, http::Extensions);
