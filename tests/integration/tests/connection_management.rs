@@ -8,7 +8,7 @@ use anygrpc::{
     rt::{block_on, Address},
     Code,
 };
-use anygrpc_integration_tests::{faults::Blackholes, *};
+use anygrpc_integration_tests::{faults::FaultyNet, *};
 use futures_util::{future::join_all, StreamExt};
 
 const MS: Duration = Duration::from_millis(1);
@@ -73,7 +73,7 @@ fn an_anygrpc_client_told_too_many_pings_backs_off_and_then_stays_connected() {
         s.keepalive_min_ping_interval(150 * MS)
             .keepalive_permit_without_calls(true)
     });
-    let net = Blackholes::new();
+    let net = FaultyNet::new();
     let channel = anygrpc::Channel::builder(&server.target())
         .runtime(net.clone())
         .keepalive_time_unclamped(100 * MS)
@@ -101,7 +101,7 @@ fn an_anygrpc_client_told_too_many_pings_backs_off_and_then_stays_connected() {
 #[test]
 fn keepalive_detects_a_blackholed_server_and_calls_move_to_a_new_connection() {
     let mut server = start();
-    let net = Blackholes::new();
+    let net = FaultyNet::new();
     let (time, timeout) = (200 * MS, 300 * MS);
     let channel = anygrpc::Channel::builder(&server.target())
         .runtime(net.clone())
@@ -144,7 +144,7 @@ fn under_max_connection_age_clients_reconnect_and_no_call_fails() {
         s.max_connection_age(Duration::from_secs(2))
             .max_connection_age_grace(Duration::from_secs(1))
     });
-    let net = Blackholes::new();
+    let net = FaultyNet::new();
     let channel = anygrpc::Channel::builder(&server.target())
         .runtime(net.clone())
         .connect_lazy()
@@ -291,4 +291,65 @@ fn calls_beyond_the_stream_limit_wait_for_a_free_stream() {
         assert!(replies.message().await.unwrap().is_none());
         assert_eq!(queued.await.unwrap().into_inner().body, b"queued");
     });
+}
+
+#[test]
+fn on_a_slow_link_the_receive_window_grows_with_the_bandwidth_delay_product() {
+    let server = start();
+    // 20 ms more for everything the client reads: a 1 MiB window carries at most 50 MiB/s.
+    let net = FaultyNet::with_read_delay(20 * MS);
+    let channel = anygrpc::Channel::builder(&server.target())
+        .runtime(net.clone())
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    let started = Instant::now();
+    let received = block_on(async {
+        let mut stream = client
+            .server_stream(Payload {
+                count: 512,
+                response_size: 64 * 1024,
+                ..Payload::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = 0;
+        while let Some(message) = stream.message().await.unwrap() {
+            bytes += message.body.len();
+        }
+        bytes
+    });
+    assert_eq!(received, 32 << 20);
+    let windows = initial_window_settings(&net.written());
+    println!(
+        "32 MiB in {:?}; stream windows the client advertised: {windows:?}",
+        started.elapsed()
+    );
+    assert!(
+        windows.iter().any(|w| *w > 1 << 20),
+        "the window grew past its initial 1 MiB: {windows:?}"
+    );
+}
+
+/// The SETTINGS_INITIAL_WINDOW_SIZE values in a client's bytes (after its preface).
+fn initial_window_settings(mut bytes: &[u8]) -> Vec<u32> {
+    bytes = &bytes[24..];
+    let mut windows = Vec::new();
+    while bytes.len() >= 9 {
+        let length = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        let (kind, flags) = (bytes[3], bytes[4]);
+        let Some(payload) = bytes.get(9..9 + length) else {
+            break;
+        };
+        if kind == 0x4 && flags & 0x1 == 0 {
+            for entry in payload.chunks_exact(6) {
+                if entry[..2] == [0, 4] {
+                    windows.push(u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]));
+                }
+            }
+        }
+        bytes = &bytes[9 + length..];
+    }
+    windows
 }
