@@ -73,10 +73,7 @@ impl Lifetime {
         let deadline = grace.map(|grace| now + grace);
         match &mut self.phase {
             Phase::Draining { close_at } => {
-                *close_at = match (*close_at, deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                *close_at = earliest(*close_at, deadline);
                 false
             }
             Phase::Open { .. } => {
@@ -116,10 +113,15 @@ impl Lifetime {
             self.phase = Phase::Draining { close_at };
             return LifetimeAction::GoAway(b"max_age");
         }
-        LifetimeAction::Wait(match (idle_at, self.old_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
+        LifetimeAction::Wait(earliest(idle_at, self.old_at))
+    }
+}
+
+/// The sooner of two optional deadlines (`None`: never).
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

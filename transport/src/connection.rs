@@ -88,7 +88,8 @@ impl Shared {
 /// The [`Tap`] of one connection.
 pub(crate) struct ConnectionTap {
     shared: Arc<Shared>,
-    runtime: Arc<dyn Runtime>,
+    /// The clock, when keepalive needs to know when the peer was last heard from.
+    clock: Option<Arc<dyn Runtime>>,
     reads: FrameScanner,
     /// A server follows its own output: HEADERS and DATA forgive ping strikes, and GOAWAYs
     /// get their debug data.
@@ -96,11 +97,16 @@ pub(crate) struct ConnectionTap {
 }
 
 impl ConnectionTap {
-    /// A client connection's tap.
-    pub(crate) fn client(shared: Arc<Shared>, runtime: Arc<dyn Runtime>) -> Box<dyn Tap> {
+    /// A client connection's tap; `keepalive` if it needs to know when the server was last
+    /// heard from.
+    pub(crate) fn client(
+        shared: Arc<Shared>,
+        runtime: Arc<dyn Runtime>,
+        keepalive: bool,
+    ) -> Box<dyn Tap> {
         Box::new(ConnectionTap {
             shared,
-            runtime,
+            clock: keepalive.then_some(runtime),
             reads: FrameScanner::server_to_client(),
             writes: None,
         })
@@ -110,7 +116,7 @@ impl ConnectionTap {
     pub(crate) fn server(shared: Arc<Shared>, runtime: Arc<dyn Runtime>) -> Box<dyn Tap> {
         Box::new(ConnectionTap {
             shared,
-            runtime,
+            clock: Some(runtime),
             reads: FrameScanner::client_to_server(),
             writes: Some(FrameScanner::server_to_client()),
         })
@@ -119,16 +125,18 @@ impl ConnectionTap {
 
 impl Tap for ConnectionTap {
     fn read(&mut self, bytes: &[u8]) {
-        let now = self.runtime.now();
+        let now = self.clock.as_ref().map(|clock| clock.now());
         let mut observed = self.shared.observed();
         let observed = &mut *observed;
-        observed.last_read = now;
+        if let Some(now) = now {
+            observed.last_read = now;
+        }
         self.reads.scan(bytes, |seen| match seen {
             Seen::Frame(header) if header.kind == frames::kind::DATA => {
                 observed.data_bytes += header.length as usize;
             }
             Seen::Frame(header) if header.is_ping() => {
-                if let Some(strikes) = &mut observed.strikes {
+                if let (Some(strikes), Some(now)) = (&mut observed.strikes, now) {
                     if strikes.ping(now, observed.calls_in_flight) {
                         observed.too_many_pings = true;
                     }

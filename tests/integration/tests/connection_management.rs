@@ -39,6 +39,18 @@ async fn ping_every(addr: &Address, every: Duration, pings: usize) -> Result<(),
     }
 }
 
+/// Waits until `call` (which never answers) has started on the server.
+async fn started<F: std::future::Future + Unpin>(call: &mut F, server: &mut Running)
+where
+    F::Output: std::fmt::Debug,
+{
+    match futures_util::future::select(call, server.events.next()).await {
+        futures_util::future::Either::Right((Some(Event::Started(_)), _)) => {}
+        futures_util::future::Either::Right((event, _)) => panic!("unexpected {event:?}"),
+        futures_util::future::Either::Left((ended, _)) => panic!("the call ended first: {ended:?}"),
+    }
+}
+
 #[test]
 fn a_client_pinging_too_often_is_sent_goaway_too_many_pings() {
     let server = start_with(|s| s.keepalive_min_ping_interval(Duration::from_secs(1)));
@@ -111,18 +123,17 @@ fn keepalive_detects_a_blackholed_server_and_calls_move_to_a_new_connection() {
         .unwrap();
     let client = TestClient::new(channel);
     block_on(async {
-        let hanging = client.unary(Payload {
+        let mut hanging = Box::pin(client.unary(Payload {
             hang: true,
             ..Payload::default()
-        });
-        futures_util::pin_mut!(hanging);
+        }));
         // The call is on the server: cut the connection under it.
-        let started = futures_util::future::select(hanging.as_mut(), server.events.next()).await;
-        assert!(matches!(started, futures_util::future::Either::Right(_)));
+        started(&mut hanging, &mut server).await;
         net.blackhole();
         let cut = Instant::now();
         let err = hanging.await.unwrap_err();
         let detected = cut.elapsed();
+        println!("blackhole detected after {detected:?}: {err}");
         assert_eq!(err.code(), Code::Unavailable, "{err}");
         assert!(
             detected <= time + timeout + 500 * MS,
@@ -163,6 +174,10 @@ fn under_max_connection_age_clients_reconnect_and_no_call_fails() {
         }
     })));
     let total: usize = calls.iter().sum();
+    println!(
+        "{total} calls over {} connections, none failed",
+        net.connections()
+    );
     // Ages of 1.8 to 2.2 s: a new connection at about 2 s and 4 s.
     assert!(
         net.connections() >= 3,
@@ -244,13 +259,11 @@ fn shutdown_cancels_calls_still_running_when_the_grace_period_ends() {
     let mut server = start_with(|s| s.shutdown_grace_period(Some(300 * MS)));
     let client = server.client();
     block_on(async {
-        let hanging = client.unary(Payload {
+        let mut hanging = Box::pin(client.unary(Payload {
             hang: true,
             ..Payload::default()
-        });
-        futures_util::pin_mut!(hanging);
-        let started = futures_util::future::select(hanging.as_mut(), server.events.next()).await;
-        assert!(matches!(started, futures_util::future::Either::Right(_)));
+        }));
+        started(&mut hanging, &mut server).await;
         let stopped = Instant::now();
         server.stop();
         let err = hanging.await.unwrap_err();

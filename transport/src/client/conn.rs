@@ -386,7 +386,7 @@ impl Subchannel {
         };
         let s = &self.settings;
         let shared = Shared::new(self.runtime.now(), None);
-        let tap = ConnectionTap::client(shared.clone(), self.runtime.clone());
+        let tap = ConnectionTap::client(shared.clone(), self.runtime.clone(), keepalive.is_some());
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(s.initial_stream_window_size)
             .initial_connection_window_size(s.initial_connection_window_size)

@@ -16,7 +16,7 @@ use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
     keepalive::{self, KeepaliveConfig, PingPolicy, PingStrikes},
-    lifetime::{ConnectionLimits, Lifetime, LifetimeAction},
+    lifetime::{earliest, ConnectionLimits, Lifetime, LifetimeAction},
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
 };
 use anygrpc_rt::{Address, BoxFuture, BoxIo, H2Io, Listener, Runtime, TcpOptions};
@@ -625,11 +625,7 @@ async fn serve_connection(
         if close_by.is_some_and(|by| now >= by) {
             return Poll::Ready("the final GOAWAY could not be sent in time".to_owned());
         }
-        let wake_at = match (wake_at, close_by) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if !timer.poll(cx, wake_at) {
+        if !timer.poll(cx, earliest(wake_at, close_by)) {
             return Poll::Pending;
         }
     })
