@@ -127,6 +127,8 @@ fn attempts_stop_at_max_attempts_and_non_retryable_codes_are_not_retried() {
 /// mid-delay.
 struct Slow {
     delay: Duration,
+    /// Delays only calls whose path ends with this (`None`: every call).
+    only: Option<&'static str>,
     started: Arc<AtomicUsize>,
     cancelled: mpsc::UnboundedSender<()>,
 }
@@ -143,8 +145,12 @@ impl Drop for CancelReport {
 }
 
 impl AsyncInterceptor for Slow {
-    fn intercept<'a>(&'a self, _: &'a mut CallHead) -> BoxFuture<'a, Result<(), Status>> {
+    fn intercept<'a>(&'a self, head: &'a mut CallHead) -> BoxFuture<'a, Result<(), Status>> {
+        let delayed = self.only.is_none_or(|only| head.path().ends_with(only));
         Box::pin(async move {
+            if !delayed {
+                return Ok(());
+            }
             self.started.fetch_add(1, Ordering::SeqCst);
             let mut guard = CancelReport(self.cancelled.clone(), false);
             async_io::Timer::after(self.delay).await;
@@ -160,6 +166,7 @@ fn hedging_answers_at_the_fast_backends_speed_and_cancels_every_loser() {
     let (cancelled, mut cancellations) = mpsc::unbounded();
     let slow = Slow {
         delay: Duration::from_secs(2),
+        only: None,
         started: started.clone(),
         cancelled,
     };
@@ -583,11 +590,19 @@ fn a_hedged_client_stream_sends_every_hedge_the_whole_request() {
     let started = Arc::new(AtomicUsize::new(0));
     let slow = Slow {
         delay: Duration::from_secs(2),
+        only: Some("/ClientStream"),
         started: started.clone(),
         cancelled: mpsc::unbounded().0,
     };
     let slow_server = start_with(|server| server.async_interceptor(slow));
-    let fast_server = start();
+    let fast_unary = Arc::new(AtomicBool::new(false));
+    let seen_by_fast = fast_unary.clone();
+    let fast_server = start_with(move |server| {
+        server.interceptor(move |_: &mut CallHead| {
+            seen_by_fast.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    });
     let target = format!("ipv4:{},{}", slow_server.target(), fast_server.target());
     let config = r#"{"loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [{"name": [{"service": "anygrpc.test.Test", "method": "ClientStream"}],
@@ -597,6 +612,11 @@ fn a_hedged_client_stream_sends_every_hedge_the_whole_request() {
         .connect_lazy()
         .unwrap();
     let client = TestClient::new(channel);
+    // Until both backends are in round robin's picker, a hedge may go where the first attempt
+    // went: warm up with unary calls (not delayed) until the fast backend has had one.
+    while !fast_unary.load(Ordering::SeqCst) {
+        block_on(client.unary(Payload::default())).unwrap();
+    }
     for call in 0..6 {
         let messages = (0..3).map(|i| Payload {
             body: vec![i; 10],
