@@ -37,6 +37,16 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// Reads a frame header from its 9 bytes.
+    pub fn parse(bytes: &[u8; 9]) -> FrameHeader {
+        FrameHeader {
+            length: u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]),
+            kind: bytes[3],
+            flags: bytes[4],
+            stream_id: u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff,
+        }
+    }
+
     /// A PING that asks for an answer (not an ACK).
     pub fn is_ping(&self) -> bool {
         self.kind == kind::PING && self.flags & FLAG_ACK == 0
@@ -136,13 +146,7 @@ impl FrameScanner {
             bytes = &bytes[n..];
             if self.header_len == 9 {
                 self.header_len = 0;
-                let h = &self.header;
-                let header = FrameHeader {
-                    length: u32::from_be_bytes([0, h[0], h[1], h[2]]),
-                    kind: h[3],
-                    flags: h[4],
-                    stream_id: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
-                };
+                let header = FrameHeader::parse(&self.header);
                 self.payload = header.length as usize;
                 if header.kind == kind::GOAWAY {
                     self.goaway = Some(Vec::with_capacity(
@@ -184,6 +188,28 @@ pub fn goaway(last_stream_id: u32, error_code: u32, debug_data: &[u8]) -> Vec<u8
     frame.extend_from_slice(&error_code.to_be_bytes());
     frame.extend_from_slice(debug_data);
     frame
+}
+
+/// Gives the first GOAWAY without debug data among the whole frames at the start of `bytes`
+/// (which must begin at a frame boundary) `debug_data`: returns how many bytes of `bytes` that
+/// covers and what to write instead (the frames before it unchanged, then the amended GOAWAY).
+/// For the GOAWAYs h2 writes, which have no debug data.
+pub fn with_goaway_debug_data(bytes: &[u8], debug_data: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 9) {
+        let header = FrameHeader::parse(header.try_into().ok()?);
+        let end = at + 9 + header.length as usize;
+        if header.kind == kind::GOAWAY && header.length == 8 {
+            let payload = bytes.get(at + 9..end)?;
+            let last_stream_id = u32::from_be_bytes(payload[..4].try_into().ok()?);
+            let error_code = u32::from_be_bytes(payload[4..].try_into().ok()?);
+            let mut out = bytes[..at].to_vec();
+            out.extend(goaway(last_stream_id, error_code, debug_data));
+            return Some((end, out));
+        }
+        at = end;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -268,6 +294,22 @@ mod tests {
             );
             assert!(scanner.at_frame_boundary());
         }
+    }
+
+    #[test]
+    fn a_goaway_after_other_frames_gets_debug_data_and_the_rest_is_left() {
+        let mut bytes = frame(kind::PING, FLAG_ACK, 0, &[1; 8]);
+        let ping_len = bytes.len();
+        bytes.extend(goaway(5, 0, b""));
+        bytes.extend(frame(kind::DATA, 0, 1, &[0; 4]));
+        let (taken, out) = with_goaway_debug_data(&bytes, b"max_age").unwrap();
+        assert_eq!(taken, ping_len + 17, "up to the end of the GOAWAY");
+        assert_eq!(&out[..ping_len], &bytes[..ping_len]);
+        assert_eq!(&out[ping_len..], &goaway(5, 0, b"max_age")[..]);
+        // No GOAWAY, or one cut short: nothing to do.
+        assert_eq!(with_goaway_debug_data(&bytes[..ping_len], b"x"), None);
+        assert_eq!(with_goaway_debug_data(&bytes[..ping_len + 12], b"x"), None);
+        assert_eq!(with_goaway_debug_data(&goaway(1, 0, b"has"), b"x"), None);
     }
 
     #[test]

@@ -3,14 +3,13 @@
 //! ping API. The decisions are `codec::keepalive` and `codec::bdp`; this module does the IO.
 
 use std::{
-    mem,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock,
     },
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anygrpc_codec::{
@@ -26,30 +25,28 @@ pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// The debug data that goes with it.
 pub(crate) const TOO_MANY_PINGS: &[u8] = b"too_many_pings";
 
-/// What the tap saw since the connection's task last looked.
-#[derive(Debug)]
-pub(crate) struct Observed {
-    /// When the peer last sent anything.
-    pub(crate) last_read: Instant,
-    /// DATA payload bytes read.
-    data_bytes: usize,
-    /// The peer's last GOAWAY: error code and debug data.
-    pub(crate) goaway: Option<(u32, Vec<u8>)>,
-    /// A server's ping policing, fed by the pings it reads and the HEADERS and DATA it writes.
-    strikes: Option<PingStrikes>,
-    /// Whether calls are in flight, as the connection's task last saw (for ping policing).
-    pub(crate) calls_in_flight: bool,
-    /// The client pinged too often.
-    pub(crate) too_many_pings: bool,
-}
-
-/// The state a connection's tap and its task share. Both run in the connection's task (h2
-/// does its IO only there), so the lock is never contended.
+/// What a connection's tap records for its task. Both run in the connection's task (h2 does
+/// its IO only there); the hot path — every read and write — touches only atomics, and the
+/// locks are taken for PINGs and GOAWAYs.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    observed: Mutex<Observed>,
-    /// The peer sent GOAWAY (its details are in [`Observed::goaway`]).
+    /// The origin of `last_read`.
+    epoch: Instant,
+    /// When the peer last sent anything, in nanoseconds after `epoch` (kept with keepalive).
+    last_read: AtomicU64,
+    /// DATA payload bytes read since the task last looked (for the BDP estimate).
+    data_bytes: AtomicUsize,
+    /// The peer sent GOAWAY; its error code and debug data are in `goaway`.
     went_away: AtomicBool,
+    goaway: Mutex<Option<(u32, Vec<u8>)>>,
+    /// A server's ping policing: fed the PINGs it reads.
+    strikes: Option<Mutex<PingStrikes>>,
+    /// The server wrote HEADERS or DATA since the last PING (which forgives strikes).
+    forgiven: AtomicBool,
+    /// Whether calls are in flight, as the connection's task last saw (for ping policing).
+    calls_in_flight: AtomicBool,
+    /// The client pinged too often.
+    too_many_pings: AtomicBool,
     /// Debug data put on the GOAWAY frames h2 writes from now on.
     goaway_debug: OnceLock<&'static [u8]>,
 }
@@ -57,15 +54,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(now: Instant, strikes: Option<PingStrikes>) -> Arc<Shared> {
         Arc::new(Shared {
-            observed: Mutex::new(Observed {
-                last_read: now,
-                data_bytes: 0,
-                goaway: None,
-                strikes,
-                calls_in_flight: false,
-                too_many_pings: false,
-            }),
+            epoch: now,
+            last_read: AtomicU64::new(0),
+            data_bytes: AtomicUsize::new(0),
             went_away: AtomicBool::new(false),
+            goaway: Mutex::new(None),
+            strikes: strikes.map(Mutex::new),
+            forgiven: AtomicBool::new(false),
+            calls_in_flight: AtomicBool::new(false),
+            too_many_pings: AtomicBool::new(false),
             goaway_debug: OnceLock::new(),
         })
     }
@@ -75,14 +72,47 @@ impl Shared {
         self.went_away.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn observed(&self) -> MutexGuard<'_, Observed> {
-        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    /// The peer's last GOAWAY: its error code and debug data.
+    pub(crate) fn goaway(&self) -> Option<(u32, Vec<u8>)> {
+        lock(&self.goaway).clone()
+    }
+
+    /// Server: whether calls are in flight now (pings are policed by it).
+    pub(crate) fn set_calls_in_flight(&self, calls: bool) {
+        self.calls_in_flight.store(calls, Ordering::Relaxed);
+    }
+
+    /// Server: whether the client has pinged too often since the last look.
+    pub(crate) fn take_too_many_pings(&self) -> bool {
+        self.too_many_pings.swap(false, Ordering::Relaxed)
     }
 
     /// Puts `debug` on the GOAWAY frames h2 sends from now on (the first reason given stays).
     pub(crate) fn goaway_debug_data(&self, debug: &'static [u8]) {
         let _ = self.goaway_debug.set(debug);
     }
+
+    fn last_read(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.last_read.load(Ordering::Relaxed))
+    }
+
+    /// A PING arrived at `now`: police it.
+    fn ping(&self, now: Instant) {
+        let Some(strikes) = &self.strikes else {
+            return;
+        };
+        let mut strikes = lock(strikes);
+        if self.forgiven.swap(false, Ordering::Relaxed) {
+            strikes.sent_headers_or_data();
+        }
+        if strikes.ping(now, self.calls_in_flight.load(Ordering::Relaxed)) {
+            self.too_many_pings.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The [`Tap`] of one connection.
@@ -125,21 +155,21 @@ impl ConnectionTap {
 
 impl Tap for ConnectionTap {
     fn read(&mut self, bytes: &[u8]) {
+        let shared = &*self.shared;
         let now = self.clock.as_ref().map(|clock| clock.now());
-        let mut observed = self.shared.observed();
-        let observed = &mut *observed;
         if let Some(now) = now {
-            observed.last_read = now;
+            let since = now.saturating_duration_since(shared.epoch).as_nanos();
+            let since = u64::try_from(since).unwrap_or(u64::MAX);
+            shared.last_read.store(since, Ordering::Relaxed);
         }
+        let mut data_bytes = 0;
         self.reads.scan(bytes, |seen| match seen {
             Seen::Frame(header) if header.kind == frames::kind::DATA => {
-                observed.data_bytes += header.length as usize;
+                data_bytes += header.length as usize;
             }
             Seen::Frame(header) if header.is_ping() => {
-                if let (Some(strikes), Some(now)) = (&mut observed.strikes, now) {
-                    if strikes.ping(now, observed.calls_in_flight) {
-                        observed.too_many_pings = true;
-                    }
+                if let Some(now) = now {
+                    shared.ping(now);
                 }
             }
             Seen::GoAway {
@@ -147,11 +177,14 @@ impl Tap for ConnectionTap {
                 debug_data,
                 ..
             } => {
-                observed.goaway = Some((error_code, debug_data.to_vec()));
-                self.shared.went_away.store(true, Ordering::Relaxed);
+                *lock(&shared.goaway) = Some((error_code, debug_data.to_vec()));
+                shared.went_away.store(true, Ordering::Relaxed);
             }
             Seen::Frame(_) => {}
         });
+        if data_bytes > 0 {
+            shared.data_bytes.fetch_add(data_bytes, Ordering::Relaxed);
+        }
     }
 
     fn written(&mut self, bytes: &[u8]) {
@@ -165,9 +198,7 @@ impl Tap for ConnectionTap {
             }
         });
         if forgive {
-            if let Some(strikes) = &mut self.shared.observed().strikes {
-                strikes.sent_headers_or_data();
-            }
+            self.shared.forgiven.store(true, Ordering::Relaxed);
         }
     }
 
@@ -176,24 +207,7 @@ impl Tap for ConnectionTap {
         if !self.writes.as_ref()?.at_frame_boundary() {
             return None;
         }
-        // Walk the whole frames in `next` to h2's GOAWAY, which has no debug data: a 9-byte
-        // header and 8 bytes of payload. What comes before it goes out unchanged.
-        let mut at = 0;
-        while let Some(header) = next.get(at..at + 9) {
-            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-            if header[3] == frames::kind::GOAWAY && length == 8 {
-                let payload = next.get(at + 9..at + 17)?;
-                let last_stream_id =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                let error_code =
-                    u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
-                let mut out = next[..at].to_vec();
-                out.extend(frames::goaway(last_stream_id, error_code, debug));
-                return Some((at + 17, out));
-            }
-            at += 9 + length;
-        }
-        None
+        frames::with_goaway_debug_data(next, debug)
     }
 
     fn may_replace(&self) -> bool {
@@ -259,21 +273,20 @@ impl Liveness {
         cx: &mut Context<'_>,
         calls_in_flight: impl FnOnce() -> bool,
     ) -> Poll<LivenessEvent> {
-        if self.keepalive.is_none() && self.bdp.is_none() {
+        let data_bytes = match self.bdp {
+            Some(_) => self.shared.data_bytes.swap(0, Ordering::Relaxed),
+            None => 0,
+        };
+        if self.keepalive.is_none() && !self.ping_in_flight && data_bytes == 0 {
             return Poll::Pending;
         }
-        let now = self.runtime.now();
-        let (last_read, data_bytes) = {
-            let mut observed = self.shared.observed();
-            (observed.last_read, mem::take(&mut observed.data_bytes))
-        };
         let mut grown = None;
         if self.ping_in_flight {
             if let Some(ping_pong) = &mut self.ping_pong {
                 if let Poll::Ready(answer) = ping_pong.poll_pong(cx) {
                     self.ping_in_flight = false;
                     if let (Ok(_), Some(bdp)) = (answer, &mut self.bdp) {
-                        grown = bdp.pong(now);
+                        grown = bdp.pong(self.runtime.now());
                     }
                 }
             }
@@ -285,13 +298,14 @@ impl Liveness {
                 .is_some_and(|bdp| bdp.received(data_bytes))
         {
             let sent = self.send_ping();
+            let now = self.runtime.now();
             if let Some(bdp) = &mut self.bdp {
                 bdp.ping_sent(now, sent);
             }
         }
         if let Some(keepalive) = &mut self.keepalive {
-            keepalive.read(last_read);
-            match keepalive.poll(now, calls_in_flight) {
+            keepalive.read(self.shared.last_read());
+            match keepalive.poll(self.runtime.now(), calls_in_flight) {
                 KeepaliveAction::Dead => return Poll::Ready(LivenessEvent::Dead),
                 // A ping already in flight (a BDP sample) serves as well: any answer counts.
                 KeepaliveAction::Ping => {

@@ -480,7 +480,7 @@ impl Subchannel {
     /// The server sent GOAWAY on connection `generation`: stop using it, and ping less often if
     /// it said the client pings too much.
     fn went_away(&self, generation: u64, shared: &Shared) {
-        let goaway = shared.observed().goaway.clone();
+        let goaway = shared.goaway();
         tracing::debug!(address = %self.address, ?goaway, "the server sent GOAWAY");
         if let (Some((ENHANCE_YOUR_CALM, debug)), Some(keepalive)) =
             (goaway, &self.settings.keepalive)

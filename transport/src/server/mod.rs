@@ -561,13 +561,6 @@ async fn serve_connection(
     // Set once the connection is being closed for cause: its final GOAWAY must go out by then.
     let mut close_by: Option<Instant> = None;
     let ended = poll_fn(|cx| loop {
-        let now = runtime.now();
-        if !shutting_down && shutdown.poll_unpin(cx).is_ready() {
-            shutting_down = true;
-            if lifetime.shut_down(now, shared.shutdown_grace) {
-                conn.graceful_shutdown();
-            }
-        }
         match conn.poll_accept(cx) {
             Poll::Ready(Some(Ok((request, respond)))) => {
                 if let Some(mut call) = call::accept(&shared, request, respond, &peer, &extensions)
@@ -586,13 +579,18 @@ async fn serve_connection(
             Poll::Ready(None) => return Poll::Ready("closed".to_owned()),
             Poll::Pending => {}
         }
+        // Once per wake, not per call: the rest looks at the connection as a whole.
+        let now = runtime.now();
+        if !shutting_down && shutdown.poll_unpin(cx).is_ready() {
+            shutting_down = true;
+            if lifetime.shut_down(now, shared.shutdown_grace) {
+                conn.graceful_shutdown();
+                continue;
+            }
+        }
         let calls = conn.has_streams();
-        let too_many_pings = {
-            let mut seen = observed.observed();
-            seen.calls_in_flight = calls;
-            std::mem::take(&mut seen.too_many_pings)
-        };
-        if too_many_pings && close_by.is_none() {
+        observed.set_calls_in_flight(calls);
+        if observed.take_too_many_pings() && close_by.is_none() {
             tracing::warn!(%peer, "the client pings too often: GOAWAY ENHANCE_YOUR_CALM too_many_pings");
             observed.goaway_debug_data(TOO_MANY_PINGS);
             conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
