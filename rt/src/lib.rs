@@ -39,6 +39,9 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     async_io::block_on(future)
 }
 
+#[cfg(feature = "sim")]
+pub mod sim;
+
 #[cfg(feature = "tokio")]
 mod tokio_rt;
 #[cfg(feature = "tokio")]

@@ -1,8 +1,15 @@
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_core::Stream;
 
-use crate::{client::CancelToken, rt::Address, MetadataMap};
+use crate::{
+    client::CancelToken,
+    rt::{Address, Runtime},
+    MetadataMap,
+};
 
 /// A call's request: a message (or a stream of them) plus metadata and call options.
 ///
@@ -15,6 +22,8 @@ pub struct Request<T> {
     extensions: http::Extensions,
     timeout: Option<Duration>,
     deadline: Option<Instant>,
+    /// Server: the runtime whose clock the deadline is on (set with a deadline).
+    clock: Option<Arc<dyn Runtime>>,
     remote_addr: Option<Address>,
     cancel: Option<CancelToken>,
     /// `None` until set: the method's service config decides.
@@ -30,6 +39,7 @@ impl<T> Request<T> {
             extensions: http::Extensions::new(),
             timeout: None,
             deadline: None,
+            clock: None,
             remote_addr: None,
             cancel: None,
             wait_for_ready: None,
@@ -114,8 +124,11 @@ impl<T> Request<T> {
     /// Server: the time left until the deadline (zero once it passed), to propagate to
     /// downstream calls with [`set_timeout`](Self::set_timeout).
     pub fn remaining(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
+        let now = self
+            .clock
+            .as_ref()
+            .map_or_else(Instant::now, |clock| clock.now());
+        self.deadline.map(|d| d.saturating_duration_since(now))
     }
 
     /// Server: the peer's address.
@@ -131,6 +144,7 @@ impl<T> Request<T> {
             extensions: self.extensions,
             timeout: self.timeout,
             deadline: self.deadline,
+            clock: self.clock,
             remote_addr: self.remote_addr,
             cancel: self.cancel,
             wait_for_ready: self.wait_for_ready,
@@ -141,15 +155,17 @@ impl<T> Request<T> {
         message: T,
         metadata: MetadataMap,
         extensions: http::Extensions,
-        deadline: Option<Instant>,
+        deadline: Option<(Instant, Arc<dyn Runtime>)>,
         remote_addr: Option<Address>,
     ) -> Request<T> {
+        let (deadline, clock) = deadline.unzip();
         Request {
             metadata,
             message,
             extensions,
             timeout: None,
             deadline,
+            clock,
             remote_addr,
             cancel: None,
             wait_for_ready: None,

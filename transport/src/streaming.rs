@@ -42,7 +42,8 @@ pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
 #[derive(Default)]
 pub(crate) struct ClientSide {
     pub(crate) deadline: Option<Pin<Box<dyn Sleep>>>,
-    pub(crate) deadline_at: Option<std::time::Instant>,
+    /// When the deadline passes, on the clock of the runtime given with it.
+    pub(crate) deadline_at: Option<(std::time::Instant, Arc<dyn anygrpc_rt::Runtime>)>,
     pub(crate) cancel: Option<crate::client::Cancelled>,
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
     pub(crate) request_task: Option<futures_channel::oneshot::Sender<()>>,
@@ -302,8 +303,8 @@ impl<T> Streaming<T> {
             return status;
         }
         let deadline_passed = client
-            .and_then(|c| c.deadline_at)
-            .is_some_and(|at| std::time::Instant::now() >= at);
+            .and_then(|c| c.deadline_at.as_ref())
+            .is_some_and(|(at, clock)| clock.now() >= *at);
         crate::status_from_h2(err, deadline_passed)
     }
 

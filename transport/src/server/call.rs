@@ -200,7 +200,7 @@ impl ServerCall {
             requests,
             self.metadata,
             self.extensions,
-            self.deadline,
+            self.deadline.map(|d| (d, self.shared.runtime.clone())),
             Some(self.remote_addr),
         );
         let responder = Responder {
