@@ -3,9 +3,18 @@
 //! Each function takes arbitrary bytes, feeds them to one parser, and asserts the parser's
 //! invariants — not only that it does not panic. `fuzz_targets/` wraps each for libFuzzer;
 //! `tests/corpus.rs` replays every file of `corpus/<target>/` through the same function, so the
-//! corpora run in every `cargo test`.
+//! corpora run in every `cargo test`. The parsers' targets take bytes as they are; the state
+//! machines' targets (`machines`) decode them into event sequences with `arbitrary`; the two
+//! end-to-end targets (`e2e`) put a real server or client on the simulation runtime and let
+//! the bytes be its peer.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod e2e;
+mod machines;
+
+pub use e2e::{client_h2, client_outcomes, server_answer, server_h2};
+pub use machines::{keepalive, lb_policy, retry, subchannel};
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,10 +25,11 @@ use anygrpc_codec::{
     metadata::{self, MetadataMap},
     timeout, Code, Status,
 };
-use anygrpc_lb::{orca, weighted_round_robin as wrr};
+use anygrpc_lb::{orca, weighted_round_robin as wrr, AttemptPolicy, ServiceConfig};
 use anygrpc_resolver::txt;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -34,7 +44,92 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("grpc_message", grpc_message),
     ("dns_txt", dns_txt),
     ("orca_report", orca_report),
+    ("service_config", service_config),
+    ("target", target),
+    ("subchannel", subchannel),
+    ("lb_policy", lb_policy),
+    ("retry", retry),
+    ("keepalive", keepalive),
+    ("server_h2", server_h2),
+    ("client_h2", client_h2),
 ];
+
+/// A service config (JSON, from a resolver or the application): parsing never panics, a
+/// rejection is `INVALID_ARGUMENT`, and what parses holds the bounds gRFC A6 sets (at least
+/// two attempts, positive backoffs, retryable codes, 1..=1000 throttle tokens).
+pub fn service_config(data: &[u8]) {
+    let Ok(json) = std::str::from_utf8(data) else {
+        return;
+    };
+    let config = match ServiceConfig::parse(json) {
+        Ok(config) => config,
+        Err(status) => return assert_eq!(status.code(), Code::InvalidArgument, "{status}"),
+    };
+    if let Some(throttle) = &config.retry_throttling {
+        assert!((1000..=1_000_000).contains(&throttle.max_tokens_milli));
+        assert!(throttle.token_ratio_milli > 0);
+    }
+    let value: serde_json::Value = serde_json::from_str(json).expect("it parsed");
+    let mut paths = vec!["/s/m".to_owned(), String::new(), "/".to_owned()];
+    for entry in value["methodConfig"].as_array().into_iter().flatten() {
+        for name in entry["name"].as_array().into_iter().flatten() {
+            let service = name["service"].as_str().unwrap_or_default();
+            let method = name["method"].as_str().unwrap_or("m");
+            paths.push(format!("/{service}/{method}"));
+        }
+    }
+    for path in paths {
+        let Some(method) = config.method(&path) else {
+            continue;
+        };
+        match &method.attempts {
+            Some(AttemptPolicy::Retry(r)) => {
+                assert!(r.max_attempts >= 2);
+                assert!(!r.initial_backoff.is_zero() && !r.max_backoff.is_zero());
+                assert!(r.backoff_multiplier > 0.0 && r.backoff_multiplier.is_finite());
+                assert!(!r.retryable_status_codes.is_empty());
+            }
+            Some(AttemptPolicy::Hedging(h)) => assert!(h.max_attempts >= 2),
+            None => {}
+        }
+    }
+}
+
+/// A target URI: parsing never panics, a parsed target's scheme is valid and lower-case, it
+/// survives a print-and-parse round trip, and the static resolvers (ipv4, ipv6, unix) build
+/// from it or reject it with `INVALID_ARGUMENT`.
+pub fn target(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some(target) = anygrpc_resolver::Target::parse(text) {
+        let scheme = target.scheme();
+        assert!(scheme.starts_with(|c: char| c.is_ascii_lowercase()));
+        assert!(!scheme.contains(|c: char| c.is_ascii_uppercase() || c == ':'));
+        if scheme != "unix" {
+            let endpoint = utf8_percent_encode(target.endpoint(), NON_ALPHANUMERIC);
+            let printed = format!("{scheme}://{}/{endpoint}", target.authority());
+            assert_eq!(
+                anygrpc_resolver::Target::parse(&printed).as_ref(),
+                Some(&target),
+                "{printed}"
+            );
+        }
+    }
+    let registry = anygrpc_resolver::Registry::default();
+    match registry.parse_target(text) {
+        Ok((target, builder)) => {
+            if matches!(builder.scheme(), "ipv4" | "ipv6" | "unix" | "unix-abstract") {
+                let sim = anygrpc_rt::sim::Sim::new(0);
+                if let Err(status) = builder.build(&target, sim.runtime()) {
+                    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+                }
+                let _ = builder.default_authority(&target);
+            }
+        }
+        Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{status}"),
+    }
+}
 
 /// A DNS TXT response (the first two bytes are the query id), then the same bytes as a
 /// `grpc_config` record: parsing never panics, records never hold more bytes than the message,
