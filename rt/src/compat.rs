@@ -28,6 +28,13 @@ pub trait Tap: Send + 'static {
 
     /// Whether [`Tap::replace`] needs to see the output (a cheap check made on every write).
     fn may_replace(&self) -> bool;
+
+    /// Whether reading from the peer has stopped (a server cutting off an abusive client, so
+    /// h2 does no more work for it): reads then stay pending without registering a waker, and
+    /// the task polling the connection must close it. Checked before every read.
+    fn paused(&self) -> bool {
+        false
+    }
 }
 
 /// How many IO operations may complete at once in a row before the adapter yields.
@@ -151,6 +158,9 @@ impl tokio::io::AsyncRead for H2Io {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.tap.as_ref().is_some_and(|tap| tap.paused()) {
+            return Poll::Pending;
+        }
         if this.spend(cx) {
             return Poll::Pending;
         }

@@ -45,8 +45,10 @@ pub(crate) struct Shared {
     forgiven: AtomicBool,
     /// Whether calls are in flight, as the connection's task last saw (for ping policing).
     calls_in_flight: AtomicBool,
-    /// The client pinged too often.
+    /// The client pinged too often (taken by the connection's task).
     too_many_pings: AtomicBool,
+    /// The client pinged too often: nothing more is read from it.
+    cut_off: AtomicBool,
     /// Debug data put on the GOAWAY frames h2 writes from now on.
     goaway_debug: OnceLock<&'static [u8]>,
 }
@@ -63,6 +65,7 @@ impl Shared {
             forgiven: AtomicBool::new(false),
             calls_in_flight: AtomicBool::new(false),
             too_many_pings: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
             goaway_debug: OnceLock::new(),
         })
     }
@@ -107,6 +110,7 @@ impl Shared {
         }
         if strikes.ping(now, self.calls_in_flight.load(Ordering::Relaxed)) {
             self.too_many_pings.store(true, Ordering::Relaxed);
+            self.cut_off.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -212,6 +216,10 @@ impl Tap for ConnectionTap {
 
     fn may_replace(&self) -> bool {
         self.shared.goaway_debug.get().is_some()
+    }
+
+    fn paused(&self) -> bool {
+        self.shared.cut_off.load(Ordering::Relaxed)
     }
 }
 
