@@ -303,7 +303,7 @@ impl Liveness {
             && self
                 .bdp
                 .as_mut()
-                .is_some_and(|bdp| bdp.received(data_bytes))
+                .is_some_and(|bdp| bdp.received(data_bytes, || self.runtime.now()))
         {
             let sent = self.send_ping();
             let now = self.runtime.now();
