@@ -29,12 +29,25 @@ pub trait Tap: Send + 'static {
     /// Whether [`Tap::replace`] needs to see the output (a cheap check made on every write).
     fn may_replace(&self) -> bool;
 
-    /// Whether reading from the peer has stopped (a server cutting off an abusive client, so
-    /// h2 does no more work for it): reads then stay pending without registering a waker, and
-    /// the task polling the connection must close it. Checked before every read.
-    fn paused(&self) -> bool {
-        false
+    /// What the next read does (checked before every read): go on, or stop so that h2 does no
+    /// more work for the peer, or fail so that h2 ends the connection, and every stream on it,
+    /// with the tap's reason.
+    fn gate(&self) -> Gate {
+        Gate::Open
     }
+}
+
+/// What [`H2Io`] does with a read, as its [`Tap`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Read.
+    Open,
+    /// Stay pending without registering a waker (a server cutting off an abusive client): the
+    /// task polling the connection must close it.
+    Paused,
+    /// Fail with `TimedOut` and this reason (a keepalive that found the peer dead): h2 hands
+    /// the error to every stream.
+    Failed(&'static str),
 }
 
 /// How many IO operations may complete at once in a row before the adapter yields.
@@ -158,8 +171,12 @@ impl tokio::io::AsyncRead for H2Io {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.tap.as_ref().is_some_and(|tap| tap.paused()) {
-            return Poll::Pending;
+        match this.tap.as_ref().map_or(Gate::Open, |tap| tap.gate()) {
+            Gate::Open => {}
+            Gate::Paused => return Poll::Pending,
+            Gate::Failed(why) => {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
+            }
         }
         if this.spend(cx) {
             return Poll::Pending;

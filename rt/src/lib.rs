@@ -25,7 +25,7 @@ use std::{
 };
 
 mod compat;
-pub use compat::{H2Io, Tap};
+pub use compat::{Gate, H2Io, Tap};
 
 #[cfg(feature = "async-io")]
 mod async_io_rt;

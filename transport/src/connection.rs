@@ -5,7 +5,7 @@
 use std::{
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock,
     },
     task::{Context, Poll},
@@ -17,13 +17,20 @@ use anygrpc_codec::{
     frames::{self, FrameScanner, Seen},
     keepalive::{Keepalive, KeepaliveAction, KeepaliveConfig, PingStrikes},
 };
-use anygrpc_rt::{Runtime, Sleep, Tap};
+use anygrpc_rt::{Gate, Runtime, Sleep, Tap};
 use h2::{Ping, PingPong};
 
 /// The GOAWAY error code a server sends to a client that pings too often.
 pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// The debug data that goes with it.
 pub(crate) const TOO_MANY_PINGS: &[u8] = b"too_many_pings";
+
+/// Why calls fail when keepalive finds the peer dead.
+pub(crate) const KEEPALIVE_TIMEOUT: &str = "keepalive timeout: the peer stopped answering PINGs";
+
+const GATE_OPEN: u8 = 0;
+const GATE_CUT_OFF: u8 = 1;
+const GATE_DEAD: u8 = 2;
 
 /// What a connection's tap records for its task. Both run in the connection's task (h2 does
 /// its IO only there); the hot path — every read and write — touches only atomics, and the
@@ -47,8 +54,9 @@ pub(crate) struct Shared {
     calls_in_flight: AtomicBool,
     /// The client pinged too often (taken by the connection's task).
     too_many_pings: AtomicBool,
-    /// The client pinged too often: nothing more is read from it.
-    cut_off: AtomicBool,
+    /// What the next read does: [`GATE_OPEN`], [`GATE_CUT_OFF`] (the client pinged too often:
+    /// nothing more is read from it) or [`GATE_DEAD`] (keepalive found the peer dead).
+    gate: AtomicU8,
     /// Debug data put on the GOAWAY frames h2 writes from now on.
     goaway_debug: OnceLock<&'static [u8]>,
 }
@@ -65,7 +73,7 @@ impl Shared {
             forgiven: AtomicBool::new(false),
             calls_in_flight: AtomicBool::new(false),
             too_many_pings: AtomicBool::new(false),
-            cut_off: AtomicBool::new(false),
+            gate: AtomicU8::new(GATE_OPEN),
             goaway_debug: OnceLock::new(),
         })
     }
@@ -99,6 +107,13 @@ impl Shared {
         self.epoch + Duration::from_nanos(self.last_read.load(Ordering::Relaxed))
     }
 
+    /// Keepalive found the peer dead: the connection's next read fails, so h2 ends it and every
+    /// stream on it with [`KEEPALIVE_TIMEOUT`]. Returns false if it already had (h2 did not
+    /// read since: the caller drops the connection instead).
+    pub(crate) fn fail_dead(&self) -> bool {
+        self.gate.swap(GATE_DEAD, Ordering::Relaxed) != GATE_DEAD
+    }
+
     /// A PING arrived at `now`: police it.
     fn ping(&self, now: Instant) {
         let Some(strikes) = &self.strikes else {
@@ -110,7 +125,7 @@ impl Shared {
         }
         if strikes.ping(now, self.calls_in_flight.load(Ordering::Relaxed)) {
             self.too_many_pings.store(true, Ordering::Relaxed);
-            self.cut_off.store(true, Ordering::Relaxed);
+            self.gate.store(GATE_CUT_OFF, Ordering::Relaxed);
         }
     }
 }
@@ -218,8 +233,12 @@ impl Tap for ConnectionTap {
         self.shared.goaway_debug.get().is_some()
     }
 
-    fn paused(&self) -> bool {
-        self.shared.cut_off.load(Ordering::Relaxed)
+    fn gate(&self) -> Gate {
+        match self.shared.gate.load(Ordering::Relaxed) {
+            GATE_OPEN => Gate::Open,
+            GATE_CUT_OFF => Gate::Paused,
+            _ => Gate::Failed(KEEPALIVE_TIMEOUT),
+        }
     }
 }
 

@@ -125,6 +125,7 @@ fn keepalive_detects_a_blackhole(seed: u64) -> Vec<String> {
         let detected = rt.now() - blackholed;
         note(&sim, format_args!("stream ended after {detected:?}: {err}"));
         assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert!(err.message().contains("keepalive timeout"), "{err}");
         assert!(
             detected >= 10 * SECOND && detected <= 12 * SECOND + 100 * MS,
             "{detected:?}"

@@ -38,7 +38,8 @@ use http::{
 use super::core::Core;
 use crate::{
     connection::{
-        ConnectionTap, Liveness, LivenessEvent, Shared, ENHANCE_YOUR_CALM, TOO_MANY_PINGS,
+        ConnectionTap, Liveness, LivenessEvent, Shared, ENHANCE_YOUR_CALM, KEEPALIVE_TIMEOUT,
+        TOO_MANY_PINGS,
     },
     health::{self, Health, HealthCheckRequest},
     send::send_message,
@@ -454,9 +455,9 @@ impl Subchannel {
                 };
                 match std::task::ready!(liveness.poll(cx, calls)) {
                     LivenessEvent::Dead => {
-                        return Poll::Ready(Some(
-                            "keepalive timeout: the server stopped answering".to_owned(),
-                        ))
+                        if !shared.fail_dead() {
+                            return Poll::Ready(Some(KEEPALIVE_TIMEOUT.to_owned()));
+                        }
                     }
                     LivenessEvent::Window(window) => grow_window(&mut connection, window),
                 }

@@ -28,7 +28,9 @@ use futures_util::{
 pub use call::{PreviousAttempts, ServerCall};
 
 use crate::{
-    connection::{self, ConnectionTap, Liveness, LivenessEvent, Timer, TOO_MANY_PINGS},
+    connection::{
+        self, ConnectionTap, Liveness, LivenessEvent, Timer, KEEPALIVE_TIMEOUT, TOO_MANY_PINGS,
+    },
     interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor},
 };
 
@@ -599,7 +601,10 @@ async fn serve_connection(
         }
         match liveness.poll(cx, || calls) {
             Poll::Ready(LivenessEvent::Dead) => {
-                return Poll::Ready("keepalive timeout: the client stopped answering".to_owned())
+                if !observed.fail_dead() {
+                    return Poll::Ready(KEEPALIVE_TIMEOUT.to_owned());
+                }
+                continue;
             }
             Poll::Ready(LivenessEvent::Window(window)) => {
                 conn.set_target_window_size(window);
