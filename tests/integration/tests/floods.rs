@@ -1,7 +1,8 @@
-//! Hostile peers on real sockets: a rapid-reset flood (HEADERS + RST_STREAM, CVE-2023-44487)
-//! and a ping flood against the server, and a client resetting its stream at every point of a
-//! call. The server must cut the abuser off with bounded CPU and memory while well-behaved
-//! clients on other connections keep being served.
+//! Hostile peers and crashes on real sockets: a rapid-reset flood (HEADERS + RST_STREAM,
+//! CVE-2023-44487) and a ping flood against the server, a client resetting its stream at every
+//! point of a call, and a server process killed mid-stream and restarted. The server must cut
+//! an abuser off with bounded CPU and memory while well-behaved clients on other connections
+//! keep being served.
 #![cfg(target_os = "linux")]
 
 use std::{
@@ -304,5 +305,66 @@ fn a_client_resetting_at_every_point_of_a_call_leaves_the_server_healthy() {
             "{reply:?}"
         );
         assert!(reply.body.ends_with(b"after"));
+    });
+}
+
+/// Starts `test-server` on `port` and waits until it listens.
+fn spawn_server(port: u16) -> std::process::Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_test-server"))
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn test-server");
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    child
+}
+
+/// The server process is killed (SIGKILL) while a streaming call is mid-stream: the call
+/// fails UNAVAILABLE at once, and once a new server process listens on the same port the
+/// channel reconnects and calls succeed.
+#[test]
+fn a_server_killed_mid_stream_fails_the_call_and_a_restarted_one_is_used() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = spawn_server(port);
+    let client = TestClient::new(
+        anygrpc::Channel::builder(&format!("127.0.0.1:{port}"))
+            .connect_lazy()
+            .unwrap(),
+    );
+    block_on(async {
+        let request = Payload {
+            count: 1,
+            hang_after: true,
+            ..Payload::default()
+        };
+        let mut stream = client.server_stream(request).await.unwrap().into_inner();
+        stream.message().await.unwrap().expect("the first message");
+        server.kill().unwrap();
+        server.wait().unwrap();
+        let killed = Instant::now();
+        let err = stream.message().await.expect_err("the server is gone");
+        let failed_after = killed.elapsed();
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert!(failed_after < Duration::from_secs(1), "{failed_after:?}");
+        let mut restarted = spawn_server(port);
+        let mut call = anygrpc::Request::new(Payload::default());
+        call.set_wait_for_ready(true);
+        call.set_timeout(Duration::from_secs(10));
+        let reconnected = Instant::now();
+        client.unary(call).await.expect("served by the new process");
+        println!(
+            "killed mid-stream: the call failed in {failed_after:?} ({err}); the restarted \
+             server answered after {:?}",
+            reconnected.elapsed()
+        );
+        restarted.kill().unwrap();
+        restarted.wait().unwrap();
     });
 }
