@@ -11,8 +11,8 @@
 //! scenario's own events) so two runs can be compared.
 //!
 //! A run that can make no progress (every task waits on something that will never happen)
-//! panics with the trace's tail instead of hanging, and so does one that passes its virtual
-//! time limit.
+//! panics with the trace's tail instead of hanging, and so does one that spins (tasks waking
+//! each other without end at one instant) or passes its virtual time limit.
 //!
 //! ```
 //! use std::time::Duration;
@@ -56,6 +56,10 @@ const MAIN: u64 = 0;
 
 /// How many trace lines a stall or time-limit panic shows.
 const TRACE_TAIL: usize = 40;
+
+/// Polls at one instant after which a run is taken to be spinning (tasks waking each other
+/// forever without time passing) and panics, unless set otherwise.
+const SPIN_LIMIT: u64 = 10_000_000;
 
 /// A simulated world: executor, clock, randomness and network. See the [module docs](self).
 ///
@@ -105,6 +109,8 @@ struct State {
     now: Instant,
     /// The virtual time past which a run panics.
     limit: Duration,
+    /// Polls at one instant past which a run panics.
+    spin_limit: u64,
     rng: fastrand::Rng,
     next_id: u64,
     tasks: BTreeMap<u64, Task>,
@@ -218,6 +224,7 @@ impl Sim {
                 start,
                 now: start,
                 limit: Duration::from_secs(24 * 3600),
+                spin_limit: SPIN_LIMIT,
                 rng: fastrand::Rng::with_seed(seed),
                 next_id: MAIN,
                 tasks: BTreeMap::new(),
@@ -243,6 +250,12 @@ impl Sim {
     /// should finish in seconds but keeps timers going forever fails instead of spinning.
     pub fn set_time_limit(&self, limit: Duration) {
         self.world.state().limit = limit;
+    }
+
+    /// Sets how many polls may happen at one instant before a run is taken to be spinning
+    /// (default ten million).
+    pub fn set_spin_limit(&self, polls: u64) {
+        self.world.state().spin_limit = polls;
     }
 
     /// The runtime to give anygrpc's channels and servers (and to spawn the scenario's own
@@ -291,8 +304,23 @@ impl Sim {
         });
         main.wake_by_ref();
         let main_waker = Waker::from(main.clone());
+        let spin_limit = self.world.state().spin_limit;
+        let mut polls_now = 0u64;
         loop {
             let next = lock(&self.world.ready.0).pop_front();
+            if next.is_some() {
+                polls_now += 1;
+                if polls_now > spin_limit {
+                    let state = self.world.state();
+                    panic!(
+                        "simulation spinning at {:?} (seed {}): {spin_limit} polls without \
+                         time passing; last events:\n{}",
+                        state.elapsed(),
+                        self.seed,
+                        state.tail()
+                    );
+                }
+            }
             match next {
                 Some(MAIN) => {
                     main.queued.store(false, Ordering::Release);
@@ -304,6 +332,7 @@ impl Sim {
                 }
                 Some(id) => self.poll_task(id),
                 None => {
+                    polls_now = 0;
                     let mut state = self.world.state();
                     if !state.advance() {
                         panic!(

@@ -37,6 +37,13 @@ fn echo_server(rt: &Arc<dyn Runtime>) {
     }));
 }
 
+/// Connects to the test server.
+async fn connect(rt: &Arc<dyn Runtime>) -> crate::BoxIo {
+    rt.connect_tcp(server(), TcpOptions::default())
+        .await
+        .unwrap()
+}
+
 /// Races `future` against a virtual-time timeout.
 async fn within<T>(
     rt: &Arc<dyn Runtime>,
@@ -86,10 +93,7 @@ fn bytes_arrive_after_the_latency_and_in_order() {
     let rt = sim.runtime();
     echo_server(&rt);
     let (rtt, echoed) = sim.run(async {
-        let mut io = rt
-            .connect_tcp(server(), TcpOptions::default())
-            .await
-            .unwrap();
+        let mut io = connect(&rt).await;
         let sent_at = rt.now();
         let message: Vec<u8> = (0..=255).cycle().take(100_000).collect();
         let writer = async {
@@ -116,10 +120,7 @@ fn bandwidth_paces_a_writer_and_a_full_pipe_blocks_it() {
     let rt = sim.runtime();
     let mut listener = rt.listen_tcp(server(), TcpOptions::default()).unwrap();
     let took = sim.run(async {
-        let mut client = rt
-            .connect_tcp(server(), TcpOptions::default())
-            .await
-            .unwrap();
+        let mut client = connect(&rt).await;
         let (mut accepted, peer) = future::poll_fn(|cx| listener.poll_accept(cx))
             .await
             .unwrap();
@@ -156,19 +157,13 @@ fn a_blackhole_holds_bytes_without_closing_and_heal_delivers_them() {
     let rt = sim.runtime();
     echo_server(&rt);
     sim.run(async {
-        let mut io = rt
-            .connect_tcp(server(), TcpOptions::default())
-            .await
-            .unwrap();
+        let mut io = connect(&rt).await;
         sim.blackhole(server());
         io.write_all(b"ping").await.unwrap();
         let mut buf = [0; 4];
         let read = within(&rt, Duration::from_secs(600), io.read_exact(&mut buf)).await;
         assert!(read.is_none(), "nothing arrives through a blackhole");
-        let mut fresh = rt
-            .connect_tcp(server(), TcpOptions::default())
-            .await
-            .unwrap();
+        let mut fresh = connect(&rt).await;
         fresh.write_all(b"pong").await.unwrap();
         fresh.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong", "new connections are not blackholed");
@@ -184,10 +179,7 @@ fn a_partition_hangs_connects_and_a_crash_refuses_them() {
     let rt = sim.runtime();
     echo_server(&rt);
     sim.run(async {
-        let mut io = rt
-            .connect_tcp(server(), TcpOptions::default())
-            .await
-            .unwrap();
+        let mut io = connect(&rt).await;
         sim.partition(server());
         let connect = within(
             &rt,
@@ -276,10 +268,7 @@ fn writing_after_the_peer_closed_succeeds_and_the_reset_follows() {
     let rt = sim.runtime();
     let mut listener = rt.listen_tcp(server(), TcpOptions::default()).unwrap();
     sim.run(async {
-        let mut client = rt
-            .connect_tcp(server(), TcpOptions::default())
-            .await
-            .unwrap();
+        let mut client = connect(&rt).await;
         let (accepted, _) = future::poll_fn(|cx| listener.poll_accept(cx))
             .await
             .unwrap();
@@ -298,4 +287,15 @@ fn writing_after_the_peer_closed_succeeds_and_the_reset_follows() {
             "the RST arrived"
         );
     });
+}
+
+#[test]
+#[should_panic(expected = "simulation spinning")]
+fn a_spinning_program_panics_instead_of_hanging() {
+    let sim = Sim::new(8);
+    sim.set_spin_limit(10_000);
+    sim.run(future::poll_fn(|cx| {
+        cx.waker().wake_by_ref();
+        Poll::<()>::Pending
+    }));
 }

@@ -85,6 +85,11 @@ fn note(sim: &Sim, text: std::fmt::Arguments<'_>) {
     sim.event(text);
 }
 
+/// How many trace lines contain `needle`.
+fn events(sim: &Sim, needle: &str) -> usize {
+    sim.trace().iter().filter(|l| l.contains(needle)).count()
+}
+
 async fn sleep(rt: &Arc<dyn Runtime>, d: Duration) {
     rt.sleep_until(rt.now() + d).await;
 }
@@ -187,11 +192,7 @@ fn retries_across_a_flaky_backend(seed: u64) -> Vec<String> {
         sleep(&rt, 10 * MS).await;
         failed
     });
-    let drops = sim
-        .trace()
-        .iter()
-        .filter(|l| l.ends_with("dropped"))
-        .count();
+    let drops = events(&sim, ": dropped");
     note(
         &sim,
         format_args!(
@@ -395,11 +396,7 @@ fn a_goaway_storm_loses_no_call() {
         let failed: Vec<Status> = results.into_iter().flat_map(|r| r.1).collect();
         (ok, failed)
     });
-    let connections = sim
-        .trace()
-        .iter()
-        .filter(|l| l.contains("accepted"))
-        .count();
+    let connections = events(&sim, ": accepted on");
     note(
         &sim,
         format_args!("{ok} calls over {connections} connections"),
