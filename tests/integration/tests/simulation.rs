@@ -181,7 +181,7 @@ fn retries_across_a_flaky_backend(seed: u64) -> Vec<String> {
                     let mut request = Request::new(Payload::default());
                     request.set_wait_for_ready(true);
                     if let Err(status) = client.unary(request).await {
-                        note(&sim, format_args!("worker {worker} call {i}: {status}"));
+                        note(sim, format_args!("worker {worker} call {i}: {status}"));
                         failed.push(status);
                     }
                 }
