@@ -52,8 +52,6 @@ pub(crate) struct Shared {
     forgiven: AtomicBool,
     /// Whether calls are in flight, as the connection's task last saw (for ping policing).
     calls_in_flight: AtomicBool,
-    /// The client pinged too often (taken by the connection's task).
-    too_many_pings: AtomicBool,
     /// What the next read does: [`GATE_OPEN`], [`GATE_CUT_OFF`] (the client pinged too often:
     /// nothing more is read from it) or [`GATE_DEAD`] (keepalive found the peer dead).
     gate: AtomicU8,
@@ -72,7 +70,6 @@ impl Shared {
             strikes: strikes.map(Mutex::new),
             forgiven: AtomicBool::new(false),
             calls_in_flight: AtomicBool::new(false),
-            too_many_pings: AtomicBool::new(false),
             gate: AtomicU8::new(GATE_OPEN),
             goaway_debug: OnceLock::new(),
         })
@@ -93,9 +90,9 @@ impl Shared {
         self.calls_in_flight.store(calls, Ordering::Relaxed);
     }
 
-    /// Server: whether the client has pinged too often since the last look.
-    pub(crate) fn take_too_many_pings(&self) -> bool {
-        self.too_many_pings.swap(false, Ordering::Relaxed)
+    /// Server: whether the client has pinged too often (reading from it has stopped).
+    pub(crate) fn cut_off(&self) -> bool {
+        self.gate.load(Ordering::Relaxed) == GATE_CUT_OFF
     }
 
     /// Puts `debug` on the GOAWAY frames h2 sends from now on (the first reason given stays).
@@ -124,7 +121,6 @@ impl Shared {
             strikes.sent_headers_or_data();
         }
         if strikes.ping(now, self.calls_in_flight.load(Ordering::Relaxed)) {
-            self.too_many_pings.store(true, Ordering::Relaxed);
             self.gate.store(GATE_CUT_OFF, Ordering::Relaxed);
         }
     }
@@ -335,9 +331,10 @@ impl Liveness {
             match keepalive.poll(self.runtime.now(), calls_in_flight) {
                 KeepaliveAction::Dead => return Poll::Ready(LivenessEvent::Dead),
                 // A ping already in flight (a BDP sample) serves as well: any answer counts.
+                // The next deadline (the ping's timeout) is computed on the next poll, at once.
                 KeepaliveAction::Ping => {
                     self.send_ping();
-                    return self.poll_again(cx, grown);
+                    cx.waker().wake_by_ref();
                 }
                 KeepaliveAction::Wait(at) => {
                     if self.timer.poll(cx, at) {
@@ -346,15 +343,6 @@ impl Liveness {
                 }
             }
         }
-        match grown {
-            Some(window) => Poll::Ready(LivenessEvent::Window(window)),
-            None => Poll::Pending,
-        }
-    }
-
-    /// After a ping, the keepalive's next deadline is computed on the next poll, at once.
-    fn poll_again(&mut self, cx: &mut Context<'_>, grown: Option<u32>) -> Poll<LivenessEvent> {
-        cx.waker().wake_by_ref();
         match grown {
             Some(window) => Poll::Ready(LivenessEvent::Window(window)),
             None => Poll::Pending,

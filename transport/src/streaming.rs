@@ -42,8 +42,6 @@ pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
 #[derive(Default)]
 pub(crate) struct ClientSide {
     pub(crate) deadline: Option<Pin<Box<dyn Sleep>>>,
-    /// When the deadline passes, on the clock of the runtime given with it.
-    pub(crate) deadline_at: Option<(std::time::Instant, Arc<dyn anygrpc_rt::Runtime>)>,
     pub(crate) cancel: Option<crate::client::Cancelled>,
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
     pub(crate) request_task: Option<futures_channel::oneshot::Sender<()>>,
@@ -294,17 +292,19 @@ impl<T> Streaming<T> {
     }
 
     /// Maps a stream error, preferring a failure the request-sending task recorded.
-    fn stream_error(&self, err: &h2::Error) -> Status {
-        let client = self.client.as_ref();
+    fn stream_error(&mut self, cx: &mut Context<'_>, err: &h2::Error) -> Status {
+        let client = self.client.as_mut();
         if let Some(status) = client
+            .as_ref()
             .and_then(|c| c.local_error.as_ref())
             .and_then(|e| e.lock().ok()?.take())
         {
             return status;
         }
+        // The deadline's own timer says whether it has passed, on the runtime's clock.
         let deadline_passed = client
-            .and_then(|c| c.deadline_at.as_ref())
-            .is_some_and(|(at, clock)| clock.now() >= *at);
+            .and_then(|c| c.deadline.as_mut())
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
         crate::status_from_h2(err, deadline_passed)
     }
 
@@ -359,7 +359,7 @@ impl<T> Streaming<T> {
                     || (err.is_go_away()
                         && err.is_remote()
                         && err.reason() == Some(h2::Reason::NO_ERROR));
-                let status = self.stream_error(&err);
+                let status = self.stream_error(cx, &err);
                 return Poll::Ready(Err(self.fail(status)));
             }
         };
@@ -420,7 +420,7 @@ impl<T> Streaming<T> {
                         self.deframer.push(chunk);
                     }
                     Some(Err(err)) => {
-                        let status = self.stream_error(&err);
+                        let status = self.stream_error(cx, &err);
                         return Poll::Ready(Some(Err(self.fail(status))));
                     }
                     None => {
@@ -446,7 +446,7 @@ impl<T> Streaming<T> {
                     return Poll::Ready(Some(Err(self.fail(status))));
                 }
                 Err(err) => {
-                    let status = self.stream_error(&err);
+                    let status = self.stream_error(cx, &err);
                     return Poll::Ready(Some(Err(self.fail(status))));
                 }
             };

@@ -843,7 +843,6 @@ impl Grpc {
         };
         let client = ClientSide {
             deadline: deadline.map(|d| self.runtime().sleep_until(d)),
-            deadline_at: deadline.map(|d| (d, self.runtime().clone())),
             cancel: cancel.map(CancelToken::cancelled),
             tracking,
             local_error,

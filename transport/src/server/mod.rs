@@ -592,7 +592,7 @@ async fn serve_connection(
         }
         let calls = conn.has_streams();
         observed.set_calls_in_flight(calls);
-        if observed.take_too_many_pings() && close_by.is_none() {
+        if close_by.is_none() && observed.cut_off() {
             tracing::warn!(%peer, "the client pings too often: GOAWAY ENHANCE_YOUR_CALM too_many_pings");
             observed.goaway_debug_data(TOO_MANY_PINGS);
             conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
