@@ -101,15 +101,67 @@ impl Builder {
         if let Some(path) = &self.file_descriptor_set_path {
             std::fs::write(path, fds.encode_to_vec())?;
         }
-        if let Some(dir) = &self.out_dir {
-            self.config.out_dir(dir);
-        }
+        let out_dir = match self.out_dir.take() {
+            Some(dir) => dir,
+            None => std::env::var_os("OUT_DIR")
+                .map(PathBuf::from)
+                .ok_or_else(|| io::Error::other("OUT_DIR is not set: not in a build script?"))?,
+        };
+        self.config.out_dir(&out_dir);
         self.config.service_generator(Box::new(ServiceGenerator {
             client: self.build_client,
             server: self.build_server,
         }));
-        self.config.compile_fds(fds)
+        self.config.compile_fds(fds.clone())?;
+        embed_descriptors(&out_dir, fds)
     }
+}
+
+/// Appends to each generated package file a `FILE_DESCRIPTOR_SET` constant: the encoded
+/// descriptors of the package's files and everything they import (without source info), which
+/// is what a reflection service serves.
+fn embed_descriptors(out_dir: &Path, mut fds: prost_types::FileDescriptorSet) -> io::Result<()> {
+    use std::collections::{BTreeMap, HashSet};
+
+    for file in &mut fds.file {
+        file.source_code_info = None;
+    }
+    let by_name: BTreeMap<&str, &prost_types::FileDescriptorProto> =
+        fds.file.iter().map(|f| (f.name(), f)).collect();
+    let mut packages: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for file in &fds.file {
+        packages
+            .entry(file.package())
+            .or_default()
+            .push(file.name());
+    }
+    for (package, roots) in packages {
+        let name = if package.is_empty() { "_" } else { package };
+        let path = out_dir.join(format!("{name}.rs"));
+        if !path.exists() {
+            continue;
+        }
+        let mut seen = HashSet::new();
+        let mut order = Vec::new();
+        let mut stack = roots;
+        while let Some(name) = stack.pop() {
+            if let Some(file) = by_name.get(name).filter(|_| seen.insert(name)) {
+                order.push((*file).clone());
+                stack.extend(file.dependency.iter().map(String::as_str));
+            }
+        }
+        let set = prost_types::FileDescriptorSet { file: order }.encode_to_vec();
+        let mut code = std::fs::read_to_string(&path)?;
+        let _ = write!(
+            code,
+            "\n/// The encoded `FileDescriptorSet` of this package's files and their imports, for \
+             \n/// `anygrpc::reflection::Builder::register_encoded_file_descriptor_set`.\
+             \n#[allow(dead_code)]\
+             \npub const FILE_DESCRIPTOR_SET: &[u8] = &{set:?};\n"
+        );
+        std::fs::write(&path, code)?;
+    }
+    Ok(())
 }
 
 /// Writes the client and server code for each service.
