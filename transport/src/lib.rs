@@ -15,11 +15,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+// Generated code inside this crate (channelz) names it `anygrpc`, as it does elsewhere.
+extern crate self as anygrpc;
+
+pub mod channelz;
 pub mod client;
 mod connection;
+pub mod error_details;
 pub mod health;
 pub mod interceptor;
 pub mod orca;
+pub mod reflection;
 mod request;
 mod send;
 pub mod server;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
 
-use crate::{MetadataMap, Status};
+use crate::{channelz::CallTally, MetadataMap, Status};
 
 static GRPC_RETRY_PUSHBACK_MS: http::HeaderName =
     http::HeaderName::from_static("grpc-retry-pushback-ms");
@@ -57,6 +57,8 @@ pub(crate) struct CallTracking {
     pub(crate) throttle: Option<Arc<anygrpc_lb::Throttle>>,
     /// Held for its `Drop`: the call has ended when this goes.
     pub(crate) _active: Option<crate::client::ActiveCall>,
+    /// The attempt in its subchannel's and connection's channelz counts.
+    pub(crate) channelz: Option<CallTally>,
 }
 
 /// Hands the ORCA load report in a call's trailers to the load-balancing policy that asked
@@ -115,6 +117,8 @@ pub struct Streaming<T> {
     headers: MetadataMap,
     trailers: Option<MetadataMap>,
     attempt_end: AttemptEnd,
+    /// Client: the call in its channel's channelz counts, ended with the stream.
+    call: Option<CallTally>,
 }
 
 /// How a client call's stream failed before its response head, for the retry driver.
@@ -159,6 +163,7 @@ impl<T> Streaming<T> {
             headers: MetadataMap::new(),
             trailers: None,
             attempt_end: AttemptEnd::default(),
+            call: None,
         }
     }
 
@@ -182,6 +187,7 @@ impl<T> Streaming<T> {
             headers: MetadataMap::new(),
             trailers: None,
             attempt_end: AttemptEnd::default(),
+            call: None,
         }
     }
 
@@ -200,10 +206,16 @@ impl<T> Streaming<T> {
             headers: MetadataMap::new(),
             trailers: None,
             attempt_end: AttemptEnd::default(),
+            call: None,
         }
     }
 
     /// Keeps the call's request task running for as long as this stream is.
+    /// Client: ends the call's channelz count with this stream.
+    pub(crate) fn count_call(&mut self, call: CallTally) {
+        self.call = Some(call);
+    }
+
     pub(crate) fn hold_request_task(&mut self, stop: futures_channel::oneshot::Sender<()>) {
         if let Some(client) = self.client.as_mut() {
             client.request_task = Some(stop);
@@ -269,6 +281,7 @@ impl<T> Streaming<T> {
         self.state = State::Done;
         self.recv = None;
         self.client = None;
+        self.call = None;
     }
 
     /// Client: the call ended with `status` in `trailers` (or a Trailers-Only head). Hands the
@@ -285,6 +298,13 @@ impl<T> Streaming<T> {
         }
         if let Some(throttle) = client.and_then(|c| c.tracking.throttle.as_ref()) {
             throttle.record_success();
+        }
+        let attempt = self
+            .client
+            .as_mut()
+            .and_then(|c| c.tracking.channelz.as_mut());
+        for tally in attempt.into_iter().chain(self.call.as_mut()) {
+            tally.succeeded();
         }
         self.finish();
         self.trailers = Some(MetadataMap::from_header_map(trailers));
@@ -333,7 +353,11 @@ impl<T> Streaming<T> {
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         if let State::Committing(committing) = &mut self.state {
             match ready!(Pin::new(committing).poll(cx)) {
-                Ok(Ok(committed)) => *self = committed,
+                Ok(Ok(committed)) => {
+                    let call = self.call.take();
+                    *self = committed;
+                    self.call = call;
+                }
                 Ok(Err(status)) => return Poll::Ready(Err(self.fail(status))),
                 Err(_) => {
                     let status = Status::cancelled("the call's attempts were stopped");

@@ -37,6 +37,7 @@ use http::{
 
 use super::core::Core;
 use crate::{
+    channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode, SocketNode},
     connection::{
         ConnectionTap, Liveness, LivenessEvent, Shared, ENHANCE_YOUR_CALM, KEEPALIVE_TIMEOUT,
         TOO_MANY_PINGS,
@@ -123,11 +124,17 @@ struct Slot {
     /// The streams running on the current connection: its health watch and load reports.
     health_task: Option<AbortHandle>,
     load_task: Option<AbortHandle>,
+    /// The current connection's channelz entry.
+    socket: Option<Arc<SocketNode>>,
 }
 
 impl Slot {
-    /// Stops the streams of the current connection (it is gone, or the subchannel is).
-    fn stop_streams(&mut self) {
+    /// Stops the streams of the current connection (it is gone, or the subchannel is), and
+    /// takes it out of channelz.
+    fn stop_streams(&mut self, channelz: &ChannelNode) {
+        if let Some(socket) = self.socket.take() {
+            channelz.remove_socket(&socket);
+        }
         for task in [self.health_task.take(), self.load_task.take()]
             .into_iter()
             .flatten()
@@ -145,6 +152,8 @@ pub(crate) struct Subchannel {
     runtime: Arc<dyn Runtime>,
     settings: Arc<ConnSettings>,
     slot: Mutex<Slot>,
+    /// The subchannel's channelz entry.
+    pub(crate) channelz: Arc<ChannelNode>,
 }
 
 impl std::fmt::Debug for Subchannel {
@@ -163,12 +172,14 @@ impl Subchannel {
         core: Weak<Core>,
         runtime: Arc<dyn Runtime>,
         settings: Arc<ConnSettings>,
+        channelz: Arc<ChannelNode>,
     ) -> Subchannel {
         Subchannel {
             id,
             address,
             core,
             runtime,
+            channelz,
             slot: Mutex::new(Slot {
                 machine: lb::Subchannel::new(settings.backoff, fastrand::u64(..)),
                 send: None,
@@ -177,6 +188,7 @@ impl Subchannel {
                 load_reporting: None,
                 health_task: None,
                 load_task: None,
+                socket: None,
             }),
             settings,
         }
@@ -186,10 +198,14 @@ impl Subchannel {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The connection to send a call on, if READY, with its generation.
-    pub(crate) fn ready(&self) -> Option<(SendRequest<Bytes>, u64)> {
+    /// The connection to send a call on, if READY, with its generation and the counters of
+    /// its streams.
+    pub(crate) fn ready(&self) -> Option<(SendRequest<Bytes>, u64, Option<Arc<CallCounters>>)> {
         let slot = self.slot();
-        slot.send.clone().map(|send| (send, slot.generation))
+        let streams = slot.socket.as_ref().map(|socket| socket.streams.clone());
+        slot.send
+            .clone()
+            .map(|send| (send, slot.generation, streams))
     }
 
     /// Whether connection `generation` has streams open (calls, health or load reports).
@@ -203,6 +219,7 @@ impl Subchannel {
     }
 
     fn report(&self, state: ConnectivityState, status: Option<Status>) {
+        self.channelz.set_state(state);
         if let Some(core) = self.core.upgrade() {
             core.subchannel_state(self.id, state, status);
         }
@@ -232,7 +249,8 @@ impl Subchannel {
         slot.machine.shutdown();
         slot.send = None;
         slot.generation += 1;
-        slot.stop_streams();
+        slot.stop_streams(&self.channelz);
+        self.channelz.set_state(ConnectivityState::Shutdown);
     }
 
     /// Gates READY on the channel's health check, from the next connection on.
@@ -296,6 +314,9 @@ impl Subchannel {
                     }
                     slot.machine.connected();
                     slot.send = Some(send.clone());
+                    let socket = SocketNode::client(self.address.clone());
+                    self.channelz.add_socket(&socket);
+                    slot.socket = Some(socket);
                     let health_service = self
                         .settings
                         .health_check_service
@@ -322,6 +343,10 @@ impl Subchannel {
             }
             Err(status) => {
                 tracing::debug!(address = %self.address, %status, "connection attempt failed");
+                self.channelz.event(
+                    Severity::CtWarning,
+                    format!("Connection attempt failed: {status}"),
+                );
                 let retry_at = {
                     let mut slot = self.slot();
                     if slot.generation != generation {
@@ -356,7 +381,7 @@ impl Subchannel {
                 return;
             }
             slot.send = None;
-            slot.stop_streams();
+            slot.stop_streams(&self.channelz);
             slot.machine.disconnected();
         }
         self.report(ConnectivityState::Idle, None);
@@ -483,6 +508,8 @@ impl Subchannel {
     fn went_away(&self, generation: u64, shared: &Shared) {
         let goaway = shared.goaway();
         tracing::debug!(address = %self.address, ?goaway, "the server sent GOAWAY");
+        self.channelz
+            .event(Severity::CtInfo, format!("GOAWAY received: {goaway:?}"));
         if let (Some((ENHANCE_YOUR_CALM, debug)), Some(keepalive)) =
             (goaway, &self.settings.keepalive)
         {

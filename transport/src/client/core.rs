@@ -31,6 +31,7 @@ use futures_util::future::poll_fn;
 use h2::client::SendRequest;
 
 use super::conn::{ConnSettings, Subchannel};
+use crate::channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode};
 use crate::Status;
 
 struct Inner {
@@ -68,6 +69,8 @@ pub(crate) struct Picked {
     pub(crate) send: SendRequest<Bytes>,
     /// The connection's generation, to report it closed.
     pub(crate) generation: u64,
+    /// The channelz counters of the connection's streams.
+    pub(crate) streams: Option<Arc<CallCounters>>,
     /// Where the call's ORCA load report goes, if the policy wants it.
     pub(crate) load_report: Option<Arc<dyn LoadReportSink>>,
 }
@@ -106,6 +109,8 @@ pub(crate) struct Core {
     inner: Mutex<Inner>,
     published: RwLock<Arc<Published>>,
     waiters: Mutex<Vec<Waker>>,
+    /// The channel's channelz entry: its state, calls, subchannels and events.
+    pub(crate) channelz: Arc<ChannelNode>,
     this: Weak<Core>,
 }
 
@@ -149,6 +154,7 @@ impl ChannelControl for Ctl<'_> {
             self.core.this.clone(),
             self.core.runtime.clone(),
             self.settings.clone(),
+            self.core.channelz.subchannel(address),
         );
         self.subchannels.insert(id, Arc::new(subchannel));
         id
@@ -156,6 +162,7 @@ impl ChannelControl for Ctl<'_> {
 
     fn remove_subchannel(&mut self, id: SubchannelId) {
         if let Some(subchannel) = self.subchannels.remove(&id) {
+            self.core.channelz.remove_subchannel(&subchannel.channelz);
             self.actions.push(Action::Shutdown(subchannel));
         }
     }
@@ -192,6 +199,8 @@ impl ChannelControl for Ctl<'_> {
 pub(crate) struct CoreConfig {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) settings: ConnSettings,
+    /// The channel's channelz entry.
+    pub(crate) channelz: Arc<ChannelNode>,
     pub(crate) target: Target,
     pub(crate) resolver_builder: Arc<dyn ResolverBuilder>,
     pub(crate) policy_builder: Arc<dyn LbPolicyBuilder>,
@@ -271,6 +280,7 @@ impl Core {
             })),
             waiters: Mutex::new(Vec::new()),
             resolved_once: AtomicBool::new(false),
+            channelz: config.channelz,
             this: this.clone(),
         });
         core.use_service_config(default_config);
@@ -538,6 +548,7 @@ impl Core {
         // Published under the policy's lock, so publications land in the order they were made.
         let published = publish.is_some();
         if let Some(publish) = publish {
+            self.channelz.set_state(publish.state);
             *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(publish);
         }
         drop(inner);
@@ -654,11 +665,12 @@ impl Core {
             Pick::Fail(_) | Pick::Queue => (None, None),
         };
         if let Some(subchannel) = id.and_then(|id| published.subchannels.get(&id)) {
-            if let Some((send, generation)) = subchannel.ready() {
+            if let Some((send, generation, streams)) = subchannel.ready() {
                 return Poll::Ready(Ok(Picked {
                     subchannel: subchannel.clone(),
                     send,
                     generation,
+                    streams,
                     load_report,
                 }));
             }
@@ -673,8 +685,17 @@ impl Core {
 
     /// The resolver of `epoch` produced an update (or failed).
     fn resolved(&self, epoch: u64, update: ResolverUpdate) {
-        if update.addresses.is_ok() {
-            self.resolver_service_config(update.service_config.as_deref());
+        match &update.addresses {
+            Ok(addresses) => {
+                self.channelz.event(
+                    Severity::CtInfo,
+                    format!("Resolved {} address(es)", addresses.len()),
+                );
+                self.resolver_service_config(update.service_config.as_deref());
+            }
+            Err(status) => self
+                .channelz
+                .event(Severity::CtWarning, format!("Resolution failed: {status}")),
         }
         let config = self.lock().policy_config.clone();
         self.with_policy_of(Some(epoch), |policy, ctl| match update.addresses {

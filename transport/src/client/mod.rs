@@ -36,6 +36,7 @@ use http::{
 };
 
 use crate::{
+    channelz::{CallTally, ChannelNode},
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
     streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     MetadataMap, Request, Response, Status, Streaming,
@@ -403,6 +404,7 @@ impl ChannelBuilder {
         settings.scheme = scheme.clone();
         settings.authority = authority.clone();
         settings.user_agent = user_agent.clone();
+        let channelz = ChannelNode::channel(self.target.clone());
         Ok(Channel {
             inner: Arc::new(ChannelInner {
                 target: self.target,
@@ -421,6 +423,7 @@ impl ChannelBuilder {
                 core: Core::new(CoreConfig {
                     runtime,
                     settings,
+                    channelz,
                     target,
                     resolver_builder: builder,
                     policy_builder,
@@ -480,6 +483,11 @@ impl fmt::Debug for Channel {
 }
 
 impl Channel {
+    /// The channel's id in channelz (`grpc.channelz.v1.Channelz/GetChannel`).
+    pub fn channelz_id(&self) -> i64 {
+        self.inner.core.channelz.id()
+    }
+
     /// Starts building a channel to `target`: `host:port`, `dns:///host:port`,
     /// `unix:/path`, `unix:///abs/path`, `ipv4:a:p,...`, `ipv6:[a]:p,...`.
     pub fn builder(target: &str) -> ChannelBuilder {
@@ -761,6 +769,13 @@ impl Grpc {
             }),
             throttle: call.throttle.clone(),
             _active: Some(inner.core.call_started()),
+            channelz: Some(
+                picked
+                    .subchannel
+                    .channelz
+                    .calls
+                    .start(picked.streams.as_ref()),
+            ),
         };
         Ok(Opened {
             send,
@@ -983,6 +998,7 @@ impl Grpc {
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<C::Decode>, Status> {
+        let tally = self.count_call();
         let mut call = self.prepare(path, &mut request).await?;
         let frame = call
             .encoder
@@ -999,8 +1015,11 @@ impl Grpc {
                 .await?;
             single_response(&mut streaming).await
         };
-        self.bounded(call.deadline, call.cancel.as_ref(), exchange)
-            .await?
+        counted(
+            tally,
+            self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+                .await?,
+        )
     }
 
     /// A server-streaming call: one request message, a stream of responses. Retried or hedged
@@ -1011,6 +1030,7 @@ impl Grpc {
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<Streaming<C::Decode>>, Status> {
+        let tally = self.count_call();
         let mut call = self.prepare(path, &mut request).await?;
         let frame = call
             .encoder
@@ -1025,6 +1045,7 @@ impl Grpc {
         let mut streaming = self
             .bounded(call.deadline, call.cancel.as_ref(), attempts)
             .await??;
+        streaming.count_call(tally);
         Ok(Response::from_parts(
             streaming.take_headers(),
             streaming,
@@ -1103,6 +1124,7 @@ impl Grpc {
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
+        let tally = self.count_call();
         let mut call = self.prepare(path, &mut request).await?;
         let encoding = call.take_encoding(codec);
         let call = &call;
@@ -1113,8 +1135,11 @@ impl Grpc {
             streaming.headers().await?;
             single_response(&mut streaming).await
         };
-        self.bounded(call.deadline, call.cancel.as_ref(), exchange)
-            .await?
+        counted(
+            tally,
+            self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+                .await?,
+        )
     }
 
     /// A bidirectional-streaming call: requests and responses flow independently. Retried or
@@ -1134,14 +1159,16 @@ impl Grpc {
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
+        let tally = self.count_call();
         let mut call = self.prepare(path, &mut request).await?;
         let encoding = call.take_encoding(codec.clone());
         let messages = request.into_inner();
         if call.policy.is_none() {
             let start = self.stream_call(&call, encoding, messages, true);
-            let streaming = self
+            let mut streaming = self
                 .bounded(call.deadline, call.cancel.as_ref(), start)
                 .await??;
+            streaming.count_call(tally);
             return Ok(Response::new(streaming));
         }
         let (mut committed, receiver) = futures_channel::oneshot::channel();
@@ -1162,8 +1189,23 @@ impl Grpc {
                 let _ = committed.send(outcome);
             }
         }));
-        Ok(Response::new(Streaming::committing(receiver, codec)))
+        let mut streaming = Streaming::committing(receiver, codec);
+        streaming.count_call(tally);
+        Ok(Response::new(streaming))
     }
+
+    /// Counts a call in the channel's channelz entry.
+    fn count_call(&self) -> CallTally {
+        self.channel.inner.core.channelz.calls.start(None)
+    }
+}
+
+/// Ends a call's channelz count with its outcome.
+fn counted<T>(mut tally: CallTally, outcome: Result<T, Status>) -> Result<T, Status> {
+    if outcome.is_ok() {
+        tally.succeeded();
+    }
+    outcome
 }
 
 /// A copy of a call's request head for one attempt, saying how many attempts came before.

@@ -18,6 +18,7 @@ use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
 
 use super::{split_path, ServerShared};
 use crate::{
+    channelz::{CallCounters, CallTally},
     interceptor::{self, CallHead},
     send::{append_ready, send_message, Gathered},
     MetadataMap, Request, Response, ResponseStream, Status, Streaming,
@@ -39,6 +40,7 @@ pub struct ServerCall {
     remote_addr: Address,
     decompressor: Option<Arc<dyn Compressor>>,
     accept_encoding: Option<HeaderValue>,
+    tally: CallTally,
 }
 
 impl fmt::Debug for ServerCall {
@@ -79,6 +81,7 @@ pub(super) fn accept(
     mut respond: SendResponse<Bytes>,
     remote_addr: &Address,
     extensions: &http::Extensions,
+    streams: &Arc<CallCounters>,
 ) -> Option<BoxFuture<'static, ()>> {
     let (parts, body) = request.into_parts();
     let info = match headers::validate_request(&parts.method, &parts.headers) {
@@ -95,6 +98,8 @@ pub(super) fn accept(
             return None;
         }
     };
+    // A gRPC call from here on: the early answers below count as failed calls.
+    let tally = shared.channelz.calls.start(Some(streams));
     let Some((service_name, method)) = split_path(parts.uri.path()) else {
         let status = Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
         trailers_only(&mut respond, &status, None);
@@ -148,6 +153,7 @@ pub(super) fn accept(
         remote_addr: remote_addr.clone(),
         decompressor,
         accept_encoding,
+        tally,
     };
     if shared.interceptors.is_empty() {
         let path = call.path.clone();
@@ -185,6 +191,7 @@ struct Responder {
     respond: SendResponse<Bytes>,
     deadline: Option<Instant>,
     accept_encoding: Option<HeaderValue>,
+    tally: CallTally,
 }
 
 impl ServerCall {
@@ -208,6 +215,7 @@ impl ServerCall {
             respond: self.respond,
             deadline: self.deadline,
             accept_encoding: self.accept_encoding,
+            tally: self.tally,
         };
         (request, responder)
     }
@@ -349,6 +357,7 @@ impl Responder {
             mut respond,
             deadline,
             accept_encoding,
+            mut tally,
         } = self;
         let mut sleep = deadline.map(|d| shared.runtime.sleep_until(d));
         // The handler's future lives only in this block: once the call is cancelled or past
@@ -447,6 +456,7 @@ impl Responder {
                 }
             },
         };
+        let ok = status.is_ok();
         let trailer_map = match status {
             Ok(()) => Status::ok_trailers(trailers),
             Err(status) => {
@@ -455,8 +465,10 @@ impl Responder {
                 map
             }
         };
-        if let Err(err) = send.send_trailers(trailer_map) {
-            tracing::debug!(error = %err, "could not send trailers");
+        match send.send_trailers(trailer_map) {
+            Ok(()) if ok => tally.succeeded(),
+            Ok(()) => {}
+            Err(err) => tracing::debug!(error = %err, "could not send trailers"),
         }
     }
 }

@@ -28,6 +28,7 @@ use futures_util::{
 pub use call::{PreviousAttempts, ServerCall};
 
 use crate::{
+    channelz::{proto::channel_trace_event::Severity, ServerNode, SocketNode},
     connection::{
         self, ConnectionTap, Liveness, LivenessEvent, Timer, KEEPALIVE_TIMEOUT, TOO_MANY_PINGS,
     },
@@ -77,6 +78,9 @@ pub(crate) struct ServerShared {
     h2: h2::server::Builder,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsAcceptor>,
+    /// The server's channelz entry, and the address it listens on.
+    pub(crate) channelz: Arc<ServerNode>,
+    local_addr: Option<Address>,
 }
 
 /// Configures and runs a gRPC server.
@@ -408,9 +412,16 @@ impl Server {
             ),
             None => None,
         };
+        let local_addr = listener.local_addr().ok();
+        let channelz = ServerNode::register();
+        let listen_socket = SocketNode::listener(local_addr.clone());
+        channelz.add_listen_socket(&listen_socket);
         Ok(BoundServer {
             listener,
+            listen_socket,
             shared: Arc::new(ServerShared {
+                channelz,
+                local_addr,
                 runtime,
                 services: self.services,
                 interceptors: self.interceptors,
@@ -454,6 +465,8 @@ impl Server {
 /// A server with its socket bound, ready to serve.
 pub struct BoundServer {
     listener: Box<dyn Listener>,
+    /// The listener's channelz entry, gone with it.
+    listen_socket: Arc<SocketNode>,
     shared: Arc<ServerShared>,
 }
 
@@ -475,6 +488,11 @@ impl BoundServer {
     /// The bound address (with the real port when bound to port 0).
     pub fn local_addr(&self) -> io::Result<Address> {
         self.listener.local_addr()
+    }
+
+    /// The server's id in channelz (`grpc.channelz.v1.Channelz/GetServer`).
+    pub fn channelz_id(&self) -> i64 {
+        self.shared.channelz.id()
     }
 
     /// Serves forever.
@@ -512,10 +530,14 @@ impl BoundServer {
                 Either::Right(_) => break,
             }
         }
+        self.shared
+            .channelz
+            .event(Severity::CtInfo, "Shutting down".to_owned());
         for service in self.shared.services.values() {
             service.shutting_down();
         }
         drop(self.listener);
+        drop(self.listen_socket);
         let _ = shutdown_tx.send(());
         drop(alive_tx);
         while alive_rx.next().await.is_some() {}
@@ -532,6 +554,8 @@ async fn serve_connection(
     shutdown: impl Future<Output = ()> + Unpin,
 ) {
     let runtime = shared.runtime.clone();
+    let socket = SocketNode::server(shared.local_addr.clone(), peer.clone());
+    shared.channelz.add_socket(&socket);
     let observed =
         connection::Shared::new(runtime.now(), Some(PingStrikes::new(shared.ping_policy)));
     let tap = ConnectionTap::server(observed.clone(), runtime.clone());
@@ -541,10 +565,12 @@ async fn serve_connection(
         Ok(Ok(connected)) => connected,
         Ok(Err(why)) => {
             tracing::debug!(%peer, %why, "connection setup failed");
+            shared.channelz.remove_socket(&socket);
             return;
         }
         Err(_) => {
             tracing::debug!(%peer, "connection setup timed out");
+            shared.channelz.remove_socket(&socket);
             return;
         }
     };
@@ -565,8 +591,9 @@ async fn serve_connection(
     let ended = poll_fn(|cx| loop {
         match conn.poll_accept(cx) {
             Poll::Ready(Some(Ok((request, respond)))) => {
-                if let Some(mut call) = call::accept(&shared, request, respond, &peer, &extensions)
-                {
+                let accepted =
+                    call::accept(&shared, request, respond, &peer, &extensions, &socket.streams);
+                if let Some(mut call) = accepted {
                     // A call whose request is already here and whose handler answers at once
                     // completes in this first poll, on this task: no hand-off to another
                     // thread, no contention on the connection's lock. Anything that has to
@@ -633,6 +660,7 @@ async fn serve_connection(
         }
     })
     .await;
+    shared.channelz.remove_socket(&socket);
     tracing::debug!(%peer, %ended, "connection ended");
 }
 
