@@ -34,7 +34,10 @@ run_tests --locked -p anygrpc --no-default-features --features tokio,tls
 step "interop: every case, anygrpc and the gRPC C-core (grpcio) in every pairing, plaintext and TLS"
 bash tests/interop/run.sh 2>&1 | tee -a "$results"
 
-step "examples: the demo, load balancing, a custom resolver and policy, retries and hedging, keepalive, graceful shutdown, every runtime's client"
+step "observability: reflection, rich error details and channelz read by the C-core's Python tools"
+bash tests/interop/observability.sh
+
+step "examples: the demo, load balancing, a custom resolver and policy, retries and hedging, keepalive, graceful shutdown, observability, every runtime's client"
 cargo run --locked -q -p anygrpc-examples --bin demo
 cargo run --locked -q -p anygrpc-examples --bin route-guide
 cargo run --locked -q -p anygrpc-examples --bin load-balancing
@@ -42,6 +45,7 @@ cargo run --locked -q -p anygrpc-examples --bin custom-resolver
 cargo run --locked -q -p anygrpc-examples --bin retries
 cargo run --locked -q -p anygrpc-examples --bin keepalive
 cargo run --locked -q -p anygrpc-examples --bin graceful-shutdown -- --demo
+cargo run --locked -q -p anygrpc-examples --bin observability
 cargo run --locked -q -p anygrpc-examples --bin client-smol
 cargo run --locked -q -p anygrpc-examples --bin client-blocking
 cargo run --locked -q -p anygrpc-examples --features tokio --bin client-tokio

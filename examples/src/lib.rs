@@ -1,6 +1,9 @@
 //! Shared pieces of the anygrpc examples: the generated code and a small echo service.
 
-use anygrpc::{Request, Response, ResponseStream, Status, Streaming};
+use anygrpc::{
+    error_details::{BadRequest, StatusExt},
+    Request, Response, ResponseStream, Status, Streaming,
+};
 use futures_util::StreamExt;
 
 /// Generated code for `echo.proto`.
@@ -15,7 +18,8 @@ pub mod routeguide {
 
 use echo::{EchoRequest, EchoResponse};
 
-/// An echo service implementing all four call shapes.
+/// An echo service implementing all four call shapes. A unary call with an empty message fails
+/// with `INVALID_ARGUMENT` and a `google.rpc.BadRequest` detail.
 #[derive(Debug, Default)]
 pub struct EchoService;
 
@@ -25,6 +29,14 @@ impl echo::echo_server::Echo for EchoService {
         request: Request<EchoRequest>,
     ) -> Result<Response<EchoResponse>, Status> {
         let message = request.into_inner().message;
+        if message.is_empty() {
+            // The rich error model: any gRPC client can read the typed detail.
+            return Err(Status::with_error_details(
+                anygrpc::Code::InvalidArgument,
+                "nothing to echo",
+                [BadRequest::field("message", "must not be empty").into()],
+            ));
+        }
         Ok(Response::new(EchoResponse { message }))
     }
 

@@ -3,12 +3,7 @@
 # plaintext and TLS. Installs grpcio into target/interop-venv on first use.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-venv="$root/target/interop-venv"
-if ! "$venv/bin/python" -c "import grpc, grpc_tools" 2>/dev/null; then
-  echo "installing the grpcio peer into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/tests/interop/python/requirements.txt"
-fi
+venv=$(bash "$root/tests/interop/venv.sh")
 stubs="$root/target/interop-python"
 rm -rf "$stubs" && mkdir -p "$stubs"
 protos="$root/tests/interop/proto"
