@@ -40,10 +40,10 @@ pub struct RpcStatus {
     pub details: Vec<Any>,
 }
 
-/// Implements [`Name`] for the `google.rpc` messages, so that they pack into and unpack from
-/// [`Any`] with the type URL every implementation uses.
+/// Implements [`Name`] for `google.rpc` messages, so that they pack into and unpack from [`Any`]
+/// with the type URL every implementation uses.
 macro_rules! google_rpc_name {
-    ($($ty:ident),* $(,)?) => {$(
+    ($($ty:ident),*) => {$(
         impl Name for $ty {
             const NAME: &'static str = stringify!($ty);
             const PACKAGE: &'static str = "google.rpc";
@@ -54,19 +54,7 @@ macro_rules! google_rpc_name {
     )*};
 }
 
-google_rpc_name!(
-    RpcStatus,
-    ErrorInfo,
-    RetryInfo,
-    DebugInfo,
-    QuotaFailure,
-    PreconditionFailure,
-    BadRequest,
-    RequestInfo,
-    ResourceInfo,
-    Help,
-    LocalizedMessage,
-);
+google_rpc_name!(RpcStatus);
 
 /// Why an error happened, as a machine-readable reason in a domain, with context.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -284,10 +272,12 @@ pub enum ErrorDetail {
     Other(Any),
 }
 
-/// Defines the detail kinds once: `From` each type, packing into [`Any`] and unpacking by
-/// type URL.
+/// Defines the detail kinds once: their [`Name`]s, `From` each type, packing into [`Any`] and
+/// unpacking by type URL.
 macro_rules! error_detail_kinds {
     ($($ty:ident),* $(,)?) => {
+        google_rpc_name!($($ty),*);
+
         $(impl From<$ty> for ErrorDetail {
             fn from(detail: $ty) -> Self {
                 ErrorDetail::$ty(detail)

@@ -603,10 +603,7 @@ fn page<T, P>(
     max_results: i64,
     to_proto: impl Fn(&T) -> P,
 ) -> (Vec<P>, bool) {
-    let size = usize::try_from(max_results)
-        .ok()
-        .filter(|n| *n > 0)
-        .map_or(MAX_PAGE, |n| n.min(MAX_PAGE));
+    let size = page_size(max_results);
     let live: Vec<Arc<T>> = {
         let map = lock(map);
         map.range(start.max(0)..)
@@ -616,6 +613,14 @@ fn page<T, P>(
     };
     let end = live.len() <= size;
     (live.iter().take(size).map(|n| to_proto(n)).collect(), end)
+}
+
+/// A request's page size: `max_results`, or [`MAX_PAGE`] when it is 0 or more than that.
+fn page_size(max_results: i64) -> usize {
+    usize::try_from(max_results)
+        .ok()
+        .filter(|n| *n > 0)
+        .map_or(MAX_PAGE, |n| n.min(MAX_PAGE))
 }
 
 fn get<T>(map: &Mutex<BTreeMap<i64, Weak<T>>>, id: i64, what: &str) -> Result<Arc<T>, Status> {
@@ -685,10 +690,7 @@ impl proto::channelz_server::Channelz for ChannelzService {
         let request = request.into_inner();
         let server = get(&registry().servers, request.server_id, "server")?;
         let sockets = lock(&server.sockets).clone();
-        let size = usize::try_from(request.max_results)
-            .ok()
-            .filter(|n| *n > 0)
-            .map_or(MAX_PAGE, |n| n.min(MAX_PAGE));
+        let size = page_size(request.max_results);
         let live: Vec<Arc<SocketNode>> = {
             let registered = lock(&registry().sockets);
             sockets
@@ -736,5 +738,49 @@ impl proto::channelz_server::Channelz for ChannelzService {
         Ok(Response::new(proto::GetSocketResponse {
             socket: Some(socket.to_proto()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_start_at_an_id_hold_at_most_max_results_and_say_when_they_end() {
+        let nodes: Vec<_> = (0..3)
+            .map(|i| ChannelNode::channel(format!("t{i}")))
+            .collect();
+        let ids: Vec<i64> = nodes.iter().map(|n| n.id).collect();
+        let channels = &registry().channels;
+        let (first, end) = page(channels, ids[0], 2, |n| n.id);
+        assert_eq!((first, end), (ids[..2].to_vec(), false));
+        let (rest, end) = page(channels, ids[1] + 1, 2, |n| n.id);
+        assert_eq!((rest, end), (ids[2..].to_vec(), true));
+        assert_eq!(page_size(0), MAX_PAGE);
+        assert_eq!(page_size(-5), MAX_PAGE);
+        assert_eq!(page_size(1_000), MAX_PAGE);
+
+        drop(nodes);
+        let (gone, end) = page(channels, ids[0], 0, |n| n.id);
+        assert!(
+            gone.iter().all(|id| !ids.contains(id)),
+            "dropped channels leave"
+        );
+        assert!(end);
+    }
+
+    #[test]
+    fn a_tally_counts_on_both_counters_and_fails_unless_marked() {
+        let (calls, streams) = (Arc::<CallCounters>::default(), Arc::default());
+        let mut ok = calls.start(Some(&streams));
+        ok.succeeded();
+        drop(ok);
+        drop(calls.start(Some(&streams)));
+        let _in_flight = calls.start(None);
+        let (started, succeeded, failed, last) = calls.snapshot();
+        assert_eq!((started, succeeded, failed), (3, 1, 1));
+        assert!(last.is_some());
+        let (started, succeeded, failed, _) = streams.snapshot();
+        assert_eq!((started, succeeded, failed), (2, 1, 1));
     }
 }
