@@ -285,22 +285,19 @@ impl Index {
 
     /// The file and, depth first, its imports that `sent` does not hold yet.
     fn file_with_imports(&self, name: &str, sent: &mut HashSet<String>) -> Option<Vec<Bytes>> {
-        let mut out = Vec::new();
-        let mut stack = vec![name.to_owned()];
-        let mut first = true;
+        let (encoded, imports) = self.files.get(name)?;
+        sent.insert(name.to_owned());
+        let mut out = vec![encoded.clone()];
+        let mut stack: Vec<&String> = imports.iter().rev().collect();
         while let Some(name) = stack.pop() {
-            let Some((encoded, imports)) = self.files.get(&name) else {
-                if first {
-                    return None;
-                }
+            // Imports the registered sets lack (a well-known type, say) are left to the client.
+            let Some((encoded, imports)) = self.files.get(name) else {
                 continue;
             };
-            if first || sent.insert(name.clone()) {
-                sent.insert(name);
+            if sent.insert(name.clone()) {
                 out.push(encoded.clone());
-                stack.extend(imports.iter().rev().cloned());
+                stack.extend(imports.iter().rev());
             }
-            first = false;
         }
         Some(out)
     }

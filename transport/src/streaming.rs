@@ -210,12 +210,12 @@ impl<T> Streaming<T> {
         }
     }
 
-    /// Keeps the call's request task running for as long as this stream is.
     /// Client: ends the call's channelz count with this stream.
     pub(crate) fn count_call(&mut self, call: CallTally) {
         self.call = Some(call);
     }
 
+    /// Keeps the call's request task running for as long as this stream is.
     pub(crate) fn hold_request_task(&mut self, stop: futures_channel::oneshot::Sender<()>) {
         if let Some(client) = self.client.as_mut() {
             client.request_task = Some(stop);

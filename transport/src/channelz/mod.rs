@@ -215,7 +215,7 @@ impl ChannelNode {
             &self.trace,
             Severity::CtInfo,
             format!("Child subchannel {} created ({address})", node.id),
-            Some(node.subchannel_ref()),
+            Some(ChildRef::SubchannelRef(node.subchannel_ref())),
         );
         node
     }
@@ -227,7 +227,7 @@ impl ChannelNode {
             &self.trace,
             Severity::CtInfo,
             format!("Child subchannel {} removed", child.id),
-            Some(child.subchannel_ref()),
+            Some(ChildRef::SubchannelRef(child.subchannel_ref())),
         );
     }
 
@@ -284,11 +284,11 @@ impl ChannelNode {
         lock(&self.children).remove(&socket.id);
     }
 
-    fn subchannel_ref(&self) -> ChildRef {
-        ChildRef::SubchannelRef(proto::SubchannelRef {
+    fn subchannel_ref(&self) -> proto::SubchannelRef {
+        proto::SubchannelRef {
             subchannel_id: self.id,
             name: self.target.clone(),
-        })
+        }
     }
 
     fn data(&self) -> proto::ChannelData {
@@ -314,38 +314,25 @@ impl ChannelNode {
     }
 
     fn channel_proto(&self) -> proto::Channel {
-        let subchannels = lock(&registry().subchannels);
         proto::Channel {
             r#ref: Some(proto::ChannelRef {
                 channel_id: self.id,
                 name: self.target.clone(),
             }),
             data: Some(self.data()),
-            subchannel_ref: lock(&self.children)
+            subchannel_ref: live(&self.children, &registry().subchannels, 0, usize::MAX)
                 .iter()
-                .filter_map(|id| subchannels.get(id)?.upgrade())
-                .map(|s| proto::SubchannelRef {
-                    subchannel_id: s.id,
-                    name: s.target.clone(),
-                })
+                .map(|s| s.subchannel_ref())
                 .collect(),
             ..Default::default()
         }
     }
 
     fn subchannel_proto(&self) -> proto::Subchannel {
-        let sockets = lock(&registry().sockets);
         proto::Subchannel {
-            r#ref: Some(proto::SubchannelRef {
-                subchannel_id: self.id,
-                name: self.target.clone(),
-            }),
+            r#ref: Some(self.subchannel_ref()),
             data: Some(self.data()),
-            socket_ref: lock(&self.children)
-                .iter()
-                .filter_map(|id| sockets.get(id)?.upgrade())
-                .map(|s| s.socket_ref())
-                .collect(),
+            socket_ref: socket_refs(&live(&self.children, &registry().sockets, 0, usize::MAX)),
             ..Default::default()
         }
     }
@@ -413,7 +400,6 @@ impl ServerNode {
 
     fn to_proto(&self) -> proto::Server {
         let (started, succeeded, failed, last) = self.calls.snapshot();
-        let sockets = lock(&registry().sockets);
         proto::Server {
             r#ref: Some(proto::ServerRef {
                 server_id: self.id,
@@ -426,11 +412,12 @@ impl ServerNode {
                 calls_failed: failed,
                 last_call_started_timestamp: last,
             }),
-            listen_socket: lock(&self.listen_sockets)
-                .iter()
-                .filter_map(|id| sockets.get(id)?.upgrade())
-                .map(|s| s.socket_ref())
-                .collect(),
+            listen_socket: socket_refs(&live(
+                &self.listen_sockets,
+                &registry().sockets,
+                0,
+                usize::MAX,
+            )),
         }
     }
 }
@@ -615,6 +602,25 @@ fn page<T, P>(
     (live.iter().take(size).map(|n| to_proto(n)).collect(), end)
 }
 
+/// The entities named in `ids` (from `start` on, at most `limit`) that are still in `registered`.
+fn live<T>(
+    ids: &Mutex<BTreeSet<i64>>,
+    registered: &Mutex<BTreeMap<i64, Weak<T>>>,
+    start: i64,
+    limit: usize,
+) -> Vec<Arc<T>> {
+    let ids = lock(ids).clone();
+    let registered = lock(registered);
+    ids.range(start.max(0)..)
+        .filter_map(|id| registered.get(id)?.upgrade())
+        .take(limit)
+        .collect()
+}
+
+fn socket_refs(sockets: &[Arc<SocketNode>]) -> Vec<proto::SocketRef> {
+    sockets.iter().map(|s| s.socket_ref()).collect()
+}
+
 /// A request's page size: `max_results`, or [`MAX_PAGE`] when it is 0 or more than that.
 fn page_size(max_results: i64) -> usize {
     usize::try_from(max_results)
@@ -689,19 +695,16 @@ impl proto::channelz_server::Channelz for ChannelzService {
     ) -> Result<Response<proto::GetServerSocketsResponse>, Status> {
         let request = request.into_inner();
         let server = get(&registry().servers, request.server_id, "server")?;
-        let sockets = lock(&server.sockets).clone();
         let size = page_size(request.max_results);
-        let live: Vec<Arc<SocketNode>> = {
-            let registered = lock(&registry().sockets);
-            sockets
-                .range(request.start_socket_id.max(0)..)
-                .filter_map(|id| registered.get(id)?.upgrade())
-                .take(size + 1)
-                .collect()
-        };
+        let sockets = live(
+            &server.sockets,
+            &registry().sockets,
+            request.start_socket_id,
+            size + 1,
+        );
         Ok(Response::new(proto::GetServerSocketsResponse {
-            end: live.len() <= size,
-            socket_ref: live.iter().take(size).map(|s| s.socket_ref()).collect(),
+            end: sockets.len() <= size,
+            socket_ref: socket_refs(&sockets[..sockets.len().min(size)]),
         }))
     }
 
