@@ -45,6 +45,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// flush its final GOAWAY before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// At most this many accepted calls wait for the connection's reads to finish before they are
+/// polled, so a peer that keeps the socket full still has its calls answered.
+const ACCEPT_BATCH: usize = 64;
+
 /// A gRPC service: routes a method name to its handler. Generated code implements this.
 pub trait Service: Send + Sync + 'static {
     /// The fully qualified service name, e.g. `helloworld.Greeter`.
@@ -588,25 +592,39 @@ async fn serve_connection(
     let mut shutting_down = false;
     // Set once the connection is being closed for cause: its final GOAWAY must go out by then.
     let mut close_by: Option<Instant> = None;
+    // Calls accepted since the connection last read everything it had, not yet polled.
+    let mut batch = Vec::new();
     let ended = poll_fn(|cx| loop {
-        match conn.poll_accept(cx) {
+        let accepted = match conn.poll_accept(cx) {
             Poll::Ready(Some(Ok((request, respond)))) => {
-                let accepted =
-                    call::accept(&shared, request, respond, &peer, &extensions, &socket.streams);
-                if let Some(mut call) = accepted {
-                    // A call whose request is already here and whose handler answers at once
-                    // completes in this first poll, on this task: no hand-off to another
-                    // thread, no contention on the connection's lock. Anything that has to
-                    // wait gets a task of its own (and re-registers its wakers there).
-                    if call.as_mut().poll(cx).is_pending() {
-                        runtime.spawn(call);
-                    }
+                if let Some(call) =
+                    call::accept(&shared, request, respond, &peer, &extensions, &socket.streams)
+                {
+                    batch.push(call);
                 }
-                continue;
+                batch.len() < ACCEPT_BATCH
             }
             Poll::Ready(Some(Err(err))) => return Poll::Ready(format!("error: {err}")),
             Poll::Ready(None) => return Poll::Ready("closed".to_owned()),
-            Poll::Pending => {}
+            Poll::Pending => false,
+        };
+        if accepted {
+            continue;
+        }
+        if !batch.is_empty() {
+            // A call whose request is already here and whose handler answers at once
+            // completes in this first poll, on this task: no hand-off to another thread, no
+            // contention on the connection's lock. Anything that has to wait gets a task of
+            // its own (and re-registers its wakers there). Polling them only once the
+            // connection has read what it had lets their responses go out in one write:
+            // `poll_accept` flushes what is queued, so polling each call as it arrived
+            // meant a write per call.
+            for mut call in batch.drain(..) {
+                if call.as_mut().poll(cx).is_pending() {
+                    runtime.spawn(call);
+                }
+            }
+            continue;
         }
         // Once per wake, not per call: the rest looks at the connection as a whole.
         let now = runtime.now();
