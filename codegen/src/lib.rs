@@ -248,7 +248,7 @@ pub mod {module} {{
     impl {client} {{
         /// A client that sends its calls over `channel`.
         pub fn new(channel: Channel) -> Self {{
-            {client} {{ inner: Grpc::new(channel) }}
+            {client} {{ inner: Grpc::new(channel).generated_stub() }}
         }}
 
         /// Compresses request messages with `encoding` (e.g. `"gzip"`).
@@ -335,7 +335,16 @@ pub mod {module} {{
     /// The fully qualified service name.
     pub const SERVICE_NAME: &str = "{full}";
 
-"#
+    /// The service's methods, as named in its path.
+    pub const METHODS: &[&str] = &[{methods}];
+
+"#,
+        methods = service
+            .methods
+            .iter()
+            .map(|m| format!("{:?}", m.proto_name))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     doc(buf, "    ", &service.comments);
     let _ = writeln!(buf, "    pub trait {trait_name}: Send + Sync + 'static {{");
@@ -394,6 +403,10 @@ pub mod {module} {{
     impl<T: {trait_name}> Service for {server}<T> {{
         fn name(&self) -> &'static str {{
             SERVICE_NAME
+        }}
+
+        fn has_method(&self, method: &str) -> bool {{
+            METHODS.contains(&method)
         }}
 
         fn call(&self, method: &str, call: ServerCall) -> BoxFuture<'static, ()> {{

@@ -243,6 +243,10 @@ impl Service for HealthServer {
         SERVICE_NAME
     }
 
+    fn has_method(&self, method: &str) -> bool {
+        matches!(method, "Check" | "Watch")
+    }
+
     fn call(&self, method: &str, call: ServerCall) -> crate::rt::BoxFuture<'static, ()> {
         let this = self.clone();
         match method {

@@ -24,6 +24,7 @@ mod connection;
 pub mod error_details;
 pub mod health;
 pub mod interceptor;
+pub mod metrics;
 pub mod orca;
 pub mod reflection;
 mod request;

@@ -172,6 +172,10 @@ impl Service for OrcaService {
         "xds.service.orca.v3.OpenRcaService"
     }
 
+    fn has_method(&self, method: &str) -> bool {
+        method == "StreamCoreMetrics"
+    }
+
     fn call(&self, method: &str, call: ServerCall) -> crate::rt::BoxFuture<'static, ()> {
         let this = self.clone();
         match method {

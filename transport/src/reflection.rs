@@ -36,6 +36,9 @@ use crate::{
     ProstCodec, Response, Status,
 };
 
+/// The service's one method, under both names.
+const METHOD: &str = "ServerReflectionInfo";
+
 /// `ServerReflectionRequest` (the same message in v1 and v1alpha).
 #[derive(Clone, PartialEq, Message)]
 pub struct ServerReflectionRequest {
@@ -395,7 +398,7 @@ impl ReflectionService {
     }
 
     fn serve(&self, method: &str, call: ServerCall) -> crate::rt::BoxFuture<'static, ()> {
-        if method != "ServerReflectionInfo" {
+        if method != METHOD {
             return Box::pin(call.unimplemented());
         }
         let index = self.index.clone();
@@ -429,6 +432,10 @@ impl Service for ReflectionService {
         "grpc.reflection.v1.ServerReflection"
     }
 
+    fn has_method(&self, method: &str) -> bool {
+        method == METHOD
+    }
+
     fn call(&self, method: &str, call: ServerCall) -> crate::rt::BoxFuture<'static, ()> {
         self.serve(method, call)
     }
@@ -441,6 +448,10 @@ pub struct ReflectionServiceV1Alpha(ReflectionService);
 impl Service for ReflectionServiceV1Alpha {
     fn name(&self) -> &'static str {
         "grpc.reflection.v1alpha.ServerReflection"
+    }
+
+    fn has_method(&self, method: &str) -> bool {
+        method == METHOD
     }
 
     fn call(&self, method: &str, call: ServerCall) -> crate::rt::BoxFuture<'static, ()> {

@@ -10,14 +10,14 @@ use anygrpc_codec::{
     compression::{CompressionRegistry, Compressor},
     frame::Deframer,
     headers::{self, GRPC_ENCODING},
-    Codec,
+    Code, Codec,
 };
 use anygrpc_rt::Sleep;
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
 
-use crate::{channelz::CallTally, MetadataMap, Status};
+use crate::{channelz::CallTally, metrics::Traffic, MetadataMap, Status};
 
 static GRPC_RETRY_PUSHBACK_MS: http::HeaderName =
     http::HeaderName::from_static("grpc-retry-pushback-ms");
@@ -59,6 +59,13 @@ pub(crate) struct CallTracking {
     pub(crate) _active: Option<crate::client::ActiveCall>,
     /// The attempt in its subchannel's and connection's channelz counts.
     pub(crate) channelz: Option<CallTally>,
+}
+
+impl CallTracking {
+    /// Where the attempt's message bytes are counted, if it is measured.
+    pub(crate) fn traffic(&self) -> Option<Arc<Traffic>> {
+        self.channelz.as_ref()?.measure()?.traffic().cloned()
+    }
 }
 
 /// Hands the ORCA load report in a call's trailers to the load-balancing policy that asked
@@ -119,6 +126,8 @@ pub struct Streaming<T> {
     attempt_end: AttemptEnd,
     /// Client: the call in its channel's channelz counts, ended with the stream.
     call: Option<CallTally>,
+    /// Where received message bytes are counted, if the call is measured.
+    traffic: Option<Arc<Traffic>>,
 }
 
 /// How a client call's stream failed before its response head, for the retry driver.
@@ -164,6 +173,7 @@ impl<T> Streaming<T> {
             trailers: None,
             attempt_end: AttemptEnd::default(),
             call: None,
+            traffic: None,
         }
     }
 
@@ -188,6 +198,7 @@ impl<T> Streaming<T> {
             trailers: None,
             attempt_end: AttemptEnd::default(),
             call: None,
+            traffic: None,
         }
     }
 
@@ -207,12 +218,18 @@ impl<T> Streaming<T> {
             trailers: None,
             attempt_end: AttemptEnd::default(),
             call: None,
+            traffic: None,
         }
     }
 
     /// Client: ends the call's channelz count with this stream.
     pub(crate) fn count_call(&mut self, call: CallTally) {
         self.call = Some(call);
+    }
+
+    /// Counts received message bytes in `traffic` (a measured attempt's or server call's).
+    pub(crate) fn count_traffic(&mut self, traffic: Option<Arc<Traffic>>) {
+        self.traffic = traffic;
     }
 
     /// Keeps the call's request task running for as long as this stream is.
@@ -272,8 +289,20 @@ impl<T> Streaming<T> {
 
     /// Ends the stream with `status` (see [`finish`](Self::finish); an open stream is reset).
     fn fail(&mut self, status: Status) -> Status {
+        self.end_tallies(status.code());
         self.finish();
         status
+    }
+
+    /// Client: the attempt and the call ended with `code`.
+    fn end_tallies(&mut self, code: Code) {
+        let attempt = self
+            .client
+            .as_mut()
+            .and_then(|c| c.tracking.channelz.as_mut());
+        for tally in attempt.into_iter().chain(self.call.as_mut()) {
+            tally.end(code);
+        }
     }
 
     /// Ends the stream: drops the HTTP/2 stream and stops the request-sending task.
@@ -299,13 +328,7 @@ impl<T> Streaming<T> {
         if let Some(throttle) = client.and_then(|c| c.tracking.throttle.as_ref()) {
             throttle.record_success();
         }
-        let attempt = self
-            .client
-            .as_mut()
-            .and_then(|c| c.tracking.channelz.as_mut());
-        for tally in attempt.into_iter().chain(self.call.as_mut()) {
-            tally.succeeded();
-        }
+        self.end_tallies(Code::Ok);
         self.finish();
         self.trailers = Some(MetadataMap::from_header_map(trailers));
         Ok(())
@@ -414,10 +437,13 @@ impl<T> Streaming<T> {
         loop {
             match self.deframer.next_message(self.compressor.as_deref()) {
                 Ok(Some(frame)) => {
+                    if let Some(traffic) = &self.traffic {
+                        traffic.received_message();
+                    }
                     return match self.decoder.decode(frame.data, frame.compressed) {
                         Ok(message) => Poll::Ready(Some(Ok(message))),
                         Err(status) => Poll::Ready(Some(Err(self.fail(status)))),
-                    }
+                    };
                 }
                 Ok(None) => {}
                 Err(status) => return Poll::Ready(Some(Err(self.fail(status)))),
@@ -441,6 +467,9 @@ impl<T> Streaming<T> {
                 match ready!(recv.poll_data(cx)) {
                     Some(Ok(chunk)) => {
                         let _ = recv.flow_control().release_capacity(chunk.len());
+                        if let Some(traffic) = &self.traffic {
+                            traffic.received(chunk.len());
+                        }
                         self.deframer.push(chunk);
                     }
                     Some(Err(err)) => {

@@ -683,7 +683,7 @@ pub mod channelz_client {
         /// A client that sends its calls over `channel`.
         pub fn new(channel: Channel) -> Self {
             ChannelzClient {
-                inner: Grpc::new(channel),
+                inner: Grpc::new(channel).generated_stub(),
             }
         }
         /// Compresses request messages with `encoding` (e.g. `"gzip"`).
@@ -828,6 +828,16 @@ pub mod channelz_server {
     use anygrpc::codegen::*;
     /// The fully qualified service name.
     pub const SERVICE_NAME: &str = "grpc.channelz.v1.Channelz";
+    /// The service's methods, as named in its path.
+    pub const METHODS: &[&str] = &[
+        "GetTopChannels",
+        "GetServers",
+        "GetServer",
+        "GetServerSockets",
+        "GetChannel",
+        "GetSubchannel",
+        "GetSocket",
+    ];
     /// Channelz is a service exposed by gRPC servers that provides detailed debug information.
     pub trait Channelz: Send + Sync + 'static {
         /// Gets all root channels (i.e. channels the application has directly created). This does
@@ -912,6 +922,9 @@ pub mod channelz_server {
     impl<T: Channelz> Service for ChannelzServer<T> {
         fn name(&self) -> &'static str {
             SERVICE_NAME
+        }
+        fn has_method(&self, method: &str) -> bool {
+            METHODS.contains(&method)
         }
         fn call(&self, method: &str, call: ServerCall) -> BoxFuture<'static, ()> {
             let inner = self.inner.clone();

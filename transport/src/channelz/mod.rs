@@ -15,6 +15,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
+    fmt,
     sync::{
         atomic::{AtomicI64, AtomicU8, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, Weak,
@@ -22,10 +23,11 @@ use std::{
     time::SystemTime,
 };
 
+use anygrpc_codec::Code;
 use anygrpc_lb::ConnectivityState;
 use anygrpc_rt::Address;
 
-use crate::{Request, Response, Status};
+use crate::{metrics::Measure, Request, Response, Status};
 
 #[rustfmt::skip]
 #[allow(clippy::all, missing_docs, unreachable_pub)]
@@ -67,7 +69,8 @@ impl CallCounters {
         }
         CallTally {
             counters: (self.clone(), also.cloned()),
-            ok: false,
+            code: None,
+            measure: None,
         }
     }
 
@@ -82,29 +85,55 @@ impl CallCounters {
     }
 }
 
-/// One call in flight on a [`CallCounters`]: counted as succeeded or failed when dropped.
-#[derive(Debug)]
+/// One call in flight on a [`CallCounters`]: counted as succeeded or failed when dropped,
+/// and, if it is being measured, recorded in the metrics then.
 pub(crate) struct CallTally {
     counters: (Arc<CallCounters>, Option<Arc<CallCounters>>),
-    ok: bool,
+    /// How it ended; one dropped before [`end`](Self::end) was cancelled.
+    code: Option<Code>,
+    measure: Option<Box<Measure>>,
+}
+
+impl fmt::Debug for CallTally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallTally")
+            .field("code", &self.code)
+            .field("measured", &self.measure.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl CallTally {
-    /// The call ended with OK.
-    pub(crate) fn succeeded(&mut self) {
-        self.ok = true;
+    /// Also records the call in the metrics when it ends.
+    pub(crate) fn measured(mut self, measure: Option<Measure>) -> CallTally {
+        self.measure = measure.map(Box::new);
+        self
+    }
+
+    /// The call's metrics, if it is measured.
+    pub(crate) fn measure(&self) -> Option<&Measure> {
+        self.measure.as_deref()
+    }
+
+    /// The call ended with `code` (the first ending counts).
+    pub(crate) fn end(&mut self, code: Code) {
+        self.code.get_or_insert(code);
     }
 }
 
 impl Drop for CallTally {
     fn drop(&mut self) {
+        let code = self.code.unwrap_or(Code::Cancelled);
         let (first, second) = &self.counters;
         for counters in std::iter::once(first).chain(second) {
-            let counter = match self.ok {
-                true => &counters.succeeded,
-                false => &counters.failed,
+            let counter = match code {
+                Code::Ok => &counters.succeeded,
+                _ => &counters.failed,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(measure) = self.measure.take() {
+            measure.end(code);
         }
     }
 }
@@ -773,10 +802,11 @@ mod tests {
     }
 
     #[test]
-    fn a_tally_counts_on_both_counters_and_fails_unless_marked() {
+    fn a_tally_counts_on_both_counters_by_its_first_ending_and_fails_without_one() {
         let (calls, streams) = (Arc::<CallCounters>::default(), Arc::default());
         let mut ok = calls.start(Some(&streams));
-        ok.succeeded();
+        ok.end(Code::Ok);
+        ok.end(Code::Internal);
         drop(ok);
         drop(calls.start(Some(&streams)));
         let _in_flight = calls.start(None);

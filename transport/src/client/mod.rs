@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anygrpc_codec::Code;
 use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
@@ -34,10 +35,12 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
     HeaderValue,
 };
+use tracing::Instrument;
 
 use crate::{
     channelz::{CallTally, ChannelNode},
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
+    metrics::{Another, Measure, Recorder, Traffic},
     streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     MetadataMap, Request, Response, Status, Streaming,
 };
@@ -79,6 +82,8 @@ pub struct ChannelBuilder {
     idle_timeout: Option<Duration>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ClientTlsConfig>,
+    #[cfg(feature = "opentelemetry")]
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl fmt::Debug for ChannelBuilder {
@@ -133,6 +138,8 @@ impl ChannelBuilder {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "opentelemetry")]
+            metrics: None,
         }
     }
 
@@ -169,6 +176,13 @@ impl ChannelBuilder {
     /// ignored, and the config in force stays.
     pub fn default_service_config(mut self, json: impl Into<String>) -> Self {
         self.default_service_config = Some(json.into());
+        self
+    }
+
+    /// Records the channel's calls in `metrics` (gRFC A66 and A96; see [`crate::metrics`]).
+    #[cfg(feature = "opentelemetry")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -405,9 +419,22 @@ impl ChannelBuilder {
         settings.authority = authority.clone();
         settings.user_agent = user_agent.clone();
         let channelz = ChannelNode::channel(self.target.clone());
+        #[cfg(feature = "opentelemetry")]
+        let metrics = self
+            .metrics
+            .map(|m| Recorder::new(m.instruments, runtime.clone()));
+        #[cfg(not(feature = "opentelemetry"))]
+        let metrics = None;
+        // A target without a scheme is named with the default one, as `dns:///host:port`.
+        let canonical_target = match self.target.strip_prefix(target.scheme()) {
+            Some(rest) if rest.starts_with(':') => self.target.clone(),
+            _ => format!("{}:///{}", target.scheme(), self.target),
+        };
         Ok(Channel {
             inner: Arc::new(ChannelInner {
                 target: self.target,
+                canonical_target: canonical_target.into(),
+                metrics,
                 scheme,
                 authority,
                 user_agent,
@@ -447,6 +474,9 @@ impl ChannelBuilder {
 
 struct ChannelInner {
     target: String,
+    /// The target URI as the metrics name it (`grpc.target`).
+    canonical_target: Arc<str>,
+    metrics: Option<Recorder>,
     scheme: Scheme,
     authority: Authority,
     user_agent: HeaderValue,
@@ -523,6 +553,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 #[derive(Debug, Clone)]
 pub struct Grpc {
     channel: Channel,
+    /// Calls are to methods of a generated stub: the metrics name them.
+    stub: bool,
     send_compression: Option<&'static str>,
     max_recv_message_size: Option<usize>,
     max_send_message_size: Option<usize>,
@@ -541,6 +573,8 @@ struct Prepared {
     /// The method's retry or hedging policy (`None`: one attempt).
     policy: Option<AttemptPolicy>,
     throttle: Option<Arc<Throttle>>,
+    /// The call's metrics, if measured: each attempt starts its own from it.
+    measure: Option<Measure>,
 }
 
 /// An attempt's open stream.
@@ -587,6 +621,13 @@ impl Drop for Buffered {
 }
 
 impl Prepared {
+    /// Counts an attempt beyond the first in the call's metrics.
+    fn another_attempt(&self, why: Another) {
+        if let Some(call) = self.measure.as_ref().and_then(Measure::client_call) {
+            call.another_attempt(why);
+        }
+    }
+
     /// Moves the call's message encoding out, for its request task.
     fn take_encoding<C>(&mut self, codec: C) -> Encoding<C> {
         Encoding {
@@ -602,10 +643,19 @@ impl Grpc {
     pub fn new(channel: Channel) -> Grpc {
         Grpc {
             channel,
+            stub: false,
             send_compression: None,
             max_recv_message_size: None,
             max_send_message_size: None,
         }
+    }
+
+    /// Marks the calls made through these options as a generated stub's: the metrics record
+    /// their method names (`grpc.method`). Calls by any other path are recorded as `other`
+    /// (gRFC A66), so arbitrary paths cannot grow the attribute's cardinality.
+    pub fn generated_stub(mut self) -> Self {
+        self.stub = true;
+        self
     }
 
     /// Compresses request messages with `encoding` (overrides the channel's setting).
@@ -635,6 +685,7 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         request: &mut Request<T>,
+        tally: &CallTally,
     ) -> Result<Prepared, Status> {
         let inner = &self.channel.inner;
         let runtime = self.runtime();
@@ -723,6 +774,7 @@ impl Grpc {
             ),
             policy: method.and_then(|m| m.attempts.clone()),
             throttle: config.throttle.clone(),
+            measure: tally.measure().cloned(),
         })
     }
 
@@ -774,7 +826,8 @@ impl Grpc {
                     .subchannel
                     .channelz
                     .calls
-                    .start(picked.streams.as_ref()),
+                    .start(picked.streams.as_ref())
+                    .measured(call.measure.as_ref().and_then(Measure::attempt)),
             ),
         };
         Ok(Opened {
@@ -795,25 +848,31 @@ impl Grpc {
         codec: &C,
         previous: u32,
         stream_limits: bool,
-        send: impl FnOnce(h2::SendStream<Bytes>) -> (K, Option<LocalError>),
+        send: impl FnOnce(h2::SendStream<Bytes>, Option<Arc<Traffic>>) -> (K, Option<LocalError>),
     ) -> Result<(K, Streaming<C::Decode>), AttemptFailure> {
-        let opened = self
-            .open(call, || attempt_request(&call.request, previous))
-            .await
-            .map_err(|status| (status, AttemptEnd::default()))?;
-        let (kept, local_error) = send(opened.send);
-        let mut streaming = self.attempt_response(
-            call,
-            opened.response,
-            opened.tracking,
-            codec,
-            stream_limits,
-            local_error,
-        );
-        match streaming.headers().await {
-            Ok(_) => Ok((kept, streaming)),
-            Err(status) => Err((status, streaming.attempt_end())),
+        let span = tracing::debug_span!("grpc.client.attempt", previous);
+        async move {
+            let opened = self
+                .open(call, || attempt_request(&call.request, previous))
+                .await
+                .map_err(|status| (status, AttemptEnd::default()))?;
+            let traffic = opened.tracking.traffic();
+            let (kept, local_error) = send(opened.send, traffic);
+            let mut streaming = self.attempt_response(
+                call,
+                opened.response,
+                opened.tracking,
+                codec,
+                stream_limits,
+                local_error,
+            );
+            match streaming.headers().await {
+                Ok(_) => Ok((kept, streaming)),
+                Err(status) => Err((status, streaming.attempt_end())),
+            }
         }
+        .instrument(span)
+        .await
     }
 
     /// One attempt of a call with a single request message, `frame`.
@@ -830,8 +889,12 @@ impl Grpc {
         // saves three of h2's stream locks per call). A send failure (stream reset,
         // connection lost) also fails the response, which carries the status that explains
         // it.
-        let send = |mut stream: h2::SendStream<Bytes>| {
-            let _ = stream.send_data(frame.clone(), true);
+        let send = |mut stream: h2::SendStream<Bytes>, traffic: Option<Arc<Traffic>>| {
+            if stream.send_data(frame.clone(), true).is_ok() {
+                if let Some(traffic) = traffic {
+                    traffic.sent_frames(frame);
+                }
+            }
             ((), None)
         };
         let ((), streaming) = self
@@ -867,7 +930,11 @@ impl Grpc {
             response,
             compression: self.channel.inner.compression.clone(),
         };
-        Streaming::client(head, codec.clone(), call.max_recv_message_size, client)
+        let traffic = client.tracking.traffic();
+        let mut streaming =
+            Streaming::client(head, codec.clone(), call.max_recv_message_size, client);
+        streaming.count_traffic(traffic);
+        streaming
     }
 
     /// Makes a call's attempts until one commits (its response head arrives) or the call
@@ -892,6 +959,7 @@ impl Grpc {
                 match attempt(0).await {
                     Err((_, end)) if end.refused && refused_retry && replayable() => {
                         refused_retry = false;
+                        call.another_attempt(Another::Transparent);
                     }
                     outcome => return outcome.map_err(|(status, _)| status),
                 }
@@ -927,6 +995,12 @@ impl Grpc {
             let now = runtime.now();
             while attempts.next_attempt_at().is_some_and(|at| at <= now) {
                 if let Some(previous) = attempts.start_attempt(now, throttle) {
+                    if previous > 0 {
+                        call.another_attempt(match call.policy {
+                            Some(AttemptPolicy::Hedging(_)) => Another::Hedge,
+                            _ => Another::Retry,
+                        });
+                    }
                     running.push(attempt(previous));
                 }
             }
@@ -934,7 +1008,13 @@ impl Grpc {
             if running.is_empty() {
                 // Waiting out a backoff or pushback; nothing in flight.
                 match due {
-                    Some(at) => runtime.sleep_until(at).await,
+                    Some(at) => {
+                        if let Some(measured) = call.measure.as_ref().and_then(Measure::client_call)
+                        {
+                            measured.waited(at.saturating_duration_since(now));
+                        }
+                        runtime.sleep_until(at).await
+                    }
                     None => {
                         return Err(last_failure.unwrap_or_else(|| {
                             Status::unavailable("the retry throttle allowed no attempt")
@@ -961,6 +1041,7 @@ impl Grpc {
                 attempts.commit();
             }
             if end.refused && replayable() && attempts.refused() {
+                call.another_attempt(Another::Transparent);
                 running.push(attempt(attempts.started().saturating_sub(1)));
                 continue;
             }
@@ -998,28 +1079,33 @@ impl Grpc {
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<C::Decode>, Status> {
-        let tally = self.count_call();
-        let mut call = self.prepare(path, &mut request).await?;
-        let frame = call
-            .encoder
-            .encode(&codec, request.into_inner(), call.compress)?;
-        let held = self.buffer_request(&call, frame.len());
-        let call = &call;
-        let exchange = async {
-            let mut streaming = self
-                .run_attempts(
-                    call,
-                    || replayable(call, &held),
-                    |previous| self.single_attempt(call, &frame, &codec, previous, false),
-                )
-                .await?;
-            single_response(&mut streaming).await
-        };
-        counted(
-            tally,
-            self.bounded(call.deadline, call.cancel.as_ref(), exchange)
-                .await?,
-        )
+        let span = call_span(&path);
+        async move {
+            let tally = self.count_call(&path);
+            let mut call = self.prepare(path, &mut request, &tally).await?;
+            let frame = call
+                .encoder
+                .encode(&codec, request.into_inner(), call.compress)?;
+            let held = self.buffer_request(&call, frame.len());
+            let call = &call;
+            let exchange = async {
+                let mut streaming = self
+                    .run_attempts(
+                        call,
+                        || replayable(call, &held),
+                        |previous| self.single_attempt(call, &frame, &codec, previous, false),
+                    )
+                    .await?;
+                single_response(&mut streaming).await
+            };
+            counted(
+                tally,
+                self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+                    .await?,
+            )
+        }
+        .instrument(span)
+        .await
     }
 
     /// A server-streaming call: one request message, a stream of responses. Retried or hedged
@@ -1030,27 +1116,32 @@ impl Grpc {
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<Streaming<C::Decode>>, Status> {
-        let tally = self.count_call();
-        let mut call = self.prepare(path, &mut request).await?;
-        let frame = call
-            .encoder
-            .encode(&codec, request.into_inner(), call.compress)?;
-        let held = self.buffer_request(&call, frame.len());
-        let call = &call;
-        let attempts = self.run_attempts(
-            call,
-            || replayable(call, &held),
-            |previous| self.single_attempt(call, &frame, &codec, previous, true),
-        );
-        let mut streaming = self
-            .bounded(call.deadline, call.cancel.as_ref(), attempts)
-            .await??;
-        streaming.count_call(tally);
-        Ok(Response::from_parts(
-            streaming.take_headers(),
-            streaming,
-            MetadataMap::new(),
-        ))
+        let span = call_span(&path);
+        async move {
+            let tally = self.count_call(&path);
+            let mut call = self.prepare(path, &mut request, &tally).await?;
+            let frame = call
+                .encoder
+                .encode(&codec, request.into_inner(), call.compress)?;
+            let held = self.buffer_request(&call, frame.len());
+            let call = &call;
+            let attempts = self.run_attempts(
+                call,
+                || replayable(call, &held),
+                |previous| self.single_attempt(call, &frame, &codec, previous, true),
+            );
+            let mut streaming = self
+                .bounded(call.deadline, call.cancel.as_ref(), attempts)
+                .await??;
+            streaming.count_call(tally);
+            Ok(Response::from_parts(
+                streaming.take_headers(),
+                streaming,
+                MetadataMap::new(),
+            ))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Holds a single-message request in the retry buffer if the call has a retry or hedging
@@ -1083,7 +1174,8 @@ impl Grpc {
             let opened = self
                 .open(call, || attempt_request(&call.request, 0))
                 .await?;
-            let (stop, error) = sender::spawn(runtime, opened.send, encoding, messages);
+            let traffic = opened.tracking.traffic();
+            let (stop, error) = sender::spawn(runtime, opened.send, traffic, encoding, messages);
             let mut streaming = self.attempt_response(
                 call,
                 opened.response,
@@ -1101,8 +1193,8 @@ impl Grpc {
                 call,
                 || replay.replayable(),
                 |previous| {
-                    self.attempt(call, &codec, previous, stream_limits, |stream| {
-                        let (id, error) = replay.attach(stream);
+                    self.attempt(call, &codec, previous, stream_limits, |stream, traffic| {
+                        let (id, error) = replay.attach(stream, traffic);
                         (id, Some(error))
                     })
                 },
@@ -1124,22 +1216,27 @@ impl Grpc {
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let tally = self.count_call();
-        let mut call = self.prepare(path, &mut request).await?;
-        let encoding = call.take_encoding(codec);
-        let call = &call;
-        let exchange = async {
-            let mut streaming = self
-                .stream_call(call, encoding, request.into_inner(), false)
-                .await?;
-            streaming.headers().await?;
-            single_response(&mut streaming).await
-        };
-        counted(
-            tally,
-            self.bounded(call.deadline, call.cancel.as_ref(), exchange)
-                .await?,
-        )
+        let span = call_span(&path);
+        async move {
+            let tally = self.count_call(&path);
+            let mut call = self.prepare(path, &mut request, &tally).await?;
+            let encoding = call.take_encoding(codec);
+            let call = &call;
+            let exchange = async {
+                let mut streaming = self
+                    .stream_call(call, encoding, request.into_inner(), false)
+                    .await?;
+                streaming.headers().await?;
+                single_response(&mut streaming).await
+            };
+            counted(
+                tally,
+                self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+                    .await?,
+            )
+        }
+        .instrument(span)
+        .await
     }
 
     /// A bidirectional-streaming call: requests and responses flow independently. Retried or
@@ -1159,52 +1256,69 @@ impl Grpc {
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let tally = self.count_call();
-        let mut call = self.prepare(path, &mut request).await?;
-        let encoding = call.take_encoding(codec.clone());
-        let messages = request.into_inner();
-        if call.policy.is_none() {
-            let start = self.stream_call(&call, encoding, messages, true);
-            let mut streaming = self
-                .bounded(call.deadline, call.cancel.as_ref(), start)
-                .await??;
-            streaming.count_call(tally);
-            return Ok(Response::new(streaming));
-        }
-        let (mut committed, receiver) = futures_channel::oneshot::channel();
-        let grpc = self.clone();
-        self.runtime().spawn(Box::pin(async move {
-            let start = grpc.stream_call(&call, encoding, messages, true);
-            let start = grpc.bounded(call.deadline, call.cancel.as_ref(), start);
-            let start = std::pin::pin!(start);
-            // The caller dropping the response stream cancels the attempts.
-            let outcome = {
-                let dropped = std::pin::pin!(committed.cancellation());
-                match futures_util::future::select(start, dropped).await {
-                    Either::Left((outcome, _)) => Some(outcome.and_then(|started| started)),
-                    Either::Right(_) => None,
-                }
-            };
-            if let Some(outcome) = outcome {
-                let _ = committed.send(outcome);
+        let span = call_span(&path);
+        async move {
+            let tally = self.count_call(&path);
+            let mut call = self.prepare(path, &mut request, &tally).await?;
+            let encoding = call.take_encoding(codec.clone());
+            let messages = request.into_inner();
+            if call.policy.is_none() {
+                let start = self.stream_call(&call, encoding, messages, true);
+                let mut streaming = self
+                    .bounded(call.deadline, call.cancel.as_ref(), start)
+                    .await??;
+                streaming.count_call(tally);
+                return Ok(Response::new(streaming));
             }
-        }));
-        let mut streaming = Streaming::committing(receiver, codec);
-        streaming.count_call(tally);
-        Ok(Response::new(streaming))
+            let (mut committed, receiver) = futures_channel::oneshot::channel();
+            let grpc = self.clone();
+            self.runtime().spawn(Box::pin(async move {
+                let start = grpc.stream_call(&call, encoding, messages, true);
+                let start = grpc.bounded(call.deadline, call.cancel.as_ref(), start);
+                let start = std::pin::pin!(start);
+                // The caller dropping the response stream cancels the attempts.
+                let outcome = {
+                    let dropped = std::pin::pin!(committed.cancellation());
+                    match futures_util::future::select(start, dropped).await {
+                        Either::Left((outcome, _)) => Some(outcome.and_then(|started| started)),
+                        Either::Right(_) => None,
+                    }
+                };
+                if let Some(outcome) = outcome {
+                    let _ = committed.send(outcome);
+                }
+            }));
+            let mut streaming = Streaming::committing(receiver, codec);
+            streaming.count_call(tally);
+            Ok(Response::new(streaming))
+        }
+        .instrument(span)
+        .await
     }
 
-    /// Counts a call in the channel's channelz entry.
-    fn count_call(&self) -> CallTally {
-        self.channel.inner.core.channelz.calls.start(None)
+    /// Counts a call to `path` in the channel's channelz entry and its metrics.
+    fn count_call(&self, path: &PathAndQuery) -> CallTally {
+        let inner = &self.channel.inner;
+        let measure = inner
+            .metrics
+            .as_ref()
+            .map(|metrics| metrics.client_call(path.path(), self.stub, &inner.canonical_target));
+        inner.core.channelz.calls.start(None).measured(measure)
     }
 }
 
-/// Ends a call's channelz count with its outcome.
+/// A client call's span (debug level: with no subscriber that wants it, it costs a check of
+/// a cached interest and nothing else).
+fn call_span(path: &PathAndQuery) -> tracing::Span {
+    tracing::debug_span!("grpc.client.call", method = path.path())
+}
+
+/// Ends a call's channelz count and metrics with its outcome.
 fn counted<T>(mut tally: CallTally, outcome: Result<T, Status>) -> Result<T, Status> {
-    if outcome.is_ok() {
-        tally.succeeded();
-    }
+    tally.end(match &outcome {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    });
     outcome
 }
 

@@ -24,6 +24,7 @@ use futures_util::{future::Either, StreamExt};
 
 use super::Buffered;
 use crate::{
+    metrics::Traffic,
     send::{append_ready, send_message, Gathered},
     streaming::LocalError,
     Status,
@@ -42,6 +43,7 @@ pub(super) struct Encoding<C> {
 pub(super) fn spawn<C, S>(
     runtime: &dyn Runtime,
     send: h2::SendStream<Bytes>,
+    traffic: Option<Arc<Traffic>>,
     encoding: Encoding<C>,
     messages: S,
 ) -> (oneshot::Sender<()>, LocalError)
@@ -51,7 +53,8 @@ where
 {
     let error = LocalError::default();
     let mut task = Task::new(encoding, messages, None);
-    task.targets.push(Target::new(0, send, error.clone()));
+    task.targets
+        .push(Target::new(0, send, traffic, error.clone()));
     let (stop, stopped) = oneshot::channel();
     runtime.spawn(Box::pin(task.run(None, stopped)));
     (stop, error)
@@ -114,13 +117,20 @@ impl Replay {
     /// Hands the task an attempt's stream. Returns the attempt's id, for
     /// [`commit`](Self::commit), and the slot where a failure of the request stream is
     /// recorded for that attempt.
-    pub(super) fn attach(&self, send: h2::SendStream<Bytes>) -> (u64, LocalError) {
+    pub(super) fn attach(
+        &self,
+        send: h2::SendStream<Bytes>,
+        traffic: Option<Arc<Traffic>>,
+    ) -> (u64, LocalError) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let error = LocalError::default();
         // The task outlives the driver's handle, so the channel is open.
-        let _ = self
-            .control
-            .unbounded_send(Control::Attempt(Target::new(id, send, error.clone())));
+        let _ = self.control.unbounded_send(Control::Attempt(Target::new(
+            id,
+            send,
+            traffic,
+            error.clone(),
+        )));
         (id, error)
     }
 
@@ -142,16 +152,24 @@ struct Target {
     error: LocalError,
     /// Its end of stream (or reset) is sent.
     closed: bool,
+    /// Where the message bytes it sent are counted, if the attempt is measured.
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl Target {
-    fn new(id: u64, send: h2::SendStream<Bytes>, error: LocalError) -> Target {
+    fn new(
+        id: u64,
+        send: h2::SendStream<Bytes>,
+        traffic: Option<Arc<Traffic>>,
+        error: LocalError,
+    ) -> Target {
         Target {
             id,
             send,
             next: 0,
             error,
             closed: false,
+            traffic,
         }
     }
 
@@ -275,6 +293,9 @@ where
         if let Some(i) = self.targets.iter().position(|t| t.next < end) {
             let target = &mut self.targets[i];
             let frame = self.frames[(target.next - self.first) as usize].clone();
+            if let Some(traffic) = &target.traffic {
+                traffic.sent_frames(&frame);
+            }
             match send_message(&mut target.send, frame, false).await {
                 Ok(()) => target.next += 1,
                 // The attempt failed; its response says why.

@@ -7,7 +7,7 @@ use anygrpc_codec::{
     compression::{self, Compressor},
     frame::Encoder,
     headers::{self, Rejection, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
-    Codec,
+    Code, Codec,
 };
 use anygrpc_rt::{Address, BoxFuture, Sleep};
 use bytes::Bytes;
@@ -15,11 +15,13 @@ use futures_core::Stream;
 use futures_util::future::poll_fn;
 use h2::{server::SendResponse, RecvStream, SendStream};
 use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
+use tracing::Instrument;
 
 use super::{split_path, ServerShared};
 use crate::{
     channelz::{CallCounters, CallTally},
     interceptor::{self, CallHead},
+    metrics::Measure,
     send::{append_ready, send_message, Gathered},
     MetadataMap, Request, Response, ResponseStream, Status, Streaming,
 };
@@ -99,17 +101,24 @@ pub(super) fn accept(
         }
     };
     // A gRPC call from here on: the early answers below count as failed calls.
-    let tally = shared.channelz.calls.start(Some(streams));
-    let Some((service_name, method)) = split_path(parts.uri.path()) else {
-        let status = Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
+    let routed = split_path(parts.uri.path())
+        .and_then(|(service, method)| Some((shared.services.get(service)?, method)));
+    let measure = shared.metrics.as_ref().map(|metrics| {
+        let registered = routed.is_some_and(|(service, method)| service.has_method(method));
+        metrics.server_call(parts.uri.path(), registered)
+    });
+    let mut tally = shared.channelz.calls.start(Some(streams)).measured(measure);
+    let Some((service, method)) = routed else {
+        let status = match split_path(parts.uri.path()) {
+            None => format!("malformed method path {:?}", parts.uri.path()),
+            Some((service, _)) => format!("unknown service {service}"),
+        };
+        let status = Status::unimplemented(status);
+        tally.end(status.code());
         trailers_only(&mut respond, &status, None);
         return None;
     };
-    let Some(service) = shared.services.get(service_name).cloned() else {
-        let status = Status::unimplemented(format!("unknown service {service_name}"));
-        trailers_only(&mut respond, &status, None);
-        return None;
-    };
+    let service = service.clone();
     let decompressor = match shared.compression.resolve(parts.headers.get(GRPC_ENCODING)) {
         Ok(d) => d,
         Err(name) => {
@@ -118,6 +127,7 @@ pub(super) fn accept(
                 String::from_utf8_lossy(name)
             ));
             let accept = shared.compression.accept_encoding().clone();
+            tally.end(status.code());
             trailers_only(&mut respond, &status, Some(accept));
             return None;
         }
@@ -155,16 +165,23 @@ pub(super) fn accept(
         accept_encoding,
         tally,
     };
-    if shared.interceptors.is_empty() {
+    let span = tracing::debug_span!("grpc.server.call", method = call.path.path());
+    let task = if shared.interceptors.is_empty() {
         let path = call.path.clone();
-        return Some(service.call(&path.path()[method_at..], call));
+        service.call(&path.path()[method_at..], call)
+    } else {
+        Box::pin(async move {
+            if let Some(call) = call.intercept().await {
+                let path = call.path.clone();
+                service.call(&path.path()[method_at..], call).await;
+            }
+        })
+    };
+    // With no subscriber that wants the span, the task goes as it is: no wrapper, no box.
+    match span.is_disabled() {
+        true => Some(task),
+        false => Some(Box::pin(task.instrument(span))),
     }
-    Some(Box::pin(async move {
-        if let Some(call) = call.intercept().await {
-            let path = call.path.clone();
-            service.call(&path.path()[method_at..], call).await;
-        }
-    }))
 }
 
 /// Ends a call with a status and no messages, in a single HEADERS frame.
@@ -197,12 +214,13 @@ struct Responder {
 impl ServerCall {
     /// Splits into the request (with its message stream) and what sends the response.
     fn split<C: Codec>(self, codec: C) -> (Request<Streaming<C::Decode>>, Responder) {
-        let requests = Streaming::server(
+        let mut requests = Streaming::server(
             self.body,
             codec,
             self.decompressor,
             self.shared.max_recv_message_size,
         );
+        requests.count_traffic(self.tally.measure().and_then(Measure::traffic).cloned());
         let request = Request::from_server_parts(
             requests,
             self.metadata,
@@ -326,6 +344,7 @@ impl ServerCall {
             Ok(()) => {}
             Err(None) => return None,
             Err(Some(status)) => {
+                self.tally.end(status.code());
                 trailers_only(&mut self.respond, &status, None);
                 return None;
             }
@@ -339,6 +358,7 @@ impl ServerCall {
     /// Ends the call with `UNIMPLEMENTED` (an unknown method of a known service).
     pub async fn unimplemented(mut self) {
         let status = Status::unimplemented(format!("unknown method {}", self.path.path()));
+        self.tally.end(status.code());
         trailers_only(&mut self.respond, &status, None);
     }
 }
@@ -378,14 +398,24 @@ impl Responder {
         let response = match outcome {
             Outcome::Cancelled => return,
             Outcome::DeadlineExceeded => {
+                tally.end(Code::DeadlineExceeded);
                 return trailers_only(
                     &mut respond,
                     &Status::deadline_exceeded("deadline exceeded"),
                     None,
-                )
+                );
             }
-            Outcome::Done(Err(status)) => return trailers_only(&mut respond, &status, None),
+            Outcome::Done(Err(status)) => {
+                tally.end(status.code());
+                return trailers_only(&mut respond, &status, None);
+            }
             Outcome::Done(Ok(response)) => response,
+        };
+        let traffic = tally.measure().and_then(Measure::traffic);
+        let count_sent = |frame: &Bytes| {
+            if let Some(traffic) = traffic {
+                traffic.sent_frames(frame);
+            }
         };
 
         let encoding = response
@@ -417,10 +447,13 @@ impl Responder {
         let mut encoder = Encoder::new(compressor, shared.max_send_message_size);
         let status = match body {
             Body::One(message) => match encoder.encode(&codec, message, compress) {
-                Ok(frame) => match send_before(&mut sleep, &mut send, frame).await {
-                    Ok(()) => Ok(()),
-                    Err(outcome) => return finish(&mut send, outcome),
-                },
+                Ok(frame) => {
+                    count_sent(&frame);
+                    match send_before(&mut sleep, &mut send, frame).await {
+                        Ok(()) => Ok(()),
+                        Err(outcome) => return finish(&mut send, outcome, &mut tally),
+                    }
+                }
                 Err(status) => Err(status),
             },
             Body::Stream(mut messages) => loop {
@@ -440,14 +473,16 @@ impl Responder {
                     Outcome::Done(Ok(Some(message))) => message,
                     Outcome::Done(Ok(None)) => break Ok(()),
                     Outcome::Done(Err(status)) => break Err(status),
-                    other => return finish(&mut send, other),
+                    other => return finish(&mut send, other, &mut tally),
                 };
                 if let Err(status) = encoder.append(&codec, first, compress) {
                     break Err(status);
                 }
                 let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
-                if let Err(outcome) = send_before(&mut sleep, &mut send, encoder.take()).await {
-                    return finish(&mut send, outcome);
+                let frame = encoder.take();
+                count_sent(&frame);
+                if let Err(outcome) = send_before(&mut sleep, &mut send, frame).await {
+                    return finish(&mut send, outcome, &mut tally);
                 }
                 match gathered {
                     Gathered::More => {}
@@ -456,7 +491,7 @@ impl Responder {
                 }
             },
         };
-        let ok = status.is_ok();
+        let code = status.as_ref().map_or_else(Status::code, |()| Code::Ok);
         let trailer_map = match status {
             Ok(()) => Status::ok_trailers(trailers),
             Err(status) => {
@@ -466,8 +501,7 @@ impl Responder {
             }
         };
         match send.send_trailers(trailer_map) {
-            Ok(()) if ok => tally.succeeded(),
-            Ok(()) => {}
+            Ok(()) => tally.end(code),
             Err(err) => tracing::debug!(error = %err, "could not send trailers"),
         }
     }
@@ -497,8 +531,9 @@ async fn send_before(
 
 /// Ends a call whose response was under way: on deadline, the status goes in the trailers; on
 /// cancellation there is nobody to tell.
-fn finish<T>(send: &mut SendStream<Bytes>, outcome: Outcome<T>) {
+fn finish<T>(send: &mut SendStream<Bytes>, outcome: Outcome<T>, tally: &mut CallTally) {
     if let Outcome::DeadlineExceeded = outcome {
+        tally.end(Code::DeadlineExceeded);
         let mut trailers = HeaderMap::new();
         Status::deadline_exceeded("deadline exceeded").write_trailers(&mut trailers);
         if send.send_trailers(trailers).is_err() {

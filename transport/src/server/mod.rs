@@ -58,6 +58,14 @@ pub trait Service: Send + Sync + 'static {
     /// methods should end with [`ServerCall::unimplemented`].
     fn call(&self, method: &str, call: ServerCall) -> BoxFuture<'static, ()>;
 
+    /// Whether `method` is one of the service's. Metrics name calls to any other `other`
+    /// (gRFC A66), so that arbitrary paths cannot grow their cardinality. Generated services
+    /// list their methods; the default counts every name as one.
+    fn has_method(&self, method: &str) -> bool {
+        let _ = method;
+        true
+    }
+
     /// The server has begun a graceful shutdown: called before its connections are told to go
     /// away. The health service reports NOT_SERVING from here on. Default: nothing.
     fn shutting_down(&self) {}
@@ -84,6 +92,8 @@ pub(crate) struct ServerShared {
     tls: Option<crate::tls::TlsAcceptor>,
     /// The server's channelz entry, and the address it listens on.
     pub(crate) channelz: Arc<ServerNode>,
+    /// Where calls are measured, if anywhere.
+    pub(crate) metrics: Option<crate::metrics::Recorder>,
     local_addr: Option<Address>,
 }
 
@@ -124,6 +134,8 @@ pub struct Server {
     dynamic_window: bool,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ServerTlsConfig>,
+    #[cfg(feature = "opentelemetry")]
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl fmt::Debug for Server {
@@ -168,7 +180,16 @@ impl Server {
             dynamic_window: true,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "opentelemetry")]
+            metrics: None,
         }
+    }
+
+    /// Records the server's calls in `metrics` (gRFC A66; see [`crate::metrics`]).
+    #[cfg(feature = "opentelemetry")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Adds a service; a later service with the same name replaces the earlier one.
@@ -418,6 +439,12 @@ impl Server {
         };
         let local_addr = listener.local_addr().ok();
         let channelz = ServerNode::register();
+        #[cfg(feature = "opentelemetry")]
+        let metrics = self
+            .metrics
+            .map(|m| crate::metrics::Recorder::new(m.instruments, runtime.clone()));
+        #[cfg(not(feature = "opentelemetry"))]
+        let metrics = None;
         let listen_socket = SocketNode::listener(local_addr.clone());
         channelz.add_listen_socket(&listen_socket);
         Ok(BoundServer {
@@ -425,6 +452,7 @@ impl Server {
             listen_socket,
             shared: Arc::new(ServerShared {
                 channelz,
+                metrics,
                 local_addr,
                 runtime,
                 services: self.services,

@@ -1,0 +1,256 @@
+//! gRFC A66 / A96 metrics, read back from OpenTelemetry's in-memory exporter after a known mix
+//! of calls: instrument names, attributes and counts, on the client and the server.
+
+use std::collections::BTreeMap;
+
+use anygrpc::{
+    client::Grpc, codegen::PathAndQuery, metrics::Metrics, rt::block_on, Channel, Code, ProstCodec,
+    Request,
+};
+use anygrpc_integration_tests::*;
+use opentelemetry_sdk::metrics::{
+    data::{AggregatedMetrics, MetricData},
+    InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
+};
+use prost::Message;
+
+/// One data point: its attributes, and its count (histograms) or value (counters) and sum.
+#[derive(Debug, Clone, PartialEq)]
+struct Point {
+    attributes: BTreeMap<String, String>,
+    count: u64,
+    sum: f64,
+}
+
+/// Every data point of every instrument, by instrument name.
+fn collect(
+    provider: &SdkMeterProvider,
+    exporter: &InMemoryMetricExporter,
+) -> BTreeMap<String, Vec<Point>> {
+    provider.force_flush().unwrap();
+    let mut found = BTreeMap::new();
+    // Cumulative temporality: the last export holds everything.
+    let exports = exporter.get_finished_metrics().unwrap();
+    let last = exports.last().expect("an export");
+    for scope in last.scope_metrics() {
+        assert_eq!(scope.scope().name(), "grpc-rust");
+        for metric in scope.metrics() {
+            let points: Vec<Point> = match metric.data() {
+                AggregatedMetrics::F64(MetricData::Histogram(h)) => h
+                    .data_points()
+                    .map(|p| point(p.attributes(), p.count(), p.sum()))
+                    .collect(),
+                AggregatedMetrics::U64(MetricData::Histogram(h)) => h
+                    .data_points()
+                    .map(|p| point(p.attributes(), p.count(), p.sum() as f64))
+                    .collect(),
+                AggregatedMetrics::U64(MetricData::Sum(s)) => s
+                    .data_points()
+                    .map(|p| point(p.attributes(), p.value(), p.value() as f64))
+                    .collect(),
+                other => panic!("{}: unexpected data {other:?}", metric.name()),
+            };
+            found.insert(metric.name().to_owned(), points);
+        }
+    }
+    found
+}
+
+fn point<'a>(
+    attributes: impl Iterator<Item = &'a opentelemetry::KeyValue>,
+    count: u64,
+    sum: f64,
+) -> Point {
+    Point {
+        attributes: attributes
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect(),
+        count,
+        sum,
+    }
+}
+
+/// The count of `name`'s point with exactly these attributes (0 if there is none).
+fn count(found: &BTreeMap<String, Vec<Point>>, name: &str, attributes: &[(&str, &str)]) -> u64 {
+    find(found, name, attributes).map_or(0, |p| p.count)
+}
+
+fn find<'a>(
+    found: &'a BTreeMap<String, Vec<Point>>,
+    name: &str,
+    attributes: &[(&str, &str)],
+) -> Option<&'a Point> {
+    let want: BTreeMap<String, String> = attributes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let points = found
+        .get(name)
+        .unwrap_or_else(|| panic!("no instrument {name}"));
+    points.iter().find(|p| p.attributes == want)
+}
+
+const UNARY: &str = "anygrpc.test.Test/Unary";
+const STREAM: &str = "anygrpc.test.Test/ServerStream";
+
+#[test]
+fn a66_instruments_count_a_known_mix_of_calls() {
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let metrics = Metrics::new(&provider);
+    let server = start_with(|s| s.metrics(metrics.clone()));
+    let target = server.target();
+    // UNAVAILABLE is retried: three attempts, then the call fails.
+    let config = r#"{"methodConfig": [{
+        "name": [{"service": "anygrpc.test.Test", "method": "Unary"}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.01s",
+            "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]}
+    }]}"#;
+    let channel = Channel::builder(&target)
+        .default_service_config(config)
+        .metrics(metrics)
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel.clone());
+    let ok = Payload {
+        body: vec![7; 10],
+        response_size: 100,
+        ..Payload::default()
+    };
+    let request_bytes = ok.encoded_len() as f64;
+    let response_bytes = Payload {
+        body: vec![b'r'; 100],
+        ..Payload::default()
+    }
+    .encoded_len() as f64;
+    block_on(async {
+        for _ in 0..3 {
+            client.unary(ok.clone()).await.unwrap();
+        }
+        let not_found = Payload {
+            status_code: Code::NotFound as i32,
+            ..Payload::default()
+        };
+        client.unary(not_found).await.unwrap_err();
+        let unavailable = Payload {
+            status_code: Code::Unavailable as i32,
+            ..Payload::default()
+        };
+        let status = client.unary(unavailable).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        let streamed = Payload {
+            count: 2,
+            ..Payload::default()
+        };
+        let mut stream = client.server_stream(streamed).await.unwrap().into_inner();
+        while stream.message().await.unwrap().is_some() {}
+        // Without a generated stub, the client names the method `other`; the server knows it.
+        let generic = Grpc::new(channel.clone());
+        let codec = ProstCodec::<Payload, Payload>::new();
+        let path = PathAndQuery::from_static("/anygrpc.test.Test/Unary");
+        generic
+            .unary(path, codec, Request::new(ok.clone()))
+            .await
+            .unwrap();
+        // A method the server does not have is `other` on both sides.
+        let path = PathAndQuery::from_static("/anygrpc.test.Test/Missing");
+        let status = generic
+            .unary(path, codec, Request::new(ok.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented);
+    });
+    // A server call is recorded when it ends, which is before its trailers leave: the
+    // connection writes what its calls queued after polling them (and a call with a task of its
+    // own runs on the connection's worker thread). So the client has seen every call end.
+    let found = collect(&provider, &exporter);
+
+    let canonical = format!("dns:///{target}");
+    let client =
+        |method: &'static str| [("grpc.method", method), ("grpc.target", canonical.as_str())];
+    let ended = |method: &'static str, status: &'static str| {
+        let [m, t] = client(method);
+        [m, t, ("grpc.status", status)]
+    };
+
+    // Client: one attempt per call, three for the retried one.
+    let started = "grpc.client.attempt.started";
+    assert_eq!(count(&found, started, &client(UNARY)), 3 + 1 + 3);
+    assert_eq!(count(&found, started, &client(STREAM)), 1);
+    assert_eq!(count(&found, started, &client("other")), 2);
+    let attempts = "grpc.client.attempt.duration";
+    assert_eq!(count(&found, attempts, &ended(UNARY, "OK")), 3);
+    assert_eq!(count(&found, attempts, &ended(UNARY, "NOT_FOUND")), 1);
+    assert_eq!(count(&found, attempts, &ended(UNARY, "UNAVAILABLE")), 3);
+    assert_eq!(count(&found, attempts, &ended(STREAM, "OK")), 1);
+    let calls = "grpc.client.call.duration";
+    assert_eq!(count(&found, calls, &ended(UNARY, "OK")), 3);
+    assert_eq!(count(&found, calls, &ended(UNARY, "NOT_FOUND")), 1);
+    assert_eq!(count(&found, calls, &ended(UNARY, "UNAVAILABLE")), 1);
+    assert_eq!(count(&found, calls, &ended(STREAM, "OK")), 1);
+    assert_eq!(count(&found, calls, &ended("other", "OK")), 1);
+    assert_eq!(count(&found, calls, &ended("other", "UNIMPLEMENTED")), 1);
+    let sent = find(
+        &found,
+        "grpc.client.attempt.sent_total_compressed_message_size",
+        &ended(UNARY, "OK"),
+    )
+    .unwrap();
+    assert_eq!((sent.count, sent.sum), (3, 3.0 * request_bytes));
+    let rcvd = find(
+        &found,
+        "grpc.client.attempt.rcvd_total_compressed_message_size",
+        &ended(UNARY, "OK"),
+    )
+    .unwrap();
+    assert_eq!((rcvd.count, rcvd.sum), (3, 3.0 * response_bytes));
+    // Retries: only the retried call has a point, with its two retries.
+    let retries = &found["grpc.client.call.retries"];
+    assert_eq!(retries.len(), 1, "{retries:?}");
+    assert_eq!(
+        retries[0].attributes,
+        find(&found, started, &client(UNARY)).unwrap().attributes
+    );
+    assert_eq!((retries[0].count, retries[0].sum), (1, 2.0));
+    let delay = find(&found, "grpc.client.call.retry_delay", &client(UNARY)).unwrap();
+    assert_eq!(delay.count, 1);
+    assert!(
+        delay.sum >= 0.01,
+        "two backoffs of up to 10 ms: {}",
+        delay.sum
+    );
+    assert!(!found.contains_key("grpc.client.call.hedges"));
+
+    // Server: the generic call is the server's Unary; the missing method is `other`.
+    let method = |m: &'static str| [("grpc.method", m)];
+    let status = |m: &'static str, s: &'static str| [("grpc.method", m), ("grpc.status", s)];
+    let started = "grpc.server.call.started";
+    assert_eq!(count(&found, started, &method(UNARY)), 3 + 1 + 3 + 1);
+    assert_eq!(count(&found, started, &method(STREAM)), 1);
+    assert_eq!(count(&found, started, &method("other")), 1);
+    let duration = "grpc.server.call.duration";
+    assert_eq!(count(&found, duration, &status(UNARY, "OK")), 4);
+    assert_eq!(count(&found, duration, &status(UNARY, "NOT_FOUND")), 1);
+    assert_eq!(count(&found, duration, &status(UNARY, "UNAVAILABLE")), 3);
+    assert_eq!(count(&found, duration, &status(STREAM, "OK")), 1);
+    assert_eq!(
+        count(&found, duration, &status("other", "UNIMPLEMENTED")),
+        1
+    );
+    let rcvd = find(
+        &found,
+        "grpc.server.call.rcvd_total_compressed_message_size",
+        &status(UNARY, "OK"),
+    )
+    .unwrap();
+    assert_eq!((rcvd.count, rcvd.sum), (4, 4.0 * request_bytes));
+    let sent = find(
+        &found,
+        "grpc.server.call.sent_total_compressed_message_size",
+        &status(UNARY, "OK"),
+    )
+    .unwrap();
+    assert_eq!((sent.count, sent.sum), (4, 4.0 * response_bytes));
+}
