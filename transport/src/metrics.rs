@@ -137,6 +137,22 @@ impl ClientCall {
             Duration::from_nanos(self.retry_delay_nanos.load(Ordering::Relaxed)),
         )
     }
+
+    /// Counts an attempt beyond the call's first.
+    pub(crate) fn another_attempt(&self, why: Another) {
+        let counter = match why {
+            Another::Retry => &self.retries,
+            Another::Hedge => &self.hedges,
+            Another::Transparent => &self.transparent_retries,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The call waited `delay` for a retry's backoff (or the server's pushback).
+    pub(crate) fn waited(&self, delay: Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.retry_delay_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
 }
 
 /// Compressed message bytes sent and received by one attempt or server call.
@@ -271,23 +287,6 @@ pub(crate) enum Another {
     Hedge,
     /// The previous attempt's stream was refused before the server's application saw it.
     Transparent,
-}
-
-impl ClientCall {
-    pub(crate) fn another_attempt(&self, why: Another) {
-        let counter = match why {
-            Another::Retry => &self.retries,
-            Another::Hedge => &self.hedges,
-            Another::Transparent => &self.transparent_retries,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The call waited `delay` for a retry's backoff (or the server's pushback).
-    pub(crate) fn waited(&self, delay: Duration) {
-        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
-        self.retry_delay_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
 }
 
 #[cfg(feature = "opentelemetry")]

@@ -40,7 +40,7 @@ use tracing::Instrument;
 use crate::{
     channelz::{CallTally, ChannelNode},
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
-    metrics::{Another, Measure, Recorder, Traffic},
+    metrics::{Another, ClientCall, Measure, Recorder, Traffic},
     streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     MetadataMap, Request, Response, Status, Streaming,
 };
@@ -621,9 +621,14 @@ impl Drop for Buffered {
 }
 
 impl Prepared {
+    /// The call's retry counts, if it is measured.
+    fn measured(&self) -> Option<&ClientCall> {
+        self.measure.as_ref()?.client_call().map(|call| &**call)
+    }
+
     /// Counts an attempt beyond the first in the call's metrics.
     fn another_attempt(&self, why: Another) {
-        if let Some(call) = self.measure.as_ref().and_then(Measure::client_call) {
+        if let Some(call) = self.measured() {
             call.another_attempt(why);
         }
     }
@@ -890,11 +895,10 @@ impl Grpc {
         // connection lost) also fails the response, which carries the status that explains
         // it.
         let send = |mut stream: h2::SendStream<Bytes>, traffic: Option<Arc<Traffic>>| {
-            if stream.send_data(frame.clone(), true).is_ok() {
-                if let Some(traffic) = traffic {
-                    traffic.sent_frames(frame);
-                }
+            if let Some(traffic) = traffic {
+                traffic.sent_frames(frame);
             }
+            let _ = stream.send_data(frame.clone(), true);
             ((), None)
         };
         let ((), streaming) = self
@@ -1009,8 +1013,7 @@ impl Grpc {
                 // Waiting out a backoff or pushback; nothing in flight.
                 match due {
                     Some(at) => {
-                        if let Some(measured) = call.measure.as_ref().and_then(Measure::client_call)
-                        {
+                        if let Some(measured) = call.measured() {
                             measured.waited(at.saturating_duration_since(now));
                         }
                         runtime.sleep_until(at).await
@@ -1079,9 +1082,8 @@ impl Grpc {
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<C::Decode>, Status> {
-        let span = call_span(&path);
-        async move {
-            let tally = self.count_call(&path);
+        let (span, tally) = self.start_call(&path);
+        let outcome = async {
             let mut call = self.prepare(path, &mut request, &tally).await?;
             let frame = call
                 .encoder
@@ -1098,14 +1100,12 @@ impl Grpc {
                     .await?;
                 single_response(&mut streaming).await
             };
-            counted(
-                tally,
-                self.bounded(call.deadline, call.cancel.as_ref(), exchange)
-                    .await?,
-            )
+            self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+                .await?
         }
         .instrument(span)
-        .await
+        .await;
+        counted(tally, outcome)
     }
 
     /// A server-streaming call: one request message, a stream of responses. Retried or hedged
@@ -1116,9 +1116,8 @@ impl Grpc {
         codec: C,
         mut request: Request<C::Encode>,
     ) -> Result<Response<Streaming<C::Decode>>, Status> {
-        let span = call_span(&path);
-        async move {
-            let tally = self.count_call(&path);
+        let (span, tally) = self.start_call(&path);
+        let outcome = async {
             let mut call = self.prepare(path, &mut request, &tally).await?;
             let frame = call
                 .encoder
@@ -1130,18 +1129,17 @@ impl Grpc {
                 || replayable(call, &held),
                 |previous| self.single_attempt(call, &frame, &codec, previous, true),
             );
-            let mut streaming = self
-                .bounded(call.deadline, call.cancel.as_ref(), attempts)
-                .await??;
-            streaming.count_call(tally);
-            Ok(Response::from_parts(
-                streaming.take_headers(),
-                streaming,
-                MetadataMap::new(),
-            ))
+            self.bounded(call.deadline, call.cancel.as_ref(), attempts)
+                .await?
         }
         .instrument(span)
-        .await
+        .await;
+        let mut streaming = counted_by_stream(tally, outcome)?;
+        Ok(Response::from_parts(
+            streaming.take_headers(),
+            streaming,
+            MetadataMap::new(),
+        ))
     }
 
     /// Holds a single-message request in the retry buffer if the call has a retry or hedging
@@ -1216,9 +1214,8 @@ impl Grpc {
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let span = call_span(&path);
-        async move {
-            let tally = self.count_call(&path);
+        let (span, tally) = self.start_call(&path);
+        let outcome = async {
             let mut call = self.prepare(path, &mut request, &tally).await?;
             let encoding = call.take_encoding(codec);
             let call = &call;
@@ -1229,14 +1226,12 @@ impl Grpc {
                 streaming.headers().await?;
                 single_response(&mut streaming).await
             };
-            counted(
-                tally,
-                self.bounded(call.deadline, call.cancel.as_ref(), exchange)
-                    .await?,
-            )
+            self.bounded(call.deadline, call.cancel.as_ref(), exchange)
+                .await?
         }
         .instrument(span)
-        .await
+        .await;
+        counted(tally, outcome)
     }
 
     /// A bidirectional-streaming call: requests and responses flow independently. Retried or
@@ -1256,19 +1251,16 @@ impl Grpc {
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
-        let span = call_span(&path);
-        async move {
-            let tally = self.count_call(&path);
+        let (span, tally) = self.start_call(&path);
+        let outcome = async {
             let mut call = self.prepare(path, &mut request, &tally).await?;
             let encoding = call.take_encoding(codec.clone());
             let messages = request.into_inner();
             if call.policy.is_none() {
                 let start = self.stream_call(&call, encoding, messages, true);
-                let mut streaming = self
+                return self
                     .bounded(call.deadline, call.cancel.as_ref(), start)
-                    .await??;
-                streaming.count_call(tally);
-                return Ok(Response::new(streaming));
+                    .await?;
             }
             let (mut committed, receiver) = futures_channel::oneshot::channel();
             let grpc = self.clone();
@@ -1288,38 +1280,52 @@ impl Grpc {
                     let _ = committed.send(outcome);
                 }
             }));
-            let mut streaming = Streaming::committing(receiver, codec);
-            streaming.count_call(tally);
-            Ok(Response::new(streaming))
+            Ok(Streaming::committing(receiver, codec))
         }
         .instrument(span)
-        .await
+        .await;
+        counted_by_stream(tally, outcome).map(Response::new)
     }
 
-    /// Counts a call to `path` in the channel's channelz entry and its metrics.
-    fn count_call(&self, path: &PathAndQuery) -> CallTally {
+    /// Starts a call to `path`: its span (debug level: with no subscriber that wants it, a
+    /// check of a cached interest and nothing else), and its count in the channel's channelz
+    /// entry and metrics, which [`counted`] or [`counted_by_stream`] ends.
+    fn start_call(&self, path: &PathAndQuery) -> (tracing::Span, CallTally) {
         let inner = &self.channel.inner;
         let measure = inner
             .metrics
             .as_ref()
             .map(|metrics| metrics.client_call(path.path(), self.stub, &inner.canonical_target));
-        inner.core.channelz.calls.start(None).measured(measure)
+        let tally = inner.core.channelz.calls.start(None).measured(measure);
+        (
+            tracing::debug_span!("grpc.client.call", method = path.path()),
+            tally,
+        )
     }
 }
 
-/// A client call's span (debug level: with no subscriber that wants it, it costs a check of
-/// a cached interest and nothing else).
-fn call_span(path: &PathAndQuery) -> tracing::Span {
-    tracing::debug_span!("grpc.client.call", method = path.path())
-}
-
-/// Ends a call's channelz count and metrics with its outcome.
+/// Ends a call's count (channelz and metrics) with its outcome, whatever step it failed at.
 fn counted<T>(mut tally: CallTally, outcome: Result<T, Status>) -> Result<T, Status> {
     tally.end(match &outcome {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
     });
     outcome
+}
+
+/// [`counted`] for a call whose response is a stream: once it is open, the stream holds the
+/// count and ends it with the call.
+fn counted_by_stream<T>(
+    tally: CallTally,
+    outcome: Result<Streaming<T>, Status>,
+) -> Result<Streaming<T>, Status> {
+    match outcome {
+        Ok(mut streaming) => {
+            streaming.count_call(tally);
+            Ok(streaming)
+        }
+        Err(status) => counted(tally, Err(status)),
+    }
 }
 
 /// A copy of a call's request head for one attempt, saying how many attempts came before.

@@ -101,24 +101,25 @@ pub(super) fn accept(
         }
     };
     // A gRPC call from here on: the early answers below count as failed calls.
-    let routed = split_path(parts.uri.path())
-        .and_then(|(service, method)| Some((shared.services.get(service)?, method)));
+    let split = split_path(parts.uri.path());
+    let service = split.and_then(|(service, _)| shared.services.get(service));
     let measure = shared.metrics.as_ref().map(|metrics| {
-        let registered = routed.is_some_and(|(service, method)| service.has_method(method));
+        let registered = split
+            .zip(service)
+            .is_some_and(|((_, method), service)| service.has_method(method));
         metrics.server_call(parts.uri.path(), registered)
     });
     let mut tally = shared.channelz.calls.start(Some(streams)).measured(measure);
-    let Some((service, method)) = routed else {
-        let status = match split_path(parts.uri.path()) {
-            None => format!("malformed method path {:?}", parts.uri.path()),
-            Some((service, _)) => format!("unknown service {service}"),
-        };
-        let status = Status::unimplemented(status);
-        tally.end(status.code());
-        trailers_only(&mut respond, &status, None);
+    let Some((service_name, method)) = split else {
+        let status = Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
+        fail(&mut respond, &mut tally, &status, None);
         return None;
     };
-    let service = service.clone();
+    let Some(service) = service.cloned() else {
+        let status = Status::unimplemented(format!("unknown service {service_name}"));
+        fail(&mut respond, &mut tally, &status, None);
+        return None;
+    };
     let decompressor = match shared.compression.resolve(parts.headers.get(GRPC_ENCODING)) {
         Ok(d) => d,
         Err(name) => {
@@ -127,8 +128,7 @@ pub(super) fn accept(
                 String::from_utf8_lossy(name)
             ));
             let accept = shared.compression.accept_encoding().clone();
-            tally.end(status.code());
-            trailers_only(&mut respond, &status, Some(accept));
+            fail(&mut respond, &mut tally, &status, Some(accept));
             return None;
         }
     };
@@ -200,6 +200,18 @@ fn trailers_only(
     if let Err(err) = respond.send_response(response, true) {
         tracing::debug!(error = %err, "could not send status");
     }
+}
+
+/// Ends a gRPC call with `status` in a Trailers-Only response, and its count with the status's
+/// code.
+fn fail(
+    respond: &mut SendResponse<Bytes>,
+    tally: &mut CallTally,
+    status: &Status,
+    accept_encoding: Option<HeaderValue>,
+) {
+    tally.end(status.code());
+    trailers_only(respond, status, accept_encoding);
 }
 
 /// What is left of a call once its request is handed to the handler.
@@ -344,8 +356,7 @@ impl ServerCall {
             Ok(()) => {}
             Err(None) => return None,
             Err(Some(status)) => {
-                self.tally.end(status.code());
-                trailers_only(&mut self.respond, &status, None);
+                fail(&mut self.respond, &mut self.tally, &status, None);
                 return None;
             }
         }
@@ -358,8 +369,7 @@ impl ServerCall {
     /// Ends the call with `UNIMPLEMENTED` (an unknown method of a known service).
     pub async fn unimplemented(mut self) {
         let status = Status::unimplemented(format!("unknown method {}", self.path.path()));
-        self.tally.end(status.code());
-        trailers_only(&mut self.respond, &status, None);
+        fail(&mut self.respond, &mut self.tally, &status, None);
     }
 }
 
@@ -398,17 +408,10 @@ impl Responder {
         let response = match outcome {
             Outcome::Cancelled => return,
             Outcome::DeadlineExceeded => {
-                tally.end(Code::DeadlineExceeded);
-                return trailers_only(
-                    &mut respond,
-                    &Status::deadline_exceeded("deadline exceeded"),
-                    None,
-                );
+                let status = Status::deadline_exceeded("deadline exceeded");
+                return fail(&mut respond, &mut tally, &status, None);
             }
-            Outcome::Done(Err(status)) => {
-                tally.end(status.code());
-                return trailers_only(&mut respond, &status, None);
-            }
+            Outcome::Done(Err(status)) => return fail(&mut respond, &mut tally, &status, None),
             Outcome::Done(Ok(response)) => response,
         };
         let traffic = tally.measure().and_then(Measure::traffic);
