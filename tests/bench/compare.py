@@ -105,8 +105,8 @@ def check_grpc_status(port, body_file):
         raise RuntimeError(f"one call to port {port} did not return grpc-status: 0:\n{out}")
 
 
-def client(binary, port, mode, concurrency, size, seconds):
-    cmd = [binary, "--addr", f"127.0.0.1:{port}", "--mode", mode, "--concurrency", str(concurrency),
+def client(command, port, mode, concurrency, size, seconds):
+    cmd = [*command, "--addr", f"127.0.0.1:{port}", "--mode", mode, "--concurrency", str(concurrency),
            "--duration-secs", str(seconds), "--size", str(size), "--connections", "1"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
@@ -136,8 +136,10 @@ def main():
     }
     grpc_servers = ("anygrpc", "tonic", "h2")
     clients = {
-        "anygrpc": os.path.join(args.anygrpc_bin, "bench-client"),
-        "tonic": os.path.join(args.tonic_bin, "tonic-bench-client"),
+        "anygrpc": [os.path.join(args.anygrpc_bin, "bench-client")],
+        "tonic": [os.path.join(args.tonic_bin, "tonic-bench-client")],
+        # anygrpc's load generator with its workers on the main thread under block_on.
+        "anygrpc-caller": [os.path.join(args.anygrpc_bin, "bench-client"), "--caller-thread"],
     }
     out = []
     try:
@@ -178,7 +180,9 @@ def main():
                 else ("anygrpc", "tonic")
             for _ in range(args.rounds):
                 for server in targets:
-                    for cli in ("anygrpc", "tonic"):
+                    callers = ("anygrpc", "tonic", "anygrpc-caller") \
+                        if mode != "server-stream" and server in ("anygrpc", "tonic") else ("anygrpc", "tonic")
+                    for cli in callers:
                         r = client(clients[cli], servers[server].port, mode, concurrency, size, args.seconds)
                         runs.setdefault((mode, concurrency, size, cli, server), []).append(r)
                         print(f"{cli} client -> {server} server {mode} C={concurrency} {size}B: "
@@ -240,6 +244,22 @@ def main():
                 v = {n: med(r[key] for r in runs[(mode, concurrency, size, cli, n)]) for n in names}
                 out.append(f"| {label} | {cli} | " + " | ".join(f"{v[n]:.0f}" for n in names) +
                            f" | {ratio(v['anygrpc'], v['h2']):.2f} | {ratio(v['tonic'], v['h2']):.2f} |")
+    out.append("\n### anygrpc's client driven from a blocking caller (`bench-client --caller-thread`)\n")
+    out.append("The same load generator with its workers as one future under `block_on` on the main "
+               "thread, instead of as tasks on anygrpc's worker threads.\n")
+    out.append("| workload | server | anygrpc, spawned | anygrpc, caller thread | tonic | caller thread / tonic |")
+    out.append("|---|---|---:|---:|---:|---:|")
+    for mode, concurrency, size in modes:
+        if mode == "server-stream":
+            continue
+        keys = [("p50_us", "unary C=1 p50 (us)"), ("p99_us", "unary C=1 p99 (us)")] if concurrency == 1 \
+            else [("rps", f"{mode} C={concurrency} {size} B (calls/s)")]
+        for key, label in keys:
+            for server in ("anygrpc", "tonic"):
+                v = {c: med(r[key] for r in runs[(mode, concurrency, size, c, server)])
+                     for c in ("anygrpc", "anygrpc-caller", "tonic")}
+                out.append(f"| {label} | {server} | {v['anygrpc']:.0f} | {v['anygrpc-caller']:.0f} | "
+                           f"{v['tonic']:.0f} | {ratio(v['anygrpc-caller'], v['tonic']):.2f} |")
     out.append("\n### Memory and allocations\n")
     out.append("| | anygrpc | tonic | raw h2 |")
     out.append("|---|---:|---:|---:|")

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc::{Request, Response, ResponseStream, Status, Streaming};
+use anygrpc::{rt::Runtime, Request, Response, ResponseStream, Status, Streaming};
 use futures_util::stream;
 
 /// Generated code for `bench.proto`.
@@ -128,6 +128,17 @@ impl common::BenchCalls for BenchClient {
     }
 }
 
+/// Where the load generator's workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Each worker is a task on the runtime's worker threads, beside the connection's task (as
+    /// tonic's load generator spawns each worker on tokio's multi-threaded runtime).
+    Spawned,
+    /// All workers are one future on the calling thread, under `block_on`: a blocking program's
+    /// way. Every call then crosses between that thread and the connection's worker twice.
+    CallerThread,
+}
+
 /// Runs the closed loop: `concurrency` workers over `connections` channels for `duration`.
 pub fn load(
     target: &str,
@@ -136,6 +147,7 @@ pub fn load(
     connections: usize,
     size: usize,
     duration: Duration,
+    drive: Drive,
 ) -> (Report, Duration) {
     let clients: Vec<BenchClient> = (0..connections.max(1))
         .map(|_| {
@@ -152,9 +164,27 @@ pub fn load(
         }
         let start = Instant::now();
         let until = start + duration;
-        let workers = (0..concurrency.max(1))
-            .map(|i| common::worker(clients[i % clients.len()].clone(), mode, size, until));
-        let reports = futures_util::future::join_all(workers).await;
+        let workers = (0..concurrency.max(1)).map(|i| {
+            let (client, mode) = (clients[i % clients.len()].clone(), mode.to_owned());
+            async move { common::worker(client, &mode, size, until).await }
+        });
+        let reports = match drive {
+            Drive::CallerThread => futures_util::future::join_all(workers).await,
+            Drive::Spawned => {
+                let runtime = anygrpc::rt::AsyncIoRuntime::new();
+                let done = workers.map(|worker| {
+                    let (tx, rx) = futures_channel::oneshot::channel();
+                    runtime.spawn(Box::pin(async move {
+                        let _ = tx.send(worker.await);
+                    }));
+                    rx
+                });
+                let done = futures_util::future::join_all(done.collect::<Vec<_>>()).await;
+                done.into_iter()
+                    .map(|r| r.expect("a worker panicked"))
+                    .collect()
+            }
+        };
         let mut total = Report::default();
         for r in reports {
             total.merge(r);

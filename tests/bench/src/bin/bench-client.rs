@@ -1,7 +1,10 @@
 //! The anygrpc closed-loop load generator. Prints one JSON line.
 //!
 //! `bench-client --addr HOST:PORT --mode unary|server-stream|client-stream|bidi
-//!  --concurrency C --duration-secs D --size S [--connections N]`
+//!  --concurrency C --duration-secs D --size S [--connections N] [--caller-thread]`
+//!
+//! Workers run as tasks on anygrpc's worker threads, or with `--caller-thread` as one future
+//! under `block_on` on the main thread (see [`anygrpc_bench::Drive`]).
 
 use std::time::Duration;
 
@@ -18,9 +21,21 @@ fn main() {
     let connections = common::number(&args, "connections", 1) as usize;
     let size = common::number(&args, "size", 16) as usize;
     let duration = Duration::from_secs(common::number(&args, "duration-secs", 5));
+    let drive = if args.iter().any(|a| a == "--caller-thread") {
+        anygrpc_bench::Drive::CallerThread
+    } else {
+        anygrpc_bench::Drive::Spawned
+    };
     let before = common::allocations();
-    let (report, elapsed) =
-        anygrpc_bench::load(&addr, &mode, concurrency, connections, size, duration);
+    let (report, elapsed) = anygrpc_bench::load(
+        &addr,
+        &mode,
+        concurrency,
+        connections,
+        size,
+        duration,
+        drive,
+    );
     let allocations = common::allocations() - before;
     println!("{}", report.json("anygrpc", &args, elapsed, allocations));
 }
