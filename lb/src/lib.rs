@@ -21,8 +21,8 @@ pub mod weighted_round_robin;
 pub use backoff::{Backoff, BackoffConfig};
 pub use orca::OrcaLoadReport;
 pub use policy::{
-    ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick, PickInfo, Picker,
-    PolicyConfig, PolicyRegistry, SubchannelId,
+    ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick,
+    PickInfo, Picker, PolicyConfig, PolicyRegistry, SubchannelId,
 };
 pub use retry::{Attempts, BufferBudget, Decision, Pushback, Throttle};
 pub use service_config::{AttemptPolicy, MethodConfig, ServiceConfig};

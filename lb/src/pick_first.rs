@@ -17,7 +17,7 @@ use anygrpc_rt::Address;
 
 use crate::{
     policy::{
-        unique_addresses, ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick,
+        unique_addresses, ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, Pick,
         PolicyConfig, SubchannelId,
     },
     ConnectivityState,
@@ -234,8 +234,14 @@ impl LbPolicy for PickFirst {
         if let Some(status) = status {
             self.last_error = Some(status.clone());
         }
+        match state {
+            ConnectivityState::Ready => ctl.record(LbMetric::PickFirstConnected),
+            ConnectivityState::TransientFailure => ctl.record(LbMetric::PickFirstConnectFailed),
+            _ => {}
+        }
         if self.selected == Some(id) {
             if state != ConnectivityState::Ready {
+                ctl.record(LbMetric::PickFirstDisconnected);
                 // The chosen connection is gone: go IDLE; the next call reconnects.
                 self.selected = None;
                 self.remove_all(ctl);
@@ -386,6 +392,16 @@ mod tests {
         pf.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
         assert_eq!(ctl.state, Some(Ready));
         assert_eq!(ready(ctl.pick()), SubchannelId(2));
+        assert_eq!(
+            ctl.metrics,
+            [
+                LbMetric::PickFirstConnectFailed,
+                LbMetric::PickFirstConnectFailed,
+                LbMetric::PickFirstConnectFailed,
+                LbMetric::PickFirstConnected,
+            ],
+            "three failed attempts, then one that connected"
+        );
     }
 
     #[test]
@@ -424,6 +440,13 @@ mod tests {
         pf.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
         assert_eq!(ctl.state, Some(Idle));
         assert_eq!(ctl.resolutions, 1);
+        assert_eq!(
+            ctl.metrics,
+            [
+                LbMetric::PickFirstConnected,
+                LbMetric::PickFirstDisconnected
+            ]
+        );
         ctl.take_connects();
         pf.exit_idle(&mut ctl);
         assert_eq!(ctl.state, Some(Connecting));

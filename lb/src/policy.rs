@@ -57,6 +57,39 @@ pub trait ChannelControl {
     fn set_load_reporting(&mut self, id: SubchannelId, interval: Option<Duration>) {
         let _ = (id, interval);
     }
+
+    /// Records a measurement of the policy's for the channel's metrics (gRFC A78); ignored
+    /// unless the channel has metrics.
+    fn record(&mut self, metric: LbMetric) {
+        let _ = metric;
+    }
+}
+
+/// What a policy measures about itself: the instruments of gRFC A78, each labelled with the
+/// channel's target when the channel records it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum LbMetric {
+    /// `pick_first`: a subchannel connected (`grpc.lb.pick_first.connection_attempts_succeeded`).
+    PickFirstConnected,
+    /// `pick_first`: a connection attempt failed
+    /// (`grpc.lb.pick_first.connection_attempts_failed`).
+    PickFirstConnectFailed,
+    /// `pick_first`: the selected subchannel lost its connection
+    /// (`grpc.lb.pick_first.disconnections`).
+    PickFirstDisconnected,
+    /// `weighted_round_robin` rebuilt its scheduler with fewer than two usable weights, so it
+    /// picks round-robin until the next update (`grpc.lb.wrr.rr_fallback`).
+    WrrRoundRobinFallback,
+    /// Endpoints of one scheduler update with no usable weight yet: no report, or still in
+    /// the blackout period (`grpc.lb.wrr.endpoint_weight_not_yet_usable`).
+    WrrWeightsNotYetUsable(u64),
+    /// Endpoints of one scheduler update whose last report is older than the expiration
+    /// period (`grpc.lb.wrr.endpoint_weight_stale`).
+    WrrWeightsStale(u64),
+    /// One endpoint's weight at a scheduler update, 0 when unusable
+    /// (`grpc.lb.wrr.endpoint_weights`).
+    WrrEndpointWeight(f64),
 }
 
 /// A load-balancing policy: turns addresses and subchannel states into a picker.
@@ -307,6 +340,7 @@ pub(crate) mod testing {
         pub(crate) resolutions: usize,
         pub(crate) health_checked: Vec<SubchannelId>,
         pub(crate) load_reporting: HashMap<SubchannelId, Duration>,
+        pub(crate) metrics: Vec<LbMetric>,
     }
 
     impl Recorder {
@@ -371,6 +405,10 @@ pub(crate) mod testing {
                 Some(interval) => self.load_reporting.insert(id, interval),
                 None => self.load_reporting.remove(&id),
             };
+        }
+
+        fn record(&mut self, metric: LbMetric) {
+            self.metrics.push(metric);
         }
     }
 

@@ -32,8 +32,8 @@ use anygrpc_rt::Address;
 use crate::{
     orca::OrcaLoadReport,
     policy::{
-        parse_json_duration, ChannelControl, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick,
-        PickInfo, Picker, PolicyConfig, SubchannelId,
+        parse_json_duration, ChannelControl, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink,
+        Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
     },
     round_robin::RoundRobin,
     ConnectivityState,
@@ -176,24 +176,45 @@ impl EndpointWeight {
         self.lock().error_utilization_penalty = penalty;
     }
 
-    /// The weight to schedule with at `now`: 0 while unknown, blacked out or expired.
-    pub fn weight(&self, now: Instant, config: &WrrConfig) -> f64 {
+    /// The weight to schedule with at `now`.
+    pub fn weight(&self, now: Instant, config: &WrrConfig) -> Weight {
         let mut state = self.lock();
         let Some(last_updated) = state.last_updated else {
-            return 0.0;
+            return Weight::NotYetUsable;
         };
         if now.saturating_duration_since(last_updated) >= config.weight_expiration_period {
             state.non_empty_since = None;
-            return 0.0;
+            return Weight::Stale;
         }
         let since = state.non_empty_since.unwrap_or(now);
         if !config.blackout_period.is_zero()
             && (state.non_empty_since.is_none()
                 || now.saturating_duration_since(since) < config.blackout_period)
         {
-            return 0.0;
+            return Weight::NotYetUsable;
         }
-        state.weight
+        Weight::Usable(state.weight)
+    }
+}
+
+/// An endpoint's weight when the scheduler is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Weight {
+    /// From reports that are past the blackout period and not expired.
+    Usable(f64),
+    /// No report yet, or the reports are still in the blackout period.
+    NotYetUsable,
+    /// The last report is older than the expiration period.
+    Stale,
+}
+
+impl Weight {
+    /// The weight to schedule with: 0 unless usable.
+    pub fn value(self) -> f64 {
+        match self {
+            Weight::Usable(weight) => weight,
+            Weight::NotYetUsable | Weight::Stale => 0.0,
+        }
     }
 }
 
@@ -359,6 +380,9 @@ impl ChannelControl for Capture<'_> {
     fn set_load_reporting(&mut self, id: SubchannelId, interval: Option<Duration>) {
         self.inner.set_load_reporting(id, interval);
     }
+    fn record(&mut self, metric: LbMetric) {
+        self.inner.record(metric);
+    }
 }
 
 impl WeightedRoundRobin {
@@ -429,10 +453,21 @@ impl WeightedRoundRobin {
         if ready.is_empty() {
             return;
         }
-        let weights: Vec<f64> = ready
+        let weights: Vec<Weight> = ready
             .iter()
             .map(|(_, w)| w.weight(now, &self.config))
             .collect();
+        let count = |kind: Weight| weights.iter().filter(|w| **w == kind).count() as u64;
+        let (not_yet_usable, stale) = (count(Weight::NotYetUsable), count(Weight::Stale));
+        if weights.len() as u64 - not_yet_usable - stale < 2 {
+            ctl.record(LbMetric::WrrRoundRobinFallback);
+        }
+        ctl.record(LbMetric::WrrWeightsNotYetUsable(not_yet_usable));
+        ctl.record(LbMetric::WrrWeightsStale(stale));
+        let weights: Vec<f64> = weights.into_iter().map(Weight::value).collect();
+        for weight in &weights {
+            ctl.record(LbMetric::WrrEndpointWeight(*weight));
+        }
         let scheduler = StrideScheduler::new(&weights, self.rng.u64(..));
         self.next_update = (ready.len() > 1).then(|| now + self.config.weight_update_period);
         ctl.update_picker(
@@ -564,22 +599,32 @@ mod tests {
         let config = WrrConfig::default();
         let t0 = Instant::now();
         let weight = EndpointWeight::new(1.0);
-        assert_eq!(weight.weight(t0, &config), 0.0, "no report yet");
+        assert_eq!(
+            weight.weight(t0, &config),
+            Weight::NotYetUsable,
+            "no report"
+        );
         weight.load_report(&report(100.0, 0.5, 0.0, 0.0), t0);
-        assert_eq!(weight.weight(t0 + Duration::from_secs(9), &config), 0.0);
+        let blackout = weight.weight(t0 + Duration::from_secs(9), &config);
+        assert_eq!(blackout, Weight::NotYetUsable);
+        assert_eq!(blackout.value(), 0.0);
         weight.load_report(&report(100.0, 0.5, 0.0, 0.0), t0 + Duration::from_secs(9));
-        assert_eq!(weight.weight(t0 + Duration::from_secs(10), &config), 200.0);
+        assert_eq!(
+            weight.weight(t0 + Duration::from_secs(10), &config),
+            Weight::Usable(200.0)
+        );
         // Three minutes after the last report the weight expires, and the blackout restarts.
         let expired = t0 + Duration::from_secs(9 + 180);
-        assert_eq!(weight.weight(expired, &config), 0.0);
+        assert_eq!(weight.weight(expired, &config), Weight::Stale);
+        assert_eq!(weight.weight(expired, &config).value(), 0.0);
         weight.load_report(&report(100.0, 0.25, 0.0, 0.0), expired);
         assert_eq!(
             weight.weight(expired + Duration::from_secs(5), &config),
-            0.0
+            Weight::NotYetUsable
         );
         assert_eq!(
             weight.weight(expired + Duration::from_secs(10), &config),
-            400.0
+            Weight::Usable(400.0)
         );
     }
 
@@ -665,16 +710,48 @@ mod tests {
             Some(ctl.now() + Duration::from_millis(500))
         );
         ctl.advance(Duration::from_millis(500));
+        ctl.metrics.clear();
         wrr.handle_timeout(&mut ctl);
         let during_blackout = pick_counts(&ctl, 3000);
         assert!(
             during_blackout.values().all(|&n| n == 1000),
             "{during_blackout:?}"
         );
+        assert_eq!(
+            ctl.metrics,
+            [
+                LbMetric::WrrRoundRobinFallback,
+                LbMetric::WrrWeightsNotYetUsable(3),
+                LbMetric::WrrWeightsStale(0),
+                LbMetric::WrrEndpointWeight(0.0),
+                LbMetric::WrrEndpointWeight(0.0),
+                LbMetric::WrrEndpointWeight(0.0),
+            ],
+            "every weight is still in its blackout"
+        );
 
         ctl.advance(Duration::from_millis(600));
         report_through_picks(&ctl, &loads);
+        ctl.metrics.clear();
         wrr.handle_timeout(&mut ctl);
+        assert_eq!(
+            ctl.metrics[..2],
+            [
+                LbMetric::WrrWeightsNotYetUsable(0),
+                LbMetric::WrrWeightsStale(0)
+            ],
+            "no fallback: {:?}",
+            ctl.metrics
+        );
+        let mut weights: Vec<f64> = ctl.metrics[2..]
+            .iter()
+            .map(|m| match m {
+                LbMetric::WrrEndpointWeight(w) => w.round(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        weights.sort_by(f64::total_cmp);
+        assert_eq!(weights, [167.0, 333.0, 500.0]);
         let counts = pick_counts(&ctl, 6000);
         // Weights 166.7 : 333.3 : 500, i.e. 1 : 2 : 3.
         for (id, want) in [(1, 1000.0), (2, 2000.0), (3, 3000.0)] {
