@@ -1,5 +1,6 @@
-//! gRPC's OpenTelemetry metrics: the per-call instruments of gRFC A66 and the retry
-//! instruments of gRFC A96, on clients and servers that are given a [`Metrics`].
+//! gRPC's OpenTelemetry metrics: the per-call instruments of gRFC A66, the retry instruments
+//! of gRFC A96 and the load-balancing instruments of gRFC A78, on clients and servers that
+//! are given a [`Metrics`].
 //!
 //! Off by default: without the `opentelemetry` feature there is no [`Metrics`] type, and a
 //! channel or server without one records nothing (each call carries an empty `Option`).
@@ -21,13 +22,23 @@
 //! | `grpc.server.call.duration` | `s` | method, status |
 //! | `grpc.server.call.sent_total_compressed_message_size` | `By` | method, status |
 //! | `grpc.server.call.rcvd_total_compressed_message_size` | `By` | method, status |
+//! | `grpc.lb.pick_first.connection_attempts_succeeded` | `{attempt}` | target |
+//! | `grpc.lb.pick_first.connection_attempts_failed` | `{attempt}` | target |
+//! | `grpc.lb.pick_first.disconnections` | `{disconnection}` | target |
+//! | `grpc.lb.wrr.rr_fallback` | `{update}` | target |
+//! | `grpc.lb.wrr.endpoint_weight_not_yet_usable` | `{endpoint}` | target |
+//! | `grpc.lb.wrr.endpoint_weight_stale` | `{endpoint}` | target |
+//! | `grpc.lb.wrr.endpoint_weights` | `{weight}` | target |
 //!
 //! `grpc.method` is the full method name (`package.Service/Method`) for methods of generated
 //! stubs on the client and of registered services on the server, and `other` for anything
 //! else, so a peer cannot grow the attribute's cardinality. `grpc.status` is the code's
 //! name (`OK`, `UNAVAILABLE`, ...); `grpc.target` is the channel's canonical target URI.
 //! Message sizes are of messages as sent (compressed, if they were), without gRPC's 5-byte
-//! prefixes. The retry histograms record a call only if it had one of what they count.
+//! prefixes. The retry histograms record a call only if it had one of what they count. The
+//! `pick_first` and `weighted_round_robin` instruments count what those policies report
+//! through [`ChannelControl::record`](anygrpc_lb::ChannelControl::record); WRR records at
+//! each scheduler update.
 
 use std::{
     sync::{
@@ -38,6 +49,7 @@ use std::{
 };
 
 use anygrpc_codec::Code;
+use anygrpc_lb::LbMetric;
 use anygrpc_rt::Runtime;
 
 /// The method attribute of methods no generated stub or registered service knows.
@@ -50,6 +62,7 @@ pub(crate) trait Sink: Send + Sync {
     fn client_call_ended(&self, call: &ClientCall, code: Code, took: Duration);
     fn server_call_started(&self, method: &str);
     fn server_call_ended(&self, method: &str, code: Code, took: Duration, bytes: &Traffic);
+    fn lb(&self, metric: LbMetric, target: &str);
 }
 
 /// A channel's or server's metrics: where they go and the clock that times calls.
@@ -89,6 +102,11 @@ impl Recorder {
             method,
             bytes: Arc::default(),
         })
+    }
+
+    /// A load-balancing policy's measurement in a channel to `target`.
+    pub(crate) fn lb(&self, metric: LbMetric, target: &str) {
+        self.sink.lb(metric, target);
     }
 
     fn measure(&self, kind: Kind) -> Measure {
@@ -297,6 +315,7 @@ mod otel {
     use std::{sync::Arc, time::Duration};
 
     use anygrpc_codec::Code;
+    use anygrpc_lb::LbMetric;
     use opentelemetry::{
         metrics::{Counter, Histogram, Meter, MeterProvider},
         InstrumentationScope, KeyValue,
@@ -385,12 +404,15 @@ mod otel {
                     .with_boundaries(COUNT_BUCKETS.to_vec())
                     .build()
             };
+            let counter = |name: &'static str, unit: &'static str, description: &'static str| {
+                meter
+                    .u64_counter(name)
+                    .with_unit(unit)
+                    .with_description(description)
+                    .build()
+            };
             let instruments = Instruments {
-                attempt_started: meter
-                    .u64_counter("grpc.client.attempt.started")
-                    .with_unit("{attempt}")
-                    .with_description("Number of client call attempts started.")
-                    .build(),
+                attempt_started: counter("grpc.client.attempt.started", "{attempt}", "Number of client call attempts started."),
                 attempt_duration: seconds(
                     "grpc.client.attempt.duration",
                     "End-to-end time taken to complete a client call attempt.",
@@ -426,11 +448,7 @@ mod otel {
                     "grpc.client.call.retry_delay",
                     "Total time of delay while there is no active attempt during the client call.",
                 ),
-                server_started: meter
-                    .u64_counter("grpc.server.call.started")
-                    .with_unit("{call}")
-                    .with_description("Number of server calls started.")
-                    .build(),
+                server_started: counter("grpc.server.call.started", "{call}", "Number of server calls started."),
                 server_duration: seconds(
                     "grpc.server.call.duration",
                     "End-to-end time taken to complete a call from the server transport's perspective.",
@@ -443,6 +461,47 @@ mod otel {
                     "grpc.server.call.rcvd_total_compressed_message_size",
                     "Compressed message bytes received per server call.",
                 ),
+                pick_first_succeeded: counter(
+                    "grpc.lb.pick_first.connection_attempts_succeeded",
+                    "{attempt}",
+                    "Number of successful connection attempts.",
+                ),
+                pick_first_failed: counter(
+                    "grpc.lb.pick_first.connection_attempts_failed",
+                    "{attempt}",
+                    "Number of failed connection attempts.",
+                ),
+                pick_first_disconnections: counter(
+                    "grpc.lb.pick_first.disconnections",
+                    "{disconnection}",
+                    "Number of times the selected subchannel becomes disconnected.",
+                ),
+                wrr_fallback: counter(
+                    "grpc.lb.wrr.rr_fallback",
+                    "{update}",
+                    "Number of scheduler updates in which there were not enough endpoints \
+                     with valid weight, which caused the WRR policy to fall back to RR behavior.",
+                ),
+                wrr_not_yet_usable: counter(
+                    "grpc.lb.wrr.endpoint_weight_not_yet_usable",
+                    "{endpoint}",
+                    "Number of endpoints from each scheduler update that don't yet have \
+                     usable weight information.",
+                ),
+                wrr_stale: counter(
+                    "grpc.lb.wrr.endpoint_weight_stale",
+                    "{endpoint}",
+                    "Number of endpoints from each scheduler update whose latest weight is \
+                     older than the expiration period.",
+                ),
+                wrr_weights: meter
+                    .f64_histogram("grpc.lb.wrr.endpoint_weights")
+                    .with_unit("{weight}")
+                    .with_description(
+                        "Weight of each endpoint, recorded on every scheduler update; \
+                         endpoints without usable weights are recorded as 0.",
+                    )
+                    .build(),
             };
             Metrics {
                 instruments: Arc::new(instruments),
@@ -464,6 +523,13 @@ mod otel {
         server_duration: Histogram<f64>,
         server_sent: Histogram<u64>,
         server_rcvd: Histogram<u64>,
+        pick_first_succeeded: Counter<u64>,
+        pick_first_failed: Counter<u64>,
+        pick_first_disconnections: Counter<u64>,
+        wrr_fallback: Counter<u64>,
+        wrr_not_yet_usable: Counter<u64>,
+        wrr_stale: Counter<u64>,
+        wrr_weights: Histogram<f64>,
     }
 
     fn method(method: &str) -> KeyValue {
@@ -532,6 +598,23 @@ mod otel {
             self.server_duration.record(took.as_secs_f64(), &attributes);
             self.server_sent.record(bytes.sent(), &attributes);
             self.server_rcvd.record(bytes.rcvd(), &attributes);
+        }
+
+        fn lb(&self, metric: LbMetric, target: &str) {
+            let attributes = [KeyValue::new("grpc.target", target.to_owned())];
+            let (counter, n) = match metric {
+                LbMetric::PickFirstConnected => (&self.pick_first_succeeded, 1),
+                LbMetric::PickFirstConnectFailed => (&self.pick_first_failed, 1),
+                LbMetric::PickFirstDisconnected => (&self.pick_first_disconnections, 1),
+                LbMetric::WrrRoundRobinFallback => (&self.wrr_fallback, 1),
+                LbMetric::WrrWeightsNotYetUsable(n) => (&self.wrr_not_yet_usable, n),
+                LbMetric::WrrWeightsStale(n) => (&self.wrr_stale, n),
+                LbMetric::WrrEndpointWeight(weight) => {
+                    return self.wrr_weights.record(weight, &attributes);
+                }
+                _ => return,
+            };
+            counter.add(n, &attributes);
         }
     }
 }

@@ -1,5 +1,6 @@
-//! gRFC A66 / A96 metrics, read back from OpenTelemetry's in-memory exporter after a known mix
-//! of calls: instrument names, attributes and counts, on the client and the server.
+//! gRFC A66 / A96 / A78 metrics, read back from OpenTelemetry's in-memory exporter after a
+//! known mix of calls and connections: instrument names, attributes and counts, on the client
+//! and the server.
 
 use std::collections::BTreeMap;
 
@@ -93,13 +94,19 @@ fn find<'a>(
 const UNARY: &str = "anygrpc.test.Test/Unary";
 const STREAM: &str = "anygrpc.test.Test/ServerStream";
 
-#[test]
-fn a66_instruments_count_a_known_mix_of_calls() {
+/// A meter provider exporting to memory, and anygrpc's instruments on it.
+fn meter() -> (SdkMeterProvider, InMemoryMetricExporter, Metrics) {
     let exporter = InMemoryMetricExporter::default();
     let provider = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
     let metrics = Metrics::new(&provider);
+    (provider, exporter, metrics)
+}
+
+#[test]
+fn a66_instruments_count_a_known_mix_of_calls() {
+    let (provider, exporter, metrics) = meter();
     let server = start_with(|s| s.metrics(metrics.clone()));
     let target = server.target();
     // UNAVAILABLE is retried: three attempts, then the call fails.
@@ -253,4 +260,84 @@ fn a66_instruments_count_a_known_mix_of_calls() {
     )
     .unwrap();
     assert_eq!((sent.count, sent.sum), (4, 4.0 * response_bytes));
+}
+
+#[test]
+fn a78_lb_instruments_count_connections_and_scheduler_updates() {
+    let (provider, exporter, metrics) = meter();
+    let server = start();
+    let target = server.target();
+    let pick_first = Channel::builder(&target)
+        .metrics(metrics.clone())
+        .connect_lazy()
+        .unwrap();
+    let wrr = Channel::builder(&target)
+        .load_balancing_policy("weighted_round_robin")
+        .metrics(metrics.clone())
+        .connect_lazy()
+        .unwrap();
+    // Nothing listens on a port just released: its connection attempts fail.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let nowhere = Channel::builder(&refused)
+        .metrics(metrics)
+        .connect_lazy()
+        .unwrap();
+    block_on(async {
+        TestClient::new(pick_first.clone())
+            .unary(Payload::default())
+            .await
+            .unwrap();
+        TestClient::new(wrr.clone())
+            .unary(Payload::default())
+            .await
+            .unwrap();
+        let status = TestClient::new(nowhere)
+            .unary(Payload::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    });
+    // The server goes away: pick_first's selected connection is lost, and the policy counts
+    // it before it publishes the channel's next state.
+    server.shutdown();
+    block_on(pick_first.wait_for_state_change(anygrpc::lb::ConnectivityState::Ready));
+    let found = collect(&provider, &exporter);
+
+    let server_target = format!("dns:///{target}");
+    let at_server = [("grpc.target", server_target.as_str())];
+    let refused_target = format!("dns:///{refused}");
+    let at_refused = [("grpc.target", refused_target.as_str())];
+    let succeeded = "grpc.lb.pick_first.connection_attempts_succeeded";
+    let failed = "grpc.lb.pick_first.connection_attempts_failed";
+    assert_eq!(count(&found, succeeded, &at_server), 1);
+    assert_eq!(count(&found, failed, &at_server), 0);
+    assert!(count(&found, failed, &at_refused) >= 1);
+    assert_eq!(count(&found, succeeded, &at_refused), 0);
+    assert_eq!(
+        count(&found, "grpc.lb.pick_first.disconnections", &at_server),
+        1
+    );
+
+    // WRR with one backend and no load reports: every scheduler update falls back to round
+    // robin with that backend's weight not yet usable, recorded as 0.
+    let updates = count(&found, "grpc.lb.wrr.rr_fallback", &at_server);
+    assert!(updates >= 1);
+    let weights = find(&found, "grpc.lb.wrr.endpoint_weights", &at_server).unwrap();
+    assert_eq!((weights.count, weights.sum), (updates, 0.0));
+    assert_eq!(
+        count(
+            &found,
+            "grpc.lb.wrr.endpoint_weight_not_yet_usable",
+            &at_server
+        ),
+        updates
+    );
+    assert_eq!(
+        count(&found, "grpc.lb.wrr.endpoint_weight_stale", &at_server),
+        0
+    );
 }

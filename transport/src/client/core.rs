@@ -20,9 +20,9 @@ use std::{
 };
 
 use anygrpc_lb::{
-    ChannelControl, ConnectivityState, FixedPicker, LbPolicy, LbPolicyBuilder, LoadReportSink,
-    OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry, ServiceConfig,
-    SubchannelId, Throttle,
+    ChannelControl, ConnectivityState, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder,
+    LoadReportSink, OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry,
+    ServiceConfig, SubchannelId, Throttle,
 };
 use anygrpc_resolver::{Resolver, ResolverBuilder, ResolverUpdate, Target};
 use anygrpc_rt::{Address, Runtime};
@@ -32,6 +32,7 @@ use h2::client::SendRequest;
 
 use super::conn::{ConnSettings, Subchannel};
 use crate::channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode};
+use crate::metrics::Recorder;
 use crate::Status;
 
 struct Inner {
@@ -111,6 +112,8 @@ pub(crate) struct Core {
     waiters: Mutex<Vec<Waker>>,
     /// The channel's channelz entry: its state, calls, subchannels and events.
     pub(crate) channelz: Arc<ChannelNode>,
+    /// The channel's metrics and target, for what its policy measures (gRFC A78).
+    metrics: Option<(Recorder, Arc<str>)>,
     this: Weak<Core>,
 }
 
@@ -193,6 +196,12 @@ impl ChannelControl for Ctl<'_> {
                 .push(Action::LoadReporting(subchannel.clone(), interval));
         }
     }
+
+    fn record(&mut self, metric: LbMetric) {
+        if let Some((metrics, target)) = &self.core.metrics {
+            metrics.lb(metric, target);
+        }
+    }
 }
 
 /// What a channel's control plane is built from.
@@ -209,6 +218,8 @@ pub(crate) struct CoreConfig {
     /// Already checked with [`check_service_config`].
     pub(crate) default_service_config: ServiceConfig,
     pub(crate) idle_timeout: Option<Duration>,
+    /// The channel's metrics and its target as they name it, for the policy's measurements.
+    pub(crate) metrics: Option<(Recorder, Arc<str>)>,
 }
 
 /// Parses a service config and checks its `loadBalancingConfig` against `registry`.
@@ -281,6 +292,7 @@ impl Core {
             waiters: Mutex::new(Vec::new()),
             resolved_once: AtomicBool::new(false),
             channelz: config.channelz,
+            metrics: config.metrics,
             this: this.clone(),
         });
         core.use_service_config(default_config);

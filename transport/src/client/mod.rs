@@ -430,11 +430,12 @@ impl ChannelBuilder {
             Some(rest) if rest.starts_with(':') => self.target.clone(),
             _ => format!("{}:///{}", target.scheme(), self.target),
         };
+        let canonical_target: Arc<str> = canonical_target.into();
         Ok(Channel {
             inner: Arc::new(ChannelInner {
                 target: self.target,
-                canonical_target: canonical_target.into(),
-                metrics,
+                canonical_target: canonical_target.clone(),
+                metrics: metrics.clone(),
                 scheme,
                 authority,
                 user_agent,
@@ -458,6 +459,7 @@ impl ChannelBuilder {
                     lb_registry: self.lb_registry,
                     default_service_config,
                     idle_timeout: self.idle_timeout,
+                    metrics: metrics.map(|m| (m, canonical_target)),
                 })?,
             }),
         })
