@@ -21,6 +21,8 @@ extern crate self as anygrpc;
 pub mod channelz;
 pub mod client;
 mod connection;
+#[cfg(feature = "dynamic")]
+pub mod dynamic;
 pub mod error_details;
 pub mod health;
 pub mod interceptor;
