@@ -13,7 +13,7 @@
 //! let method = client.method("helloworld.Greeter/SayHello")?;
 //! let request = DynamicClient::from_json(method.input(), r#"{"name": "world"}"#)?;
 //! let reply = client.unary(&method, Request::new(request)).await?;
-//! println!("{}", DynamicClient::to_json(reply.get_ref()));
+//! println!("{}", DynamicClient::to_json(reply.get_ref())?);
 //! # Ok(()) }
 //! ```
 
@@ -65,9 +65,10 @@ impl Codec for DynamicCodec {
     type Encode = DynamicMessage;
     type Decode = DynamicMessage;
 
-    /// A message of another type than the method's input is `INVALID_ARGUMENT`.
+    /// A message of another type than the method's input (by full name) is
+    /// `INVALID_ARGUMENT`.
     fn encode(&self, item: DynamicMessage, dst: &mut BytesMut) -> Result<(), Status> {
-        if item.descriptor() != self.request {
+        if item.descriptor().full_name() != self.request.full_name() {
             return Err(Status::invalid_argument(format!(
                 "the method takes {}, not {}",
                 self.request.full_name(),
@@ -150,9 +151,11 @@ impl DynamicClient {
         Ok(message)
     }
 
-    /// The protobuf JSON of a message.
-    pub fn to_json(message: &DynamicMessage) -> String {
-        serde_json::to_string(message).expect("a dynamic message always serializes")
+    /// The protobuf JSON of a message; `INTERNAL` if it has none (a `google.protobuf.Any` of
+    /// a type the pool does not know).
+    pub fn to_json(message: &DynamicMessage) -> Result<String, Status> {
+        serde_json::to_string(message)
+            .map_err(|e| Status::internal(format!("the message has no JSON form: {e}")))
     }
 
     /// A unary call to `method`.

@@ -138,7 +138,7 @@ async fn client(channel: Channel) -> Result<(), Status> {
     println!(
         "dynamic: {} answered {}",
         method.full_name(),
-        DynamicClient::to_json(reply.get_ref())
+        DynamicClient::to_json(reply.get_ref())?
     );
 
     let channelz = ChannelzClient::new(channel.clone());

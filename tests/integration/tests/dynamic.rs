@@ -8,7 +8,7 @@ use anygrpc::{
     },
     reflection,
     rt::block_on,
-    Channel, Code, Request,
+    Code, Request,
 };
 use anygrpc_integration_tests::*;
 use futures_util::stream;
@@ -29,17 +29,18 @@ fn server(v1: bool) -> Running {
     })
 }
 
-fn channel(server: &Running) -> Channel {
-    Channel::builder(&server.target()).connect_lazy().unwrap()
+/// A dynamic client with the descriptors `server` reflects.
+async fn reflected(server: &Running) -> DynamicClient {
+    DynamicClient::from_reflection(server.channel())
+        .await
+        .unwrap()
 }
 
 #[test]
 fn calls_each_kind_of_method_by_name_with_descriptors_from_reflection() {
     let server = server(true);
     block_on(async {
-        let client = DynamicClient::from_reflection(channel(&server))
-            .await
-            .unwrap();
+        let client = reflected(&server).await;
         let unary = client.method("anygrpc.test.Test/Unary").unwrap();
         assert_eq!(unary.input().full_name(), "anygrpc.test.Payload");
         // "aGk=" is "hi"; the server answers with `responseSize` bytes of 'r' ("cnJy").
@@ -48,7 +49,7 @@ fn calls_each_kind_of_method_by_name_with_descriptors_from_reflection() {
                 .unwrap();
         let reply = client.unary(&unary, request.clone()).await.unwrap();
         assert_eq!(
-            DynamicClient::to_json(reply.get_ref()),
+            DynamicClient::to_json(reply.get_ref()).unwrap(),
             r#"{"body":"cnJy"}"#
         );
         // The other spellings of a method name.
@@ -67,7 +68,7 @@ fn calls_each_kind_of_method_by_name_with_descriptors_from_reflection() {
             .into_inner();
         let mut seen = Vec::new();
         while let Some(reply) = replies.message().await.unwrap() {
-            seen.push(DynamicClient::to_json(&reply));
+            seen.push(DynamicClient::to_json(&reply).unwrap());
         }
         // Message i has one byte of value i and `count` i (0 is left out of JSON).
         let want = [
@@ -86,7 +87,7 @@ fn calls_each_kind_of_method_by_name_with_descriptors_from_reflection() {
             .unwrap();
         // The server counts the messages and their bytes.
         assert_eq!(
-            DynamicClient::to_json(reply.get_ref()),
+            DynamicClient::to_json(reply.get_ref()).unwrap(),
             r#"{"count":2,"responseSize":2}"#
         );
 
@@ -109,9 +110,7 @@ fn calls_each_kind_of_method_by_name_with_descriptors_from_reflection() {
 fn falls_back_to_v1alpha_reflection() {
     let server = server(false);
     block_on(async {
-        let client = DynamicClient::from_reflection(channel(&server))
-            .await
-            .unwrap();
+        let client = reflected(&server).await;
         assert!(client.method("anygrpc.test.Test/Bidi").is_ok());
     });
 }
@@ -120,9 +119,7 @@ fn falls_back_to_v1alpha_reflection() {
 fn bad_names_json_and_message_types_are_clear_errors() {
     let server = server(true);
     block_on(async {
-        let client = DynamicClient::from_reflection(channel(&server))
-            .await
-            .unwrap();
+        let client = reflected(&server).await;
         for (name, code) in [
             ("anygrpc.test.Test/Missing", Code::NotFound),
             ("anygrpc.test.Nothing/Unary", Code::NotFound),
@@ -160,7 +157,7 @@ fn bad_names_json_and_message_types_are_clear_errors() {
     // A server without reflection: UNIMPLEMENTED under both names.
     let plain = start();
     block_on(async {
-        let error = DynamicClient::from_reflection(channel(&plain))
+        let error = DynamicClient::from_reflection(plain.channel())
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::Unimplemented);
