@@ -131,8 +131,8 @@ impl common::BenchCalls for BenchClient {
 /// Where the load generator's workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drive {
-    /// Each worker is a task on the runtime's worker threads, beside the connection's task (as
-    /// tonic's load generator spawns each worker on tokio's multi-threaded runtime).
+    /// Each worker is a task on the runtime's worker threads, dealt to them in turn (as tonic's
+    /// load generator spawns each worker on tokio's multi-threaded runtime).
     Spawned,
     /// All workers are one future on the calling thread, under `block_on`: a blocking program's
     /// way. Every call then crosses between that thread and the connection's worker twice.
