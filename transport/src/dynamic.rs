@@ -145,10 +145,9 @@ impl DynamicClient {
     /// not fit the type, is `INVALID_ARGUMENT`.
     pub fn from_json(descriptor: MessageDescriptor, json: &str) -> Result<DynamicMessage, Status> {
         let mut parser = serde_json::Deserializer::from_str(json);
-        let message = DynamicMessage::deserialize(descriptor, &mut parser)
+        DynamicMessage::deserialize(descriptor, &mut parser)
             .and_then(|message| parser.end().map(|()| message))
-            .map_err(|e| Status::invalid_argument(format!("bad JSON message: {e}")))?;
-        Ok(message)
+            .map_err(|e| Status::invalid_argument(format!("bad JSON message: {e}")))
     }
 
     /// The protobuf JSON of a message; `INTERNAL` if it has none (a `google.protobuf.Any` of

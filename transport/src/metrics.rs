@@ -60,9 +60,9 @@ pub(crate) trait Sink: Send + Sync {
     fn client_attempt_started(&self, call: &ClientCall);
     fn client_attempt_ended(&self, call: &ClientCall, code: Code, took: Duration, bytes: &Traffic);
     fn client_call_ended(&self, call: &ClientCall, code: Code, took: Duration);
-    fn server_call_started(&self, method: &str);
-    fn server_call_ended(&self, method: &str, code: Code, took: Duration, bytes: &Traffic);
-    fn lb(&self, metric: LbMetric, target: &str);
+    fn server_call_started(&self, method: &Arc<str>);
+    fn server_call_ended(&self, method: &Arc<str>, code: Code, took: Duration, bytes: &Traffic);
+    fn lb(&self, metric: LbMetric, target: &Arc<str>);
 }
 
 /// A channel's or server's metrics: where they go and the clock that times calls.
@@ -105,7 +105,7 @@ impl Recorder {
     }
 
     /// A load-balancing policy's measurement in a channel to `target`.
-    pub(crate) fn lb(&self, metric: LbMetric, target: &str) {
+    pub(crate) fn lb(&self, metric: LbMetric, target: &Arc<str>) {
         self.sink.lb(metric, target);
     }
 
@@ -119,7 +119,7 @@ impl Recorder {
 }
 
 /// `package.Service/Method` from a `/package.Service/Method` path, or `other`.
-fn method_attribute(path: &str, registered: bool) -> Box<str> {
+fn method_attribute(path: &str, registered: bool) -> Arc<str> {
     match registered {
         true => path.strip_prefix('/').unwrap_or(path).into(),
         false => OTHER_METHOD.into(),
@@ -132,7 +132,7 @@ fn method_attribute(path: &str, registered: bool) -> Box<str> {
     allow(dead_code, reason = "used by the OpenTelemetry sink")
 )]
 pub(crate) struct ClientCall {
-    pub(crate) method: Box<str>,
+    pub(crate) method: Arc<str>,
     pub(crate) target: Arc<str>,
     retries: AtomicU32,
     transparent_retries: AtomicU32,
@@ -237,7 +237,7 @@ enum Kind {
         bytes: Arc<Traffic>,
     },
     ServerCall {
-        method: Box<str>,
+        method: Arc<str>,
         bytes: Arc<Traffic>,
     },
 }
@@ -532,8 +532,9 @@ mod otel {
         wrr_weights: Histogram<f64>,
     }
 
-    fn method(method: &str) -> KeyValue {
-        KeyValue::new("grpc.method", method.to_owned())
+    /// Attribute values share the call's strings: recording allocates no copies of them.
+    fn method(method: &Arc<str>) -> KeyValue {
+        KeyValue::new("grpc.method", method.clone())
     }
 
     fn status(code: Code) -> KeyValue {
@@ -543,7 +544,7 @@ mod otel {
     fn call_attributes(call: &ClientCall) -> [KeyValue; 2] {
         [
             method(&call.method),
-            KeyValue::new("grpc.target", call.target.to_string()),
+            KeyValue::new("grpc.target", call.target.clone()),
         ]
     }
 
@@ -589,19 +590,19 @@ mod otel {
                 .record(took.as_secs_f64(), &[method, target, status(code)]);
         }
 
-        fn server_call_started(&self, name: &str) {
+        fn server_call_started(&self, name: &Arc<str>) {
             self.server_started.add(1, &[method(name)]);
         }
 
-        fn server_call_ended(&self, name: &str, code: Code, took: Duration, bytes: &Traffic) {
+        fn server_call_ended(&self, name: &Arc<str>, code: Code, took: Duration, bytes: &Traffic) {
             let attributes = [method(name), status(code)];
             self.server_duration.record(took.as_secs_f64(), &attributes);
             self.server_sent.record(bytes.sent(), &attributes);
             self.server_rcvd.record(bytes.rcvd(), &attributes);
         }
 
-        fn lb(&self, metric: LbMetric, target: &str) {
-            let attributes = [KeyValue::new("grpc.target", target.to_owned())];
+        fn lb(&self, metric: LbMetric, target: &Arc<str>) {
+            let attributes = [KeyValue::new("grpc.target", target.clone())];
             let (counter, n) = match metric {
                 LbMetric::PickFirstConnected => (&self.pick_first_succeeded, 1),
                 LbMetric::PickFirstConnectFailed => (&self.pick_first_failed, 1),

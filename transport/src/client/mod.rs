@@ -1082,15 +1082,11 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        mut request: Request<C::Encode>,
+        request: Request<C::Encode>,
     ) -> Result<Response<C::Decode>, Status> {
         let (span, tally) = self.start_call(&path);
         let outcome = async {
-            let mut call = self.prepare(path, &mut request, &tally).await?;
-            let frame = call
-                .encoder
-                .encode(&codec, request.into_inner(), call.compress)?;
-            let held = self.buffer_request(&call, frame.len());
+            let (call, frame, held) = self.prepare_single(path, &codec, request, &tally).await?;
             let call = &call;
             let exchange = async {
                 let mut streaming = self
@@ -1116,15 +1112,11 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
-        mut request: Request<C::Encode>,
+        request: Request<C::Encode>,
     ) -> Result<Response<Streaming<C::Decode>>, Status> {
         let (span, tally) = self.start_call(&path);
         let outcome = async {
-            let mut call = self.prepare(path, &mut request, &tally).await?;
-            let frame = call
-                .encoder
-                .encode(&codec, request.into_inner(), call.compress)?;
-            let held = self.buffer_request(&call, frame.len());
+            let (call, frame, held) = self.prepare_single(path, &codec, request, &tally).await?;
             let call = &call;
             let attempts = self.run_attempts(
                 call,
@@ -1144,12 +1136,28 @@ impl Grpc {
         ))
     }
 
-    /// Holds a single-message request in the retry buffer if the call has a retry or hedging
-    /// policy and the request fits; `None` means the call makes one attempt.
-    fn buffer_request(&self, call: &Prepared, bytes: usize) -> Option<Buffered> {
-        call.policy.as_ref()?;
-        let mut held = Buffered::new(&self.channel);
-        held.grow(bytes).then_some(held)
+    /// Prepares a single-message request's call and encodes its message once, for every
+    /// attempt. The frame is held in the retry buffer if the call has a retry or hedging policy
+    /// and it fits; without that hold the call makes one attempt.
+    async fn prepare_single<C: Codec>(
+        &self,
+        path: PathAndQuery,
+        codec: &C,
+        mut request: Request<C::Encode>,
+        tally: &CallTally,
+    ) -> Result<(Prepared, Bytes, Option<Buffered>), Status> {
+        let mut call = self.prepare(path, &mut request, tally).await?;
+        let frame = call
+            .encoder
+            .encode(codec, request.into_inner(), call.compress)?;
+        let held = match call.policy {
+            Some(_) => {
+                let mut held = Buffered::new(&self.channel);
+                held.grow(frame.len()).then_some(held)
+            }
+            None => None,
+        };
+        Ok((call, frame, held))
     }
 
     /// Starts a streaming-request call: its request task, and its attempt. Without a retry
