@@ -182,6 +182,7 @@ impl LbPolicy for PickFirst {
             Ok(addresses) => addresses,
             Err(status) => return self.resolver_error(status, ctl),
         };
+        let first_list = self.entries.is_empty();
         // Subchannels of addresses still listed are kept, with their state and backoff, so
         // a re-resolution after failures does not restart every connection at once.
         let mut old: Vec<Entry> = std::mem::take(&mut self.entries);
@@ -208,6 +209,11 @@ impl LbPolicy for PickFirst {
             return;
         }
         self.selected = None;
+        // IDLE after losing its connection, the policy stays IDLE: the new list waits for the
+        // next call (`exit_idle`), as in grpc-go, instead of reconnecting for no one.
+        if self.state == ConnectivityState::Idle && !first_list {
+            return;
+        }
         self.start_pass(ctl);
     }
 
@@ -448,12 +454,17 @@ mod tests {
             ]
         );
         ctl.take_connects();
+        // The resolver answers the re-resolution: the list is replaced, nothing connects yet.
+        pf.update(vec![addr(2), addr(3)], None, &mut ctl);
+        assert_eq!(ctl.state, Some(Idle), "no call has asked for a connection");
+        assert!(ctl.take_connects().is_empty());
+        assert_eq!(ctl.created.len(), 2, "no subchannels until the next call");
         pf.exit_idle(&mut ctl);
         assert_eq!(ctl.state, Some(Connecting));
         assert_eq!(
-            ctl.take_connects().len(),
-            1,
-            "a new pass from the first address"
+            ctl.take_connects(),
+            vec![SubchannelId(3)],
+            "a new pass from the first address of the new list"
         );
         assert_eq!(ctl.created.len(), 4, "fresh subchannels for the new pass");
     }

@@ -28,8 +28,6 @@ pub struct FaultyNet {
     switches: Mutex<Vec<Arc<AtomicBool>>>,
     read_delay: Duration,
     written: Arc<Mutex<Vec<u8>>>,
-    /// Tasks waiting for more connections to be made.
-    waiting: Mutex<Vec<std::task::Waker>>,
 }
 
 impl FaultyNet {
@@ -45,7 +43,6 @@ impl FaultyNet {
             switches: Mutex::new(Vec::new()),
             read_delay: delay,
             written: Arc::default(),
-            waiting: Mutex::default(),
         })
     }
 
@@ -64,18 +61,6 @@ impl FaultyNet {
     /// How many connections have been made.
     pub fn connections(&self) -> usize {
         self.switches.lock().unwrap().len()
-    }
-
-    /// Waits until `n` connections have been made.
-    pub async fn made(&self, n: usize) {
-        std::future::poll_fn(|cx| {
-            self.waiting.lock().unwrap().push(cx.waker().clone());
-            match self.connections() >= n {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            }
-        })
-        .await
     }
 }
 
@@ -203,9 +188,6 @@ impl Runtime for FaultyNet {
     ) -> BoxFuture<'static, io::Result<BoxIo>> {
         let cut = Arc::new(AtomicBool::new(false));
         self.switches.lock().unwrap().push(cut.clone());
-        for waker in self.waiting.lock().unwrap().drain(..) {
-            waker.wake();
-        }
         let connect = self.inner.connect_tcp(addr, options);
         let (delay, written) = (self.read_delay, self.written.clone());
         Box::pin(async move {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anygrpc::{
     health::{health_service, HealthCheckRequest, HealthCheckResponse},
+    lb::ConnectivityState,
     rt::{block_on, Address},
     Code,
 };
@@ -95,14 +96,17 @@ fn an_anygrpc_client_told_too_many_pings_backs_off_and_then_stays_connected() {
         .keepalive_permit_without_calls(true)
         .connect_lazy()
         .unwrap();
-    let client = TestClient::new(channel);
+    let client = TestClient::new(channel.clone());
     block_on(async {
         client.unary(Payload::default()).await.unwrap();
-        // Pinging every 200 ms, the first connection is closed with too_many_pings; the
-        // doubled time (400 ms) satisfies the server's 300 ms.
-        // (pick_first reconnects after re-resolving: wait for the connection, not for a state
-        // the channel may pass through before this task looks.)
-        net.made(2).await;
+        // Pinging every 200 ms, the first connection is closed with too_many_pings and the
+        // channel goes IDLE until the next call; the doubled time (400 ms) satisfies the
+        // server's 300 ms.
+        let after = channel
+            .wait_for_state_change(ConnectivityState::Ready)
+            .await;
+        assert_eq!(after, ConnectivityState::Idle);
+        assert_eq!(net.connections(), 1, "no reconnection before the next call");
         client.unary(Payload::default()).await.unwrap();
         assert_eq!(net.connections(), 2);
         // Six pings' worth of time on the second connection: it is never closed.

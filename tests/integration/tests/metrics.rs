@@ -313,9 +313,10 @@ fn a78_lb_instruments_count_connections_and_scheduler_updates() {
     let at_refused = [("grpc.target", refused_target.as_str())];
     let succeeded = "grpc.lb.pick_first.connection_attempts_succeeded";
     let failed = "grpc.lb.pick_first.connection_attempts_failed";
-    // (The re-resolution pick_first asks for when the connection is lost may start a new pass,
-    // whose attempt fails: the failures at the server's target are not counted here.)
     assert_eq!(count(&found, succeeded, &at_server), 1);
+    // IDLE after the loss, pick_first makes no attempt until a call asks for one, even when
+    // the re-resolution it requested answers.
+    assert_eq!(count(&found, failed, &at_server), 0);
     assert!(count(&found, failed, &at_refused) >= 1);
     assert_eq!(count(&found, succeeded, &at_refused), 0);
     assert_eq!(
