@@ -131,8 +131,7 @@ def main():
         "anygrpc": Server("anygrpc", os.path.join(args.anygrpc_bin, "bench-server")),
         "tonic": Server("tonic", os.path.join(args.tonic_bin, "tonic-bench-server")),
         "h2": Server("h2", os.path.join(args.tonic_bin, "h2-echo-server")),
-        "anygrpc-tokio": Server("anygrpc-tokio", os.path.join(args.anygrpc_bin, "bench-server"),
-                                "--runtime", "tokio"),
+        "anygrpc-tokio": Server("anygrpc-tokio", os.path.join(args.anygrpc_bin, "bench-server-tokio")),
     }
     grpc_servers = ("anygrpc", "tonic", "h2")
     clients = {

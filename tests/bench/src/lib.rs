@@ -20,6 +20,19 @@ pub mod pb {
 use common::{Report, CALLS};
 use pb::{bench_client::BenchClient, Payload, StreamRequest};
 
+/// The server's builder with the benchmark service, and the address from `--addr HOST:PORT`
+/// (default 127.0.0.1:50051).
+pub fn server_from_args(
+) -> Result<(anygrpc::Server, std::net::SocketAddr), std::net::AddrParseError> {
+    let args: Vec<String> = std::env::args().collect();
+    let addr = common::flag(&args, "addr")
+        .unwrap_or_else(|| "127.0.0.1:50051".into())
+        .parse()?;
+    let builder =
+        anygrpc::Server::builder().add_service(pb::bench_server::BenchServer::new(BenchService));
+    Ok((builder, addr))
+}
+
 /// The benchmark service.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BenchService;
