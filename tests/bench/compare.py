@@ -7,6 +7,9 @@ Measurements, each repeated --rounds times with the implementations alternated A
     unary C=1 (latency), server streaming of 1 KiB messages;
   - for unary C=1 and server streaming, also against the raw h2 server and anygrpc's server on
     a tokio runtime: the ceiling, and the runtime's share separated from the gRPC layer's;
+  - anygrpc's load generator also from a blocking caller and on a tokio runtime;
+  - unary and bidi C=64 with the load generator and the server pinned to a core each
+    (`taskset`), as two one-core machines, with the server's CPU time per call;
   - peak RSS of each server idle and after the load; heap allocations per call.
 """
 
@@ -22,15 +25,18 @@ import tempfile
 import threading
 import time
 
-PORTS = {"anygrpc": 50161, "tonic": 50162, "h2": 50163, "anygrpc-tokio": 50164}
+PORTS = {"anygrpc": 50161, "tonic": 50162, "h2": 50163, "anygrpc-tokio": 50164,
+         "anygrpc-1cpu": 50165, "tonic-1cpu": 50166}
+# The pinned measurements: the server on one CPU, the load generator on the other.
+SERVER_CPU, CLIENT_CPU = ["taskset", "-c", "1"], ["taskset", "-c", "0"]
 
 
 class Server:
-    def __init__(self, name, binary, *extra):
+    def __init__(self, name, command):
         self.name = name
         self.port = PORTS[name]
         self.proc = subprocess.Popen(
-            [binary, "--addr", f"127.0.0.1:{self.port}", *extra],
+            [*command, "--addr", f"127.0.0.1:{self.port}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()
@@ -59,6 +65,12 @@ class Server:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])  # KiB
         return 0
+
+    def cpu_seconds(self):
+        """User plus system CPU time the server has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         self.proc.kill()
@@ -127,11 +139,16 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5)
     args = p.parse_args()
+    anygrpc_server = os.path.join(args.anygrpc_bin, "bench-server")
+    tonic_server = os.path.join(args.tonic_bin, "tonic-bench-server")
     servers = {
-        "anygrpc": Server("anygrpc", os.path.join(args.anygrpc_bin, "bench-server")),
-        "tonic": Server("tonic", os.path.join(args.tonic_bin, "tonic-bench-server")),
-        "h2": Server("h2", os.path.join(args.tonic_bin, "h2-echo-server")),
-        "anygrpc-tokio": Server("anygrpc-tokio", os.path.join(args.anygrpc_bin, "bench-server-tokio")),
+        "anygrpc": Server("anygrpc", [anygrpc_server]),
+        "tonic": Server("tonic", [tonic_server]),
+        "h2": Server("h2", [os.path.join(args.tonic_bin, "h2-echo-server")]),
+        "anygrpc-tokio": Server("anygrpc-tokio", [os.path.join(args.anygrpc_bin, "bench-server-tokio")]),
+        # Started on one CPU, so each runtime sizes itself to one worker thread.
+        "anygrpc-1cpu": Server("anygrpc-1cpu", [*SERVER_CPU, anygrpc_server]),
+        "tonic-1cpu": Server("tonic-1cpu", [*SERVER_CPU, tonic_server]),
     }
     grpc_servers = ("anygrpc", "tonic", "h2")
     clients = {
@@ -139,7 +156,10 @@ def main():
         "tonic": [os.path.join(args.tonic_bin, "tonic-bench-client")],
         # anygrpc's load generator with its workers on the main thread under block_on.
         "anygrpc-caller": [os.path.join(args.anygrpc_bin, "bench-client"), "--caller-thread"],
+        # anygrpc's load generator with its channel and workers on a multi-threaded tokio runtime.
+        "anygrpc-tokio": [os.path.join(args.anygrpc_bin, "bench-client-tokio")],
     }
+    drivers = ("anygrpc", "tonic", "anygrpc-caller", "anygrpc-tokio")
     out = []
     try:
         time.sleep(1)
@@ -179,13 +199,29 @@ def main():
                 else ("anygrpc", "tonic")
             for _ in range(args.rounds):
                 for server in targets:
-                    callers = ("anygrpc", "tonic", "anygrpc-caller") \
-                        if mode != "server-stream" and server in ("anygrpc", "tonic") else ("anygrpc", "tonic")
+                    callers = drivers if mode != "server-stream" and server in ("anygrpc", "tonic") \
+                        else ("anygrpc", "tonic")
                     for cli in callers:
                         r = client(clients[cli], servers[server].port, mode, concurrency, size, args.seconds)
                         runs.setdefault((mode, concurrency, size, cli, server), []).append(r)
                         print(f"{cli} client -> {server} server {mode} C={concurrency} {size}B: "
                               f"{r['rps']} calls/s p50 {r['p50_us']}us", file=sys.stderr, flush=True)
+
+        # A core each: the load generator on one CPU, the server on the other.
+        pinned_modes = [("unary", 64, 16), ("bidi", 64, 16)]
+        pinned_clients = ("anygrpc", "anygrpc-tokio", "tonic")
+        for mode, concurrency, size in pinned_modes:
+            for _ in range(args.rounds):
+                for server in ("anygrpc-1cpu", "tonic-1cpu"):
+                    for cli in pinned_clients:
+                        cpu = servers[server].cpu_seconds()
+                        r = client([*CLIENT_CPU, *clients[cli]], servers[server].port, mode, concurrency,
+                                   size, args.seconds)
+                        r["server_us_per_call"] = (servers[server].cpu_seconds() - cpu) * 1e6 / max(1, r["calls"])
+                        runs.setdefault((mode, concurrency, size, cli, server), []).append(r)
+                        print(f"{cli} client (CPU 0) -> {server} server (CPU 1) {mode} C={concurrency} {size}B: "
+                              f"{r['rps']} calls/s, server {r['server_us_per_call']:.2f} us/call",
+                              file=sys.stderr, flush=True)
         peak = {name: s.memory("VmHWM") for name, s in servers.items()}
     finally:
         for s in servers.values():
@@ -243,11 +279,14 @@ def main():
                 v = {n: med(r[key] for r in runs[(mode, concurrency, size, cli, n)]) for n in names}
                 out.append(f"| {label} | {cli} | " + " | ".join(f"{v[n]:.0f}" for n in names) +
                            f" | {ratio(v['anygrpc'], v['h2']):.2f} | {ratio(v['tonic'], v['h2']):.2f} |")
-    out.append("\n### anygrpc's client driven from a blocking caller (`bench-client --caller-thread`)\n")
+    out.append("\n### anygrpc's client from a blocking caller (`bench-client --caller-thread`) and on tokio "
+               "(`bench-client-tokio`)\n")
     out.append("The same load generator with its workers as one future under `block_on` on the main "
-               "thread, instead of as tasks on anygrpc's worker threads.\n")
-    out.append("| workload | server | anygrpc, spawned | anygrpc, caller thread | tonic | caller thread / tonic |")
-    out.append("|---|---|---:|---:|---:|---:|")
+               "thread, and with its channel and workers on a multi-threaded tokio runtime, instead of as "
+               "tasks on anygrpc's worker threads.\n")
+    out.append("| workload | server | anygrpc, spawned | anygrpc, caller thread | anygrpc on tokio | tonic | "
+               "caller thread / tonic | on tokio / tonic |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for mode, concurrency, size in modes:
         if mode == "server-stream":
             continue
@@ -255,10 +294,25 @@ def main():
             else [("rps", f"{mode} C={concurrency} {size} B (calls/s)")]
         for key, label in keys:
             for server in ("anygrpc", "tonic"):
-                v = {c: med(r[key] for r in runs[(mode, concurrency, size, c, server)])
-                     for c in ("anygrpc", "anygrpc-caller", "tonic")}
+                v = {c: med(r[key] for r in runs[(mode, concurrency, size, c, server)]) for c in drivers}
                 out.append(f"| {label} | {server} | {v['anygrpc']:.0f} | {v['anygrpc-caller']:.0f} | "
-                           f"{v['tonic']:.0f} | {ratio(v['anygrpc-caller'], v['tonic']):.2f} |")
+                           f"{v['anygrpc-tokio']:.0f} | {v['tonic']:.0f} | "
+                           f"{ratio(v['anygrpc-caller'], v['tonic']):.2f} | {ratio(v['anygrpc-tokio'], v['tonic']):.2f} |")
+    out.append("\n### A core each: load generator on CPU 0, server on CPU 1 (`taskset`)\n")
+    out.append("As two one-core machines: each runtime sizes itself to one worker thread. Calls/s, and in "
+               "brackets the server's CPU time per call (µs); a server near 1 s of CPU per second is the "
+               "bottleneck.\n")
+    out.append("| workload | server | anygrpc client | anygrpc on tokio | tonic client | anygrpc / tonic |")
+    out.append("|---|---|---:|---:|---:|---:|")
+    for mode, concurrency, size in pinned_modes:
+        for server in ("anygrpc-1cpu", "tonic-1cpu"):
+            cells, rps = [], {}
+            for cli in pinned_clients:
+                rs = runs[(mode, concurrency, size, cli, server)]
+                rps[cli] = med(r["rps"] for r in rs)
+                cells.append(f"{rps[cli]:.0f} ({med(r['server_us_per_call'] for r in rs):.2f})")
+            out.append(f"| {mode} C={concurrency} {size} B (calls/s) | {server.removesuffix('-1cpu')} | "
+                       + " | ".join(cells) + f" | {ratio(rps['anygrpc'], rps['tonic']):.2f} |")
     out.append("\n### Memory and allocations\n")
     out.append("| | anygrpc | tonic | raw h2 |")
     out.append("|---|---:|---:|---:|")

@@ -8,9 +8,9 @@ if ! command -v h2load >/dev/null; then
   echo "installing h2load (Debian nghttp2-client)"
   apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null
 fi
-# bench-server and bench-client as a user's default build is (no tokio), then the tokio variant.
+# bench-server and bench-client as a user's default build is (no tokio), then the tokio variants.
 cargo build --release --locked -q -p anygrpc-bench
-cargo build --release --locked -q -p anygrpc-bench --features tokio --bin bench-server-tokio
+cargo build --release --locked -q -p anygrpc-bench --features tokio --bin bench-server-tokio --bin bench-client-tokio
 cargo build --release -q --manifest-path "$root/tests/bench/tonic/Cargo.toml"
 exec python3 "$root/tests/bench/compare.py" \
   --anygrpc-bin "$root/target/release" \

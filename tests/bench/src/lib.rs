@@ -5,7 +5,7 @@
 pub mod common;
 
 use std::{
-    sync::atomic::Ordering,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -144,35 +144,74 @@ impl common::BenchCalls for BenchClient {
 /// Where the load generator's workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drive {
-    /// Each worker is a task on the runtime's worker threads, dealt to them in turn (as tonic's
-    /// load generator spawns each worker on tokio's multi-threaded runtime).
+    /// Each worker is a task on the runtime's worker threads (as tonic's load generator spawns
+    /// each worker on tokio's multi-threaded runtime). The default runtime deals them to its
+    /// workers in turn.
     Spawned,
     /// All workers are one future on the calling thread, under `block_on`: a blocking program's
     /// way. Every call then crosses between that thread and the connection's worker twice.
     CallerThread,
 }
 
-/// Runs the closed loop: `concurrency` workers over `connections` channels for `duration`.
-pub fn load(
-    target: &str,
+/// The load generator's `main`: reads its flags, runs the closed loop with channels (and
+/// spawned workers) on `runtime`, and prints one JSON line.
+///
+/// `--addr HOST:PORT --mode unary|server-stream|client-stream|bidi --concurrency C
+/// --duration-secs D --size S [--connections N] [--caller-thread]`
+pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
+    let args: Vec<String> = std::env::args().collect();
+    let addr = common::flag(&args, "addr").unwrap_or_else(|| "127.0.0.1:50051".into());
+    let mode = common::flag(&args, "mode").unwrap_or_else(|| "unary".into());
+    let concurrency = common::number(&args, "concurrency", 1) as usize;
+    let connections = common::number(&args, "connections", 1) as usize;
+    let size = common::number(&args, "size", 16) as usize;
+    let duration = Duration::from_secs(common::number(&args, "duration-secs", 5));
+    let drive = if args.iter().any(|a| a == "--caller-thread") {
+        Drive::CallerThread
+    } else {
+        Drive::Spawned
+    };
+    let channels = (0..connections.max(1))
+        .map(|_| {
+            anygrpc::Channel::builder(&addr)
+                .runtime(runtime.clone())
+                .connect_lazy()
+                .map(BenchClient::new)
+        })
+        .collect::<Result<Vec<_>, _>>();
+    let clients = match channels {
+        Ok(clients) => clients,
+        Err(e) => {
+            eprintln!("bad --addr {addr}: {e}");
+            std::process::exit(2);
+        }
+    };
+    let before = common::allocations();
+    let (report, elapsed) = load(
+        &clients,
+        &mode,
+        concurrency,
+        size,
+        duration,
+        (&*runtime, drive),
+    );
+    let allocations = common::allocations() - before;
+    println!("{}", report.json(name, &args, elapsed, allocations));
+}
+
+/// Runs the closed loop: `concurrency` workers over `clients` (one channel each) for
+/// `duration`, the workers run as `drive` says, spawned ones on `runtime`.
+fn load(
+    clients: &[BenchClient],
     mode: &str,
     concurrency: usize,
-    connections: usize,
     size: usize,
     duration: Duration,
-    drive: Drive,
+    (runtime, drive): (&dyn Runtime, Drive),
 ) -> (Report, Duration) {
-    let clients: Vec<BenchClient> = (0..connections.max(1))
-        .map(|_| {
-            let channel = anygrpc::Channel::builder(target)
-                .connect_lazy()
-                .expect("valid target");
-            BenchClient::new(channel)
-        })
-        .collect();
     anygrpc::rt::block_on(async {
         // Connect every channel before the clock starts.
-        for client in &clients {
+        for client in clients {
             let _ = client.unary(Payload::default()).await;
         }
         let start = Instant::now();
@@ -184,7 +223,6 @@ pub fn load(
         let reports = match drive {
             Drive::CallerThread => futures_util::future::join_all(workers).await,
             Drive::Spawned => {
-                let runtime = anygrpc::rt::AsyncIoRuntime::new();
                 let done = workers.map(|worker| {
                     let (tx, rx) = futures_channel::oneshot::channel();
                     runtime.spawn(Box::pin(async move {
