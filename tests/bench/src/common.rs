@@ -79,6 +79,38 @@ pub fn number(args: &[String], name: &str, default: u64) -> u64 {
     })
 }
 
+/// A load generator's flags, read the same way by both implementations:
+/// `--addr HOST:PORT --mode M --concurrency C --connections N --size S --duration-secs D`.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// The server's address.
+    pub addr: String,
+    /// One of [`MODES`].
+    pub mode: String,
+    /// Calls in flight (one worker each).
+    pub concurrency: usize,
+    /// Channels (connections) the workers share in turn.
+    pub connections: usize,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// How long the closed loop runs.
+    pub duration: Duration,
+}
+
+impl Load {
+    /// Reads the flags from `args`; `default_addr` when `--addr` is missing.
+    pub fn from_args(args: &[String], default_addr: &str) -> Load {
+        Load {
+            addr: flag(args, "addr").unwrap_or_else(|| default_addr.into()),
+            mode: flag(args, "mode").unwrap_or_else(|| "unary".into()),
+            concurrency: number(args, "concurrency", 1).max(1) as usize,
+            connections: number(args, "connections", 1).max(1) as usize,
+            size: number(args, "size", 16) as usize,
+            duration: Duration::from_secs(number(args, "duration-secs", 5)),
+        }
+    }
+}
+
 /// The measurement modes.
 pub const MODES: &[&str] = &["unary", "server-stream", "client-stream", "bidi"];
 

@@ -160,20 +160,15 @@ pub enum Drive {
 /// --duration-secs D --size S [--connections N] [--caller-thread]`
 pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
     let args: Vec<String> = std::env::args().collect();
-    let addr = common::flag(&args, "addr").unwrap_or_else(|| "127.0.0.1:50051".into());
-    let mode = common::flag(&args, "mode").unwrap_or_else(|| "unary".into());
-    let concurrency = common::number(&args, "concurrency", 1) as usize;
-    let connections = common::number(&args, "connections", 1) as usize;
-    let size = common::number(&args, "size", 16) as usize;
-    let duration = Duration::from_secs(common::number(&args, "duration-secs", 5));
+    let load = common::Load::from_args(&args, "127.0.0.1:50051");
     let drive = if args.iter().any(|a| a == "--caller-thread") {
         Drive::CallerThread
     } else {
         Drive::Spawned
     };
-    let channels = (0..connections.max(1))
+    let channels = (0..load.connections)
         .map(|_| {
-            anygrpc::Channel::builder(&addr)
+            anygrpc::Channel::builder(&load.addr)
                 .runtime(runtime.clone())
                 .connect_lazy()
                 .map(BenchClient::new)
@@ -182,32 +177,23 @@ pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
     let clients = match channels {
         Ok(clients) => clients,
         Err(e) => {
-            eprintln!("bad --addr {addr}: {e}");
+            eprintln!("bad --addr {}: {e}", load.addr);
             std::process::exit(2);
         }
     };
     let before = common::allocations();
-    let (report, elapsed) = load(
-        &clients,
-        &mode,
-        concurrency,
-        size,
-        duration,
-        (&*runtime, drive),
-    );
+    let (report, elapsed) = run(&clients, &load, &*runtime, drive);
     let allocations = common::allocations() - before;
     println!("{}", report.json(name, &args, elapsed, allocations));
 }
 
-/// Runs the closed loop: `concurrency` workers over `clients` (one channel each) for
-/// `duration`, the workers run as `drive` says, spawned ones on `runtime`.
-fn load(
+/// Runs the closed loop `load` describes over `clients` (one channel each); the workers run as
+/// `drive` says, spawned ones on `runtime`.
+fn run(
     clients: &[BenchClient],
-    mode: &str,
-    concurrency: usize,
-    size: usize,
-    duration: Duration,
-    (runtime, drive): (&dyn Runtime, Drive),
+    load: &common::Load,
+    runtime: &dyn Runtime,
+    drive: Drive,
 ) -> (Report, Duration) {
     anygrpc::rt::block_on(async {
         // Connect every channel before the clock starts.
@@ -215,9 +201,13 @@ fn load(
             let _ = client.unary(Payload::default()).await;
         }
         let start = Instant::now();
-        let until = start + duration;
-        let workers = (0..concurrency.max(1)).map(|i| {
-            let (client, mode) = (clients[i % clients.len()].clone(), mode.to_owned());
+        let until = start + load.duration;
+        let workers = (0..load.concurrency).map(|i| {
+            let (client, mode, size) = (
+                clients[i % clients.len()].clone(),
+                load.mode.clone(),
+                load.size,
+            );
             async move { common::worker(client, &mode, size, until).await }
         });
         let reports = match drive {

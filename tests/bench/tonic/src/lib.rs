@@ -142,17 +142,10 @@ impl common::BenchCalls for Client {
 }
 
 /// Runs the closed loop on the current tokio runtime.
-pub async fn load(
-    target: &str,
-    mode: &str,
-    concurrency: usize,
-    connections: usize,
-    size: usize,
-    duration: Duration,
-) -> (Report, Duration) {
+pub async fn load(load: &common::Load) -> (Report, Duration) {
     let mut clients = Vec::new();
-    for _ in 0..connections.max(1) {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+    for _ in 0..load.connections {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", load.addr))
             .expect("valid target")
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW)
@@ -165,10 +158,14 @@ pub async fn load(
         clients.push(client);
     }
     let start = Instant::now();
-    let until = start + duration;
-    let tasks: Vec<_> = (0..concurrency.max(1))
+    let until = start + load.duration;
+    let tasks: Vec<_> = (0..load.concurrency)
         .map(|i| {
-            let (client, mode) = (clients[i % clients.len()].clone(), mode.to_owned());
+            let (client, mode, size) = (
+                clients[i % clients.len()].clone(),
+                load.mode.clone(),
+                load.size,
+            );
             tokio::spawn(async move { common::worker(client, &mode, size, until).await })
         })
         .collect();
