@@ -3,8 +3,8 @@
 Servers: anygrpc (default runtime), tonic (tokio), and a raw h2 echo server (the ceiling).
 Measurements, each repeated --rounds times with the implementations alternated A/B/A/B:
   - h2load unary against each server: 1 and 4 connections x 100 streams, 16 B and 1 KiB;
-  - each load generator (anygrpc, tonic) against each gRPC server: unary C=64, bidi C=64,
-    unary C=1 (latency), server streaming of 1 KiB messages;
+  - each load generator (anygrpc, tonic) against each gRPC server: unary C=64, bidi C=64 and
+    C=4, unary C=1 (latency), server streaming of 1 KiB messages;
   - for unary C=1 and server streaming, also against the raw h2 server and anygrpc's server on
     a tokio runtime: the ceiling, and the runtime's share separated from the gRPC layer's;
   - anygrpc's load generator also from a blocking caller and on a tokio runtime;
@@ -192,7 +192,7 @@ def main():
 
         # Load generators against each gRPC server.
         runs = {}
-        modes = [("unary", 64, 16), ("bidi", 64, 16), ("unary", 1, 16), ("server-stream", 64, 1024)]
+        modes = [("unary", 64, 16), ("bidi", 64, 16), ("bidi", 4, 16), ("unary", 1, 16), ("server-stream", 64, 1024)]
         ceiling_modes = [("unary", 1, 16), ("server-stream", 64, 1024)]
         for mode, concurrency, size in modes:
             targets = ("anygrpc", "tonic", "h2", "anygrpc-tokio") if (mode, concurrency, size) in ceiling_modes \
