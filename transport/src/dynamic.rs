@@ -212,21 +212,23 @@ impl DynamicClient {
     }
 }
 
-/// `/package.Service/Method`.
+/// The path of `method`: `/package.Service/Method`.
 fn path(method: &MethodDescriptor) -> Result<PathAndQuery, Status> {
-    format!("/{}/{}", method.parent_service().full_name(), method.name())
+    path_of(method.parent_service().full_name(), method.name())
+}
+
+/// `/{service}/{method}`; `INVALID_ARGUMENT` if that is no valid path.
+fn path_of(service: &str, method: &str) -> Result<PathAndQuery, Status> {
+    format!("/{service}/{method}")
         .parse()
-        .map_err(|_| Status::invalid_argument(format!("{} is no valid path", method.full_name())))
+        .map_err(|_| Status::invalid_argument(format!("/{service}/{method} is no valid path")))
 }
 
 /// Every file the reflection service `service` (`grpc.reflection.v1.ServerReflection` or its
-/// `v1alpha` twin) has for the
-/// services it lists, and the files they import.
+/// `v1alpha` twin) has for the services it lists, and the files they import.
 async fn reflect(channel: &Channel, service: &str) -> Result<Vec<FileDescriptorProto>, Status> {
     let (questions, asked) = futures_channel::mpsc::unbounded();
-    let path: PathAndQuery = format!("/{service}/ServerReflectionInfo")
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("{service} is no valid service name")))?;
+    let path = path_of(service, "ServerReflectionInfo")?;
     let codec = ProstCodec::<ServerReflectionRequest, ServerReflectionResponse>::new();
     let answers = Grpc::new(channel.clone())
         .streaming(path, codec, Request::new(asked))

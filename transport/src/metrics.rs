@@ -412,7 +412,11 @@ mod otel {
                     .build()
             };
             let instruments = Instruments {
-                attempt_started: counter("grpc.client.attempt.started", "{attempt}", "Number of client call attempts started."),
+                attempt_started: counter(
+                    "grpc.client.attempt.started",
+                    "{attempt}",
+                    "Number of client call attempts started.",
+                ),
                 attempt_duration: seconds(
                     "grpc.client.attempt.duration",
                     "End-to-end time taken to complete a client call attempt.",
@@ -448,10 +452,15 @@ mod otel {
                     "grpc.client.call.retry_delay",
                     "Total time of delay while there is no active attempt during the client call.",
                 ),
-                server_started: counter("grpc.server.call.started", "{call}", "Number of server calls started."),
+                server_started: counter(
+                    "grpc.server.call.started",
+                    "{call}",
+                    "Number of server calls started.",
+                ),
                 server_duration: seconds(
                     "grpc.server.call.duration",
-                    "End-to-end time taken to complete a call from the server transport's perspective.",
+                    "End-to-end time taken to complete a call from the server transport's \
+                     perspective.",
                 ),
                 server_sent: bytes(
                     "grpc.server.call.sent_total_compressed_message_size",
@@ -541,11 +550,12 @@ mod otel {
         KeyValue::new("grpc.status", code.name())
     }
 
+    fn target(target: &Arc<str>) -> KeyValue {
+        KeyValue::new("grpc.target", target.clone())
+    }
+
     fn call_attributes(call: &ClientCall) -> [KeyValue; 2] {
-        [
-            method(&call.method),
-            KeyValue::new("grpc.target", call.target.clone()),
-        ]
+        [method(&call.method), target(&call.target)]
     }
 
     impl Sink for Instruments {
@@ -601,8 +611,8 @@ mod otel {
             self.server_rcvd.record(bytes.rcvd(), &attributes);
         }
 
-        fn lb(&self, metric: LbMetric, target: &Arc<str>) {
-            let attributes = [KeyValue::new("grpc.target", target.clone())];
+        fn lb(&self, metric: LbMetric, channel_target: &Arc<str>) {
+            let attributes = [target(channel_target)];
             let (counter, n) = match metric {
                 LbMetric::PickFirstConnected => (&self.pick_first_succeeded, 1),
                 LbMetric::PickFirstConnectFailed => (&self.pick_first_failed, 1),
