@@ -1,17 +1,13 @@
-//! The default runtime: async-io's reactor and timers, async-executor worker threads.
+//! The default runtime: async-io's reactor and timers, and the worker pool of `pool.rs`.
 
 use std::{
-    cell::Cell,
     fmt,
     io::{self, IoSlice, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     os::unix::net::{UnixListener, UnixStream},
     path::PathBuf,
     pin::Pin,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, OnceLock,
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -27,10 +23,11 @@ type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 /// Sockets and timers use async-io's reactor, which runs on its own thread when no one drives
 /// it, so anygrpc futures can be awaited from any executor or from a plain blocking
 /// `block_on`. Background tasks (one per connection, plus calls and streaming pumps) run on
-/// worker threads started on first use, each with its own async-executor; their number is
-/// `ANYGRPC_WORKER_THREADS` or the number of CPUs. A task spawned by a worker's task stays on
-/// that worker (a connection and its calls share a thread); others are dealt in turn. Use [`AsyncIoRuntime::with_spawner`] to run
-/// them on an executor of your own instead (smol's, for example).
+/// worker threads started on first use; their number is `ANYGRPC_WORKER_THREADS` or the
+/// number of CPUs. Tasks that wake one another gather on one worker (a connection and its
+/// calls share a thread), while independent connections stay spread over the workers. Use
+/// [`AsyncIoRuntime::with_spawner`] to run them on an executor of your own instead (smol's,
+/// for example).
 #[derive(Clone)]
 pub struct AsyncIoRuntime {
     spawner: Option<Spawner>,
@@ -47,65 +44,6 @@ impl fmt::Debug for AsyncIoRuntime {
 impl Default for AsyncIoRuntime {
     fn default() -> Self {
         AsyncIoRuntime::new()
-    }
-}
-
-/// The process-wide worker pool: one executor per worker thread.
-///
-/// A task spawned on a worker stays on that worker, so a connection's task and its calls'
-/// tasks share a thread: waking one another is a queue push, not a cross-thread hand-off
-/// through a shared queue (which, with async-executor's single global queue, made every wake
-/// a futex wake of another thread and contended the connection's lock). Tasks spawned from any
-/// other thread (an accept loop, a client in `block_on`) are dealt to workers in turn. There
-/// is no work stealing: a task that blocks its thread delays the tasks beside it, as on any
-/// executor thread.
-struct Workers {
-    executors: Vec<&'static async_executor::Executor<'static>>,
-    next: AtomicUsize,
-}
-
-thread_local! {
-    /// The executor of the worker running on this thread, if it is one.
-    static CURRENT: Cell<Option<&'static async_executor::Executor<'static>>> =
-        const { Cell::new(None) };
-}
-
-impl Workers {
-    fn get() -> &'static Workers {
-        static WORKERS: OnceLock<Workers> = OnceLock::new();
-        WORKERS.get_or_init(|| {
-            let threads = std::env::var("ANYGRPC_WORKER_THREADS")
-                .ok()
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let executors = (0..threads)
-                .map(|i| {
-                    let executor: &'static async_executor::Executor<'static> =
-                        Box::leak(Box::new(async_executor::Executor::new()));
-                    std::thread::Builder::new()
-                        .name(format!("anygrpc-worker-{i}"))
-                        .spawn(move || {
-                            CURRENT.with(|current| current.set(Some(executor)));
-                            async_io::block_on(executor.run(std::future::pending::<()>()));
-                        })
-                        .expect("failed to start an anygrpc worker thread");
-                    executor
-                })
-                .collect();
-            Workers {
-                executors,
-                next: AtomicUsize::new(0),
-            }
-        })
-    }
-
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        let executor = CURRENT.with(Cell::get).unwrap_or_else(|| {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.executors.len();
-            self.executors[i]
-        });
-        executor.spawn(task).detach();
     }
 }
 
@@ -284,7 +222,7 @@ impl Runtime for AsyncIoRuntime {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         match &self.spawner {
             Some(spawn) => spawn(task),
-            None => Workers::get().spawn(task),
+            None => crate::pool::Pool::get().spawn(task),
         }
     }
 

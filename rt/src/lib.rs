@@ -7,7 +7,7 @@
 //! traits that `h2` speaks (tokio the *traits*, never the tokio runtime).
 //!
 //! Two runtimes ship: [`AsyncIoRuntime`] (the default: async-io's reactor and timers, with
-//! spawned tasks run by a small pool of async-executor threads, so it works from any executor
+//! spawned tasks run by a small pool of worker threads, so it works from any executor
 //! and from a plain `block_on`) and, behind the `tokio` feature, [`TokioRuntime`].
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -29,6 +29,8 @@ pub use compat::{Gate, H2Io, Tap};
 
 #[cfg(feature = "async-io")]
 mod async_io_rt;
+#[cfg(feature = "async-io")]
+mod pool;
 #[cfg(feature = "async-io")]
 pub use async_io_rt::AsyncIoRuntime;
 

@@ -1,0 +1,310 @@
+//! The default runtime's worker threads: each task has a home worker, and a task woken by a
+//! task on another worker while its home sleeps moves to the waker.
+//!
+//! Tasks that wake one another should share a thread. A connection's task and the tasks of
+//! its calls wake each other on every message, and h2 keeps one lock per connection: on one
+//! thread a wake is a queue push and the lock is never contended, while across threads every
+//! wake of a sleeping worker costs a futex or the reactor's eventfd and a wait for the kernel
+//! to schedule that thread (with few streams in flight, the other worker is asleep most of
+//! the time, and that wait was most of each round trip). So the pool follows the wakes:
+//! - a task spawned by a task starts on that task's worker; one spawned from any other thread
+//!   (an accept loop or a client in `block_on`) is dealt to the workers in turn;
+//! - a task woken by a task running on another worker moves to that worker if its own worker
+//!   is parked and the waker's is not busy (fewer than [`BUSY`] tasks queued); otherwise it is
+//!   queued at home, which is woken if it sleeps;
+//! - a task woken by the reactor (socket readiness, a timer) or from outside the pool goes
+//!   home: where the reactor happens to run says nothing about which tasks belong together.
+//!
+//! Tasks dealt in turn stay spread while their workers are busy, and independent connections
+//! (a server's accepted connections) never move. There is no stealing: moving a task away from
+//! the tasks it talks to costs more than the idle core gains (measured in
+//! `tests/bench/README.md`), and a task that blocks its thread delays the tasks beside it, as on
+//! any executor thread.
+//!
+//! Each worker is an `async_io::block_on` loop, so a parked worker drives async-io's reactor
+//! when no other thread does.
+
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{fence, AtomicBool, AtomicUsize, Ordering},
+        Mutex, MutexGuard, OnceLock, PoisonError,
+    },
+    task::{Context, Poll, Waker},
+};
+
+use crate::BoxFuture;
+
+/// A task, with the index of its home worker.
+type Runnable = async_task::Runnable<AtomicUsize>;
+
+/// Tasks a worker runs before it lets `block_on` poll the reactor.
+const TICKS_PER_YIELD: u32 = 200;
+
+/// A worker with this many tasks queued is busy: tasks its tasks wake stay at their homes.
+const BUSY: usize = 4;
+
+/// The process-wide pool.
+pub(crate) struct Pool {
+    workers: Box<[Worker]>,
+    /// Where the next task spawned from outside the pool starts.
+    next: AtomicUsize,
+}
+
+struct Worker {
+    queue: Mutex<VecDeque<Runnable>>,
+    /// Set when the worker parks, its waker stored in `waker`; cleared by whoever wakes it.
+    parked: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+thread_local! {
+    /// The worker whose task is running on this thread, while one is.
+    static RUNNING: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A task's panic is caught by `async_task`, so none unwinds through a held lock.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a task woken on worker `waker` (`None`: by the reactor or another thread) runs.
+fn destination(home: usize, waker: Option<usize>, home_parked: bool, waker_queued: usize) -> usize {
+    match waker {
+        Some(waker) if waker != home && home_parked && waker_queued < BUSY => waker,
+        _ => home,
+    }
+}
+
+impl Pool {
+    /// The pool, started on first use: `ANYGRPC_WORKER_THREADS` workers, or one per CPU.
+    pub(crate) fn get() -> &'static Pool {
+        static POOL: OnceLock<&'static Pool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            let threads = std::env::var("ANYGRPC_WORKER_THREADS")
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let pool: &'static Pool = Box::leak(Box::new(Pool {
+                workers: (0..threads)
+                    .map(|_| Worker {
+                        queue: Mutex::new(VecDeque::new()),
+                        parked: AtomicBool::new(false),
+                        waker: Mutex::new(None),
+                    })
+                    .collect(),
+                next: AtomicUsize::new(0),
+            }));
+            for index in 0..threads {
+                std::thread::Builder::new()
+                    .name(format!("anygrpc-worker-{index}"))
+                    .spawn(move || async_io::block_on(Run { pool, index }))
+                    .expect("failed to start an anygrpc worker thread");
+            }
+            pool
+        })
+    }
+
+    /// Runs `future` to completion on the pool. A panic in it is printed by the panic hook and
+    /// ends only this task.
+    pub(crate) fn spawn(&'static self, future: BoxFuture<'static, ()>) {
+        let home = RUNNING
+            .with(Cell::get)
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len());
+        let (runnable, task) = async_task::Builder::new()
+            .metadata(AtomicUsize::new(home))
+            .propagate_panic(true)
+            .spawn(|_| future, move |runnable| self.schedule(runnable));
+        task.detach();
+        runnable.schedule();
+    }
+
+    fn schedule(&self, runnable: Runnable) {
+        let home = runnable.metadata().load(Ordering::Relaxed);
+        let to = match RUNNING.with(Cell::get) {
+            Some(here) if here != home => {
+                let home_parked = self.workers[home].parked.load(Ordering::SeqCst);
+                // The waker's queue is looked at only when its home sleeps.
+                let queued = if home_parked {
+                    lock(&self.workers[here].queue).len()
+                } else {
+                    0
+                };
+                destination(home, Some(here), home_parked, queued)
+            }
+            _ => home,
+        };
+        // Only the scheduler reads or writes a task's home, and a task is scheduled by one
+        // thread at a time.
+        runnable.metadata().store(to, Ordering::Relaxed);
+        let worker = &self.workers[to];
+        lock(&worker.queue).push_back(runnable);
+        // Orders the push before the read of `parked`, against a parking worker's store of
+        // `parked` before its last look at its queue (in `Run::poll`).
+        fence(Ordering::SeqCst);
+        if worker.parked.load(Ordering::SeqCst) && worker.parked.swap(false, Ordering::SeqCst) {
+            if let Some(waker) = lock(&worker.waker).take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// A worker's loop, as the future its thread's `block_on` polls.
+struct Run {
+    pool: &'static Pool,
+    index: usize,
+}
+
+impl Future for Run {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Run { pool, index } = *self;
+        let me = &pool.workers[index];
+        let mut ran = 0;
+        loop {
+            let next = lock(&me.queue).pop_front();
+            if let Some(runnable) = next {
+                RUNNING.with(|running| running.set(Some(index)));
+                runnable.run();
+                RUNNING.with(|running| running.set(None));
+                ran += 1;
+                if ran == TICKS_PER_YIELD {
+                    // Let `block_on` process the reactor's events, then come back.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            *lock(&me.waker) = Some(cx.waker().clone());
+            me.parked.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            // A task queued after the pop above, by a thread that saw this worker awake and
+            // did not wake it: look once more.
+            if !lock(&me.queue).is_empty() {
+                me.parked.store(false, Ordering::SeqCst);
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, time::Duration};
+
+    use futures_channel::oneshot;
+
+    use super::*;
+
+    fn worker_name() -> String {
+        std::thread::current().name().unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn moves_to_the_waker_only_when_home_sleeps_and_the_waker_is_not_busy() {
+        assert_eq!(destination(0, Some(1), true, 0), 1);
+        assert_eq!(destination(0, Some(1), true, BUSY - 1), 1);
+        assert_eq!(destination(0, Some(1), true, BUSY), 0, "a busy waker");
+        assert_eq!(destination(0, Some(1), false, 0), 0, "home is awake");
+        assert_eq!(destination(0, None, true, 0), 0, "woken by the reactor");
+        assert_eq!(destination(1, Some(1), true, 0), 1);
+    }
+
+    #[test]
+    fn runs_every_task_spawned_from_outside() {
+        let pool = Pool::get();
+        let (tx, rx) = mpsc::channel();
+        for i in 0..1000 {
+            let tx = tx.clone();
+            pool.spawn(Box::pin(async move { tx.send(i).unwrap() }));
+        }
+        let mut seen: Vec<i32> = (0..1000)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_task_spawned_by_a_task_starts_on_its_worker() {
+        let pool = Pool::get();
+        let (tx, rx) = mpsc::channel();
+        pool.spawn(Box::pin(async move {
+            let parent = worker_name();
+            Pool::get().spawn(Box::pin(async move {
+                tx.send((parent, worker_name())).unwrap()
+            }));
+        }));
+        let (parent, child) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(parent.starts_with("anygrpc-worker-"), "{parent}");
+        assert_eq!(parent, child);
+    }
+
+    #[test]
+    fn a_panicking_task_ends_alone() {
+        let pool = Pool::get();
+        for _ in 0..pool.workers.len() * 2 {
+            pool.spawn(Box::pin(async { panic!("a task's panic") }));
+        }
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..pool.workers.len() * 2 {
+            let tx = tx.clone();
+            pool.spawn(Box::pin(async move { tx.send(()).unwrap() }));
+        }
+        for _ in 0..pool.workers.len() * 2 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+    }
+
+    /// A token handed back and forth between pool tasks and between pool tasks and threads
+    /// outside the pool, so that wakes land on workers that are running, parking and parked:
+    /// a lost wake leaves a pair stuck and the test fails.
+    #[test]
+    fn no_wake_is_lost() {
+        const PAIRS: usize = 4;
+        const ROUNDS: usize = 20_000;
+        let pool = Pool::get();
+        let (done_tx, done_rx) = mpsc::channel();
+        let echo = |mut requests: futures_channel::mpsc::UnboundedReceiver<oneshot::Sender<()>>| {
+            pool.spawn(Box::pin(async move {
+                use futures_util::StreamExt;
+                while let Some(reply) = requests.next().await {
+                    reply.send(()).unwrap();
+                }
+            }));
+        };
+        let ask = |to: futures_channel::mpsc::UnboundedSender<oneshot::Sender<()>>| async move {
+            for _ in 0..ROUNDS {
+                let (tx, rx) = oneshot::channel();
+                to.unbounded_send(tx).unwrap();
+                rx.await.unwrap();
+            }
+        };
+        for _ in 0..PAIRS {
+            let (to_task, requests) = futures_channel::mpsc::unbounded();
+            echo(requests);
+            let done = done_tx.clone();
+            pool.spawn(Box::pin(async move {
+                ask(to_task).await;
+                done.send(()).unwrap();
+            }));
+            let (to_task, requests) = futures_channel::mpsc::unbounded();
+            echo(requests);
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                async_io::block_on(ask(to_task));
+                done.send(()).unwrap();
+            });
+        }
+        for _ in 0..PAIRS * 2 {
+            done_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        }
+    }
+}
