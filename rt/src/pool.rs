@@ -125,19 +125,15 @@ impl Pool {
 
     fn schedule(&self, runnable: Runnable) {
         let home = runnable.metadata().load(Ordering::Relaxed);
-        let to = match RUNNING.with(Cell::get) {
-            Some(here) if here != home => {
-                let home_parked = self.workers[home].parked.load(Ordering::SeqCst);
-                // The waker's queue is looked at only when its home sleeps.
-                let queued = if home_parked {
-                    lock(&self.workers[here].queue).len()
-                } else {
-                    0
-                };
-                destination(home, Some(here), home_parked, queued)
-            }
-            _ => home,
+        let waking_worker = RUNNING.with(Cell::get).filter(|&here| here != home);
+        let home_parked =
+            waking_worker.is_some() && self.workers[home].parked.load(Ordering::SeqCst);
+        // The waking worker's queue is looked at only when the task's home sleeps.
+        let waker_queued = match waking_worker {
+            Some(here) if home_parked => lock(&self.workers[here].queue).len(),
+            _ => 0,
         };
+        let to = destination(home, waking_worker, home_parked, waker_queued);
         // Only the scheduler reads or writes a task's home, and a task is scheduled by one
         // thread at a time.
         runnable.metadata().store(to, Ordering::Relaxed);
