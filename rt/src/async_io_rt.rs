@@ -14,7 +14,10 @@ use std::{
 
 use async_io::{Async, Timer};
 
-use crate::{Address, BoxFuture, BoxIo, Listener, Runtime, Sleep, TcpOptions};
+use crate::{
+    pool::{Kind, Pool},
+    Address, BoxFuture, BoxIo, Listener, Runtime, Sleep, TcpOptions,
+};
 
 type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 
@@ -25,7 +28,8 @@ type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 /// `block_on`. Background tasks (one per connection, plus calls and streaming pumps) run on
 /// worker threads started on first use; their number is `ANYGRPC_WORKER_THREADS` or the
 /// number of CPUs. Tasks that wake one another gather on one worker (a connection and its
-/// calls share a thread), while independent connections stay spread over the workers. Use
+/// calls share a thread), while independent connections stay spread over the workers; a
+/// connection's task runs soon after a call wakes it, ahead of most other woken tasks. Use
 /// [`AsyncIoRuntime::with_spawner`] to run them on an executor of your own instead (smol's,
 /// for example).
 #[derive(Clone)]
@@ -59,6 +63,13 @@ impl AsyncIoRuntime {
     ) -> AsyncIoRuntime {
         AsyncIoRuntime {
             spawner: Some(Arc::new(spawn)),
+        }
+    }
+
+    fn spawn_kind(&self, task: BoxFuture<'static, ()>, kind: Kind) {
+        match &self.spawner {
+            Some(spawn) => spawn(task),
+            None => Pool::get().spawn(task, kind),
         }
     }
 }
@@ -220,10 +231,11 @@ impl Listener for UnixAcceptor {
 
 impl Runtime for AsyncIoRuntime {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
-        match &self.spawner {
-            Some(spawn) => spawn(task),
-            None => crate::pool::Pool::get().spawn(task),
-        }
+        self.spawn_kind(task, Kind::Task);
+    }
+
+    fn spawn_connection(&self, task: BoxFuture<'static, ()>) {
+        self.spawn_kind(task, Kind::Connection);
     }
 
     fn now(&self) -> Instant {

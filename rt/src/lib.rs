@@ -156,6 +156,18 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Runs a task to completion in the background.
     fn spawn(&self, task: BoxFuture<'static, ()>);
 
+    /// Runs a connection's task in the background: the one that reads and writes a socket for
+    /// many calls, woken by each of them. A runtime may run it ahead of other woken tasks, so
+    /// calls' frames reach the peer sooner; by default it is spawned as any task.
+    fn spawn_connection(&self, task: BoxFuture<'static, ()>) {
+        self.spawn(task)
+    }
+
+    /// Spawns a connection's driver task.
+    fn spawn_driver(&self, task: BoxFuture<'static, ()>) {
+        self.spawn(task)
+    }
+
     /// The current time, from the runtime's clock (a simulated runtime returns virtual time).
     fn now(&self) -> Instant;
 

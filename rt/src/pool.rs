@@ -15,6 +15,14 @@
 //! - a task woken by the reactor (socket readiness, a timer) or from outside the pool goes
 //!   home: where the reactor happens to run says nothing about which tasks belong together.
 //!
+//! A worker runs its tasks in the order they were woken, except a connection's task (spawned
+//! with [`Kind::Connection`]: the task that reads and writes a socket for many calls). Calls
+//! hand it their frames and wake it; in plain order it would run only after every task queued
+//! before its wake, writing all their frames at once while the peer waited with nothing to
+//! do. So it runs after at most [`CONNECTION_DELAY`] further tasks: its writes still carry
+//! several calls' frames each, and the peer gets them while this worker runs the rest
+//! (measured in `tests/bench/README.md`).
+//!
 //! Tasks dealt in turn stay spread while their workers are busy, and independent connections
 //! (a server's accepted connections) never move. There is no stealing: moving a task away from
 //! the tasks it talks to costs more than the idle core gains (measured in
@@ -38,14 +46,32 @@ use std::{
 
 use crate::BoxFuture;
 
-/// A task, with the index of its home worker.
-type Runnable = async_task::Runnable<AtomicUsize>;
+/// A task, with what the pool knows of it.
+type Runnable = async_task::Runnable<Meta>;
+
+struct Meta {
+    /// The index of the task's home worker.
+    home: AtomicUsize,
+    kind: Kind,
+}
+
+/// What a task does, for the order its worker runs it in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    /// Any task: run in the order woken.
+    Task,
+    /// A connection's task, which does the socket IO of many calls: run soon after its wake.
+    Connection,
+}
 
 /// Tasks a worker runs before it lets `block_on` poll the reactor.
 const TICKS_PER_YIELD: u32 = 200;
 
 /// A worker with this many tasks queued is busy: tasks its tasks wake stay at their homes.
 const BUSY: usize = 4;
+
+/// A woken connection's task runs after at most this many other tasks.
+const CONNECTION_DELAY: usize = 16;
 
 /// The process-wide pool.
 pub(crate) struct Pool {
@@ -55,7 +81,7 @@ pub(crate) struct Pool {
 }
 
 struct Worker {
-    queue: Mutex<VecDeque<Runnable>>,
+    queue: Mutex<Queue<Runnable>>,
     /// Set when the worker parks, its waker stored in `waker`; cleared by whoever wakes it.
     parked: AtomicBool,
     waker: Mutex<Option<Waker>>,
@@ -69,6 +95,58 @@ thread_local! {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A task's panic is caught by `async_task`, so none unwinds through a held lock.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A worker's queue: tasks in the order woken, and connections' tasks in a lane of their own.
+struct Queue<T> {
+    tasks: VecDeque<T>,
+    connections: VecDeque<T>,
+    /// Tasks run since the first queued connection's wake, or since a connection last ran.
+    since_connection: usize,
+}
+
+impl<T> Queue<T> {
+    fn new() -> Queue<T> {
+        Queue {
+            tasks: VecDeque::new(),
+            connections: VecDeque::new(),
+            since_connection: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.len() + self.connections.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.connections.is_empty()
+    }
+
+    fn push(&mut self, task: T, kind: Kind) {
+        match kind {
+            Kind::Task => self.tasks.push_back(task),
+            Kind::Connection => {
+                if self.connections.is_empty() {
+                    self.since_connection = 0;
+                }
+                self.connections.push_back(task);
+            }
+        }
+    }
+
+    /// The next task to run: a connection once [`CONNECTION_DELAY`] tasks ran since its wake
+    /// (or nothing else is queued), the oldest task otherwise.
+    fn pop(&mut self) -> Option<T> {
+        if !self.connections.is_empty()
+            && (self.since_connection >= CONNECTION_DELAY || self.tasks.is_empty())
+        {
+            self.since_connection = 0;
+            return self.connections.pop_front();
+        }
+        let task = self.tasks.pop_front()?;
+        self.since_connection += 1;
+        Some(task)
+    }
 }
 
 /// Where a task woken on worker `waker` (`None`: by the reactor or another thread) runs.
@@ -92,7 +170,7 @@ impl Pool {
             let pool: &'static Pool = Box::leak(Box::new(Pool {
                 workers: (0..threads)
                     .map(|_| Worker {
-                        queue: Mutex::new(VecDeque::new()),
+                        queue: Mutex::new(Queue::new()),
                         parked: AtomicBool::new(false),
                         waker: Mutex::new(None),
                     })
@@ -111,12 +189,15 @@ impl Pool {
 
     /// Runs `future` to completion on the pool. A panic in it is printed by the panic hook and
     /// ends only this task.
-    pub(crate) fn spawn(&'static self, future: BoxFuture<'static, ()>) {
+    pub(crate) fn spawn(&'static self, future: BoxFuture<'static, ()>, kind: Kind) {
         let home = RUNNING
             .with(Cell::get)
             .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len());
         let (runnable, task) = async_task::Builder::new()
-            .metadata(AtomicUsize::new(home))
+            .metadata(Meta {
+                home: AtomicUsize::new(home),
+                kind,
+            })
             .propagate_panic(true)
             .spawn(|_| future, move |runnable| self.schedule(runnable));
         task.detach();
@@ -124,7 +205,8 @@ impl Pool {
     }
 
     fn schedule(&self, runnable: Runnable) {
-        let home = runnable.metadata().load(Ordering::Relaxed);
+        let Meta { ref home, kind } = *runnable.metadata();
+        let home = home.load(Ordering::Relaxed);
         let waking_worker = RUNNING.with(Cell::get).filter(|&here| here != home);
         let home_parked =
             waking_worker.is_some() && self.workers[home].parked.load(Ordering::SeqCst);
@@ -136,9 +218,9 @@ impl Pool {
         let to = destination(home, waking_worker, home_parked, waker_queued);
         // Only the scheduler reads or writes a task's home, and a task is scheduled by one
         // thread at a time.
-        runnable.metadata().store(to, Ordering::Relaxed);
+        runnable.metadata().home.store(to, Ordering::Relaxed);
         let worker = &self.workers[to];
-        lock(&worker.queue).push_back(runnable);
+        lock(&worker.queue).push(runnable, kind);
         // Orders the push before the read of `parked`, against a parking worker's store of
         // `parked` before its last look at its queue (in `Run::poll`).
         fence(Ordering::SeqCst);
@@ -164,7 +246,7 @@ impl Future for Run {
         let me = &pool.workers[index];
         let mut ran = 0;
         loop {
-            let next = lock(&me.queue).pop_front();
+            let next = lock(&me.queue).pop();
             if let Some(runnable) = next {
                 RUNNING.with(|running| running.set(Some(index)));
                 runnable.run();
@@ -213,13 +295,60 @@ mod tests {
         assert_eq!(destination(1, Some(1), true, 0), 1);
     }
 
+    /// The order a queue runs the tasks in `woken`, pushed in turn.
+    fn run_order(woken: &[(char, Kind)]) -> String {
+        let mut queue = Queue::new();
+        for &(name, kind) in woken {
+            queue.push(name, kind);
+        }
+        std::iter::from_fn(|| queue.pop()).collect()
+    }
+
+    #[test]
+    fn a_connection_runs_after_at_most_connection_delay_tasks() {
+        let mut woken: Vec<(char, Kind)> = ('a'..='z').map(|c| (c, Kind::Task)).collect();
+        woken.insert(3, ('C', Kind::Connection));
+        woken.insert(5, ('D', Kind::Connection));
+        let order = run_order(&woken);
+        assert_eq!(CONNECTION_DELAY, 16);
+        // C runs once 16 tasks ran since its wake; D waits 16 more, or until no task is left.
+        assert_eq!(order, "abcdefghijklmnopCqrstuvwxyzD");
+        assert_eq!(
+            run_order(&[('C', Kind::Connection), ('a', Kind::Task)]),
+            "aC"
+        );
+        assert_eq!(run_order(&[('C', Kind::Connection)]), "C");
+    }
+
+    #[test]
+    fn the_delay_counts_from_the_connections_wake() {
+        let mut queue = Queue::new();
+        for c in 'a'..='z' {
+            queue.push(c, Kind::Task);
+        }
+        for expected in 'a'..='t' {
+            assert_eq!(queue.pop(), Some(expected));
+        }
+        // Twenty tasks ran before the connection was woken: it still waits behind
+        // CONNECTION_DELAY of those queued, or all of them if fewer.
+        queue.push('C', Kind::Connection);
+        let rest: String = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(rest, "uvwxyzC");
+        queue.push('C', Kind::Connection);
+        for c in 'a'..='z' {
+            queue.push(c, Kind::Task);
+        }
+        let order: String = std::iter::from_fn(|| queue.pop()).collect();
+        assert_eq!(order, "abcdefghijklmnopCqrstuvwxyz");
+    }
+
     #[test]
     fn runs_every_task_spawned_from_outside() {
         let pool = Pool::get();
         let (tx, rx) = mpsc::channel();
         for i in 0..1000 {
             let tx = tx.clone();
-            pool.spawn(Box::pin(async move { tx.send(i).unwrap() }));
+            pool.spawn(Box::pin(async move { tx.send(i).unwrap() }), Kind::Task);
         }
         let mut seen: Vec<i32> = (0..1000)
             .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
@@ -232,12 +361,16 @@ mod tests {
     fn a_task_spawned_by_a_task_starts_on_its_worker() {
         let pool = Pool::get();
         let (tx, rx) = mpsc::channel();
-        pool.spawn(Box::pin(async move {
-            let parent = worker_name();
-            Pool::get().spawn(Box::pin(async move {
-                tx.send((parent, worker_name())).unwrap()
-            }));
-        }));
+        pool.spawn(
+            Box::pin(async move {
+                let parent = worker_name();
+                Pool::get().spawn(
+                    Box::pin(async move { tx.send((parent, worker_name())).unwrap() }),
+                    Kind::Task,
+                );
+            }),
+            Kind::Task,
+        );
         let (parent, child) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(parent.starts_with("anygrpc-worker-"), "{parent}");
         assert_eq!(parent, child);
@@ -247,12 +380,12 @@ mod tests {
     fn a_panicking_task_ends_alone() {
         let pool = Pool::get();
         for _ in 0..pool.workers.len() * 2 {
-            pool.spawn(Box::pin(async { panic!("a task's panic") }));
+            pool.spawn(Box::pin(async { panic!("a task's panic") }), Kind::Task);
         }
         let (tx, rx) = mpsc::channel();
         for _ in 0..pool.workers.len() * 2 {
             let tx = tx.clone();
-            pool.spawn(Box::pin(async move { tx.send(()).unwrap() }));
+            pool.spawn(Box::pin(async move { tx.send(()).unwrap() }), Kind::Task);
         }
         for _ in 0..pool.workers.len() * 2 {
             rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -261,7 +394,8 @@ mod tests {
 
     /// A token handed back and forth between pool tasks and between pool tasks and threads
     /// outside the pool, so that wakes land on workers that are running, parking and parked:
-    /// a lost wake leaves a pair stuck and the test fails.
+    /// a lost wake leaves a pair stuck and the test fails. The echoing tasks are connections,
+    /// so both of a queue's lanes are woken.
     #[test]
     fn no_wake_is_lost() {
         const PAIRS: usize = 4;
@@ -269,12 +403,15 @@ mod tests {
         let pool = Pool::get();
         let (done_tx, done_rx) = mpsc::channel();
         let echo = |mut requests: futures_channel::mpsc::UnboundedReceiver<oneshot::Sender<()>>| {
-            pool.spawn(Box::pin(async move {
-                use futures_util::StreamExt;
-                while let Some(reply) = requests.next().await {
-                    reply.send(()).unwrap();
-                }
-            }));
+            pool.spawn(
+                Box::pin(async move {
+                    use futures_util::StreamExt;
+                    while let Some(reply) = requests.next().await {
+                        reply.send(()).unwrap();
+                    }
+                }),
+                Kind::Connection,
+            );
         };
         let ask = |to: futures_channel::mpsc::UnboundedSender<oneshot::Sender<()>>| async move {
             for _ in 0..ROUNDS {
@@ -287,10 +424,13 @@ mod tests {
             let (to_task, requests) = futures_channel::mpsc::unbounded();
             echo(requests);
             let done = done_tx.clone();
-            pool.spawn(Box::pin(async move {
-                ask(to_task).await;
-                done.send(()).unwrap();
-            }));
+            pool.spawn(
+                Box::pin(async move {
+                    ask(to_task).await;
+                    done.send(()).unwrap();
+                }),
+                Kind::Task,
+            );
             let (to_task, requests) = futures_channel::mpsc::unbounded();
             echo(requests);
             let done = done_tx.clone();

@@ -173,6 +173,10 @@ impl Runtime for FaultyNet {
         self.inner.spawn(task)
     }
 
+    fn spawn_connection(&self, task: BoxFuture<'static, ()>) {
+        self.inner.spawn_connection(task)
+    }
+
     fn now(&self) -> Instant {
         self.inner.now()
     }

@@ -335,7 +335,7 @@ impl Subchannel {
                     health_service
                 };
                 let driver = self.drive(connection, generation);
-                self.runtime.spawn(Box::pin(driver));
+                self.runtime.spawn_connection(Box::pin(driver));
                 // With a health check, READY waits for the backend to say SERVING.
                 if health_service.is_none() {
                     self.report(ConnectivityState::Ready, None);

@@ -552,7 +552,7 @@ impl BoundServer {
                     let shared = self.shared.clone();
                     let shutdown = shutdown.clone();
                     let alive = alive_tx.clone();
-                    self.shared.runtime.spawn(Box::pin(async move {
+                    self.shared.runtime.spawn_connection(Box::pin(async move {
                         serve_connection(shared, io, peer, shutdown).await;
                         drop(alive);
                     }));
