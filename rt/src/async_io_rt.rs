@@ -29,7 +29,7 @@ type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 /// worker threads started on first use; their number is `ANYGRPC_WORKER_THREADS` or the
 /// number of CPUs. Tasks that wake one another gather on one worker (a connection and its
 /// calls share a thread), while independent connections stay spread over the workers; a
-/// connection's task runs soon after a call wakes it, ahead of most other woken tasks. Use
+/// connection's task runs at most 16 tasks after a call wakes it. Use
 /// [`AsyncIoRuntime::with_spawner`] to run them on an executor of your own instead (smol's,
 /// for example).
 #[derive(Clone)]
@@ -66,6 +66,7 @@ impl AsyncIoRuntime {
         }
     }
 
+    /// Hands `task` to the user's spawner, or to the pool as a task of `kind`.
     fn spawn_kind(&self, task: BoxFuture<'static, ()>, kind: Kind) {
         match &self.spawner {
             Some(spawn) => spawn(task),

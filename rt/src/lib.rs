@@ -163,11 +163,6 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         self.spawn(task)
     }
 
-    /// Spawns a connection's driver task.
-    fn spawn_driver(&self, task: BoxFuture<'static, ()>) {
-        self.spawn(task)
-    }
-
     /// The current time, from the runtime's clock (a simulated runtime returns virtual time).
     fn now(&self) -> Instant;
 
