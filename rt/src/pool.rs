@@ -205,8 +205,8 @@ impl Pool {
     }
 
     fn schedule(&self, runnable: Runnable) {
-        let Meta { ref home, kind } = *runnable.metadata();
-        let home = home.load(Ordering::Relaxed);
+        let meta = runnable.metadata();
+        let (home, kind) = (meta.home.load(Ordering::Relaxed), meta.kind);
         let waking_worker = RUNNING.with(Cell::get).filter(|&here| here != home);
         let home_parked =
             waking_worker.is_some() && self.workers[home].parked.load(Ordering::SeqCst);
@@ -218,11 +218,11 @@ impl Pool {
         let to = destination(home, waking_worker, home_parked, waker_queued);
         // Only the scheduler reads or writes a task's home, and a task is scheduled by one
         // thread at a time.
-        runnable.metadata().home.store(to, Ordering::Relaxed);
+        meta.home.store(to, Ordering::Relaxed);
         let worker = &self.workers[to];
         lock(&worker.queue).push(runnable, kind);
         // Orders the push before the read of `parked`, against a parking worker's store of
-        // `parked` before its last look at its queue (in `Run::poll`).
+        // `parked` before its last look at its queue (in `Run::run_queue`).
         fence(Ordering::SeqCst);
         if worker.parked.load(Ordering::SeqCst) && worker.parked.swap(false, Ordering::SeqCst) {
             if let Some(waker) = lock(&worker.waker).take() {
@@ -242,15 +242,26 @@ impl Future for Run {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Run { pool, index } = *self;
-        let me = &pool.workers[index];
+        let index = self.index;
+        let me = &self.pool.workers[index];
+        // Set while this loop runs tasks, not around each one: nothing else runs on this
+        // thread until the loop returns to `block_on`, where wakes come from the reactor.
+        RUNNING.with(|running| running.set(Some(index)));
+        let poll = self.run_queue(me, cx);
+        RUNNING.with(|running| running.set(None));
+        poll
+    }
+}
+
+impl Run {
+    /// Runs queued tasks until the queue is empty (parking the worker) or [`TICKS_PER_YIELD`]
+    /// have run.
+    fn run_queue(&self, me: &Worker, cx: &mut Context<'_>) -> Poll<()> {
         let mut ran = 0;
         loop {
             let next = lock(&me.queue).pop();
             if let Some(runnable) = next {
-                RUNNING.with(|running| running.set(Some(index)));
                 runnable.run();
-                RUNNING.with(|running| running.set(None));
                 ran += 1;
                 if ran == TICKS_PER_YIELD {
                     // Let `block_on` process the reactor's events, then come back.
