@@ -25,7 +25,7 @@ use futures_util::{future::Either, StreamExt};
 use super::Buffered;
 use crate::{
     metrics::Traffic,
-    send::{append_ready, send_message, Gathered},
+    send::{append_ready, reserve, Gathered},
     streaming::LocalError,
     Status,
 };
@@ -291,13 +291,27 @@ where
     async fn advance(&mut self) {
         let end = self.first + self.frames.len() as u64;
         if let Some(i) = self.targets.iter().position(|t| t.next < end) {
-            let target = &mut self.targets[i];
-            let frame = self.frames[(target.next - self.first) as usize].clone();
-            if let Some(traffic) = &target.traffic {
-                traffic.sent_frames(&frame);
-            }
-            match send_message(&mut target.send, frame, false).await {
-                Ok(()) => target.next += 1,
+            let index = (self.targets[i].next - self.first) as usize;
+            let sent = match reserve(&mut self.targets[i].send, self.frames[index].len()).await {
+                // Nothing below awaits, so the frame leaves the queue only once it is sent. The
+                // only attempt of a call that keeps nothing for replay takes it: cloning `Bytes`
+                // made from a `Vec` would allocate.
+                Ok(()) => {
+                    let frame = if self.targets.len() == 1 && self.buffer.is_none() {
+                        std::mem::take(&mut self.frames[index])
+                    } else {
+                        self.frames[index].clone()
+                    };
+                    let target = &mut self.targets[i];
+                    if let Some(traffic) = &target.traffic {
+                        traffic.sent_frames(&frame);
+                    }
+                    target.send.send_data(frame, false)
+                }
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => self.targets[i].next += 1,
                 // The attempt failed; its response says why.
                 Err(_) => drop(self.targets.swap_remove(i)),
             }
