@@ -8,6 +8,8 @@ Measurements, each repeated --rounds times with the implementations alternated A
   - for unary C=1 and server streaming, also against the raw h2 server and anygrpc's server on
     a tokio runtime: the ceiling, and the runtime's share separated from the gRPC layer's;
   - anygrpc's load generator also from a blocking caller and on a tokio runtime;
+  - for unary and bidi C=64, also a raw h2 load generator on anygrpc's runtime (no gRPC logic):
+    the ceiling for a client;
   - unary and bidi C=64 with the load generator and the server pinned to a core each
     (`taskset`), as two one-core machines, with the server's CPU time per call;
   - peak RSS of each server idle and after the load; heap allocations per call.
@@ -158,6 +160,8 @@ def main():
         "anygrpc-caller": [os.path.join(args.anygrpc_bin, "bench-client"), "--caller-thread"],
         # anygrpc's load generator with its channel and workers on a multi-threaded tokio runtime.
         "anygrpc-tokio": [os.path.join(args.anygrpc_bin, "bench-client-tokio")],
+        # Raw h2 on anygrpc's default runtime, no gRPC logic: the ceiling for a client.
+        "h2": [os.path.join(args.anygrpc_bin, "h2-bench-client")],
     }
     drivers = ("anygrpc", "tonic", "anygrpc-caller", "anygrpc-tokio")
     out = []
@@ -194,6 +198,7 @@ def main():
         runs = {}
         modes = [("unary", 64, 16), ("bidi", 64, 16), ("bidi", 4, 16), ("unary", 1, 16), ("server-stream", 64, 1024)]
         ceiling_modes = [("unary", 1, 16), ("server-stream", 64, 1024)]
+        client_ceiling_modes = [("unary", 64, 16), ("bidi", 64, 16)]
         for mode, concurrency, size in modes:
             targets = ("anygrpc", "tonic", "h2", "anygrpc-tokio") if (mode, concurrency, size) in ceiling_modes \
                 else ("anygrpc", "tonic")
@@ -201,6 +206,8 @@ def main():
                 for server in targets:
                     callers = drivers if mode != "server-stream" and server in ("anygrpc", "tonic") \
                         else ("anygrpc", "tonic")
+                    if (mode, concurrency, size) in client_ceiling_modes:
+                        callers = (*callers, "h2")
                     for cli in callers:
                         r = client(clients[cli], servers[server].port, mode, concurrency, size, args.seconds)
                         runs.setdefault((mode, concurrency, size, cli, server), []).append(r)
@@ -255,6 +262,19 @@ def main():
                 av, tv = med(r[key] for r in a), med(r[key] for r in t)
                 unit = "messages/s" if mode == "server-stream" else "calls/s"
                 out.append(f"| {mode} C={concurrency} {size} B ({unit}) | {server} | {av:.0f} | {tv:.0f} | {ratio(av, tv):.2f} |")
+    out.append("\n### Client ceiling: a raw h2 load generator (no gRPC logic) on anygrpc's runtime\n")
+    out.append("`h2-bench-client` writes prebuilt gRPC frames to its h2 streams and counts the frames that "
+               "come back: no channel, codec or request task. It is the most any client on h2 and this runtime "
+               "can do against the server.\n")
+    out.append("| workload | server | anygrpc client | tonic client | raw h2 client | anygrpc / raw h2 | "
+               "tonic / raw h2 | raw h2 / tonic |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for mode, concurrency, size in client_ceiling_modes:
+        for server in ("anygrpc", "tonic"):
+            v = {c: med(r["rps"] for r in runs[(mode, concurrency, size, c, server)]) for c in ("anygrpc", "tonic", "h2")}
+            out.append(f"| {mode} C={concurrency} {size} B (calls/s) | {server} | {v['anygrpc']:.0f} | {v['tonic']:.0f} | "
+                       f"{v['h2']:.0f} | {ratio(v['anygrpc'], v['h2']):.2f} | {ratio(v['tonic'], v['h2']):.2f} | "
+                       f"{ratio(v['h2'], v['tonic']):.2f} |")
     out.append("\n### Server implementations, same load generator (anygrpc server vs tonic server)\n")
     out.append("| workload | client | anygrpc server | tonic server | ratio |")
     out.append("|---|---|---:|---:|---:|")

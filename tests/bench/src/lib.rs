@@ -3,6 +3,7 @@
 //! `tonic/` and share [`common`].
 
 pub mod common;
+pub mod raw;
 
 use std::{
     sync::{atomic::Ordering, Arc},
@@ -181,24 +182,70 @@ pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
             std::process::exit(2);
         }
     };
+    report(name, &args, &clients, &load, &*runtime, drive);
+}
+
+/// `h2-bench-client`'s `main`: the same closed loop over [`raw::RawClient`]s on the default
+/// runtime. Takes `client_main`'s flags.
+pub fn raw_client_main(runtime: Arc<dyn Runtime>) {
+    let args: Vec<String> = std::env::args().collect();
+    let load = common::Load::from_args(&args, "127.0.0.1:50051");
+    let drive = if args.iter().any(|a| a == "--caller-thread") {
+        Drive::CallerThread
+    } else {
+        Drive::Spawned
+    };
+    let connected = anygrpc::rt::block_on(async {
+        let mut clients = Vec::new();
+        for _ in 0..load.connections {
+            clients.push(raw::RawClient::connect(&*runtime, &load.addr).await?);
+        }
+        Ok::<_, String>(clients)
+    });
+    let clients = match connected {
+        Ok(clients) => clients,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    report("h2", &args, &clients, &load, &*runtime, drive);
+}
+
+/// Runs the closed loop and prints its JSON line, with the allocations made meanwhile.
+fn report<C>(
+    name: &str,
+    args: &[String],
+    clients: &[C],
+    load: &common::Load,
+    runtime: &dyn Runtime,
+    drive: Drive,
+) where
+    C: common::BenchCalls + Clone + Send + 'static,
+    C::Bidi: Send,
+{
     let before = common::allocations();
-    let (report, elapsed) = run(&clients, &load, &*runtime, drive);
+    let (report, elapsed) = run(clients, load, runtime, drive);
     let allocations = common::allocations() - before;
-    println!("{}", report.json(name, &args, elapsed, allocations));
+    println!("{}", report.json(name, args, elapsed, allocations));
 }
 
 /// Runs the closed loop `load` describes over `clients` (one channel each); the workers run as
 /// `drive` says, spawned ones on `runtime`.
-fn run(
-    clients: &[BenchClient],
+fn run<C>(
+    clients: &[C],
     load: &common::Load,
     runtime: &dyn Runtime,
     drive: Drive,
-) -> (Report, Duration) {
+) -> (Report, Duration)
+where
+    C: common::BenchCalls + Clone + Send + 'static,
+    C::Bidi: Send,
+{
     anygrpc::rt::block_on(async {
         // Connect every channel before the clock starts.
         for client in clients {
-            let _ = client.unary(Payload::default()).await;
+            let _ = common::BenchCalls::unary(&mut client.clone(), Vec::new()).await;
         }
         let start = Instant::now();
         let until = start + load.duration;
