@@ -26,22 +26,13 @@ pub const DEFAULT_MAX_RECV_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// format caps it at 4 GiB − 1).
 pub const DEFAULT_MAX_SEND_MESSAGE_SIZE: usize = u32::MAX as usize;
 
-/// The buffer a stream's later frames are carved from: one allocation serves every frame that
-/// fits in it, and a held frame keeps at most this much alive.
-const CHUNK: usize = 4096;
-
-/// Encodes messages into framed [`Bytes`].
-///
-/// The first frame is allocated at its size and moves out whole, so a unary message costs one
-/// allocation. A stream's later frames are carved from [`CHUNK`]-sized buffers they share.
+/// Encodes messages into framed [`Bytes`], reusing one buffer across messages.
 #[derive(Debug)]
 pub struct Encoder {
     buf: BytesMut,
     scratch: BytesMut,
     compressor: Option<Arc<dyn Compressor>>,
     max_message_size: usize,
-    /// A frame has been taken: later ones come from shared chunks.
-    streaming: bool,
 }
 
 impl Encoder {
@@ -53,7 +44,6 @@ impl Encoder {
             scratch: BytesMut::new(),
             compressor,
             max_message_size,
-            streaming: false,
         }
     }
 
@@ -89,7 +79,7 @@ impl Encoder {
         let compress = compress && codec.compress(&item);
         let start = self.buf.len();
         let body = start + HEADER_LEN;
-        self.reserve(HEADER_LEN + codec.encoded_len(&item));
+        self.buf.reserve(HEADER_LEN + codec.encoded_len(&item));
         self.buf.put_bytes(0, HEADER_LEN);
         codec
             .encode(item, &mut self.buf)
@@ -124,25 +114,10 @@ impl Encoder {
         self.buf.len()
     }
 
-    /// Takes every pending message as one buffer. The first moves out whole (a frame allocated
-    /// at its final size becomes `Bytes` with no further allocation); later ones are split off
-    /// the chunk they were encoded into.
+    /// Takes every pending message as one buffer. The buffer moves out whole: a frame
+    /// allocated at its final size becomes `Bytes` with no further allocation.
     pub fn take(&mut self) -> Bytes {
-        if self.streaming {
-            return self.buf.split().freeze();
-        }
-        self.streaming = true;
         std::mem::take(&mut self.buf).freeze()
-    }
-
-    /// Makes room for `additional` bytes after those pending: once streaming, a new chunk
-    /// when nothing is pending (earlier frames keep the old one alive as long as they need it).
-    fn reserve(&mut self, additional: usize) {
-        if self.streaming && self.buf.is_empty() && self.buf.capacity() < additional {
-            self.buf = BytesMut::with_capacity(additional.max(CHUNK));
-        } else {
-            self.buf.reserve(additional);
-        }
     }
 }
 
@@ -412,45 +387,6 @@ mod tests {
         }
         fn compress(&self, item: &Bytes) -> bool {
             item.first() == Some(&b'z')
-        }
-    }
-
-    #[test]
-    fn a_streams_later_frames_share_a_chunk_and_stay_intact() {
-        let mut enc = Encoder::new(None, usize::MAX);
-        let message = |byte: u8, len: usize| Bytes::from(vec![byte; len]);
-        let first = enc.encode(&Raw, message(1, 10), false).unwrap();
-        let frames: Vec<Bytes> = (2..6)
-            .map(|byte| enc.encode(&Raw, message(byte, 10), false).unwrap())
-            .collect();
-        for pair in frames.windows(2) {
-            assert_eq!(
-                pair[0].as_ptr().wrapping_add(pair[0].len()),
-                pair[1].as_ptr(),
-                "consecutive frames are carved from one buffer"
-            );
-        }
-        // Frames beyond a chunk, and one larger than a chunk, leave the earlier ones alone.
-        let big = enc.encode(&Raw, message(7, CHUNK * 2), false).unwrap();
-        let more: Vec<Bytes> = (0..CHUNK / 10)
-            .map(|_| enc.encode(&Raw, message(8, 10), false).unwrap())
-            .collect();
-        let mut d = Deframer::new(usize::MAX);
-        for frame in std::iter::once(&first).chain(&frames) {
-            d.push(frame.clone());
-        }
-        d.push(big);
-        for (i, expected) in (1..6).enumerate() {
-            let got = d.next_message(None).unwrap().unwrap().data;
-            assert_eq!(got, message(expected, 10), "frame {i}");
-        }
-        assert_eq!(
-            d.next_message(None).unwrap().unwrap().data,
-            message(7, CHUNK * 2)
-        );
-        for frame in more {
-            d.push(frame);
-            assert_eq!(d.next_message(None).unwrap().unwrap().data, message(8, 10));
         }
     }
 
