@@ -264,8 +264,9 @@ def main():
                 out.append(f"| {mode} C={concurrency} {size} B ({unit}) | {server} | {av:.0f} | {tv:.0f} | {ratio(av, tv):.2f} |")
     out.append("\n### Client ceiling: a raw h2 load generator (no gRPC logic) on anygrpc's runtime\n")
     out.append("`h2-bench-client` writes prebuilt gRPC frames to its h2 streams and counts the frames that "
-               "come back: no channel, codec or request task. It is the most any client on h2 and this runtime "
-               "can do against the server.\n")
+               "come back: no channel, codec or request task. It is the reference for what a client on h2 and "
+               "this runtime can do (for unary, h2's own per-stream work dominates, and anygrpc's client can "
+               "match it).\n")
     out.append("| workload | server | anygrpc client | tonic client | raw h2 client | anygrpc / raw h2 | "
                "tonic / raw h2 | raw h2 / tonic |")
     out.append("|---|---|---:|---:|---:|---:|---:|---:|")
