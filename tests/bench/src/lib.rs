@@ -154,12 +154,8 @@ pub enum Drive {
     CallerThread,
 }
 
-/// The load generator's `main`: reads its flags, runs the closed loop with channels (and
-/// spawned workers) on `runtime`, and prints one JSON line.
-///
-/// `--addr HOST:PORT --mode unary|server-stream|client-stream|bidi --concurrency C
-/// --duration-secs D --size S [--connections N] [--caller-thread]`
-pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
+/// A load generator's flags: the arguments, the load they describe, and where workers run.
+fn load_flags() -> (Vec<String>, common::Load, Drive) {
     let args: Vec<String> = std::env::args().collect();
     let load = common::Load::from_args(&args, "127.0.0.1:50051");
     let drive = if args.iter().any(|a| a == "--caller-thread") {
@@ -167,6 +163,16 @@ pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
     } else {
         Drive::Spawned
     };
+    (args, load, drive)
+}
+
+/// The load generator's `main`: reads its flags, runs the closed loop with channels (and
+/// spawned workers) on `runtime`, and prints one JSON line.
+///
+/// `--addr HOST:PORT --mode unary|server-stream|client-stream|bidi --concurrency C
+/// --duration-secs D --size S [--connections N] [--caller-thread]`
+pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
+    let (args, load, drive) = load_flags();
     let channels = (0..load.connections)
         .map(|_| {
             anygrpc::Channel::builder(&load.addr)
@@ -188,13 +194,7 @@ pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
 /// `h2-bench-client`'s `main`: the same closed loop over [`raw::RawClient`]s on the default
 /// runtime. Takes `client_main`'s flags.
 pub fn raw_client_main(runtime: Arc<dyn Runtime>) {
-    let args: Vec<String> = std::env::args().collect();
-    let load = common::Load::from_args(&args, "127.0.0.1:50051");
-    let drive = if args.iter().any(|a| a == "--caller-thread") {
-        Drive::CallerThread
-    } else {
-        Drive::Spawned
-    };
+    let (args, load, drive) = load_flags();
     let connected = anygrpc::rt::block_on(async {
         let mut clients = Vec::new();
         for _ in 0..load.connections {
