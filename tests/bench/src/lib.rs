@@ -7,7 +7,7 @@ pub mod raw;
 
 use std::{
     sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anygrpc::{rt::Runtime, Request, Response, ResponseStream, Status, Streaming};
@@ -212,7 +212,9 @@ pub fn raw_client_main(runtime: Arc<dyn Runtime>) {
     report("h2", &args, &clients, &load, &*runtime, drive);
 }
 
-/// Runs the closed loop and prints its JSON line, with the allocations made meanwhile.
+/// Runs the closed loop `load` describes over `clients` (one connection each), the workers as
+/// `drive` says (spawned ones on `runtime`), and prints the JSON line of implementation `name`
+/// with the allocations made meanwhile.
 fn report<C>(
     name: &str,
     args: &[String],
@@ -225,24 +227,7 @@ fn report<C>(
     C::Bidi: Send,
 {
     let before = common::allocations();
-    let (report, elapsed) = run(clients, load, runtime, drive);
-    let allocations = common::allocations() - before;
-    println!("{}", report.json(name, args, elapsed, allocations));
-}
-
-/// Runs the closed loop `load` describes over `clients` (one channel each); the workers run as
-/// `drive` says, spawned ones on `runtime`.
-fn run<C>(
-    clients: &[C],
-    load: &common::Load,
-    runtime: &dyn Runtime,
-    drive: Drive,
-) -> (Report, Duration)
-where
-    C: common::BenchCalls + Clone + Send + 'static,
-    C::Bidi: Send,
-{
-    anygrpc::rt::block_on(async {
+    let (report, elapsed) = anygrpc::rt::block_on(async {
         // Connect every channel before the clock starts.
         for client in clients {
             let _ = common::BenchCalls::unary(&mut client.clone(), Vec::new()).await;
@@ -278,5 +263,7 @@ where
             total.merge(r);
         }
         (total, start.elapsed())
-    })
+    });
+    let allocations = common::allocations() - before;
+    println!("{}", report.json(name, args, elapsed, allocations));
 }

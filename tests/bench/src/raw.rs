@@ -109,8 +109,9 @@ fn put_varint(buf: &mut BytesMut, mut n: u64) {
 /// Counts the gRPC frames in a response body as its DATA arrives, in chunks of any size.
 #[derive(Debug, Default)]
 struct FrameCounter {
-    /// The bytes of a frame header seen so far.
-    header: Vec<u8>,
+    /// A frame header, of which `header_len` bytes are seen so far.
+    header: [u8; 5],
+    header_len: usize,
     /// Body bytes of the current frame still to come.
     remaining: usize,
     messages: u64,
@@ -128,18 +129,14 @@ impl FrameCounter {
                 chunk = &chunk[n..];
                 continue;
             }
-            let n = (5 - self.header.len()).min(chunk.len());
-            self.header.extend_from_slice(&chunk[..n]);
+            let n = (5 - self.header_len).min(chunk.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&chunk[..n]);
+            self.header_len += n;
             chunk = &chunk[n..];
-            if self.header.len() == 5 {
-                let len = u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]);
-                self.header.clear();
-                self.remaining = len as usize;
+            if self.header_len == 5 {
+                let [_, len @ ..] = self.header;
+                self.header_len = 0;
+                self.remaining = u32::from_be_bytes(len) as usize;
                 self.messages += 1;
             }
         }
@@ -147,17 +144,23 @@ impl FrameCounter {
 
     /// A whole number of frames has arrived.
     fn at_boundary(&self) -> bool {
-        self.remaining == 0 && self.header.is_empty()
+        self.remaining == 0 && self.header_len == 0
     }
 }
 
 /// A bidi call as ping-pong: the request frame is built once and sent again each round trip.
 pub struct RawBidi {
     send: SendStream<Bytes>,
-    response: Option<h2::client::ResponseFuture>,
-    body: Option<RecvStream>,
+    reply: Reply,
     frame: Option<Bytes>,
     counter: FrameCounter,
+}
+
+/// A bidi call's response: awaited only after the first request is sent, since a server may
+/// wait for it before answering with headers.
+enum Reply {
+    Head(h2::client::ResponseFuture),
+    Body(RecvStream),
 }
 
 impl BidiRoundTrip for RawBidi {
@@ -167,10 +170,12 @@ impl BidiRoundTrip for RawBidi {
             .get_or_insert_with(|| payload_frames(body.len(), 1))
             .clone();
         self.send.send_data(frame, false).ok()?;
-        if let Some(response) = self.response.take() {
-            self.body = Some(response.await.ok()?.into_body());
+        if let Reply::Head(response) = &mut self.reply {
+            self.reply = Reply::Body(response.await.ok()?.into_body());
         }
-        let stream = self.body.as_mut()?;
+        let Reply::Body(stream) = &mut self.reply else {
+            return None;
+        };
         let (messages, payload) = (self.counter.messages, self.counter.payload);
         while self.counter.messages == messages || !self.counter.at_boundary() {
             let chunk = stream.data().await?.ok()?;
@@ -210,8 +215,7 @@ impl BenchCalls for RawClient {
         let (response, send) = self.open("BidiStream").await?;
         Ok(RawBidi {
             send,
-            response: Some(response),
-            body: None,
+            reply: Reply::Head(response),
             frame: None,
             counter: FrameCounter::default(),
         })

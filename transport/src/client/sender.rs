@@ -292,24 +292,22 @@ where
         let end = self.first + self.frames.len() as u64;
         if let Some(i) = self.targets.iter().position(|t| t.next < end) {
             let index = (self.targets[i].next - self.first) as usize;
-            let sent = match reserve(&mut self.targets[i].send, self.frames[index].len()).await {
-                // Nothing below awaits, so the frame leaves the queue only once it is sent. The
-                // only attempt of a call that keeps nothing for replay takes it: cloning `Bytes`
-                // made from a `Vec` would allocate.
-                Ok(()) => {
-                    let frame = if self.targets.len() == 1 && self.buffer.is_none() {
-                        std::mem::take(&mut self.frames[index])
-                    } else {
-                        self.frames[index].clone()
-                    };
-                    let target = &mut self.targets[i];
-                    if let Some(traffic) = &target.traffic {
-                        traffic.sent_frames(&frame);
-                    }
-                    target.send.send_data(frame, false)
+            let reserved = reserve(&mut self.targets[i].send, self.frames[index].len()).await;
+            // Nothing below awaits, so the frame leaves the queue only once it is sent. The only
+            // attempt of a call that keeps nothing for replay takes it: cloning `Bytes` made
+            // from a `Vec` would allocate.
+            let sent = reserved.and_then(|()| {
+                let frame = if self.targets.len() == 1 && self.buffer.is_none() {
+                    std::mem::take(&mut self.frames[index])
+                } else {
+                    self.frames[index].clone()
+                };
+                let target = &mut self.targets[i];
+                if let Some(traffic) = &target.traffic {
+                    traffic.sent_frames(&frame);
                 }
-                Err(e) => Err(e),
-            };
+                target.send.send_data(frame, false)
+            });
             match sent {
                 Ok(()) => self.targets[i].next += 1,
                 // The attempt failed; its response says why.
