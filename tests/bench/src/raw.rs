@@ -106,7 +106,8 @@ fn put_varint(buf: &mut BytesMut, mut n: u64) {
     buf.put_u8(n as u8);
 }
 
-/// Counts the gRPC frames in a response body as its DATA arrives, in chunks of any size.
+/// Counts the gRPC frames in a response body as its DATA arrives, in chunks of any size. Not
+/// anygrpc's `Deframer`: the ceiling only counts, it never slices out or reassembles messages.
 #[derive(Debug, Default)]
 struct FrameCounter {
     /// A frame header, of which `header_len` bytes are seen so far.
