@@ -18,7 +18,9 @@ pub(crate) async fn reserve(stream: &mut SendStream<Bytes>, len: usize) -> Resul
     poll_fn(|cx| poll_capacity(stream, cx)).await
 }
 
-fn poll_capacity(
+/// Ready once the stream has send capacity (after a `reserve_capacity`), or with the error
+/// that ended it.
+pub(crate) fn poll_capacity(
     stream: &mut SendStream<Bytes>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), h2::Error>> {

@@ -45,6 +45,8 @@ pub(crate) struct ClientSide {
     pub(crate) cancel: Option<crate::client::Cancelled>,
     /// Dropped when the response stream ends or is dropped: stops the request-sending task.
     pub(crate) request_task: Option<futures_channel::oneshot::Sender<()>>,
+    /// Dropped likewise: closes an attached request channel, releasing the request stream.
+    pub(crate) request_channel: Option<crate::client::AttachedHold>,
     pub(crate) local_error: Option<LocalError>,
     pub(crate) tracking: CallTracking,
 }
@@ -236,6 +238,13 @@ impl<T> Streaming<T> {
     pub(crate) fn hold_request_task(&mut self, stop: futures_channel::oneshot::Sender<()>) {
         if let Some(client) = self.client.as_mut() {
             client.request_task = Some(stop);
+        }
+    }
+
+    /// Keeps the call's attached request channel open for as long as this stream is.
+    pub(crate) fn hold_request_channel(&mut self, hold: crate::client::AttachedHold) {
+        if let Some(client) = self.client.as_mut() {
+            client.request_channel = Some(hold);
         }
     }
 

@@ -191,20 +191,31 @@ async fn client(client: RouteGuideClient) -> Result<(), Status> {
         latitude: 1,
         longitude: 1,
     };
-    let notes: Vec<RouteNote> = ["first", "second", "third"]
-        .iter()
-        .map(|m| RouteNote {
+    // A chat: each note is sent from this task through a request channel (the call takes it
+    // and puts every message straight on its stream), and the server answers each with the
+    // notes left at the same place before it.
+    let (mut notes, outgoing) = anygrpc::client::request_channel(1);
+    let mut replies = client.route_chat(outgoing).await?.into_inner();
+    for (earlier, message) in ["first", "second", "third"].into_iter().enumerate() {
+        let note = RouteNote {
             location: Some(here),
-            message: m.to_string(),
-        })
-        .collect();
-    let mut replies = client
-        .route_chat(futures_util::stream::iter(notes))
-        .await?
-        .into_inner();
-    while let Some(note) = replies.message().await? {
-        println!("RouteChat: earlier note {:?}", note.message);
+            message: message.to_string(),
+        };
+        if notes.send(note).await.is_err() {
+            // The call has ended: reading its responses below gives its status.
+            break;
+        }
+        for _ in 0..earlier {
+            if let Some(note) = replies.message().await? {
+                println!(
+                    "RouteChat: after {message:?}, earlier note {:?}",
+                    note.message
+                );
+            }
+        }
     }
+    drop(notes);
+    while replies.message().await?.is_some() {}
     Ok(())
 }
 

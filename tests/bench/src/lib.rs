@@ -83,15 +83,16 @@ impl pb::bench_server::Bench for BenchService {
     }
 }
 
-/// One bidi call, as ping-pong.
+/// One bidi call, as ping-pong. Its requests go through a request channel, which the call
+/// attaches: each `send` puts the message on the call's stream itself.
 pub struct Bidi {
-    requests: futures_channel::mpsc::UnboundedSender<Payload>,
+    requests: anygrpc::client::RequestSender<Payload>,
     replies: Streaming<Payload>,
 }
 
 impl common::BidiRoundTrip for Bidi {
     async fn round_trip(&mut self, body: Vec<u8>) -> Option<usize> {
-        self.requests.unbounded_send(Payload { body }).ok()?;
+        self.requests.send(Payload { body }).await.ok()?;
         Some(self.replies.message().await.ok()??.body.len())
     }
 }
@@ -131,7 +132,7 @@ impl common::BenchCalls for BenchClient {
     }
 
     async fn bidi(&mut self) -> Result<Bidi, String> {
-        let (requests, rx) = futures_channel::mpsc::unbounded();
+        let (requests, rx) = anygrpc::client::request_channel(1);
         let replies = BenchClient::bidi_stream(self, rx)
             .await
             .map_err(|s| s.to_string())?;

@@ -1,12 +1,14 @@
 //! All four call types, metadata both ways, error statuses, interceptors, the generic API.
 
 use anygrpc::{
-    client::Grpc, interceptor::CallHead, rt::block_on, BytesCodec, Code, MetadataMap, Request,
-    Status,
+    client::{request_channel, Grpc, RequestClosed},
+    interceptor::CallHead,
+    rt::block_on,
+    BytesCodec, Code, MetadataMap, Request, Status,
 };
 use anygrpc_integration_tests::*;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 fn payload(body: &[u8]) -> Payload {
     Payload {
@@ -132,6 +134,107 @@ fn bidi_ping_pong() {
         }
         drop(tx);
         assert!(replies.message().await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn bidi_over_a_request_channel_sends_from_the_callers_task() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let (mut tx, rx) = request_channel(4);
+        // Sent before the call starts: queued, then sent as the call takes the channel.
+        tx.send(payload(b"first")).await.unwrap();
+        let mut replies = client.bidi(rx).await.unwrap().into_inner();
+        assert_eq!(replies.message().await.unwrap().unwrap().body, b"first");
+        for i in 0..20u8 {
+            tx.send(payload(&[i])).await.unwrap();
+            assert_eq!(replies.message().await.unwrap().unwrap().body, vec![i]);
+        }
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn client_streaming_over_a_request_channel() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let (mut tx, rx) = request_channel(1);
+        let send = async move {
+            for i in 0..50 {
+                tx.send(payload(&vec![1; i])).await.unwrap();
+            }
+        };
+        let (response, ()) = futures_util::join!(client.client_stream(rx), send);
+        let response = response.unwrap();
+        assert_eq!(response.get_ref().count, 50);
+        assert_eq!(response.get_ref().response_size, (0..50).sum::<u32>());
+    });
+}
+
+#[test]
+fn a_request_channel_closes_when_its_call_fails() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let (mut tx, rx) = request_channel(1);
+        let mut replies = client.bidi(rx).await.unwrap().into_inner();
+        let abort = Payload {
+            status_code: Code::Aborted as i32,
+            status_message: "stop".into(),
+            ..Payload::default()
+        };
+        tx.send(abort).await.unwrap();
+        let err = replies.message().await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::Aborted, "stop"));
+        assert_eq!(tx.send(payload(b"late")).await, Err(RequestClosed));
+    });
+}
+
+#[test]
+fn an_oversized_message_on_a_request_channel_fails_the_call() {
+    let server = start();
+    let client = server.client().max_encoding_message_size(100);
+    block_on(async {
+        let (mut tx, rx) = request_channel(1);
+        let mut replies = client.bidi(rx).await.unwrap().into_inner();
+        tx.send(payload(b"small")).await.unwrap();
+        assert_eq!(replies.message().await.unwrap().unwrap().body, b"small");
+        assert_eq!(tx.send(payload(&[0; 200])).await, Err(RequestClosed));
+        let err = replies.message().await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    });
+}
+
+#[test]
+fn flow_control_holds_back_a_request_channel_sender() {
+    let server = start();
+    let client = server.client();
+    block_on(async {
+        let (mut tx, rx) = request_channel(1);
+        let _replies = client.bidi(rx).await.unwrap().into_inner();
+        // The handler stops reading after this message, so the stream's window is never
+        // released: sends must stop completing once it is used up.
+        let hang = Payload {
+            hang: true,
+            ..Payload::default()
+        };
+        tx.send(hang).await.unwrap();
+        let chunk = 64 * 1024;
+        let mut sent = 0usize;
+        while sent < 256 << 20 {
+            if tx.send(payload(&vec![7; chunk])).now_or_never().is_none() {
+                break;
+            }
+            sent += chunk;
+        }
+        println!("{sent} bytes taken before the sender waited");
+        assert!(
+            sent < 64 << 20,
+            "{sent} bytes were taken with the reader stopped"
+        );
     });
 }
 

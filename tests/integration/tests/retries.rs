@@ -99,6 +99,31 @@ fn a_call_succeeds_on_attempt_n_plus_1_and_the_server_sees_n_previous_attempts()
 }
 
 #[test]
+fn a_retried_bidi_call_replays_what_its_request_channel_sent() {
+    let flaky = flaky_server(Code::Unavailable, |call| call <= 2);
+    let channel = Channel::builder(&flaky.running.target())
+        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
+        .connect_lazy()
+        .unwrap();
+    let client = TestClient::new(channel);
+    block_on(async {
+        // Under a retry policy the call's request task reads the channel as a stream and keeps
+        // what it sent for the next attempt.
+        let (mut tx, rx) = anygrpc::client::request_channel(2);
+        let mut replies = client.bidi(rx).await.unwrap().into_inner();
+        for body in [b"a", b"b"] {
+            tx.send(payload(body).into_inner()).await.unwrap();
+        }
+        for body in [b"a", b"b"] {
+            assert_eq!(replies.message().await.unwrap().unwrap().body, body);
+        }
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none());
+    });
+    assert_eq!(*flaky.seen.lock().unwrap(), [0, 1, 2]);
+}
+
+#[test]
 fn attempts_stop_at_max_attempts_and_non_retryable_codes_are_not_retried() {
     let flaky = flaky_server(Code::Unavailable, |_| true);
     let channel = Channel::builder(&flaky.running.target())

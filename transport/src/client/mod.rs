@@ -3,9 +3,12 @@
 mod cancel;
 mod conn;
 mod core;
+mod requests;
 mod sender;
 
 pub use cancel::{cancellation, CancelToken, Cancelled, Canceller};
+pub(crate) use requests::AttachedHold;
+pub use requests::{request_channel, RequestClosed, RequestSender, RequestStream};
 
 use std::{
     fmt,
@@ -1183,16 +1186,23 @@ impl Grpc {
                 .open(call, || attempt_request(&call.request, 0))
                 .await?;
             let traffic = opened.tracking.traffic();
-            let (stop, error) = sender::spawn(runtime, opened.send, traffic, encoding, messages);
+            let error = LocalError::default();
             let mut streaming = self.attempt_response(
                 call,
                 opened.response,
                 opened.tracking,
                 &codec,
                 stream_limits,
-                Some(error),
+                Some(error.clone()),
             );
-            streaming.hold_request_task(stop);
+            let send = opened.send;
+            match requests::take(messages) {
+                Ok(channel) => streaming
+                    .hold_request_channel(sender::attach(channel, send, traffic, encoding, error)),
+                Err(messages) => streaming.hold_request_task(sender::spawn(
+                    runtime, send, traffic, encoding, messages, error,
+                )),
+            }
             return Ok(streaming);
         }
         let replay = Replay::start(runtime, encoding, messages, Buffered::new(&self.channel));

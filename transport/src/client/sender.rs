@@ -13,6 +13,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
+    task::{Context, Poll},
 };
 
 use anygrpc_codec::{frame::Encoder, Codec};
@@ -22,10 +23,13 @@ use futures_channel::{mpsc, oneshot};
 use futures_core::Stream;
 use futures_util::{future::Either, StreamExt};
 
-use super::Buffered;
+use super::{
+    requests::{AttachedHold, Link, RequestClosed, RequestStream},
+    Buffered,
+};
 use crate::{
     metrics::Traffic,
-    send::{append_ready, reserve, Gathered},
+    send::{append_ready, poll_capacity, reserve, Gathered},
     streaming::LocalError,
     Status,
 };
@@ -38,7 +42,7 @@ pub(super) struct Encoding<C> {
 }
 
 /// Spawns the task sending `messages` on a call's only attempt. Dropping the returned sender
-/// stops it; the slot receives the status of a request stream that failed (the stream is then
+/// stops it; `error` receives the status of a request stream that failed (the stream is then
 /// reset).
 pub(super) fn spawn<C, S>(
     runtime: &dyn Runtime,
@@ -46,18 +50,76 @@ pub(super) fn spawn<C, S>(
     traffic: Option<Arc<Traffic>>,
     encoding: Encoding<C>,
     messages: S,
-) -> (oneshot::Sender<()>, LocalError)
+    error: LocalError,
+) -> oneshot::Sender<()>
 where
     C: Codec,
     S: Stream<Item = C::Encode> + Send + 'static,
 {
-    let error = LocalError::default();
     let mut task = Task::new(encoding, messages, None);
-    task.targets
-        .push(Target::new(0, send, traffic, error.clone()));
+    task.targets.push(Target::new(0, send, traffic, error));
     let (stop, stopped) = oneshot::channel();
     runtime.spawn(Box::pin(task.run(None, stopped)));
-    (stop, error)
+    stop
+}
+
+/// Sends a call's requests from an attached [`request_channel`](super::request_channel): the
+/// caller's `send` encodes each message and queues it on the call's only attempt itself. The
+/// call holds the returned guard; `error` as for [`spawn`].
+pub(super) fn attach<C: Codec>(
+    channel: RequestStream<C::Encode>,
+    send: h2::SendStream<Bytes>,
+    traffic: Option<Arc<Traffic>>,
+    encoding: Encoding<C>,
+    error: LocalError,
+) -> AttachedHold {
+    let target = Target::new(0, send, traffic, error);
+    channel.attach(Box::new(Direct { encoding, target }))
+}
+
+/// An attached request channel's way to its call's stream.
+struct Direct<C> {
+    encoding: Encoding<C>,
+    target: Target,
+}
+
+impl<C: Codec> Link<C::Encode> for Direct<C> {
+    fn encode(&mut self, message: C::Encode) -> Result<Bytes, RequestClosed> {
+        let Encoding {
+            codec,
+            encoder,
+            compress,
+        } = &mut self.encoding;
+        match encoder.encode(codec, message, *compress) {
+            Ok(frame) => {
+                self.target.send.reserve_capacity(frame.len());
+                Ok(frame)
+            }
+            Err(status) => {
+                self.target.close(Some(&status));
+                Err(RequestClosed)
+            }
+        }
+    }
+
+    fn poll_capacity(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RequestClosed>> {
+        // A failed stream's response says why.
+        poll_capacity(&mut self.target.send, cx).map_err(|_| RequestClosed)
+    }
+
+    fn send(&mut self, frame: Bytes) -> Result<(), RequestClosed> {
+        if let Some(traffic) = &self.target.traffic {
+            traffic.sent_frames(&frame);
+        }
+        self.target
+            .send
+            .send_data(frame, false)
+            .map_err(|_| RequestClosed)
+    }
+
+    fn close(&mut self) {
+        self.target.close(None);
+    }
 }
 
 /// The retry driver's handle on a call's request task.
