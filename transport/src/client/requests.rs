@@ -287,8 +287,12 @@ impl<T> Shared<T> {
                 None => Poll::Ready(Ok(())),
             }
         })();
-        if let Poll::Ready(Err(_)) = sent {
-            state.close();
+        match sent {
+            // Woken by h2 when capacity comes, or by the call's end (which drops the stream
+            // h2 would wake it from).
+            Poll::Pending => state.writer = Some(cx.waker().clone()),
+            Poll::Ready(Err(_)) => state.close(),
+            Poll::Ready(Ok(())) => {}
         }
         sent
     }
@@ -447,6 +451,24 @@ mod tests {
             1,
             "the call's stream is released with the call"
         );
+    }
+
+    #[test]
+    fn a_send_waiting_for_capacity_fails_when_the_call_ends() {
+        let (mut tx, hold, wire) = attached(1);
+        wire.open.store(false, Ordering::SeqCst);
+        let mut send = Box::pin(tx.send(1));
+        let woken = Arc::new(Flag::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(send.as_mut().poll(&mut cx).is_pending());
+        drop(hold);
+        assert!(
+            woken.0.load(Ordering::SeqCst),
+            "the call's end wakes the sender"
+        );
+        assert_eq!(send.as_mut().poll(&mut cx), Poll::Ready(Err(RequestClosed)));
+        assert!(wire.frames().is_empty());
     }
 
     #[test]
