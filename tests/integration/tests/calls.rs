@@ -121,6 +121,14 @@ fn client_streaming_aggregates() {
     });
 }
 
+/// Twenty round trips on a bidi call, each request sent by `send`.
+async fn ping_pong(replies: &mut anygrpc::Streaming<Payload>, mut send: impl AsyncFnMut(Payload)) {
+    for i in 0..20u8 {
+        send(payload(&[i])).await;
+        assert_eq!(replies.message().await.unwrap().unwrap().body, vec![i]);
+    }
+}
+
 #[test]
 fn bidi_ping_pong() {
     let server = start();
@@ -128,10 +136,7 @@ fn bidi_ping_pong() {
     block_on(async {
         let (tx, rx) = futures_channel::mpsc::unbounded();
         let mut replies = client.bidi(rx).await.unwrap().into_inner();
-        for i in 0..20u8 {
-            tx.unbounded_send(payload(&[i])).unwrap();
-            assert_eq!(replies.message().await.unwrap().unwrap().body, vec![i]);
-        }
+        ping_pong(&mut replies, async |p| tx.unbounded_send(p).unwrap()).await;
         drop(tx);
         assert!(replies.message().await.unwrap().is_none());
     });
@@ -147,10 +152,7 @@ fn bidi_over_a_request_channel_sends_from_the_callers_task() {
         tx.send(payload(b"first")).await.unwrap();
         let mut replies = client.bidi(rx).await.unwrap().into_inner();
         assert_eq!(replies.message().await.unwrap().unwrap().body, b"first");
-        for i in 0..20u8 {
-            tx.send(payload(&[i])).await.unwrap();
-            assert_eq!(replies.message().await.unwrap().unwrap().body, vec![i]);
-        }
+        ping_pong(&mut replies, async |p| tx.send(p).await.unwrap()).await;
         drop(tx);
         assert!(replies.message().await.unwrap().is_none());
     });

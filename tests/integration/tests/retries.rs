@@ -47,6 +47,17 @@ fn flaky_server(fail_with: Code, failing: impl Fn(usize) -> bool + Send + Sync +
     Flaky { running, seen }
 }
 
+impl Flaky {
+    /// A client of this server whose channel has the service config `config`.
+    fn client(&self, config: &str) -> TestClient {
+        let channel = Channel::builder(&self.running.target())
+            .default_service_config(config)
+            .connect_lazy()
+            .unwrap();
+        TestClient::new(channel)
+    }
+}
+
 fn retry_config(max_attempts: u32, codes: &str) -> String {
     format!(
         r#"{{"methodConfig": [{{
@@ -67,22 +78,14 @@ fn payload(body: &[u8]) -> Request<Payload> {
 #[test]
 fn a_call_succeeds_on_attempt_n_plus_1_and_the_server_sees_n_previous_attempts() {
     let flaky = flaky_server(Code::Unavailable, |call| call <= 3);
-    let channel = Channel::builder(&flaky.running.target())
-        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
-        .connect_lazy()
-        .unwrap();
-    let client = TestClient::new(channel);
+    let client = flaky.client(&retry_config(5, r#""UNAVAILABLE""#));
     let reply = block_on(client.unary(payload(b"hello"))).unwrap();
     assert_eq!(reply.into_inner().body, b"hello");
     assert_eq!(*flaky.seen.lock().unwrap(), [0, 1, 2, 3]);
 
     // Server streaming retries the same way before its response head.
     let flaky2 = flaky_server(Code::Unavailable, |call| call <= 2);
-    let channel = Channel::builder(&flaky2.running.target())
-        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
-        .connect_lazy()
-        .unwrap();
-    let client = TestClient::new(channel);
+    let client = flaky2.client(&retry_config(5, r#""UNAVAILABLE""#));
     let messages = block_on(async {
         let mut request = payload(b"");
         request.get_mut().count = 3;
@@ -101,11 +104,7 @@ fn a_call_succeeds_on_attempt_n_plus_1_and_the_server_sees_n_previous_attempts()
 #[test]
 fn a_retried_bidi_call_replays_what_its_request_channel_sent() {
     let flaky = flaky_server(Code::Unavailable, |call| call <= 2);
-    let channel = Channel::builder(&flaky.running.target())
-        .default_service_config(retry_config(5, r#""UNAVAILABLE""#))
-        .connect_lazy()
-        .unwrap();
-    let client = TestClient::new(channel);
+    let client = flaky.client(&retry_config(5, r#""UNAVAILABLE""#));
     block_on(async {
         // Under a retry policy the call's request task reads the channel as a stream and keeps
         // what it sent for the next attempt.
@@ -126,11 +125,8 @@ fn a_retried_bidi_call_replays_what_its_request_channel_sent() {
 #[test]
 fn attempts_stop_at_max_attempts_and_non_retryable_codes_are_not_retried() {
     let flaky = flaky_server(Code::Unavailable, |_| true);
-    let channel = Channel::builder(&flaky.running.target())
-        .default_service_config(retry_config(3, r#""UNAVAILABLE""#))
-        .connect_lazy()
-        .unwrap();
-    let err = block_on(TestClient::new(channel).unary(payload(b"x"))).unwrap_err();
+    let client = flaky.client(&retry_config(3, r#""UNAVAILABLE""#));
+    let err = block_on(client.unary(payload(b"x"))).unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(*flaky.seen.lock().unwrap(), [0, 1, 2]);
 
@@ -265,11 +261,7 @@ fn throttling_stops_retries_under_sustained_failure_and_resumes_after_successes(
         "methodConfig": [{"name": [{"service": "anygrpc.test.Test"}],
             "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.01s",
                 "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]}}]}"#;
-    let channel = Channel::builder(&flaky.running.target())
-        .default_service_config(config)
-        .connect_lazy()
-        .unwrap();
-    let client = TestClient::new(channel);
+    let client = flaky.client(config);
     let attempts_of = |expect_ok: bool| {
         let before = flaky.seen.lock().unwrap().len();
         let result = block_on(client.unary(payload(b"x")));
