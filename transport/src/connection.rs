@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, OnceLock,
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -19,6 +19,8 @@ use anygrpc_codec::{
 };
 use anygrpc_rt::{Gate, Runtime, Sleep, Tap};
 use h2::{Ping, PingPong};
+
+use crate::lock;
 
 /// The GOAWAY error code a server sends to a client that pings too often.
 pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
@@ -124,10 +126,6 @@ impl Shared {
             self.gate.store(GATE_CUT_OFF, Ordering::Relaxed);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The [`Tap`] of one connection.

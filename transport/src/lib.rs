@@ -82,6 +82,14 @@ pub mod resolver {
 pub type ResponseStream<T> =
     std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Locks `mutex`. A panic while it was held leaves no half-done state worth refusing, so a
+/// poisoned lock is taken as is.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Maps an `h2` error to the status a call reports, following the spec's RST_STREAM table;
 /// connection-level failures (IO errors, GOAWAY with an error) are `UNAVAILABLE`.
 pub(crate) fn status_from_h2(err: &h2::Error, deadline_passed: bool) -> Status {

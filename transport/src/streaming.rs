@@ -43,10 +43,8 @@ pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
 pub(crate) struct ClientSide {
     pub(crate) deadline: Option<Pin<Box<dyn Sleep>>>,
     pub(crate) cancel: Option<crate::client::Cancelled>,
-    /// Dropped when the response stream ends or is dropped: stops the request-sending task.
-    pub(crate) request_task: Option<futures_channel::oneshot::Sender<()>>,
-    /// Dropped likewise: closes an attached request channel, releasing the request stream.
-    pub(crate) request_channel: Option<crate::client::AttachedHold>,
+    /// Dropped when the response stream ends or is dropped: stops sending requests.
+    pub(crate) request: Option<crate::client::RequestHold>,
     pub(crate) local_error: Option<LocalError>,
     pub(crate) tracking: CallTracking,
 }
@@ -234,17 +232,10 @@ impl<T> Streaming<T> {
         self.traffic = traffic;
     }
 
-    /// Keeps the call's request task running for as long as this stream is.
-    pub(crate) fn hold_request_task(&mut self, stop: futures_channel::oneshot::Sender<()>) {
+    /// Keeps the call sending its requests for as long as this stream is.
+    pub(crate) fn hold_request(&mut self, hold: crate::client::RequestHold) {
         if let Some(client) = self.client.as_mut() {
-            client.request_task = Some(stop);
-        }
-    }
-
-    /// Keeps the call's attached request channel open for as long as this stream is.
-    pub(crate) fn hold_request_channel(&mut self, hold: crate::client::AttachedHold) {
-        if let Some(client) = self.client.as_mut() {
-            client.request_channel = Some(hold);
+            client.request = Some(hold);
         }
     }
 

@@ -8,8 +8,12 @@ use std::sync::Arc;
 use anygrpc_rt::{H2Io, Runtime, TcpOptions};
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::{client::SendRequest, RecvStream, SendStream};
+use prost::Message;
 
-use crate::common::{BenchCalls, BidiRoundTrip};
+use crate::{
+    common::{BenchCalls, BidiRoundTrip},
+    pb::{Payload, StreamRequest},
+};
 
 /// One connection's h2 handle, cloned by every worker.
 #[derive(Clone)]
@@ -76,15 +80,9 @@ impl RawClient {
     }
 }
 
-/// `Payload { bytes body = 1 }` with `size` zero bytes, as `count` gRPC frames.
-fn payload_frames(size: usize, count: u32) -> Bytes {
-    let mut message = BytesMut::new();
-    if size > 0 {
-        message.put_u8(0x0a);
-        put_varint(&mut message, size as u64);
-        message.put_bytes(0, size);
-    }
-    repeat_frame(&message, count)
+/// `Payload { body }` as `count` gRPC frames.
+fn payload_frames(body: Vec<u8>, count: u32) -> Bytes {
+    repeat_frame(&Payload { body }.encode_to_vec(), count)
 }
 
 /// `count` gRPC frames of `message`, uncompressed.
@@ -96,14 +94,6 @@ fn repeat_frame(message: &[u8], count: u32) -> Bytes {
         frames.put_slice(message);
     }
     frames.freeze()
-}
-
-fn put_varint(buf: &mut BytesMut, mut n: u64) {
-    while n >= 0x80 {
-        buf.put_u8(n as u8 | 0x80);
-        n >>= 7;
-    }
-    buf.put_u8(n as u8);
 }
 
 /// Counts the gRPC frames in a response body as its DATA arrives, in chunks of any size. Not
@@ -168,7 +158,7 @@ impl BidiRoundTrip for RawBidi {
     async fn round_trip(&mut self, body: Vec<u8>) -> Option<usize> {
         let frame = self
             .frame
-            .get_or_insert_with(|| payload_frames(body.len(), 1))
+            .get_or_insert_with(|| payload_frames(body, 1))
             .clone();
         self.send.send_data(frame, false).ok()?;
         if let Reply::Head(response) = &mut self.reply {
@@ -191,23 +181,18 @@ impl BenchCalls for RawClient {
     type Bidi = RawBidi;
 
     async fn unary(&mut self, body: Vec<u8>) -> Result<usize, String> {
-        let (_, payload) = self.call("Unary", payload_frames(body.len(), 1)).await?;
+        let (_, payload) = self.call("Unary", payload_frames(body, 1)).await?;
         Ok(payload)
     }
 
     async fn server_stream(&mut self, count: u32, size: u32) -> Result<(u64, usize), String> {
-        // StreamRequest { uint32 count = 1; uint32 size = 2; }
-        let mut message = BytesMut::new();
-        message.put_u8(0x08);
-        put_varint(&mut message, count.into());
-        message.put_u8(0x10);
-        put_varint(&mut message, size.into());
-        self.call("ServerStream", repeat_frame(&message, 1)).await
+        let request = StreamRequest { count, size }.encode_to_vec();
+        self.call("ServerStream", repeat_frame(&request, 1)).await
     }
 
     async fn client_stream(&mut self, body: Vec<u8>, count: u32) -> Result<usize, String> {
         let (_, payload) = self
-            .call("ClientStream", payload_frames(body.len(), count))
+            .call("ClientStream", payload_frames(body, count))
             .await?;
         Ok(payload)
     }
@@ -229,7 +214,7 @@ mod tests {
 
     #[test]
     fn counts_frames_split_anywhere() {
-        let frames = payload_frames(300, 3);
+        let frames = payload_frames(vec![0; 300], 3);
         for split in 0..frames.len() {
             let mut counter = FrameCounter::default();
             counter.push(&frames[..split]);
@@ -243,7 +228,7 @@ mod tests {
 
     #[test]
     fn a_partial_frame_is_not_a_boundary() {
-        let frames = payload_frames(16, 1);
+        let frames = payload_frames(vec![0; 16], 1);
         let mut counter = FrameCounter::default();
         counter.push(&frames[..6]);
         assert_eq!(counter.messages, 1);
@@ -254,13 +239,12 @@ mod tests {
 
     #[test]
     fn payload_frames_decode_as_the_bench_message() {
-        use prost::Message;
-        let frames = payload_frames(200, 1);
+        let frames = payload_frames(vec![0; 200], 1);
         assert_eq!(
             u32::from_be_bytes(frames[1..5].try_into().unwrap()) as usize,
             frames.len() - 5
         );
-        let message = crate::pb::Payload::decode(&frames[5..]).unwrap();
+        let message = Payload::decode(&frames[5..]).unwrap();
         assert_eq!(message.body, vec![0; 200]);
     }
 }

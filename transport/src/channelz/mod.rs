@@ -18,7 +18,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicI64, AtomicU8, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock, Weak,
+        Arc, Mutex, OnceLock, Weak,
     },
     time::SystemTime,
 };
@@ -27,7 +27,7 @@ use anygrpc_codec::Code;
 use anygrpc_lb::ConnectivityState;
 use anygrpc_rt::Address;
 
-use crate::{metrics::Measure, Request, Response, Status};
+use crate::{lock, metrics::Measure, Request, Response, Status};
 
 #[rustfmt::skip]
 #[allow(clippy::all, missing_docs, unreachable_pub)]
@@ -577,10 +577,6 @@ impl Registry {
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(Registry::default)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn state_from_u8(state: u8) -> ConnectivityState {

@@ -195,7 +195,7 @@ impl Subchannel {
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.slot)
     }
 
     /// The connection to send a call on, if READY, with its generation and the counters of

@@ -7,8 +7,8 @@ mod requests;
 mod sender;
 
 pub use cancel::{cancellation, CancelToken, Cancelled, Canceller};
-pub(crate) use requests::AttachedHold;
 pub use requests::{request_channel, RequestClosed, RequestSender, RequestStream};
+pub(crate) use sender::RequestHold;
 
 use std::{
     fmt,
@@ -1196,13 +1196,10 @@ impl Grpc {
                 Some(error.clone()),
             );
             let send = opened.send;
-            match requests::take(messages) {
-                Ok(channel) => streaming
-                    .hold_request_channel(sender::attach(channel, send, traffic, encoding, error)),
-                Err(messages) => streaming.hold_request_task(sender::spawn(
-                    runtime, send, traffic, encoding, messages, error,
-                )),
-            }
+            streaming.hold_request(match requests::take(messages) {
+                Ok(channel) => sender::attach(channel, send, traffic, encoding, error),
+                Err(messages) => sender::spawn(runtime, send, traffic, encoding, messages, error),
+            });
             return Ok(streaming);
         }
         let replay = Replay::start(runtime, encoding, messages, Buffered::new(&self.channel));
@@ -1218,7 +1215,7 @@ impl Grpc {
                 },
             )
             .await?;
-        streaming.hold_request_task(replay.commit(id));
+        streaming.hold_request(replay.commit(id));
         Ok(streaming)
     }
 

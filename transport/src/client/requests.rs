@@ -215,6 +215,21 @@ struct Shared<T> {
     state: Mutex<State<T>>,
 }
 
+/// [`Shared::poll_send`] on an attached channel: encodes `message` into `frame` on the first
+/// poll, then sends the frame once the stream has capacity.
+fn poll_send_on<T>(
+    link: &mut dyn Link<T>,
+    cx: &mut Context<'_>,
+    message: &mut Option<T>,
+    frame: &mut Option<Bytes>,
+) -> Poll<Result<(), RequestClosed>> {
+    if let Some(message) = message.take() {
+        *frame = Some(link.encode(message)?);
+    }
+    std::task::ready!(link.poll_capacity(cx))?;
+    Poll::Ready(frame.take().map_or(Ok(()), |frame| link.send(frame)))
+}
+
 struct State<T> {
     /// Messages sent and not yet taken.
     queue: VecDeque<T>,
@@ -245,10 +260,7 @@ impl<T> State<T> {
 
 impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
-        // A panic while the lock was held leaves no half-done state worth refusing.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.state)
     }
 
     /// One step of [`RequestSender::send`]: `message` until it is encoded (or queued), then
@@ -277,16 +289,7 @@ impl<T> Shared<T> {
             return Poll::Ready(Ok(()));
         };
         // Attached while this send waited for room in the queue, or attached from the start.
-        let sent = (|| {
-            if let Some(message) = message.take() {
-                *frame = Some(link.encode(message)?);
-            }
-            std::task::ready!(link.poll_capacity(cx))?;
-            match frame.take() {
-                Some(frame) => Poll::Ready(link.send(frame)),
-                None => Poll::Ready(Ok(())),
-            }
-        })();
+        let sent = poll_send_on(&mut **link, cx, message, frame);
         match sent {
             // Woken by h2 when capacity comes, or by the call's end (which drops the stream
             // h2 would wake it from).

@@ -1,6 +1,7 @@
-//! The task that sends a streaming call's request messages.
+//! Sending a streaming call's request messages: the request task, and the way an attached
+//! request channel (`requests.rs`) writes to the call's stream without one.
 //!
-//! It reads the caller's message stream, encodes what is ready into one frame at a time, and
+//! The task reads the caller's message stream, encodes what is ready into one frame at a time, and
 //! writes each frame to the call's attempts. Under a retry or hedging policy (gRFC A6) the
 //! frames also stay in the retry buffer until the call commits, so that a new attempt can be
 //! sent everything from the start: the retry driver [`attach`](Replay::attach)es each
@@ -41,9 +42,19 @@ pub(super) struct Encoding<C> {
     pub(super) compress: bool,
 }
 
-/// Spawns the task sending `messages` on a call's only attempt. Dropping the returned sender
-/// stops it; `error` receives the status of a request stream that failed (the stream is then
-/// reset).
+/// What a call's response stream holds of its request side. Dropping it (the call ended)
+/// stops the request task, or closes the attached request channel; either releases the
+/// request stream.
+pub(crate) enum RequestHold {
+    /// Held for its `Drop`: stops the task.
+    Task { _stop: oneshot::Sender<()> },
+    /// Held for its `Drop`: closes the channel.
+    Channel { _hold: AttachedHold },
+}
+
+/// Spawns the task sending `messages` on a call's only attempt, which runs until the returned
+/// hold is dropped; `error` receives the status of a request stream that failed (the stream is
+/// then reset).
 pub(super) fn spawn<C, S>(
     runtime: &dyn Runtime,
     send: h2::SendStream<Bytes>,
@@ -51,7 +62,7 @@ pub(super) fn spawn<C, S>(
     encoding: Encoding<C>,
     messages: S,
     error: LocalError,
-) -> oneshot::Sender<()>
+) -> RequestHold
 where
     C: Codec,
     S: Stream<Item = C::Encode> + Send + 'static,
@@ -60,21 +71,23 @@ where
     task.targets.push(Target::new(0, send, traffic, error));
     let (stop, stopped) = oneshot::channel();
     runtime.spawn(Box::pin(task.run(None, stopped)));
-    stop
+    RequestHold::Task { _stop: stop }
 }
 
 /// Sends a call's requests from an attached [`request_channel`](super::request_channel): the
-/// caller's `send` encodes each message and queues it on the call's only attempt itself. The
-/// call holds the returned guard; `error` as for [`spawn`].
+/// caller's `send` encodes each message and queues it on the call's only attempt itself.
+/// `error` as for [`spawn`].
 pub(super) fn attach<C: Codec>(
     channel: RequestStream<C::Encode>,
     send: h2::SendStream<Bytes>,
     traffic: Option<Arc<Traffic>>,
     encoding: Encoding<C>,
     error: LocalError,
-) -> AttachedHold {
+) -> RequestHold {
     let target = Target::new(0, send, traffic, error);
-    channel.attach(Box::new(Direct { encoding, target }))
+    RequestHold::Channel {
+        _hold: channel.attach(Box::new(Direct { encoding, target })),
+    }
 }
 
 /// An attached request channel's way to its call's stream.
@@ -108,13 +121,7 @@ impl<C: Codec> Link<C::Encode> for Direct<C> {
     }
 
     fn send(&mut self, frame: Bytes) -> Result<(), RequestClosed> {
-        if let Some(traffic) = &self.target.traffic {
-            traffic.sent_frames(&frame);
-        }
-        self.target
-            .send
-            .send_data(frame, false)
-            .map_err(|_| RequestClosed)
+        self.target.send(frame).map_err(|_| RequestClosed)
     }
 
     fn close(&mut self) {
@@ -198,9 +205,9 @@ impl Replay {
 
     /// Commits the call to attempt `id`. Returns what stops the task when dropped, for the
     /// committed attempt's response stream to hold.
-    pub(super) fn commit(self, id: u64) -> oneshot::Sender<()> {
+    pub(super) fn commit(self, id: u64) -> RequestHold {
         let _ = self.control.unbounded_send(Control::Commit(id));
-        self.stop
+        RequestHold::Task { _stop: self.stop }
     }
 }
 
@@ -233,6 +240,14 @@ impl Target {
             closed: false,
             traffic,
         }
+    }
+
+    /// Queues a frame on the stream, counting its messages if the attempt is measured.
+    fn send(&mut self, frame: Bytes) -> Result<(), h2::Error> {
+        if let Some(traffic) = &self.traffic {
+            traffic.sent_frames(&frame);
+        }
+        self.send.send_data(frame, false)
     }
 
     /// Ends the request stream: cleanly, or with a reset and `failure` recorded.
@@ -364,11 +379,7 @@ where
                 } else {
                     self.frames[index].clone()
                 };
-                let target = &mut self.targets[i];
-                if let Some(traffic) = &target.traffic {
-                    traffic.sent_frames(&frame);
-                }
-                target.send.send_data(frame, false)
+                self.targets[i].send(frame)
             });
             match sent {
                 Ok(()) => self.targets[i].next += 1,
