@@ -1,5 +1,6 @@
-//! The default runtime's worker threads: each task has a home worker, and a task woken by a
-//! task on another worker while its home sleeps moves to the waker.
+//! The default runtime's worker threads: each task has a home worker, a task woken by a
+//! task on another worker while its home sleeps moves to the waker, and an idle worker takes
+//! queued tasks from a worker that is busy with long ones.
 //!
 //! Tasks that wake one another should share a thread. A connection's task and the tasks of
 //! its calls wake each other on every message, and h2 keeps one lock per connection: on one
@@ -15,6 +16,24 @@
 //! - a task woken by the reactor (socket readiness, a timer) or from outside the pool goes
 //!   home: where the reactor happens to run says nothing about which tasks belong together.
 //!
+//! Locality pays only while the tasks are short. A handler that computes for 50 µs keeps its
+//! worker for 50 µs, and the calls queued behind it wait while another core idles; moving a
+//! task costs a wake and some cache misses, a few microseconds. So a worker is *loaded* when
+//! the task it ran last, or the one it runs now, took at least [`LONG_TASK`], and work queued
+//! at a loaded worker is shared:
+//! - a loaded worker that finishes a task with more queued, or a task queued at a worker whose
+//!   current task has run for [`LONG_TASK`], wakes one parked worker to steal (one at a time:
+//!   a thief that finds long work wakes the next, so the work spreads over as many workers as
+//!   it needs);
+//! - a worker about to park takes half the queued tasks of a loaded worker (the older half),
+//!   and a connection's task too if that worker is stuck in a long task: its IO should not
+//!   wait behind a computation.
+//!
+//! A stolen task's home is its thief. Tasks that wake one another while all of them are short
+//! never trigger a steal, so an echo load keeps its locality (measured in
+//! `tests/bench/README.md`). A task that blocks its thread still delays the tasks queued
+//! behind it until a steal moves them: blocking work belongs on `spawn_blocking`.
+//!
 //! A worker runs its tasks in the order they were woken, except a connection's task (spawned
 //! with [`Kind::Connection`]: the task that reads and writes a socket for many calls). Calls
 //! hand it their frames and wake it; in plain order it would run only after every task queued
@@ -22,12 +41,6 @@
 //! do. So it runs after at most [`CONNECTION_DELAY`] further tasks: its writes still carry
 //! several calls' frames each, and the peer gets them while this worker runs the rest
 //! (measured in `tests/bench/README.md`).
-//!
-//! Tasks dealt in turn stay spread while their workers are busy, and independent connections
-//! (a server's accepted connections) never move. There is no stealing: moving a task away from
-//! the tasks it talks to costs more than the idle core gains (measured in
-//! `tests/bench/README.md`), and a task that blocks its thread delays the tasks beside it, as on
-//! any executor thread.
 //!
 //! Each worker is an `async_io::block_on` loop, so a parked worker drives async-io's reactor
 //! when no other thread does.
@@ -38,10 +51,11 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{fence, AtomicBool, AtomicUsize, Ordering},
+        atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Mutex, MutexGuard, OnceLock, PoisonError,
     },
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
 use crate::BoxFuture;
@@ -73,18 +87,58 @@ const BUSY: usize = 4;
 /// A woken connection's task runs after at most this many other tasks.
 const CONNECTION_DELAY: usize = 16;
 
+/// A task that runs this long is work worth moving a queue for: it is several times what a
+/// steal costs (a wake of a parked thread and the cache misses of a task on a new core), and
+/// many times the few microseconds a task of an echo load runs.
+const LONG_TASK: Duration = Duration::from_micros(20);
+
 /// The process-wide pool.
 pub(crate) struct Pool {
     workers: Box<[Worker]>,
     /// Where the next task spawned from outside the pool starts.
     next: AtomicUsize,
+    /// The pool's clock: the instants workers record are nanoseconds since this one.
+    epoch: Instant,
+    /// Set while a worker woken to steal has not yet looked: no second one is woken meanwhile.
+    thief_called: AtomicBool,
 }
 
+// Aligned to two cache lines (the spatial prefetcher pulls pairs), so that one worker's writes
+// of its own state do not evict its neighbour's.
+#[repr(align(128))]
 struct Worker {
     queue: Mutex<Queue<Runnable>>,
     /// Set when the worker parks, its waker stored in `waker`; cleared by whoever wakes it.
     parked: AtomicBool,
     waker: Mutex<Option<Waker>>,
+    /// When the running task started (nanoseconds since the pool's epoch), 0 between tasks.
+    running_since: AtomicU64,
+    /// The last task this worker ran took at least [`LONG_TASK`].
+    ran_long: AtomicBool,
+}
+
+impl Worker {
+    /// Whether the task this worker runs at `now` started at least [`LONG_TASK`] before.
+    fn stuck(&self, now: u64) -> bool {
+        let since = self.running_since.load(Ordering::Relaxed);
+        since != 0 && now.saturating_sub(since) >= LONG_TASK.as_nanos() as u64
+    }
+
+    /// Whether this worker's queued tasks are worth taking (see the module doc).
+    fn loaded(&self, now: u64) -> bool {
+        self.ran_long.load(Ordering::Relaxed) || self.stuck(now)
+    }
+
+    /// Wakes this worker if it is parked; whether it was.
+    fn unpark(&self) -> bool {
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(waker) = lock(&self.waker).take() {
+                waker.wake();
+            }
+            return true;
+        }
+        false
+    }
 }
 
 thread_local! {
@@ -134,6 +188,17 @@ impl<T> Queue<T> {
         }
     }
 
+    /// Takes the older half of the queued tasks (rounded up), and one connection's task if
+    /// `with_connection` or no task is queued.
+    fn steal_half(&mut self, with_connection: bool) -> Vec<T> {
+        let half = self.tasks.len().div_ceil(2);
+        let mut stolen: Vec<T> = self.tasks.drain(..half).collect();
+        if with_connection || stolen.is_empty() {
+            stolen.extend(self.connections.pop_front());
+        }
+        stolen
+    }
+
     /// The next task to run: a connection once [`CONNECTION_DELAY`] tasks ran since its wake
     /// (or nothing else is queued), the oldest task otherwise.
     fn pop(&mut self) -> Option<T> {
@@ -173,9 +238,13 @@ impl Pool {
                         queue: Mutex::new(Queue::new()),
                         parked: AtomicBool::new(false),
                         waker: Mutex::new(None),
+                        running_since: AtomicU64::new(0),
+                        ran_long: AtomicBool::new(false),
                     })
                     .collect(),
                 next: AtomicUsize::new(0),
+                epoch: Instant::now(),
+                thief_called: AtomicBool::new(false),
             }));
             for index in 0..threads {
                 std::thread::Builder::new()
@@ -224,11 +293,50 @@ impl Pool {
         // Orders the push before the read of `parked`, against a parking worker's store of
         // `parked` before its last look at its queue (in `Run::run_queue`).
         fence(Ordering::SeqCst);
-        if worker.parked.load(Ordering::SeqCst) && worker.parked.swap(false, Ordering::SeqCst) {
-            if let Some(waker) = lock(&worker.waker).take() {
-                waker.wake();
-            }
+        if !worker.unpark() && worker.stuck(self.now()) {
+            self.call_thief();
         }
+    }
+
+    /// Nanoseconds since the pool's epoch (never 0, which means "not running").
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 | 1
+    }
+
+    /// Wakes one parked worker to steal, unless one woken for that has not looked yet.
+    fn call_thief(&self) {
+        if self.thief_called.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if !self.workers.iter().any(Worker::unpark) {
+            self.thief_called.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Moves half the queue of a loaded worker (the first found after `thief`) to `thief`'s
+    /// queue; whether any task moved.
+    fn steal(&self, thief: usize) -> bool {
+        self.thief_called.store(false, Ordering::SeqCst);
+        let now = self.now();
+        let count = self.workers.len();
+        for victim in (1..count).map(|i| (thief + i) % count) {
+            let worker = &self.workers[victim];
+            if !worker.loaded(now) {
+                continue;
+            }
+            let stolen = lock(&worker.queue).steal_half(worker.stuck(now));
+            if stolen.is_empty() {
+                continue;
+            }
+            let mut queue = lock(&self.workers[thief].queue);
+            for runnable in stolen {
+                let kind = runnable.metadata().kind;
+                runnable.metadata().home.store(thief, Ordering::Relaxed);
+                queue.push(runnable, kind);
+            }
+            return true;
+        }
+        false
     }
 }
 
@@ -257,17 +365,29 @@ impl Run {
     /// Runs queued tasks until the queue is empty (parking the worker) or [`TICKS_PER_YIELD`]
     /// have run.
     fn run_queue(&self, me: &Worker, cx: &mut Context<'_>) -> Poll<()> {
+        let pool = self.pool;
         let mut ran = 0;
         loop {
             let next = lock(&me.queue).pop();
             if let Some(runnable) = next {
+                let start = pool.now();
+                me.running_since.store(start, Ordering::Relaxed);
                 runnable.run();
+                me.running_since.store(0, Ordering::Relaxed);
+                let long = pool.now().saturating_sub(start) >= LONG_TASK.as_nanos() as u64;
+                me.ran_long.store(long, Ordering::Relaxed);
+                if long && !lock(&me.queue).is_empty() {
+                    pool.call_thief();
+                }
                 ran += 1;
                 if ran == TICKS_PER_YIELD {
                     // Let `block_on` process the reactor's events, then come back.
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
+                continue;
+            }
+            if pool.steal(self.index) {
                 continue;
             }
             *lock(&me.waker) = Some(cx.waker().clone());
@@ -351,6 +471,46 @@ mod tests {
         }
         let order: String = std::iter::from_fn(|| queue.pop()).collect();
         assert_eq!(order, "abcdefghijklmnopCqrstuvwxyz");
+    }
+
+    #[test]
+    fn a_thief_takes_the_older_half_and_a_connection_only_from_a_stuck_worker() {
+        let mut queue = Queue::new();
+        for c in "abcde".chars() {
+            queue.push(c, Kind::Task);
+        }
+        queue.push('C', Kind::Connection);
+        assert_eq!(queue.steal_half(false), vec!['a', 'b', 'c']);
+        assert_eq!(queue.steal_half(true), vec!['d', 'C']);
+        assert_eq!(std::iter::from_fn(|| queue.pop()).collect::<String>(), "e");
+        // With no task queued, a connection is all there is to take.
+        queue.push('D', Kind::Connection);
+        assert_eq!(queue.steal_half(false), vec!['D']);
+        assert!(queue.steal_half(true).is_empty());
+    }
+
+    #[test]
+    fn a_worker_is_loaded_while_its_tasks_run_long() {
+        let worker = Worker {
+            queue: Mutex::new(Queue::new()),
+            parked: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            running_since: AtomicU64::new(0),
+            ran_long: AtomicBool::new(false),
+        };
+        let long = LONG_TASK.as_nanos() as u64;
+        assert!(
+            !worker.loaded(10 * long),
+            "idle, and its last task was short"
+        );
+        worker.running_since.store(1_000, Ordering::Relaxed);
+        assert!(!worker.stuck(1_000 + long - 1));
+        assert!(worker.stuck(1_000 + long));
+        assert!(worker.loaded(1_000 + long));
+        worker.running_since.store(0, Ordering::Relaxed);
+        worker.ran_long.store(true, Ordering::Relaxed);
+        assert!(!worker.stuck(10 * long));
+        assert!(worker.loaded(10 * long), "its last task ran long");
     }
 
     #[test]
