@@ -347,6 +347,15 @@ pub mod {module} {{
             .join(", ")
     );
     doc(buf, "    ", &service.comments);
+    if !service.comments.leading.is_empty() {
+        let _ = writeln!(buf, "    ///");
+    }
+    let _ = writeln!(
+        buf,
+        "    /// A handler that blocks its thread (a synchronous driver, a long computation)\n    \
+         /// should do that work in `anygrpc::rt::spawn_blocking(..).await`, so that the other\n    \
+         /// calls of its connection are not held up behind it."
+    );
     let _ = writeln!(buf, "    pub trait {trait_name}: Send + Sync + 'static {{");
     for method in &service.methods {
         let (input, output) = message_types(method);

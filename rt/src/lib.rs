@@ -41,6 +41,23 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     async_io::block_on(future)
 }
 
+/// Runs `work` on a thread for blocking work and resolves to its result.
+///
+/// A handler (or any task) that blocks its thread — a synchronous database driver, file IO, a
+/// long computation — holds up the tasks queued behind it on that worker, the other calls of
+/// its connection among them. Awaiting `spawn_blocking(work)` instead moves the work to a pool
+/// of threads kept for it (the `blocking` crate's: threads are started as needed, up to
+/// `BLOCKING_MAX_THREADS`, default 500, and end after a second idle), and the task sleeps
+/// until the work is done. It works on every runtime, the default one, tokio's and a custom
+/// one, and from a plain `block_on`; dropping the future does not stop `work`.
+pub fn spawn_blocking<T, F>(work: F) -> impl Future<Output = T> + Send + 'static
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    blocking::unblock(work)
+}
+
 #[cfg(feature = "sim")]
 pub mod sim;
 

@@ -1,6 +1,7 @@
 //! The server: [`Server`] accepts connections and routes each call to a [`Service`].
 
 mod call;
+mod inline;
 
 use std::{
     collections::HashMap,
@@ -55,6 +56,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const ACCEPT_BATCH: usize = 16;
 
 /// A gRPC service: routes a method name to its handler. Generated code implements this.
+///
+/// Handlers run as tasks on the server's runtime, beside the connection's own task and the
+/// other calls' tasks. A handler that computes is spread over the runtime's workers; one that
+/// blocks its thread (a synchronous database driver, file IO) should do that work in
+/// [`spawn_blocking`](crate::rt::spawn_blocking), or the calls queued behind it on its worker
+/// wait for it.
 pub trait Service: Send + Sync + 'static {
     /// The fully qualified service name, e.g. `helloworld.Greeter`.
     fn name(&self) -> &'static str;
@@ -627,6 +634,7 @@ async fn serve_connection(
     let mut close_by: Option<Instant> = None;
     // Calls accepted since the connection last read everything it had, not yet polled.
     let mut batch = Vec::new();
+    let mut inline = inline::InlinePolls::default();
     let ended = poll_fn(|cx| loop {
         let accepted = match conn.poll_accept(cx) {
             Poll::Ready(Some(Ok((request, respond)))) => {
@@ -646,14 +654,23 @@ async fn serve_connection(
         }
         if !batch.is_empty() {
             // A call whose request is already here and whose handler answers at once
-            // completes in this first poll, on this task: no hand-off to another thread, no
-            // contention on the connection's lock. Anything that has to wait gets a task of
-            // its own (and re-registers its wakers there). Polling them only once the
-            // connection has read what it had lets their responses go out in one write:
-            // `poll_accept` flushes what is queued, so polling each call as it arrived
-            // meant a write per call.
+            // completes in this first poll, on this task (see `inline.rs` for when a call is
+            // spawned unpolled instead). Anything that has to wait gets a task of its own
+            // (and re-registers its wakers there). Polling them only once the connection has
+            // read what it had lets their responses go out in one write: `poll_accept`
+            // flushes what is queued, so polling each call as it arrived meant a write per
+            // call.
+            let mut start = runtime.now();
             for mut call in batch.drain(..) {
-                if call.as_mut().poll(cx).is_pending() {
+                if !inline.poll_next() {
+                    runtime.spawn(call);
+                    continue;
+                }
+                let pending = call.as_mut().poll(cx).is_pending();
+                let end = runtime.now();
+                inline.polled(end - start);
+                start = end;
+                if pending {
                     runtime.spawn(call);
                 }
             }
