@@ -56,6 +56,31 @@ pub fn report_server_stats() {
     });
 }
 
+/// Microseconds of CPU work the server's handlers do per call (`--work-us`, default 0: echo).
+static HANDLER_WORK_US: AtomicU64 = AtomicU64::new(0);
+
+/// Reads the server's `--work-us` flag: the CPU work each handler does before it answers.
+pub fn read_server_work(args: &[String]) {
+    HANDLER_WORK_US.store(number(args, "work-us", 0), Ordering::Relaxed);
+}
+
+/// The handler's work: busy-spins for `--work-us`, as a handler that parses, queries and
+/// computes uses its thread. Both servers' handlers call this first.
+pub fn handler_work() {
+    spin(HANDLER_WORK_US.load(Ordering::Relaxed));
+}
+
+/// Busy-spins this thread for `us` microseconds (nothing when 0).
+pub fn spin(us: u64) {
+    if us == 0 {
+        return;
+    }
+    let until = Instant::now() + Duration::from_micros(us);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
 /// `--name value` / `--name=value` flags.
 pub fn flag(args: &[String], name: &str) -> Option<String> {
     let long = format!("--{name}");
@@ -80,7 +105,8 @@ pub fn number(args: &[String], name: &str, default: u64) -> u64 {
 }
 
 /// A load generator's flags, read the same way by both implementations:
-/// `--addr HOST:PORT --mode M --concurrency C --connections N --size S --duration-secs D`.
+/// `--addr HOST:PORT --mode M --concurrency C --connections N --size S --duration-secs D
+/// [--reply-work-us W]`.
 #[derive(Debug, Clone)]
 pub struct Load {
     /// The server's address.
@@ -95,6 +121,9 @@ pub struct Load {
     pub size: usize,
     /// How long the closed loop runs.
     pub duration: Duration,
+    /// Microseconds of CPU work a worker does after each reply, as a caller that uses what it
+    /// got back.
+    pub reply_work_us: u64,
 }
 
 impl Load {
@@ -107,12 +136,17 @@ impl Load {
             connections: number(args, "connections", 1).max(1) as usize,
             size: number(args, "size", 16) as usize,
             duration: Duration::from_secs(number(args, "duration-secs", 5)),
+            reply_work_us: number(args, "reply-work-us", 0),
         }
     }
 }
 
 /// The measurement modes.
 pub const MODES: &[&str] = &["unary", "server-stream", "client-stream", "bidi"];
+
+/// The largest message both load generators take (the libraries' default is 4 MiB, less than
+/// a 4 MiB body and its framing).
+pub const MAX_MESSAGE: usize = 16 << 20;
 
 /// Messages per server-stream and client-stream call.
 pub const STREAM_MESSAGES: u32 = 100;
@@ -150,13 +184,10 @@ pub trait BidiRoundTrip {
     fn round_trip(&mut self, body: Vec<u8>) -> impl Future<Output = Option<usize>> + Send;
 }
 
-/// One worker's closed loop: calls of `mode` back to back until `until`.
-pub async fn worker<C: BenchCalls>(
-    mut client: C,
-    mode: &str,
-    size: usize,
-    until: Instant,
-) -> Report {
+/// One worker's closed loop: calls of `load.mode` back to back until `until`, each reply
+/// followed by `load.reply_work_us` of CPU work.
+pub async fn worker<C: BenchCalls>(mut client: C, load: &Load, until: Instant) -> Report {
+    let (mode, size) = (load.mode.as_str(), load.size);
     let mut report = Report::default();
     let body = vec![0u8; size];
     if mode == "bidi" {
@@ -167,7 +198,10 @@ pub async fn worker<C: BenchCalls>(
         while Instant::now() < until {
             let start = Instant::now();
             match call.round_trip(body.clone()).await {
-                Some(bytes) => report.record(start, 1, bytes),
+                Some(bytes) => {
+                    report.record(start, 1, bytes);
+                    spin(load.reply_work_us);
+                }
                 None => {
                     report.errors += 1;
                     break;
@@ -188,7 +222,10 @@ pub async fn worker<C: BenchCalls>(
             other => panic!("unknown mode {other}; modes: {MODES:?}"),
         };
         match outcome {
-            Ok((messages, bytes)) => report.record(start, messages, bytes),
+            Ok((messages, bytes)) => {
+                report.record(start, messages, bytes);
+                spin(load.reply_work_us);
+            }
             Err(error) => {
                 if report.errors == 0 && std::env::var_os("BENCH_VERBOSE").is_some() {
                     eprintln!("first error: {error}");

@@ -29,6 +29,7 @@ pub fn server_from_args(
     let addr = common::flag(&args, "addr")
         .unwrap_or_else(|| "127.0.0.1:50051".into())
         .parse()?;
+    common::read_server_work(&args);
     let builder =
         anygrpc::Server::builder().add_service(pb::bench_server::BenchServer::new(BenchService));
     Ok((builder, addr))
@@ -41,6 +42,7 @@ pub struct BenchService;
 impl pb::bench_server::Bench for BenchService {
     async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         CALLS.fetch_add(1, Ordering::Relaxed);
+        common::handler_work();
         Ok(Response::new(request.into_inner()))
     }
 
@@ -178,6 +180,7 @@ pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
         .map(|_| {
             anygrpc::Channel::builder(&load.addr)
                 .runtime(runtime.clone())
+                .max_recv_message_size(common::MAX_MESSAGE)
                 .connect_lazy()
                 .map(BenchClient::new)
         })
@@ -236,12 +239,8 @@ fn report<C>(
         let start = Instant::now();
         let until = start + load.duration;
         let workers = (0..load.concurrency).map(|i| {
-            let (client, mode, size) = (
-                clients[i % clients.len()].clone(),
-                load.mode.clone(),
-                load.size,
-            );
-            async move { common::worker(client, &mode, size, until).await }
+            let (client, load) = (clients[i % clients.len()].clone(), load.clone());
+            async move { common::worker(client, &load, until).await }
         });
         let reports = match drive {
             Drive::CallerThread => futures_util::future::join_all(workers).await,

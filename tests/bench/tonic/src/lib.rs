@@ -37,6 +37,7 @@ type PayloadStream = Pin<Box<dyn Stream<Item = Result<Payload, Status>> + Send>>
 impl pb::bench_server::Bench for BenchService {
     async fn unary(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         CALLS.fetch_add(1, Ordering::Relaxed);
+        common::handler_work();
         Ok(Response::new(request.into_inner()))
     }
 
@@ -153,7 +154,7 @@ pub async fn load(load: &common::Load) -> (Report, Duration) {
             .connect()
             .await
             .expect("connect");
-        let mut client = BenchClient::new(channel);
+        let mut client = BenchClient::new(channel).max_decoding_message_size(common::MAX_MESSAGE);
         let _ = client.unary(Payload::default()).await;
         clients.push(client);
     }
@@ -161,12 +162,8 @@ pub async fn load(load: &common::Load) -> (Report, Duration) {
     let until = start + load.duration;
     let tasks: Vec<_> = (0..load.concurrency)
         .map(|i| {
-            let (client, mode, size) = (
-                clients[i % clients.len()].clone(),
-                load.mode.clone(),
-                load.size,
-            );
-            tokio::spawn(async move { common::worker(client, &mode, size, until).await })
+            let (client, load) = (clients[i % clients.len()].clone(), load.clone());
+            tokio::spawn(async move { common::worker(client, &load, until).await })
         })
         .collect();
     let mut total = Report::default();

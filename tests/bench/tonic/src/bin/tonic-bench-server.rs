@@ -13,6 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: std::net::SocketAddr = common::flag(&args, "addr")
         .unwrap_or_else(|| "127.0.0.1:50052".into())
         .parse()?;
+    common::read_server_work(&args);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);
     common::report_server_stats();
