@@ -4,7 +4,7 @@ use std::{fmt, marker::PhantomData};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::Status;
+use crate::{Segments, Status};
 
 /// Turns messages into bytes and back.
 ///
@@ -36,6 +36,14 @@ pub trait Codec: Send + Sync + 'static {
     fn decode_message(&self, src: Bytes, compressed: bool) -> Result<Self::Decode, Status> {
         let _ = compressed;
         self.decode(src)
+    }
+
+    /// Parses one received message from the chunks it arrived in. The default joins them
+    /// (a copy only when there are several) and calls [`decode_message`](Self::decode_message);
+    /// a codec that reads any [`Buf`](bytes::Buf) decodes them where they lie, saving a copy
+    /// of every message larger than a DATA frame.
+    fn decode_segments(&self, src: Segments, compressed: bool) -> Result<Self::Decode, Status> {
+        self.decode_message(src.into_bytes(), compressed)
     }
 
     /// Per-message compression: whether `item` should be compressed when the call has a send
@@ -99,8 +107,16 @@ where
     }
 
     fn decode(&self, src: Bytes) -> Result<D, Status> {
-        D::decode(src).map_err(|e| Status::internal(format!("failed to decode message: {e}")))
+        prost_decode(src)
     }
+
+    fn decode_segments(&self, src: Segments, _: bool) -> Result<D, Status> {
+        prost_decode(src)
+    }
+}
+
+fn prost_decode<D: prost::Message + Default>(src: impl bytes::Buf) -> Result<D, Status> {
+    D::decode(src).map_err(|e| Status::internal(format!("failed to decode message: {e}")))
 }
 
 /// A codec that passes raw bytes through, for proxies and dynamic calls.

@@ -2,7 +2,9 @@
 //! length, then the payload (`doc/PROTOCOL-HTTP2.md`, "Length-Prefixed-Message").
 //!
 //! [`Encoder`] produces one framed message as a single [`Bytes`]; [`Deframer`] reassembles
-//! messages from DATA chunks of any size, zero-copy whenever a message lies within one chunk.
+//! messages from DATA chunks of any size without copying them: a message within one chunk is a
+//! view of it, and one that spans chunks is the [`Segments`] it arrived in (or one buffer,
+//! copied once, for a caller that wants it so).
 //! The declared length is checked against the receive limit as soon as the 5-byte prefix is
 //! read, before any payload is buffered or allocated.
 
@@ -13,6 +15,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::{
     codec::Codec,
     compression::{self, Compressor},
+    segments::Segments,
     Status,
 };
 
@@ -121,14 +124,25 @@ impl Encoder {
     }
 }
 
-/// One framed message as received.
+/// One framed message as received, its payload in one buffer ([`Bytes`]) or in the pieces it
+/// arrived in ([`Segments`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+pub struct Frame<D = Bytes> {
     /// The compressed flag: how the message arrived.
     pub compressed: bool,
     /// The payload: from [`Deframer::next_frame`] as on the wire, from
     /// [`Deframer::next_message`] decompressed.
-    pub data: Bytes,
+    pub data: D,
+}
+
+impl Frame<Segments> {
+    /// The frame with its payload in one buffer (see [`Segments::into_bytes`]).
+    pub fn joined(self) -> Frame {
+        Frame {
+            compressed: self.compressed,
+            data: self.data.into_bytes(),
+        }
+    }
 }
 
 /// Reassembles framed messages from DATA chunks.
@@ -186,6 +200,11 @@ impl Deframer {
     /// A flag other than 0 or 1 is `INTERNAL`; a declared length over the limit is
     /// `RESOURCE_EXHAUSTED`. After an error the stream is unusable.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, Status> {
+        Ok(self.next_frame_segments()?.map(Frame::joined))
+    }
+
+    /// [`next_frame`](Self::next_frame), the payload in the chunks it arrived in.
+    pub fn next_frame_segments(&mut self) -> Result<Option<Frame<Segments>>, Status> {
         let (compressed, len) = match self.header {
             Some(header) => header,
             None => {
@@ -232,7 +251,16 @@ impl Deframer {
         &mut self,
         compressor: Option<&dyn Compressor>,
     ) -> Result<Option<Frame>, Status> {
-        let Some(frame) = self.next_frame()? else {
+        Ok(self.next_message_segments(compressor)?.map(Frame::joined))
+    }
+
+    /// [`next_message`](Self::next_message), the payload of an uncompressed message in the
+    /// chunks it arrived in (a decompressed one is always one buffer).
+    pub fn next_message_segments(
+        &mut self,
+        compressor: Option<&dyn Compressor>,
+    ) -> Result<Option<Frame<Segments>>, Status> {
+        let Some(frame) = self.next_frame_segments()? else {
             return Ok(None);
         };
         if !frame.compressed {
@@ -244,10 +272,11 @@ impl Deframer {
             ));
         };
         let mut out = BytesMut::new();
-        compression::decompress(compressor, &frame.data, &mut out, self.max_message_size)?;
+        let wire = frame.data.into_bytes();
+        compression::decompress(compressor, &wire, &mut out, self.max_message_size)?;
         Ok(Some(Frame {
             compressed: true,
-            data: out.freeze(),
+            data: Segments::single(out.freeze()),
         }))
     }
 
@@ -263,24 +292,23 @@ impl Deframer {
         self.buffered -= dst.len();
     }
 
-    fn take(&mut self, len: usize) -> Bytes {
+    /// The next `len` buffered bytes, as views of the chunks they lie in.
+    fn take(&mut self, len: usize) -> Segments {
         self.buffered -= len;
-        if len == 0 {
-            return Bytes::new();
-        }
-        if self.first.len() >= len {
-            let out = self.first.split_to(len);
-            self.advance_chunk();
-            return out;
-        }
-        let mut out = BytesMut::with_capacity(len);
-        while out.len() < len {
-            let n = self.first.len().min(len - out.len());
-            out.extend_from_slice(&self.first[..n]);
-            self.first.advance(n);
+        let mut out = Segments::default();
+        let mut need = len;
+        while need > 0 {
+            if self.first.len() > need {
+                out.push(self.first.split_to(need));
+                break;
+            }
+            need -= self.first.len();
+            out.push(std::mem::take(&mut self.first));
             self.advance_chunk();
         }
-        out.freeze()
+        // A chunk ending exactly where the message does was moved whole: promote the next.
+        self.advance_chunk();
+        out
     }
 }
 
@@ -316,6 +344,23 @@ mod tests {
             let expected: Vec<Bytes> = messages.iter().map(|m| Bytes::copy_from_slice(m)).collect();
             assert_eq!(got, expected, "chunk size {chunk}");
         }
+    }
+
+    #[test]
+    fn a_message_over_many_chunks_is_handed_over_in_them() {
+        let body = vec![9u8; 1000];
+        let wire = frames(&[&body, b"next"]);
+        let mut d = Deframer::new(4096);
+        for piece in wire.chunks(100) {
+            d.push(Bytes::copy_from_slice(piece));
+        }
+        let first = d.next_message_segments(None).unwrap().unwrap();
+        // 1000 bytes from offset 5 of 100-byte chunks: 95, 9 x 100, then 5.
+        assert_eq!(first.data.chunk_count(), 11);
+        assert_eq!(first.data.into_bytes(), body);
+        let next = d.next_message_segments(None).unwrap().unwrap();
+        assert_eq!(next.data.into_bytes(), Bytes::from_static(b"next"));
+        assert!(d.is_empty());
     }
 
     #[test]

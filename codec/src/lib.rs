@@ -23,10 +23,12 @@ pub mod keepalive;
 pub mod lifetime;
 pub mod message;
 pub mod metadata;
+pub mod segments;
 mod status;
 pub mod timeout;
 
 pub use code::Code;
 pub use codec::{Codec, ProstCodec};
 pub use metadata::MetadataMap;
+pub use segments::Segments;
 pub use status::Status;

@@ -10,10 +10,9 @@ use anygrpc_codec::{
     compression::{CompressionRegistry, Compressor},
     frame::Deframer,
     headers::{self, GRPC_ENCODING},
-    Code, Codec,
+    Code, Codec, Segments,
 };
 use anygrpc_rt::Sleep;
-use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
 
@@ -25,12 +24,12 @@ static GRPC_RETRY_PUSHBACK_MS: http::HeaderName =
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
 /// parameter.
 pub(crate) trait Decode<T>: Send {
-    fn decode(&self, bytes: Bytes, compressed: bool) -> Result<T, Status>;
+    fn decode(&self, message: Segments, compressed: bool) -> Result<T, Status>;
 }
 
 impl<C: Codec> Decode<C::Decode> for C {
-    fn decode(&self, bytes: Bytes, compressed: bool) -> Result<C::Decode, Status> {
-        Codec::decode_message(self, bytes, compressed)
+    fn decode(&self, message: Segments, compressed: bool) -> Result<C::Decode, Status> {
+        Codec::decode_segments(self, message, compressed)
     }
 }
 
@@ -435,7 +434,10 @@ impl<T> Streaming<T> {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
         loop {
-            match self.deframer.next_message(self.compressor.as_deref()) {
+            match self
+                .deframer
+                .next_message_segments(self.compressor.as_deref())
+            {
                 Ok(Some(frame)) => {
                     if let Some(traffic) = &self.traffic {
                         traffic.received_message();
