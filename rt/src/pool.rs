@@ -19,8 +19,8 @@
 //! Locality pays only while the tasks are short. A handler that computes for 50 µs keeps its
 //! worker for 50 µs, and the calls queued behind it wait while another core idles; moving a
 //! task costs a wake and some cache misses, a few microseconds. So a worker is *loaded* when
-//! the task it ran last, or the one it runs now, took at least [`LONG_TASK`], and work queued
-//! at a loaded worker is shared:
+//! the task it ran last, or the one it runs now, took at least [`LONG_TASK`] (connections'
+//! tasks are not timed: see `run_queue`), and work queued at a loaded worker is shared:
 //! - a loaded worker that finishes a task with more queued, or a task queued at a worker whose
 //!   current task has run for [`LONG_TASK`], wakes one parked worker to steal (one at a time:
 //!   a thief that finds long work wakes the next, so the work spreads over as many workers as
@@ -124,9 +124,9 @@ impl Worker {
         since != 0 && now.saturating_sub(since) >= LONG_TASK.as_nanos() as u64
     }
 
-    /// Whether this worker's queued tasks are worth taking (see the module doc).
-    fn loaded(&self, now: u64) -> bool {
-        self.ran_long.load(Ordering::Relaxed) || self.stuck(now)
+    /// [`stuck`](Self::stuck), reading the clock only if a timed task is running.
+    fn stuck_now(&self, pool: &Pool) -> bool {
+        self.running_since.load(Ordering::Relaxed) != 0 && self.stuck(pool.now())
     }
 
     /// Wakes this worker if it is parked; whether it was.
@@ -293,7 +293,7 @@ impl Pool {
         // Orders the push before the read of `parked`, against a parking worker's store of
         // `parked` before its last look at its queue (in `Run::run_queue`).
         fence(Ordering::SeqCst);
-        if !worker.unpark() && worker.stuck(self.now()) {
+        if !worker.unpark() && worker.stuck_now(self) {
             self.call_thief();
         }
     }
@@ -317,14 +317,14 @@ impl Pool {
     /// queue; whether any task moved.
     fn steal(&self, thief: usize) -> bool {
         self.thief_called.store(false, Ordering::SeqCst);
-        let now = self.now();
         let count = self.workers.len();
         for victim in (1..count).map(|i| (thief + i) % count) {
             let worker = &self.workers[victim];
-            if !worker.loaded(now) {
+            let stuck = worker.stuck_now(self);
+            if !(stuck || worker.ran_long.load(Ordering::Relaxed)) {
                 continue;
             }
-            let stolen = lock(&worker.queue).steal_half(worker.stuck(now));
+            let stolen = lock(&worker.queue).steal_half(stuck);
             if stolen.is_empty() {
                 continue;
             }
@@ -370,14 +370,22 @@ impl Run {
         loop {
             let next = lock(&me.queue).pop();
             if let Some(runnable) = next {
-                let start = pool.now();
-                me.running_since.store(start, Ordering::Relaxed);
-                runnable.run();
-                me.running_since.store(0, Ordering::Relaxed);
-                let long = pool.now().saturating_sub(start) >= LONG_TASK.as_nanos() as u64;
-                me.ran_long.store(long, Ordering::Relaxed);
-                if long && !lock(&me.queue).is_empty() {
-                    pool.call_thief();
+                // A connection's task is not timed: its polls do the IO of many calls, and
+                // one that runs long says nothing of the tasks queued behind it (a handler's
+                // work done on it is the connection's to hand off; see the server's
+                // `inline.rs`).
+                if let Kind::Connection = runnable.metadata().kind {
+                    runnable.run();
+                } else {
+                    let start = pool.now();
+                    me.running_since.store(start, Ordering::Relaxed);
+                    runnable.run();
+                    me.running_since.store(0, Ordering::Relaxed);
+                    let long = pool.now().saturating_sub(start) >= LONG_TASK.as_nanos() as u64;
+                    me.ran_long.store(long, Ordering::Relaxed);
+                    if long && !lock(&me.queue).is_empty() {
+                        pool.call_thief();
+                    }
                 }
                 ran += 1;
                 if ran == TICKS_PER_YIELD {
@@ -490,7 +498,7 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_is_loaded_while_its_tasks_run_long() {
+    fn a_worker_is_stuck_once_its_task_has_run_long() {
         let worker = Worker {
             queue: Mutex::new(Queue::new()),
             parked: AtomicBool::new(false),
@@ -499,18 +507,10 @@ mod tests {
             ran_long: AtomicBool::new(false),
         };
         let long = LONG_TASK.as_nanos() as u64;
-        assert!(
-            !worker.loaded(10 * long),
-            "idle, and its last task was short"
-        );
+        assert!(!worker.stuck(10 * long), "running nothing");
         worker.running_since.store(1_000, Ordering::Relaxed);
         assert!(!worker.stuck(1_000 + long - 1));
         assert!(worker.stuck(1_000 + long));
-        assert!(worker.loaded(1_000 + long));
-        worker.running_since.store(0, Ordering::Relaxed);
-        worker.ran_long.store(true, Ordering::Relaxed);
-        assert!(!worker.stuck(10 * long));
-        assert!(worker.loaded(10 * long), "its last task ran long");
     }
 
     #[test]
