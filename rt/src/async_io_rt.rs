@@ -28,7 +28,8 @@ type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
 /// `block_on`. Background tasks (one per connection, plus calls and streaming pumps) run on
 /// worker threads started on first use; their number is `ANYGRPC_WORKER_THREADS` or the
 /// number of CPUs. Tasks that wake one another gather on one worker (a connection and its
-/// calls share a thread), while independent connections stay spread over the workers; a
+/// calls share a thread), while independent connections stay spread over the workers; an
+/// idle worker takes half the queue of a worker busy with tasks that run 20 µs or more; a
 /// connection's task runs at most 16 tasks after a call wakes it. Use
 /// [`AsyncIoRuntime::with_spawner`] to run them on an executor of your own instead (smol's,
 /// for example).

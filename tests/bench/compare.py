@@ -12,7 +12,8 @@ Measurements, each repeated --rounds times with the implementations alternated A
     the ceiling for a client;
   - unary and bidi C=64 with the load generator and the server pinned to a core each
     (`taskset`), as two one-core machines, with the server's CPU time per call;
-  - peak RSS of each server idle and after the load; heap allocations per call.
+  - peak RSS of each server idle and after the load; heap allocations per call;
+then the tables of real_loads.py: handlers and callers that compute, and large messages.
 """
 
 import argparse

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole anygrpc-vs-tonic comparison in one go: builds both (release), starts the anygrpc,
-# tonic and raw-h2 servers, runs h2load and both load generators A/B/A/B, and prints the table.
+# tonic and raw-h2 servers, runs h2load and both load generators A/B/A/B, and prints the tables:
+# the echo loads, then handler- and reply-bound loads and large messages (real_loads.py).
 # ROUNDS (default 3) rounds of SECS (default 5) seconds per measurement.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
