@@ -8,7 +8,7 @@
 //! The declared length is checked against the receive limit as soon as the 5-byte prefix is
 //! read, before any payload is buffered or allocated.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -148,11 +148,8 @@ impl Frame<Segments> {
 /// Reassembles framed messages from DATA chunks.
 #[derive(Debug)]
 pub struct Deframer {
-    /// The oldest buffered chunk; kept out of `rest` so that the common case — whole
-    /// messages arriving in one DATA chunk — allocates no queue.
-    first: Bytes,
-    rest: VecDeque<Bytes>,
-    buffered: usize,
+    /// The received bytes not yet taken as messages.
+    buffered: Segments,
     header: Option<(bool, usize)>,
     max_message_size: usize,
 }
@@ -161,9 +158,7 @@ impl Deframer {
     /// A deframer that rejects messages larger than `max_message_size`.
     pub fn new(max_message_size: usize) -> Deframer {
         Deframer {
-            first: Bytes::new(),
-            rest: VecDeque::new(),
-            buffered: 0,
+            buffered: Segments::default(),
             header: None,
             max_message_size,
         }
@@ -171,28 +166,13 @@ impl Deframer {
 
     /// Adds received bytes.
     pub fn push(&mut self, chunk: Bytes) {
-        if chunk.is_empty() {
-            return;
-        }
-        self.buffered += chunk.len();
-        if self.first.is_empty() {
-            self.first = chunk;
-        } else {
-            self.rest.push_back(chunk);
-        }
-    }
-
-    /// Drops the exhausted first chunk, promoting the next.
-    fn advance_chunk(&mut self) {
-        if self.first.is_empty() {
-            self.first = self.rest.pop_front().unwrap_or_default();
-        }
+        self.buffered.push(chunk);
     }
 
     /// Whether no partial message is buffered: at end of stream, anything left is a truncated
     /// message.
     pub fn is_empty(&self) -> bool {
-        self.buffered == 0 && self.header.is_none()
+        !self.buffered.has_remaining() && self.header.is_none()
     }
 
     /// The next complete frame, if one is buffered.
@@ -208,11 +188,11 @@ impl Deframer {
         let (compressed, len) = match self.header {
             Some(header) => header,
             None => {
-                if self.buffered < HEADER_LEN {
+                if self.buffered.remaining() < HEADER_LEN {
                     return Ok(None);
                 }
                 let mut prefix = [0u8; HEADER_LEN];
-                self.copy_to(&mut prefix);
+                self.buffered.copy_to_slice(&mut prefix);
                 let compressed = match prefix[0] {
                     0 => false,
                     1 => true,
@@ -233,13 +213,13 @@ impl Deframer {
                 (compressed, len)
             }
         };
-        if self.buffered < len {
+        if self.buffered.remaining() < len {
             return Ok(None);
         }
         self.header = None;
         Ok(Some(Frame {
             compressed,
-            data: self.take(len),
+            data: self.buffered.split_to(len),
         }))
     }
 
@@ -278,37 +258,6 @@ impl Deframer {
             compressed: true,
             data: Segments::single(out.freeze()),
         }))
-    }
-
-    fn copy_to(&mut self, dst: &mut [u8]) {
-        let mut filled = 0;
-        while filled < dst.len() {
-            let n = self.first.len().min(dst.len() - filled);
-            dst[filled..filled + n].copy_from_slice(&self.first[..n]);
-            self.first.advance(n);
-            filled += n;
-            self.advance_chunk();
-        }
-        self.buffered -= dst.len();
-    }
-
-    /// The next `len` buffered bytes, as views of the chunks they lie in.
-    fn take(&mut self, len: usize) -> Segments {
-        self.buffered -= len;
-        let mut out = Segments::default();
-        let mut need = len;
-        while need > 0 {
-            if self.first.len() > need {
-                out.push(self.first.split_to(need));
-                break;
-            }
-            need -= self.first.len();
-            out.push(std::mem::take(&mut self.first));
-            self.advance_chunk();
-        }
-        // A chunk ending exactly where the message does was moved whole: promote the next.
-        self.advance_chunk();
-        out
     }
 }
 

@@ -44,6 +44,34 @@ impl Segments {
         }
     }
 
+    /// Splits off the first `len` bytes, as views of the chunks they lie in.
+    ///
+    /// # Panics
+    ///
+    /// If fewer than `len` bytes are held, as `Bytes::split_to` does.
+    pub fn split_to(&mut self, len: usize) -> Segments {
+        assert!(
+            len <= self.remaining,
+            "split_to past the end of the segments"
+        );
+        let mut out = Segments::default();
+        let mut need = len;
+        while need > 0 {
+            let n = need.min(self.first.len());
+            out.push(if n == self.first.len() {
+                std::mem::take(&mut self.first)
+            } else {
+                self.first.split_to(n)
+            });
+            need -= n;
+            self.remaining -= n;
+            if self.first.is_empty() {
+                self.first = self.rest.pop_front().unwrap_or_default();
+            }
+        }
+        out
+    }
+
     /// How many chunks hold the bytes.
     pub fn chunk_count(&self) -> usize {
         usize::from(!self.first.is_empty()) + self.rest.len()
@@ -138,6 +166,18 @@ mod tests {
         assert_eq!((s.chunk(), s.remaining()), (&b"de"[..], 3));
         assert_eq!(s.copy_to_bytes(3), Bytes::from_static(b"def"));
         assert_eq!((s.remaining(), s.chunk()), (0, &b""[..]));
+    }
+
+    #[test]
+    fn split_to_takes_views_of_whole_and_partial_chunks() {
+        let mut s = segments(&[b"abc", b"de", b"fgh"]);
+        let head = s.split_to(6);
+        assert_eq!((head.chunk_count(), head.remaining()), (3, 6));
+        assert_eq!(head.into_bytes(), Bytes::from_static(b"abcdef"));
+        assert_eq!((s.chunk(), s.remaining()), (&b"gh"[..], 2));
+        assert_eq!(s.split_to(0).remaining(), 0);
+        assert_eq!(s.split_to(2).into_bytes(), Bytes::from_static(b"gh"));
+        assert_eq!(s.chunk_count(), 0);
     }
 
     #[test]

@@ -118,6 +118,16 @@ struct Worker {
 }
 
 impl Worker {
+    fn new() -> Worker {
+        Worker {
+            queue: Mutex::new(Queue::new()),
+            parked: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            running_since: AtomicU64::new(0),
+            ran_long: AtomicBool::new(false),
+        }
+    }
+
     /// Whether the task this worker runs at `now` started at least [`LONG_TASK`] before.
     fn stuck(&self, now: u64) -> bool {
         let since = self.running_since.load(Ordering::Relaxed);
@@ -233,15 +243,7 @@ impl Pool {
                 .filter(|n| *n > 0)
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let pool: &'static Pool = Box::leak(Box::new(Pool {
-                workers: (0..threads)
-                    .map(|_| Worker {
-                        queue: Mutex::new(Queue::new()),
-                        parked: AtomicBool::new(false),
-                        waker: Mutex::new(None),
-                        running_since: AtomicU64::new(0),
-                        ran_long: AtomicBool::new(false),
-                    })
-                    .collect(),
+                workers: (0..threads).map(|_| Worker::new()).collect(),
                 next: AtomicUsize::new(0),
                 epoch: Instant::now(),
                 thief_called: AtomicBool::new(false),
@@ -499,13 +501,7 @@ mod tests {
 
     #[test]
     fn a_worker_is_stuck_once_its_task_has_run_long() {
-        let worker = Worker {
-            queue: Mutex::new(Queue::new()),
-            parked: AtomicBool::new(false),
-            waker: Mutex::new(None),
-            running_since: AtomicU64::new(0),
-            ran_long: AtomicBool::new(false),
-        };
+        let worker = Worker::new();
         let long = LONG_TASK.as_nanos() as u64;
         assert!(!worker.stuck(10 * long), "running nothing");
         worker.running_since.store(1_000, Ordering::Relaxed);
