@@ -839,6 +839,10 @@ pub mod channelz_server {
         "GetSocket",
     ];
     /// Channelz is a service exposed by gRPC servers that provides detailed debug information.
+    ///
+    /// A handler that blocks its thread (a synchronous driver, a long computation)
+    /// should do that work in `anygrpc::rt::spawn_blocking(..).await`, so that the other
+    /// calls of its connection are not held up behind it.
     pub trait Channelz: Send + Sync + 'static {
         /// Gets all root channels (i.e. channels the application has directly created). This does
         /// not include subchannels nor non-top level channels.
