@@ -10,19 +10,16 @@ use std::time::Duration;
 use http::{
     header::{CONTENT_TYPE, TE, USER_AGENT},
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri,
+    HeaderMap, HeaderValue, Method, StatusCode, Uri,
 };
 
 use crate::{metadata::MetadataMap, timeout, Status};
 
-/// `grpc-timeout`.
-pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-/// `grpc-encoding`.
-pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
-/// `grpc-accept-encoding`.
-pub const GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
-/// `grpc-status`.
-pub const GRPC_STATUS: HeaderName = crate::status::GRPC_STATUS;
+pub use crate::names::{
+    GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_MESSAGE, GRPC_MESSAGE_TYPE,
+    GRPC_PREVIOUS_RPC_ATTEMPTS, GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, GRPC_STATUS_DETAILS,
+    GRPC_TIMEOUT,
+};
 
 /// The content type anygrpc sends.
 pub const CONTENT_TYPE_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
@@ -108,18 +105,29 @@ pub enum Rejection {
 pub struct RequestInfo {
     /// The client's `grpc-timeout`, if any.
     pub timeout: Option<Duration>,
+    /// `grpc-encoding`: how the client compressed its messages.
+    pub encoding: Option<HeaderValue>,
+    /// `grpc-accept-encoding`: the encodings the client can read.
+    pub accept_encoding: Option<HeaderValue>,
+    /// `grpc-previous-rpc-attempts`, when the client retried or hedged (gRFC A6); `None` also
+    /// when it does not parse, as the spec leaves it advisory.
+    pub previous_attempts: Option<u32>,
+    /// The custom metadata: every header that is not reserved.
+    pub metadata: MetadataMap,
 }
 
 /// Checks a received request head: method POST (else 405), a gRPC content type (else 415), a
-/// well-formed `grpc-timeout` (else `INTERNAL`).
-pub fn validate_request(method: &Method, headers: &HeaderMap) -> Result<RequestInfo, Rejection> {
+/// well-formed `grpc-timeout` (else `INTERNAL`). The headers are split in one pass into what
+/// the protocol reads and the custom metadata.
+pub fn validate_request(method: &Method, headers: HeaderMap) -> Result<RequestInfo, Rejection> {
     if method != Method::POST {
         return Err(Rejection::Http(
             StatusCode::METHOD_NOT_ALLOWED,
             "gRPC requires POST",
         ));
     }
-    match headers.get(CONTENT_TYPE) {
+    let (metadata, reserved) = MetadataMap::split_reserved(headers);
+    match &reserved.content_type {
         Some(ct) if is_grpc_content_type(ct.as_bytes()) => {}
         _ => {
             return Err(Rejection::Http(
@@ -128,14 +136,24 @@ pub fn validate_request(method: &Method, headers: &HeaderMap) -> Result<RequestI
             ))
         }
     }
-    let timeout = match headers.get(GRPC_TIMEOUT) {
+    let timeout = match &reserved.timeout {
         None => None,
         Some(v) => Some(
             timeout::decode(v.as_bytes())
                 .map_err(|e| Rejection::Grpc(Status::internal(e.to_string())))?,
         ),
     };
-    Ok(RequestInfo { timeout })
+    let previous_attempts = reserved
+        .previous_attempts
+        .as_ref()
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    Ok(RequestInfo {
+        timeout,
+        encoding: reserved.encoding,
+        accept_encoding: reserved.accept_encoding,
+        previous_attempts,
+        metadata,
+    })
 }
 
 /// Checks a response head on the client.
@@ -215,25 +233,62 @@ mod tests {
         assert_eq!(req.headers()[TE], "trailers");
         assert_eq!(req.headers()[GRPC_ENCODING], "gzip");
         assert_eq!(req.headers()["x-a"], "b");
-        let info = validate_request(req.method(), req.headers()).unwrap();
+        let (parts, ()) = req.into_parts();
+        let info = validate_request(&parts.method, parts.headers).unwrap();
         assert_eq!(info.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(info.encoding.unwrap(), "gzip");
+        assert_eq!(info.accept_encoding.unwrap(), "identity,gzip");
+        assert_eq!(info.previous_attempts, None);
+        assert_eq!(
+            info.metadata.len(),
+            2,
+            "x-a and user-agent, nothing reserved"
+        );
+        assert_eq!(info.metadata.get("x-a").unwrap(), "b");
+    }
+
+    #[test]
+    fn request_head_is_split_from_metadata() {
+        let mut h = grpc_headers();
+        h.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from_static("2"));
+        h.insert("grpc-future-thing", HeaderValue::from_static("x"));
+        h.append("x-b", HeaderValue::from_static("1"));
+        h.append("x-b", HeaderValue::from_static("2"));
+        let info = validate_request(&Method::POST, h).unwrap();
+        assert_eq!(info.previous_attempts, Some(2));
+        assert_eq!(info.timeout, None);
+        assert_eq!(info.metadata.get_all("x-b").collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(
+            info.metadata.len(),
+            2,
+            "only x-b's two values: {:?}",
+            info.metadata
+        );
+        let mut h = grpc_headers();
+        h.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from_static("many"));
+        assert_eq!(
+            validate_request(&Method::POST, h)
+                .unwrap()
+                .previous_attempts,
+            None
+        );
     }
 
     #[test]
     fn rejects_bad_requests() {
         let mut h = grpc_headers();
-        match validate_request(&Method::GET, &h) {
+        match validate_request(&Method::GET, h.clone()) {
             Err(Rejection::Http(s, _)) => assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED),
             other => panic!("{other:?}"),
         }
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        match validate_request(&Method::POST, &h) {
+        match validate_request(&Method::POST, h.clone()) {
             Err(Rejection::Http(s, _)) => assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE),
             other => panic!("{other:?}"),
         }
         let mut h = grpc_headers();
         h.insert(GRPC_TIMEOUT, HeaderValue::from_static("12x"));
-        match validate_request(&Method::POST, &h) {
+        match validate_request(&Method::POST, h.clone()) {
             Err(Rejection::Grpc(s)) => assert_eq!(s.code(), Code::Internal),
             other => panic!("{other:?}"),
         }

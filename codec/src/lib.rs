@@ -23,6 +23,7 @@ pub mod keepalive;
 pub mod lifetime;
 pub mod message;
 pub mod metadata;
+mod names;
 pub mod segments;
 mod status;
 pub mod timeout;

@@ -17,6 +17,8 @@ use base64::{
 use bytes::Bytes;
 use http::{header::HeaderName, HeaderMap, HeaderValue};
 
+use crate::names::{self, Reserved};
+
 /// The default limit on the size of a received header list (metadata included), in the
 /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` sense: the sum of name length + value length + 32
 /// per entry.
@@ -144,32 +146,26 @@ impl MetadataMap {
     ///
     /// This is on every call's path, so it allocates nothing when the reserved headers present
     /// are the protocol's usual ones.
-    pub fn from_header_map(mut headers: HeaderMap) -> MetadataMap {
-        /// The reserved headers peers send, removed by name.
-        const KNOWN: [&str; 11] = [
-            "content-type",
-            "te",
-            "grpc-timeout",
-            "grpc-encoding",
-            "grpc-accept-encoding",
-            "grpc-status",
-            "grpc-message",
-            "grpc-status-details-bin",
-            "grpc-message-type",
-            "grpc-previous-rpc-attempts",
-            "grpc-retry-pushback-ms",
-        ];
-        let mut present = [false; KNOWN.len()];
+    pub fn from_header_map(headers: HeaderMap) -> MetadataMap {
+        Self::split_reserved(headers).0
+    }
+
+    /// [`MetadataMap::from_header_map`], also giving back the reserved headers a server reads:
+    /// one pass over the names instead of a lookup for each.
+    pub(crate) fn split_reserved(mut headers: HeaderMap) -> (MetadataMap, Reserved) {
+        let mut present = [false; names::RESERVED.len()];
         let mut unknown = false;
         for key in headers.keys() {
-            let key = key.as_str();
-            match KNOWN.iter().position(|k| *k == key) {
+            match names::reserved_index(key) {
                 Some(i) => present[i] = true,
-                None => unknown |= key.starts_with("grpc-"),
+                None => unknown |= key.as_str().starts_with("grpc-"),
             }
         }
-        for (name, _) in KNOWN.iter().zip(present).filter(|(_, p)| *p) {
-            headers.remove(*name);
+        let mut reserved = Reserved::default();
+        for (i, name) in names::RESERVED.iter().enumerate() {
+            if present[i] {
+                reserved.keep(name, headers.remove(name));
+            }
         }
         if unknown {
             let other: Vec<HeaderName> = headers
@@ -181,7 +177,7 @@ impl MetadataMap {
                 headers.remove(key);
             }
         }
-        MetadataMap { headers }
+        (MetadataMap { headers }, reserved)
     }
 
     /// The number of values.

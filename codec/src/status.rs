@@ -1,17 +1,14 @@
 use std::{error::Error, fmt};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
-use crate::{message, metadata::MetadataMap, Code};
-
-/// Header carrying the status code in trailers.
-pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-/// Header carrying the percent-encoded status message.
-pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-/// Header carrying a serialized `google.rpc.Status`, base64-encoded.
-pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
-    HeaderName::from_static("grpc-status-details-bin");
+use crate::{
+    message,
+    metadata::MetadataMap,
+    names::{GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS},
+    Code,
+};
 
 /// The outcome of a gRPC call: a [`Code`], a message, optional binary details and metadata.
 ///

@@ -316,7 +316,7 @@ pub fn headers(data: &[u8]) {
     } else {
         http::Method::GET
     };
-    match headers::validate_request(&method, &headers) {
+    match headers::validate_request(&method, headers.clone()) {
         Ok(info) => {
             if let Some(t) = info.timeout {
                 assert!(t <= Duration::from_secs(99_999_999 * 3600));

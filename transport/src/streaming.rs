@@ -9,7 +9,7 @@ use std::{
 use anygrpc_codec::{
     compression::{CompressionRegistry, Compressor},
     frame::Deframer,
-    headers::{self, GRPC_ENCODING},
+    headers::{self, GRPC_ENCODING, GRPC_RETRY_PUSHBACK_MS},
     Code, Codec, Segments,
 };
 use anygrpc_rt::Sleep;
@@ -17,9 +17,6 @@ use futures_core::Stream;
 use futures_util::future::poll_fn;
 
 use crate::{channelz::CallTally, metrics::Traffic, MetadataMap, Status};
-
-static GRPC_RETRY_PUSHBACK_MS: http::HeaderName =
-    http::HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
 /// parameter.

@@ -20,7 +20,7 @@ use anygrpc_codec::Code;
 use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
-    headers::{self, RequestHead},
+    headers::{self, RequestHead, GRPC_PREVIOUS_RPC_ATTEMPTS},
     keepalive::{self, KeepaliveConfig},
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
     Codec,
@@ -1365,9 +1365,6 @@ fn attempt_request(head: &http::Request<()>, previous: u32) -> http::Request<()>
     }
     request
 }
-
-const GRPC_PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
-    http::HeaderName::from_static("grpc-previous-rpc-attempts");
 
 pin_project_lite::pin_project! {
     /// Part of a call, bounded by its deadline and its cancellation (see [`Grpc::bounded`]).

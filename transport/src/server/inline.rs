@@ -8,7 +8,7 @@
 //! the machine has. A call spawned as a task of its own can be taken by an idle worker.
 //!
 //! So the connection polls calls itself while they are quick, and after a call's first poll
-//! took [`SLOW_POLL`] it spawns the next [`SPAWN_AFTER_SLOW`] calls unpolled; then it tries
+//! took [`SLOW_POLL`] (the default of `Server::slow_first_poll`) it spawns the next [`SPAWN_AFTER_SLOW`] calls unpolled; then it tries
 //! one again. A connection whose handlers compute then runs about one call in
 //! `SPAWN_AFTER_SLOW + 1` itself, and one whose handlers echo never spawns.
 
@@ -22,13 +22,23 @@ pub(super) const SLOW_POLL: Duration = Duration::from_micros(20);
 pub(super) const SPAWN_AFTER_SLOW: u32 = 64;
 
 /// A connection's choice, call by call, of polling inline or spawning (see the module doc).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct InlinePolls {
+    /// A first poll at least this long is slow.
+    slow: Duration,
     /// Calls still to spawn unpolled since the last slow first poll.
     spawn_next: u32,
 }
 
 impl InlinePolls {
+    /// Polls calls inline until one's first poll takes `slow`.
+    pub(super) fn new(slow: Duration) -> InlinePolls {
+        InlinePolls {
+            slow,
+            spawn_next: 0,
+        }
+    }
+
     /// Whether the next accepted call is polled on the connection's task (else it is spawned
     /// unpolled).
     pub(super) fn poll_next(&mut self) -> bool {
@@ -41,7 +51,7 @@ impl InlinePolls {
 
     /// Records that an inline first poll took `took`.
     pub(super) fn polled(&mut self, took: Duration) {
-        if took >= SLOW_POLL {
+        if took >= self.slow {
             self.spawn_next = SPAWN_AFTER_SLOW;
         }
     }
@@ -53,7 +63,7 @@ mod tests {
 
     #[test]
     fn quick_calls_are_always_polled_inline() {
-        let mut polls = InlinePolls::default();
+        let mut polls = InlinePolls::new(SLOW_POLL);
         for _ in 0..1000 {
             assert!(polls.poll_next());
             polls.polled(SLOW_POLL - Duration::from_nanos(1));
@@ -61,8 +71,17 @@ mod tests {
     }
 
     #[test]
+    fn the_limit_is_the_servers() {
+        let mut polls = InlinePolls::new(Duration::from_millis(1));
+        polls.polled(Duration::from_micros(900));
+        assert!(polls.poll_next(), "under its limit, a poll is quick");
+        polls.polled(Duration::from_millis(1));
+        assert!(!polls.poll_next(), "at its limit, a poll is slow");
+    }
+
+    #[test]
     fn a_slow_call_sends_the_next_calls_to_tasks_of_their_own() {
-        let mut polls = InlinePolls::default();
+        let mut polls = InlinePolls::new(SLOW_POLL);
         assert!(polls.poll_next());
         polls.polled(SLOW_POLL);
         for _ in 0..SPAWN_AFTER_SLOW {

@@ -1,0 +1,335 @@
+//! The second half of a server call: the handler raced against the client's cancellation
+//! and the deadline, then the response sent under the same watch.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Instant,
+};
+
+use anygrpc_codec::{
+    compression,
+    frame::Encoder,
+    headers::{self, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
+    Code, Codec,
+};
+use anygrpc_rt::Sleep;
+use bytes::Bytes;
+use futures_core::Stream;
+use futures_util::future::poll_fn;
+use h2::{server::SendResponse, SendStream};
+use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
+
+use super::ServerShared;
+use crate::{
+    channelz::CallTally,
+    metrics::Measure,
+    send::{append_ready, send_message, Gathered},
+    Response, ResponseStream, Status,
+};
+
+/// What a handler produced.
+pub(super) enum Body<T> {
+    One(T),
+    Stream(ResponseStream<T>),
+}
+
+enum Outcome<T> {
+    Done(Result<T, Status>),
+    Cancelled,
+    DeadlineExceeded,
+}
+
+/// Ends a call with a status and no messages, in a single HEADERS frame.
+pub(super) fn trailers_only(
+    respond: &mut SendResponse<Bytes>,
+    status: &Status,
+    accept_encoding: Option<HeaderValue>,
+) {
+    let mut response = http::Response::new(());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, headers::CONTENT_TYPE_GRPC);
+    if let Some(accept) = accept_encoding {
+        headers.insert(GRPC_ACCEPT_ENCODING, accept);
+    }
+    status.write_trailers(headers);
+    if let Err(err) = respond.send_response(response, true) {
+        tracing::debug!(error = %err, "could not send status");
+    }
+}
+
+/// Ends a gRPC call with `status` in a Trailers-Only response, and its count with the status's
+/// code.
+pub(super) fn fail(
+    respond: &mut SendResponse<Bytes>,
+    tally: &mut CallTally,
+    status: &Status,
+    accept_encoding: Option<HeaderValue>,
+) {
+    tally.end(status.code());
+    trailers_only(respond, status, accept_encoding);
+}
+
+/// What is left of a call once its request is handed to the handler.
+pub(super) struct Responder {
+    pub(super) shared: Arc<ServerShared>,
+    pub(super) respond: SendResponse<Bytes>,
+    pub(super) deadline: Option<Instant>,
+    pub(super) accept_encoding: Option<HeaderValue>,
+    pub(super) tally: CallTally,
+}
+
+/// The deadline's timer, when the call has one.
+type Timer = Option<Pin<Box<dyn Sleep>>>;
+
+impl Responder {
+    /// Runs the handler's future `work`, then sends its response, racing both against the
+    /// client's cancellation and the deadline. On cancellation the handler's future is
+    /// dropped, which is how the handler observes it.
+    pub(super) fn run<C, W>(self, codec: C, work: W) -> impl Future<Output = ()> + Send
+    where
+        C: Codec,
+        W: Future<Output = Result<Response<Body<C::Encode>>, Status>> + Send,
+    {
+        let sleep = self.deadline.map(|d| self.shared.runtime.sleep_until(d));
+        Run::Handling {
+            work,
+            responder: self,
+            sleep,
+            codec,
+            respond: Responder::respond::<C>,
+        }
+    }
+
+    /// Sends a handler's response: the head, the messages, the trailers.
+    async fn respond<C: Codec>(
+        self,
+        mut sleep: Timer,
+        codec: C,
+        response: Response<Body<C::Encode>>,
+    ) {
+        let Responder {
+            shared,
+            mut respond,
+            deadline: _,
+            accept_encoding,
+            mut tally,
+        } = self;
+        let traffic = tally.measure().and_then(Measure::traffic);
+        let count_sent = |frame: &Bytes| {
+            if let Some(traffic) = traffic {
+                traffic.sent_frames(frame);
+            }
+        };
+
+        let encoding = response
+            .compression()
+            .or(shared.send_compression)
+            .filter(|name| compression::accepts(accept_encoding.as_ref(), name));
+        let compressor = encoding.and_then(|name| shared.compression.get(name).cloned());
+        let (metadata, body, trailers) = response.into_parts();
+        let mut head = http::Response::new(());
+        let headers = head.headers_mut();
+        *headers = metadata.into_headers();
+        headers.insert(CONTENT_TYPE, headers::CONTENT_TYPE_GRPC);
+        if let Some(compressor) = &compressor {
+            headers.insert(GRPC_ENCODING, HeaderValue::from_static(compressor.name()));
+        }
+        headers.insert(
+            GRPC_ACCEPT_ENCODING,
+            shared.compression.accept_encoding().clone(),
+        );
+        *head.status_mut() = StatusCode::OK;
+        let mut send = match respond.send_response(head, false) {
+            Ok(send) => send,
+            Err(err) => {
+                tracing::debug!(error = %err, "could not send response headers");
+                return;
+            }
+        };
+        let compress = compressor.is_some();
+        let mut encoder = Encoder::new(compressor, shared.max_send_message_size);
+        let status = match body {
+            Body::One(message) => match encoder.encode(&codec, message, compress) {
+                Ok(frame) => {
+                    count_sent(&frame);
+                    match send_before(&mut sleep, &mut send, frame).await {
+                        Ok(()) => Ok(()),
+                        Err(outcome) => return finish(&mut send, outcome, &mut tally),
+                    }
+                }
+                Err(status) => Err(status),
+            },
+            Body::Stream(mut messages) => loop {
+                let next = poll_fn(|cx| {
+                    if send.poll_reset(cx).is_ready() {
+                        return Poll::Ready(Outcome::Cancelled);
+                    }
+                    if expired(&mut sleep, cx) {
+                        return Poll::Ready(Outcome::DeadlineExceeded);
+                    }
+                    Pin::new(&mut messages)
+                        .poll_next(cx)
+                        .map(|m| Outcome::Done(m.transpose()))
+                })
+                .await;
+                let first = match next {
+                    Outcome::Done(Ok(Some(message))) => message,
+                    Outcome::Done(Ok(None)) => break Ok(()),
+                    Outcome::Done(Err(status)) => break Err(status),
+                    other => return finish(&mut send, other, &mut tally),
+                };
+                if let Err(status) = encoder.append(&codec, first, compress) {
+                    break Err(status);
+                }
+                let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
+                let frame = encoder.take();
+                count_sent(&frame);
+                if let Err(outcome) = send_before(&mut sleep, &mut send, frame).await {
+                    return finish(&mut send, outcome, &mut tally);
+                }
+                match gathered {
+                    Gathered::More => {}
+                    Gathered::End => break Ok(()),
+                    Gathered::Fail(status) => break Err(status),
+                }
+            },
+        };
+        let code = status.as_ref().map_or_else(Status::code, |()| Code::Ok);
+        let trailer_map = match status {
+            Ok(()) => Status::ok_trailers(trailers),
+            Err(status) => {
+                let mut map = HeaderMap::new();
+                status.write_trailers(&mut map);
+                map
+            }
+        };
+        match send.send_trailers(trailer_map) {
+            Ok(()) => tally.end(code),
+            Err(err) => tracing::debug!(error = %err, "could not send trailers"),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's task once its request is handed over (see [`Responder::run`]).
+    ///
+    /// A state machine written out rather than an `async fn`: an `async fn` keeps a slot for
+    /// each argument for its whole life, so the handler's future (often the largest part of a
+    /// call's task) would be stored twice, once as the argument and once pinned. Here it is
+    /// stored once, and dropped the moment it is done.
+    #[project = RunProj]
+    #[project_replace = RunTaken]
+    enum Run<W, C, F, S> {
+        Handling {
+            #[pin]
+            work: W,
+            responder: Responder,
+            sleep: Timer,
+            codec: C,
+            respond: F,
+        },
+        Responding {
+            #[pin]
+            send: S,
+        },
+        Done,
+    }
+}
+
+impl<W, C, F, S> Future for Run<W, C, F, S>
+where
+    C: Codec,
+    W: Future<Output = Result<Response<Body<C::Encode>>, Status>>,
+    F: FnOnce(Responder, Timer, C, Response<Body<C::Encode>>) -> S,
+    S: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let outcome = match self.as_mut().project() {
+                RunProj::Handling {
+                    work,
+                    responder,
+                    sleep,
+                    ..
+                } => {
+                    if responder.respond.poll_reset(cx).is_ready() {
+                        Outcome::Cancelled
+                    } else if expired(sleep, cx) {
+                        Outcome::DeadlineExceeded
+                    } else {
+                        Outcome::Done(ready!(work.poll(cx)))
+                    }
+                }
+                RunProj::Responding { send } => {
+                    ready!(send.poll(cx));
+                    self.set(Run::Done);
+                    return Poll::Ready(());
+                }
+                RunProj::Done => return Poll::Ready(()),
+            };
+            // The handler's future is dropped here, whatever became of it.
+            let RunTaken::Handling {
+                mut responder,
+                sleep,
+                codec,
+                respond,
+                ..
+            } = self.as_mut().project_replace(Run::Done)
+            else {
+                return Poll::Ready(());
+            };
+            let status = match outcome {
+                Outcome::Cancelled => return Poll::Ready(()),
+                Outcome::DeadlineExceeded => Status::deadline_exceeded("deadline exceeded"),
+                Outcome::Done(Err(status)) => status,
+                Outcome::Done(Ok(response)) => {
+                    let send = respond(responder, sleep, codec, response);
+                    self.set(Run::Responding { send });
+                    continue;
+                }
+            };
+            fail(&mut responder.respond, &mut responder.tally, &status, None);
+            return Poll::Ready(());
+        }
+    }
+}
+
+pub(super) fn expired(sleep: &mut Timer, cx: &mut std::task::Context<'_>) -> bool {
+    sleep
+        .as_mut()
+        .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+}
+
+/// Sends one message, giving up at the deadline or when the client cancels.
+async fn send_before(
+    sleep: &mut Timer,
+    send: &mut SendStream<Bytes>,
+    frame: Bytes,
+) -> Result<(), Outcome<()>> {
+    let mut sending = std::pin::pin!(send_message(send, frame, false));
+    poll_fn(|cx| {
+        if expired(sleep, cx) {
+            return Poll::Ready(Err(Outcome::DeadlineExceeded));
+        }
+        sending.as_mut().poll(cx).map_err(|_| Outcome::Cancelled)
+    })
+    .await
+}
+
+/// Ends a call whose response was under way: on deadline, the status goes in the trailers; on
+/// cancellation there is nobody to tell.
+fn finish<T>(send: &mut SendStream<Bytes>, outcome: Outcome<T>, tally: &mut CallTally) {
+    if let Outcome::DeadlineExceeded = outcome {
+        tally.end(Code::DeadlineExceeded);
+        let mut trailers = HeaderMap::new();
+        Status::deadline_exceeded("deadline exceeded").write_trailers(&mut trailers);
+        if send.send_trailers(trailers).is_err() {
+            send.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}
