@@ -30,8 +30,16 @@ pub fn server_from_args(
         .unwrap_or_else(|| "127.0.0.1:50051".into())
         .parse()?;
     common::read_server_work(&args);
-    let builder =
+    let mut builder =
         anygrpc::Server::builder().add_service(pb::bench_server::BenchServer::new(BenchService));
+    // `--slow-first-poll-us`: the instruction count's run under callgrind scales it to
+    // valgrind's slowdown (see `instructions.py`).
+    if let Some(us) = common::flag(&args, "slow-first-poll-us") {
+        let us = us
+            .parse()
+            .unwrap_or_else(|_| panic!("--slow-first-poll-us: not a number: {us}"));
+        builder = builder.slow_first_poll(std::time::Duration::from_micros(us));
+    }
     Ok((builder, addr))
 }
 
