@@ -1,7 +1,18 @@
 //! The `grpc-timeout` header: 1 to 8 ASCII digits followed by a unit (`H`, `M`, `S`, `m`, `u`,
 //! `n`).
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    time::{Duration, Instant},
+};
+
+/// The deadline `timeout` after `now`. A timeout too long for the clock (a decoded `99999999H`
+/// on some platforms, a caller's `Duration::MAX`) is a century: a deadline that never comes,
+/// not an overflow (a monotonic clock's `Instant` holds a century past any `now`).
+pub fn deadline(now: Instant, timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(timeout).unwrap_or(now + CENTURY)
+}
 
 /// The largest value the eight digits can hold.
 const MAX_VALUE: u64 = 99_999_999;
@@ -77,6 +88,17 @@ pub fn encode(timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_too_far_for_the_clock_is_a_century() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        let never = deadline(now, Duration::MAX);
+        assert!(never >= now + Duration::from_secs(99 * 365 * 24 * 3600));
+    }
 
     #[test]
     fn decodes_every_unit() {

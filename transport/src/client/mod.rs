@@ -701,11 +701,7 @@ impl Grpc {
         let runtime = self.runtime();
         // The call's deadline counts from here, a wait for the resolver included.
         let started = runtime.now();
-        let deadline_after = |timeout: Duration| {
-            started
-                .checked_add(timeout)
-                .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600))
-        };
+        let deadline_after = |timeout: Duration| anygrpc_codec::timeout::deadline(started, timeout);
         let cancel = request.take_cancel_token();
         if !inner.core.resolved_once() {
             let deadline = request.timeout().map(deadline_after);
@@ -1345,7 +1341,6 @@ fn counted_by_stream<T>(
     }
 }
 
-/// A copy of a call's request head for one attempt, saying how many attempts came before.
 /// Whether a single-message request can be sent again: always without a policy (the call
 /// holds its one frame for the refused-stream retry), under one while it is in the retry
 /// buffer.
@@ -1353,6 +1348,7 @@ fn replayable(call: &Prepared, held: &Option<Buffered>) -> bool {
     call.policy.is_none() || held.is_some()
 }
 
+/// A copy of a call's request head for one attempt, saying how many attempts came before.
 fn attempt_request(head: &http::Request<()>, previous: u32) -> http::Request<()> {
     let mut request = http::Request::new(());
     *request.method_mut() = head.method().clone();

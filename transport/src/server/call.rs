@@ -6,7 +6,7 @@ use std::{fmt, future::Future, sync::Arc, task::Poll, time::Instant};
 use anygrpc_codec::{
     compression::Compressor,
     headers::{self, Rejection},
-    Codec,
+    timeout, Codec,
 };
 use anygrpc_rt::{Address, BoxFuture};
 use bytes::Bytes;
@@ -120,11 +120,9 @@ pub(super) fn accept(
             return None;
         }
     };
-    let deadline = info.timeout.map(|t| {
-        let now = shared.runtime.now();
-        now.checked_add(t)
-            .unwrap_or(now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
-    });
+    let deadline = info
+        .timeout
+        .map(|t| timeout::deadline(shared.runtime.now(), t));
     let path = parts
         .uri
         .path_and_query()
