@@ -182,10 +182,11 @@ impl ServerCall {
             self.deadline.map(|d| (d, self.shared.runtime.clone())),
             Some(self.remote_addr),
         );
+        let sleep = self.deadline.map(|d| self.shared.runtime.sleep_until(d));
         let responder = Responder {
             shared: self.shared,
             respond: self.respond,
-            deadline: self.deadline,
+            sleep,
             accept_encoding: self.accept_encoding,
             tally: self.tally,
         };

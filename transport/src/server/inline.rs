@@ -8,9 +8,10 @@
 //! the machine has. A call spawned as a task of its own can be taken by an idle worker.
 //!
 //! So the connection polls calls itself while they are quick, and after a call's first poll
-//! took [`SLOW_POLL`] (the default of `Server::slow_first_poll`) it spawns the next [`SPAWN_AFTER_SLOW`] calls unpolled; then it tries
-//! one again. A connection whose handlers compute then runs about one call in
-//! `SPAWN_AFTER_SLOW + 1` itself, and one whose handlers echo never spawns.
+//! took [`SLOW_POLL`] (the default of `Server::slow_first_poll`) it spawns the next
+//! [`SPAWN_AFTER_SLOW`] calls unpolled; then it tries one again. A connection whose handlers
+//! compute then runs about one call in `SPAWN_AFTER_SLOW + 1` itself, and one whose handlers
+//! echo never spawns.
 
 use std::time::Duration;
 

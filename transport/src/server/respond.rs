@@ -6,7 +6,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::Instant,
 };
 
 use anygrpc_codec::{
@@ -76,13 +75,14 @@ pub(super) fn fail(
 pub(super) struct Responder {
     pub(super) shared: Arc<ServerShared>,
     pub(super) respond: SendResponse<Bytes>,
-    pub(super) deadline: Option<Instant>,
+    /// The deadline's timer, which watches the handler and then the response.
+    pub(super) sleep: Timer,
     pub(super) accept_encoding: Option<HeaderValue>,
     pub(super) tally: CallTally,
 }
 
 /// The deadline's timer, when the call has one.
-type Timer = Option<Pin<Box<dyn Sleep>>>;
+pub(super) type Timer = Option<Pin<Box<dyn Sleep>>>;
 
 impl Responder {
     /// Runs the handler's future `work`, then sends its response, racing both against the
@@ -93,27 +93,20 @@ impl Responder {
         C: Codec,
         W: Future<Output = Result<Response<Body<C::Encode>>, Status>> + Send,
     {
-        let sleep = self.deadline.map(|d| self.shared.runtime.sleep_until(d));
         Run::Handling {
             work,
             responder: self,
-            sleep,
             codec,
             respond: Responder::respond::<C>,
         }
     }
 
     /// Sends a handler's response: the head, the messages, the trailers.
-    async fn respond<C: Codec>(
-        self,
-        mut sleep: Timer,
-        codec: C,
-        response: Response<Body<C::Encode>>,
-    ) {
+    async fn respond<C: Codec>(self, codec: C, response: Response<Body<C::Encode>>) {
         let Responder {
             shared,
             mut respond,
-            deadline: _,
+            mut sleep,
             accept_encoding,
             mut tally,
         } = self;
@@ -227,7 +220,6 @@ pin_project_lite::pin_project! {
             #[pin]
             work: W,
             responder: Responder,
-            sleep: Timer,
             codec: C,
             respond: F,
         },
@@ -243,7 +235,7 @@ impl<W, C, F, S> Future for Run<W, C, F, S>
 where
     C: Codec,
     W: Future<Output = Result<Response<Body<C::Encode>>, Status>>,
-    F: FnOnce(Responder, Timer, C, Response<Body<C::Encode>>) -> S,
+    F: FnOnce(Responder, C, Response<Body<C::Encode>>) -> S,
     S: Future<Output = ()>,
 {
     type Output = ();
@@ -252,14 +244,11 @@ where
         loop {
             let outcome = match self.as_mut().project() {
                 RunProj::Handling {
-                    work,
-                    responder,
-                    sleep,
-                    ..
+                    work, responder, ..
                 } => {
                     if responder.respond.poll_reset(cx).is_ready() {
                         Outcome::Cancelled
-                    } else if expired(sleep, cx) {
+                    } else if expired(&mut responder.sleep, cx) {
                         Outcome::DeadlineExceeded
                     } else {
                         Outcome::Done(ready!(work.poll(cx)))
@@ -275,7 +264,6 @@ where
             // The handler's future is dropped here, whatever became of it.
             let RunTaken::Handling {
                 mut responder,
-                sleep,
                 codec,
                 respond,
                 ..
@@ -288,7 +276,7 @@ where
                 Outcome::DeadlineExceeded => Status::deadline_exceeded("deadline exceeded"),
                 Outcome::Done(Err(status)) => status,
                 Outcome::Done(Ok(response)) => {
-                    let send = respond(responder, sleep, codec, response);
+                    let send = respond(responder, codec, response);
                     self.set(Run::Responding { send });
                     continue;
                 }
@@ -299,7 +287,7 @@ where
     }
 }
 
-pub(super) fn expired(sleep: &mut Timer, cx: &mut std::task::Context<'_>) -> bool {
+pub(super) fn expired(sleep: &mut Timer, cx: &mut Context<'_>) -> bool {
     sleep
         .as_mut()
         .is_some_and(|s| s.as_mut().poll(cx).is_ready())
