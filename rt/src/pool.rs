@@ -258,12 +258,18 @@ impl Pool {
         })
     }
 
+    /// The worker a task spawned now starts on: its spawner's, when a pool task spawns it (the
+    /// two likely talk to each other), else the next in turn. An idle worker may take it later.
+    fn home_for_spawn(&self) -> usize {
+        RUNNING
+            .with(Cell::get)
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len())
+    }
+
     /// Runs `future` to completion on the pool. A panic in it is printed by the panic hook and
     /// ends only this task.
     pub(crate) fn spawn(&'static self, future: BoxFuture<'static, ()>, kind: Kind) {
-        let home = RUNNING
-            .with(Cell::get)
-            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len());
+        let home = self.home_for_spawn();
         let (runnable, task) = async_task::Builder::new()
             .metadata(Meta {
                 home: AtomicUsize::new(home),
@@ -422,10 +428,6 @@ mod tests {
 
     use super::*;
 
-    fn worker_name() -> String {
-        std::thread::current().name().unwrap_or_default().to_owned()
-    }
-
     #[test]
     fn moves_to_the_waker_only_when_home_sleeps_and_the_waker_is_not_busy() {
         assert_eq!(destination(0, Some(1), true, 0), 1);
@@ -526,21 +528,21 @@ mod tests {
 
     #[test]
     fn a_task_spawned_by_a_task_starts_on_its_worker() {
+        // Where the child first runs is not asserted: with other tests' tasks on the shared
+        // pool, an idle worker may steal it (see the test of thieves above). Its home is what a
+        // spawn decides.
         let pool = Pool::get();
         let (tx, rx) = mpsc::channel();
         pool.spawn(
             Box::pin(async move {
-                let parent = worker_name();
-                Pool::get().spawn(
-                    Box::pin(async move { tx.send((parent, worker_name())).unwrap() }),
-                    Kind::Task,
-                );
+                let here = RUNNING.with(Cell::get);
+                tx.send((here, Pool::get().home_for_spawn())).unwrap();
             }),
             Kind::Task,
         );
-        let (parent, child) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(parent.starts_with("anygrpc-worker-"), "{parent}");
-        assert_eq!(parent, child);
+        let (here, home) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(here.is_some(), "the parent runs on a worker");
+        assert_eq!(here, Some(home));
     }
 
     #[test]
