@@ -4,7 +4,10 @@ use std::{
     fmt,
     io::{self, IoSlice, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
-    os::unix::net::{UnixListener, UnixStream},
+    os::{
+        fd::AsFd,
+        unix::net::{UnixListener, UnixStream},
+    },
     path::PathBuf,
     pin::Pin,
     sync::Arc,
@@ -13,10 +16,11 @@ use std::{
 };
 
 use async_io::{Async, Timer};
+use rustix::net::RecvFlags;
 
 use crate::{
     pool::{Kind, Pool},
-    Address, BoxFuture, BoxIo, Listener, Runtime, Sleep, TcpOptions,
+    Address, BoxFuture, BoxIo, Io, Listener, ReadBuf, Runtime, Sleep, TcpOptions,
 };
 
 type Spawner = Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>;
@@ -112,6 +116,31 @@ impl<T> Socket<T> {
     }
 }
 
+impl<T> Socket<T> {
+    /// Runs `read` on the socket once the reactor says it may have bytes, skipping the wait
+    /// while the last read filled what it was asked to.
+    fn poll_read_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut read: impl FnMut(&T) -> io::Result<(usize, usize)>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if self.drained {
+                std::task::ready!(self.io.poll_readable(cx))?;
+                self.drained = false;
+            }
+            match read(self.io.get_ref()) {
+                Ok((n, asked)) => {
+                    self.drained = n > 0 && n < asked;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 impl<T> futures_io::AsyncRead for Socket<T>
 where
     for<'a> &'a T: Read,
@@ -121,21 +150,41 @@ where
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            if this.drained {
-                std::task::ready!(this.io.poll_readable(cx))?;
-                this.drained = false;
-            }
-            match this.io.get_ref().read(buf) {
-                Ok(n) => {
-                    this.drained = n > 0 && n < buf.len();
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.drained = true,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let asked = buf.len();
+        self.get_mut()
+            .poll_read_with(cx, |mut io| io.read(buf).map(|n| (n, asked)))
+    }
+}
+
+impl<T> Io for Socket<T>
+where
+    T: AsFd + Send + 'static,
+    for<'a> &'a T: Read + Write,
+{
+    /// Has the kernel write straight into the uninitialized buffer: `recv` through rustix,
+    /// which takes `MaybeUninit` bytes and returns the part it filled.
+    fn poll_read_buf(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = std::task::ready!(self.get_mut().poll_read_with(cx, |io| {
+            // SAFETY: `unfilled_mut` asks that no uninitialized byte be written through it;
+            // `recv` writes only what it received.
+            #[allow(unsafe_code)]
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let asked = unfilled.len();
+            let ((filled, _), _) = rustix::net::recv(io, unfilled, RecvFlags::empty())?;
+            Ok((filled.len(), asked))
+        }))?;
+        // SAFETY: `recv` returned the first `n` bytes of the unfilled part as the `&mut [u8]`
+        // it wrote (rustix's `Buffer` for `&mut [MaybeUninit<u8>]`), so they are initialized.
+        #[allow(unsafe_code)]
+        unsafe {
+            buf.assume_init(n);
         }
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -307,5 +356,29 @@ impl Runtime for AsyncIoRuntime {
                 .to_socket_addrs()
                 .map(Iterator::collect)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_reads_into_uninitialized_memory() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let mut socket = Socket::new(Async::new(stream).unwrap());
+        peer.write_all(b"hello").unwrap();
+        let mut storage = [std::mem::MaybeUninit::new(0xAA_u8); 64];
+        let mut buf = ReadBuf::uninit(&mut storage);
+        async_io::block_on(std::future::poll_fn(|cx| {
+            Pin::new(&mut socket).poll_read_buf(cx, &mut buf)
+        }))
+        .unwrap();
+        assert_eq!(buf.filled(), b"hello");
+        // Fewer bytes than asked for: the socket is drained, and the next read waits for the
+        // reactor rather than calling `recv` for an `EAGAIN`.
+        assert!(socket.drained);
     }
 }

@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures_io::{AsyncRead as _, AsyncWrite as _};
+use futures_io::AsyncWrite as _;
 
 use crate::BoxIo;
 
@@ -58,8 +58,8 @@ const BUDGET: u32 = 64;
 
 /// Presents a [`BoxIo`] as a `tokio::io::AsyncRead + AsyncWrite` for `h2`.
 ///
-/// It forwards vectored writes, reads straight into `h2`'s uninitialized buffer (no
-/// zero-filling), yields to the executor after [`BUDGET`] consecutive ready operations, and
+/// It forwards vectored writes, reads into `h2`'s buffer through [`Io::poll_read_buf`](crate::Io::poll_read_buf) (straight
+/// into its uninitialized memory where the stream can), yields to the executor after [`BUDGET`] consecutive ready operations, and
 /// shows the bytes to a [`Tap`] if it has one.
 pub struct H2Io {
     inner: BoxIo,
@@ -181,32 +181,13 @@ impl tokio::io::AsyncRead for H2Io {
         if this.spend(cx) {
             return Poll::Pending;
         }
-        // SAFETY: we never write uninitialized bytes through `unfilled_mut` (its contract), and
-        // `MaybeUninit<u8>` has the layout of `u8`. The slice is only handed to `Io::poll_read`,
-        // whose contract (see `Io`) is to write into it, never read from it; afterwards exactly
-        // the bytes it reports as written are marked initialized.
-        #[allow(unsafe_code)]
-        let slice =
-            unsafe { &mut *(buf.unfilled_mut() as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
-        let poll = Pin::new(&mut this.inner).poll_read(cx, slice);
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut *this.inner).poll_read_buf(cx, buf);
         this.track(&poll);
-        match poll {
-            Poll::Ready(Ok(n)) => {
-                let n = n.min(slice.len());
-                // SAFETY: the reader wrote `n` bytes at the start of the unfilled region.
-                #[allow(unsafe_code)]
-                unsafe {
-                    buf.assume_init(n);
-                }
-                buf.advance(n);
-                if let Some(tap) = this.tap.as_mut() {
-                    tap.read(&slice[..n]);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        if let (Some(tap), Poll::Ready(Ok(()))) = (this.tap.as_mut(), &poll) {
+            tap.read(&buf.filled()[before..]);
         }
+        poll
     }
 }
 
@@ -328,7 +309,7 @@ mod tests {
 
     #[test]
     fn always_ready_stream_yields_after_budget() {
-        let mut io = H2Io::new(Box::new(Endless));
+        let mut io = H2Io::new(crate::box_io(Endless));
         let mut cx = Context::from_waker(Waker::noop());
         let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 16];
         let mut ready = 0;
@@ -348,12 +329,60 @@ mod tests {
 
     #[test]
     fn reads_report_exactly_what_was_written() {
-        let mut io = H2Io::new(Box::new(Cursor::new(b"abc".to_vec())));
+        let mut io = H2Io::new(crate::box_io(Cursor::new(b"abc".to_vec())));
         let mut cx = Context::from_waker(Waker::noop());
         let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 8];
         let mut buf = ReadBuf::uninit(&mut storage);
         assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_ready());
         assert_eq!(buf.filled(), b"abc");
+    }
+
+    /// A stream that reads the buffer it is given before it writes into it, as a safe
+    /// `AsyncRead` may: it fills the buffer with the bytes it saw there, plus one.
+    #[derive(Debug)]
+    struct Peeker;
+
+    impl futures_io::AsyncRead for Peeker {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            for byte in buf.iter_mut() {
+                *byte = byte.wrapping_add(1);
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    impl futures_io::AsyncWrite for Peeker {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_reader_is_given_initialized_bytes() {
+        // The buffer's memory holds 0xAA but the `ReadBuf` calls it uninitialized, as h2's
+        // spare capacity is: a reader handed that memory as `&mut [u8]` would see 0xAA.
+        let mut storage = vec![std::mem::MaybeUninit::new(0xAA_u8); 3 * crate::ZEROED_READ];
+        let mut io = H2Io::new(crate::box_io(Peeker));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut buf = ReadBuf::uninit(&mut storage);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_ready());
+        // It saw zeros, and only as many as the provided read zero-fills at once.
+        assert_eq!(buf.filled().len(), crate::ZEROED_READ);
+        assert!(buf.filled().iter().all(|&b| b == 1));
     }
 
     /// A sink whose bytes the test can read afterwards.
@@ -395,7 +424,7 @@ mod tests {
         let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), Vec::new())));
         let mut cx = Context::from_waker(Waker::noop());
         let mut reader = H2Io::tapped(
-            Box::new(Cursor::new(b"xyz".to_vec())),
+            crate::box_io(Cursor::new(b"xyz".to_vec())),
             Box::new(Recorder(seen.clone())),
         );
         let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 8];
@@ -405,7 +434,10 @@ mod tests {
             .is_ready());
 
         let sink = Sink::default();
-        let mut writer = H2Io::tapped(Box::new(sink.clone()), Box::new(Recorder(seen.clone())));
+        let mut writer = H2Io::tapped(
+            crate::box_io(sink.clone()),
+            Box::new(Recorder(seen.clone())),
+        );
         let output = b"oldrest";
         let mut written = 0;
         while written < output.len() {

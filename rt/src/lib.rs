@@ -26,6 +26,7 @@ use std::{
 
 mod compat;
 pub use compat::{Gate, H2Io, Tap};
+pub use tokio::io::ReadBuf;
 
 #[cfg(feature = "async-io")]
 mod async_io_rt;
@@ -72,11 +73,90 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A byte stream a runtime connected or accepted: TCP, a Unix socket, or anything else a custom
 /// runtime provides (an in-memory pipe in tests).
 ///
-/// Implementations must only write into the buffer `poll_read` is given, never read from it:
-/// [`H2Io`] passes read buffers on without zero-filling them first.
-pub trait Io: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static {}
+/// [`H2Io`] reads through [`Io::poll_read_buf`] into h2's buffer, whose unfilled part is
+/// uninitialized memory. The provided method zero-fills the part it reads into and calls
+/// `poll_read`, so it is sound for any stream; a stream that can write into uninitialized memory
+/// (a socket, which the kernel fills) overrides it and skips the zero-filling. Wrap a stream that
+/// has no `Io` impl of its own with [`box_io`].
+pub trait Io: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static {
+    /// Reads into the unfilled part of `buf`, advancing its filled part by the bytes read; at
+    /// the end of the stream it reads nothing.
+    fn poll_read_buf(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let want = buf.remaining().min(ZEROED_READ);
+        let slice = buf.initialize_unfilled_to(want);
+        let n = std::task::ready!(futures_io::AsyncRead::poll_read(self, cx, slice))?.min(want);
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
 
-impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+/// The most a provided [`Io::poll_read_buf`] zero-fills and reads at once: a TLS record's
+/// plaintext, and the size of an HTTP/2 DATA frame by default.
+///
+/// h2 hands each read a fresh view of its buffer, so what one read initialized is not known to
+/// the next: filling all of a buffer h2 grew for a large frame on every read would cost a write
+/// of the whole buffer per read.
+const ZEROED_READ: usize = 16 * 1024;
+
+/// Boxes a stream that has no [`Io`] impl of its own (a TLS stream, a test's pipe), reading it
+/// through the provided, zero-filling [`Io::poll_read_buf`].
+pub fn box_io<T>(io: T) -> BoxIo
+where
+    T: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static,
+{
+    Box::new(Zeroed(io))
+}
+
+/// A stream read through the provided [`Io::poll_read_buf`]: see [`box_io`].
+struct Zeroed<T>(T);
+
+impl<T> fmt::Debug for Zeroed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Zeroed")
+    }
+}
+
+impl<T: futures_io::AsyncRead + Unpin> futures_io::AsyncRead for Zeroed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: futures_io::AsyncWrite + Unpin> futures_io::AsyncWrite for Zeroed<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_close(cx)
+    }
+}
+
+impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static> Io for Zeroed<T> {}
 
 /// A boxed [`Io`].
 pub type BoxIo = Box<dyn Io>;

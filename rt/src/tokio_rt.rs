@@ -81,6 +81,21 @@ impl<T: tokio::io::AsyncRead + Unpin> futures_io::AsyncRead for FuturesIo<T> {
     }
 }
 
+impl<T> crate::Io for FuturesIo<T>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    /// Hands h2's buffer to the tokio stream as it is: `ReadBuf` is tokio's own, and a tokio
+    /// stream reads into its uninitialized part soundly.
+    fn poll_read_buf(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
 impl<T: tokio::io::AsyncWrite + Unpin> futures_io::AsyncWrite for FuturesIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,

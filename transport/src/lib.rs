@@ -63,8 +63,8 @@ pub mod rt {
     #[cfg(feature = "async-io")]
     pub use anygrpc_rt::{block_on, AsyncIoRuntime};
     pub use anygrpc_rt::{
-        default_runtime, spawn_blocking, Address, BoxFuture, BoxIo, Io, Listener, Runtime, Sleep,
-        TcpOptions,
+        box_io, default_runtime, spawn_blocking, Address, BoxFuture, BoxIo, Io, Listener, ReadBuf,
+        Runtime, Sleep, TcpOptions,
     };
 }
 

@@ -155,7 +155,7 @@ impl TlsConnector {
             .await
             .map_err(|e| Status::unavailable(format!("TLS handshake failed: {e}")))?;
         check_alpn(stream.get_ref().1.alpn_protocol())?;
-        Ok(Box::new(stream))
+        Ok(anygrpc_rt::box_io(stream))
     }
 }
 
@@ -268,6 +268,6 @@ impl TlsAcceptor {
         let peer = conn
             .peer_certificates()
             .map(|certs| PeerCertificates(certs.iter().map(|c| c.clone().into_owned()).collect()));
-        Ok((Box::new(stream), peer))
+        Ok((anygrpc_rt::box_io(stream), peer))
     }
 }

@@ -662,6 +662,10 @@ impl futures_io::AsyncRead for SimStream {
     }
 }
 
+/// Read through the provided, zero-filling `poll_read_buf`: the simulation copies its bytes
+/// out of its pipes.
+impl crate::Io for SimStream {}
+
 impl futures_io::AsyncWrite for SimStream {
     fn poll_write(
         self: Pin<&mut Self>,

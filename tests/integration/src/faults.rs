@@ -82,6 +82,9 @@ impl Hole {
     }
 }
 
+/// Read through the provided `poll_read_buf`: the hole copies what it lets through.
+impl anygrpc::rt::Io for Hole {}
+
 impl AsyncRead for Hole {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -348,7 +348,7 @@ pub async fn raw_client(addr: &Address) -> h2::client::SendRequest<Bytes> {
     let stream = async_io::Async::<std::net::TcpStream>::connect(*addr)
         .await
         .expect("connect");
-    let (send, conn) = h2::client::handshake(anygrpc_rt::H2Io::new(Box::new(stream)))
+    let (send, conn) = h2::client::handshake(anygrpc_rt::H2Io::new(anygrpc_rt::box_io(stream)))
         .await
         .expect("handshake");
     std::thread::spawn(move || {
@@ -452,7 +452,8 @@ where
                 async_io::block_on(async move {
                     let stream = async_io::Async::new(stream).expect("async");
                     let Ok(mut conn) =
-                        h2::server::handshake(anygrpc_rt::H2Io::new(Box::new(stream))).await
+                        h2::server::handshake(anygrpc_rt::H2Io::new(anygrpc_rt::box_io(stream)))
+                            .await
                     else {
                         return;
                     };

@@ -22,9 +22,10 @@ async fn ping_every(addr: &Address, every: Duration, pings: usize) -> Result<(),
     let stream = async_io::Async::<std::net::TcpStream>::connect(*addr)
         .await
         .unwrap();
-    let (_send, mut conn) = h2::client::handshake(anygrpc_rt::H2Io::new(Box::new(stream)))
-        .await
-        .unwrap();
+    let (_send, mut conn) =
+        h2::client::handshake(anygrpc_rt::H2Io::new(anygrpc_rt::box_io(stream)))
+            .await
+            .unwrap();
     let mut ping_pong = conn.ping_pong().unwrap();
     let pinger = async {
         for _ in 0..pings {
