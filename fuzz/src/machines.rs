@@ -8,17 +8,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anygrpc_codec::Address;
 use anygrpc_codec::{
     keepalive::{Keepalive, KeepaliveAction, KeepaliveConfig, PingPolicy, PingStrikes},
-    Code,
+    BackoffConfig, Code,
 };
 use anygrpc_lb::{
     policy::{ChannelControl, LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig, SubchannelId},
     service_config::{CodeSet, HedgingPolicy, RetryPolicy, ThrottleConfig},
-    AttemptPolicy, Attempts, BackoffConfig, ConnectivityState, Decision, OrcaLoadReport, Pushback,
-    Subchannel, Throttle,
+    AttemptPolicy, Attempts, ConnectivityState, Decision, OrcaLoadReport, Pushback, Subchannel,
+    Throttle,
 };
-use anygrpc_rt::Address;
 use arbitrary::{Arbitrary, Unstructured};
 
 /// Runs `f` on the structured input the bytes decode to (inputs too short to decode are

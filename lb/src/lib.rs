@@ -1,14 +1,13 @@
-//! The client channel's decisions, with no IO: connectivity states, connection backoff, the
-//! subchannel state machine, ORCA load reports, the load-balancing policies (`pick_first`,
-//! `round_robin`, `weighted_round_robin`, and any a user registers), the service config, and
-//! gRFC A6's retry, hedging and throttling decisions.
+//! The client channel's decisions, with no IO: connectivity states, the subchannel state machine
+//! (on the connection backoff of `anygrpc_codec::backoff`), ORCA load reports, the
+//! load-balancing policies (`pick_first`, `round_robin`, `weighted_round_robin`, and any a user
+//! registers), the service config, and gRFC A6's retry, hedging and throttling decisions.
 //!
 //! Everything here takes the current time as a value and returns what to do next, so the
 //! transport drives it with real clocks and sockets while tests drive it with virtual time.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
-pub mod backoff;
 pub mod orca;
 pub mod pick_first;
 pub mod policy;
@@ -18,7 +17,6 @@ pub mod service_config;
 pub mod subchannel;
 pub mod weighted_round_robin;
 
-pub use backoff::{Backoff, BackoffConfig};
 pub use orca::OrcaLoadReport;
 pub use policy::{
     ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick,

@@ -14,8 +14,8 @@ use std::{
     },
 };
 
+use anygrpc_codec::Address;
 use anygrpc_codec::Status;
-use anygrpc_rt::Address;
 
 use crate::{
     policy::{

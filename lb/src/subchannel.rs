@@ -11,7 +11,9 @@
 
 use std::time::Instant;
 
-use crate::{Backoff, BackoffConfig, ConnectivityState};
+use anygrpc_codec::{Backoff, BackoffConfig};
+
+use crate::ConnectivityState;
 
 /// A connection attempt the subchannel asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,8 +26,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anygrpc_codec::Address;
 use anygrpc_codec::Status;
-use anygrpc_rt::Address;
 
 use crate::{
     orca::OrcaLoadReport,

@@ -21,7 +21,7 @@ use std::{
 };
 
 pub use anygrpc_codec::Status;
-use anygrpc_lb::{Backoff, BackoffConfig};
+use anygrpc_codec::{Backoff, BackoffConfig};
 pub use anygrpc_rt::Address;
 use anygrpc_rt::{BoxFuture, Runtime, Sleep};
 

@@ -25,6 +25,7 @@ use std::{
 };
 
 mod compat;
+pub use anygrpc_codec::Address;
 pub use compat::{Gate, H2Io, Tap};
 pub use tokio::io::ReadBuf;
 
@@ -160,42 +161,6 @@ impl<T: futures_io::AsyncRead + futures_io::AsyncWrite + Send + Unpin + 'static>
 
 /// A boxed [`Io`].
 pub type BoxIo = Box<dyn Io>;
-
-/// Where a connection goes to or comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Address {
-    /// A TCP socket address.
-    Tcp(SocketAddr),
-    /// A Unix-domain socket path (empty for an unnamed peer).
-    Unix(PathBuf),
-    /// A name in Linux's abstract Unix-socket namespace (`unix-abstract:` targets).
-    UnixAbstract(Vec<u8>),
-}
-
-impl From<SocketAddr> for Address {
-    fn from(addr: SocketAddr) -> Address {
-        Address::Tcp(addr)
-    }
-}
-
-impl Address {
-    /// A Unix-domain socket path.
-    pub fn unix(path: impl Into<PathBuf>) -> Address {
-        Address::Unix(path.into())
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Tcp(addr) => write!(f, "{addr}"),
-            Address::Unix(path) => write!(f, "unix:{}", path.display()),
-            Address::UnixAbstract(name) => {
-                write!(f, "unix-abstract:{}", String::from_utf8_lossy(name))
-            }
-        }
-    }
-}
 
 /// A timer made by [`Runtime::sleep_until`]: completes at its deadline and can be moved.
 pub trait Sleep: Future<Output = ()> + Send + fmt::Debug {

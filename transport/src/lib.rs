@@ -68,10 +68,18 @@ pub mod rt {
     };
 }
 
-/// Load balancing: connectivity states, backoff, the policy and picker traits for custom
-/// policies, and the built-in `pick_first` and `round_robin`.
+/// Load balancing: connectivity states, the connection backoff's settings, the policy and picker
+/// traits for custom policies, ORCA load reports, and the built-in policies' builders.
+///
+/// The retry engine and the subchannel state machine the channel runs are not here: they are
+/// the channel's own, configured through the service config.
 pub mod lb {
-    pub use anygrpc_lb::*;
+    pub use anygrpc_codec::BackoffConfig;
+    pub use anygrpc_lb::{
+        orca, pick_first, round_robin, weighted_round_robin, ChannelControl, ConnectivityState,
+        FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink, OrcaLoadReport, Pick,
+        PickInfo, Picker, PolicyConfig, PolicyRegistry, SubchannelId,
+    };
 }
 
 /// Name resolution: target parsing and the resolver traits for custom schemes.

@@ -9,9 +9,10 @@ use std::{
     time::Duration,
 };
 
+use anygrpc::lb::BackoffConfig;
 use anygrpc::{rt::block_on, Channel, Code, Request};
 use anygrpc_integration_tests::*;
-use anygrpc_lb::{BackoffConfig, ConnectivityState};
+use anygrpc_lb::ConnectivityState;
 
 /// A test server that counts the calls it receives.
 fn counted_server(addr: std::net::SocketAddr) -> (Running, Arc<AtomicUsize>) {

@@ -10,12 +10,13 @@ use std::{
     time::Duration,
 };
 
+use anygrpc::lb::BackoffConfig;
 use anygrpc::{
     rt::{block_on, Address, BoxIo, Listener},
     Channel, Code,
 };
 use anygrpc_integration_tests::*;
-use anygrpc_lb::{BackoffConfig, ConnectivityState};
+use anygrpc_lb::ConnectivityState;
 
 #[test]
 fn lazy_channel_connects_on_first_call() {

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anygrpc_codec::BackoffConfig;
 use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE},
@@ -21,7 +22,7 @@ use anygrpc_codec::{
 use anygrpc_lb::{
     self as lb,
     orca::{OrcaLoadReport, OrcaLoadReportRequest, ProtoDuration, STREAM_CORE_METRICS_PATH},
-    BackoffConfig, ConnectivityState, SubchannelId,
+    ConnectivityState, SubchannelId,
 };
 use anygrpc_rt::{Address, BoxIo, H2Io, Runtime, TcpOptions};
 use bytes::Bytes;
@@ -547,7 +548,7 @@ impl Subchannel {
         service: String,
     ) {
         let request = HealthCheckRequest { service };
-        let mut backoff = lb::Backoff::new(self.settings.backoff, fastrand::u64(..));
+        let mut backoff = anygrpc_codec::Backoff::new(self.settings.backoff, fastrand::u64(..));
         loop {
             let (retry_at, _) = backoff.start_attempt(self.runtime.now());
             let mut stream = match self.open_stream(&send, health::WATCH_PATH, &request).await {
@@ -606,7 +607,7 @@ impl Subchannel {
             report_interval: Some(ProtoDuration::from_std(interval)),
             request_cost_names: Vec::new(),
         };
-        let mut backoff = lb::Backoff::new(self.settings.backoff, fastrand::u64(..));
+        let mut backoff = anygrpc_codec::Backoff::new(self.settings.backoff, fastrand::u64(..));
         loop {
             let (retry_at, _) = backoff.start_attempt(self.runtime.now());
             let ended = match self

@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anygrpc_codec::BackoffConfig;
 use anygrpc_codec::Code;
 use anygrpc_codec::{
     compression::CompressionRegistry,
@@ -26,8 +27,8 @@ use anygrpc_codec::{
     Codec,
 };
 use anygrpc_lb::{
-    retry, AttemptPolicy, Attempts, BackoffConfig, BufferBudget, ConnectivityState, Decision,
-    PolicyRegistry, Pushback, ServiceConfig, Throttle,
+    retry, AttemptPolicy, Attempts, BufferBudget, ConnectivityState, Decision, PolicyRegistry,
+    Pushback, ServiceConfig, Throttle,
 };
 use anygrpc_resolver::Registry;
 use anygrpc_rt::Runtime;
