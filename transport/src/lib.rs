@@ -26,6 +26,7 @@ pub mod dynamic;
 pub mod error_details;
 pub mod health;
 pub mod interceptor;
+mod limits;
 pub mod metrics;
 pub mod orca;
 pub mod reflection;
@@ -109,25 +110,4 @@ pub(crate) fn status_from_h2(err: &h2::Error, deadline_passed: bool) -> Status {
         return Status::from_h2_reason(u32::from(reason), deadline_passed);
     }
     Status::internal(format!("HTTP/2 error: {err}"))
-}
-
-/// The deadline passed before the future finished.
-#[derive(Debug)]
-pub(crate) struct Elapsed;
-
-/// Runs `fut` until `deadline` (forever when `None`) on the runtime's clock.
-pub(crate) async fn with_deadline<F: std::future::Future>(
-    runtime: &dyn rt::Runtime,
-    deadline: Option<std::time::Instant>,
-    fut: F,
-) -> Result<F::Output, Elapsed> {
-    let Some(deadline) = deadline else {
-        return Ok(fut.await);
-    };
-    let sleep = runtime.sleep_until(deadline);
-    let fut = std::pin::pin!(fut);
-    match futures_util::future::select(fut, sleep).await {
-        futures_util::future::Either::Left((out, _)) => Ok(out),
-        futures_util::future::Either::Right(_) => Err(Elapsed),
-    }
 }

@@ -12,11 +12,15 @@ use anygrpc_codec::{
     headers::{self, GRPC_ENCODING, GRPC_RETRY_PUSHBACK_MS},
     Code, Codec, Segments,
 };
-use anygrpc_rt::Sleep;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
 
-use crate::{channelz::CallTally, metrics::Traffic, MetadataMap, Status};
+use crate::{
+    channelz::CallTally,
+    limits::{poll_cut, Deadline},
+    metrics::Traffic,
+    MetadataMap, Status,
+};
 
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
 /// parameter.
@@ -37,7 +41,7 @@ pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
 /// What only the client side of a stream has.
 #[derive(Default)]
 pub(crate) struct ClientSide {
-    pub(crate) deadline: Option<Pin<Box<dyn Sleep>>>,
+    pub(crate) deadline: Deadline,
     pub(crate) cancel: Option<crate::client::Cancelled>,
     /// Dropped when the response stream ends or is dropped: stops sending requests.
     pub(crate) request: Option<crate::client::RequestHold>,
@@ -341,30 +345,17 @@ impl<T> Streaming<T> {
             return status;
         }
         // The deadline's own timer says whether it has passed, on the runtime's clock.
-        let deadline_passed = client
-            .and_then(|c| c.deadline.as_mut())
-            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        let deadline_passed = client.is_some_and(|c| c.deadline.poll_passed(cx));
         crate::status_from_h2(err, deadline_passed)
     }
 
     /// The client's deadline or cancellation, if either has fired.
     fn poll_limits(&mut self, cx: &mut Context<'_>) -> Option<Status> {
         let client = self.client.as_mut()?;
-        if client
-            .deadline
-            .as_mut()
-            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
-        {
-            return Some(Status::deadline_exceeded("deadline exceeded"));
+        match poll_cut(&mut client.deadline, &mut client.cancel, cx) {
+            Poll::Ready(cut) => Some(cut.client_status()),
+            Poll::Pending => None,
         }
-        if client
-            .cancel
-            .as_mut()
-            .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
-        {
-            return Some(Status::cancelled("call cancelled by the client"));
-        }
-        None
     }
 
     /// Client: receives and checks the response head. Ready(Ok) once it has arrived (or on

@@ -87,6 +87,16 @@ impl Future for Cancelled {
     }
 }
 
+/// A client's call is cancelled through its token, if it has one.
+impl crate::limits::Cancellation for Option<Cancelled> {
+    fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Some(cancelled) => Pin::new(cancelled).poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,9 +44,10 @@ use crate::{
         TOO_MANY_PINGS,
     },
     health::{self, Health, HealthCheckRequest},
+    limits::{Bounded, Deadline, Uncancelled},
     send::send_message,
     streaming::{ClientSide, PendingHead},
-    with_deadline, Code, Status, Streaming,
+    Code, Status, Streaming,
 };
 
 /// HTTP/2 and socket settings of a channel's connections.
@@ -299,7 +300,8 @@ impl Subchannel {
     }
 
     async fn attempt(self: Arc<Self>, generation: u64, deadline: Instant) {
-        let result = match with_deadline(&*self.runtime, Some(deadline), self.establish()).await {
+        let limit = Deadline::new(&*self.runtime, Some(deadline));
+        let result = match Bounded::new(self.establish(), limit, Uncancelled).await {
             Ok(result) => result,
             Err(_) => Err(Status::unavailable(format!(
                 "timed out connecting to {}",

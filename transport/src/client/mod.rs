@@ -16,15 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::BackoffConfig;
-use anygrpc_codec::Code;
 use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{Encoder, DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
     headers::{self, RequestHead, GRPC_PREVIOUS_RPC_ATTEMPTS},
     keepalive::{self, KeepaliveConfig},
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
-    Codec,
+    BackoffConfig, Code, Codec,
 };
 use anygrpc_lb::{
     retry, AttemptPolicy, Attempts, BufferBudget, ConnectivityState, Decision, PolicyRegistry,
@@ -34,7 +32,11 @@ use anygrpc_resolver::Registry;
 use anygrpc_rt::Runtime;
 use bytes::Bytes;
 use futures_core::Stream;
-use futures_util::{future::Either, stream::FuturesUnordered, StreamExt};
+use futures_util::{
+    future::{Either, FutureExt},
+    stream::FuturesUnordered,
+    StreamExt,
+};
 use http::{
     uri::{Authority, PathAndQuery, Scheme},
     HeaderValue,
@@ -44,6 +46,7 @@ use tracing::Instrument;
 use crate::{
     channelz::{CallTally, ChannelNode},
     interceptor::{self, AnyInterceptor, AsyncInterceptor, CallHead, Interceptor},
+    limits::{Bounded, Cut, Deadline},
     metrics::{Another, ClientCall, Measure, Recorder, Traffic},
     streaming::{AttemptEnd, CallTracking, ClientSide, LoadReporter, LocalError, PendingHead},
     MetadataMap, Request, Response, Status, Streaming,
@@ -926,7 +929,7 @@ impl Grpc {
             false => (None, None),
         };
         let client = ClientSide {
-            deadline: deadline.map(|d| self.runtime().sleep_until(d)),
+            deadline: Deadline::new(&**self.runtime(), deadline),
             cancel: cancel.map(CancelToken::cancelled),
             tracking,
             local_error,
@@ -1068,12 +1071,10 @@ impl Grpc {
         deadline: Option<Instant>,
         cancel: Option<&CancelToken>,
         work: F,
-    ) -> Bounded<F> {
-        Bounded {
-            work,
-            deadline: deadline.map(|at| self.runtime().sleep_until(at)),
-            cancelled: cancel.map(CancelToken::cancelled),
-        }
+    ) -> impl std::future::Future<Output = Result<F::Output, Status>> {
+        let deadline = Deadline::new(&**self.runtime(), deadline);
+        Bounded::new(work, deadline, cancel.map(CancelToken::cancelled))
+            .map(|done| done.map_err(Cut::client_status))
     }
 
     /// A unary call: one request message, one response message. Retried or hedged as the
@@ -1361,42 +1362,6 @@ fn attempt_request(head: &http::Request<()>, previous: u32) -> http::Request<()>
             .insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from(previous));
     }
     request
-}
-
-pin_project_lite::pin_project! {
-    /// Part of a call, bounded by its deadline and its cancellation (see [`Grpc::bounded`]).
-    struct Bounded<F> {
-        #[pin]
-        work: F,
-        deadline: Option<std::pin::Pin<Box<dyn anygrpc_rt::Sleep>>>,
-        cancelled: Option<Cancelled>,
-    }
-}
-
-impl<F: std::future::Future> std::future::Future for Bounded<F> {
-    type Output = Result<F::Output, Status>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        use std::task::Poll;
-        let this = self.project();
-        if let Poll::Ready(out) = this.work.poll(cx) {
-            return Poll::Ready(Ok(out));
-        }
-        if let Some(sleep) = this.deadline {
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(Status::deadline_exceeded("deadline exceeded")));
-            }
-        }
-        if let Some(cancelled) = this.cancelled {
-            if std::pin::Pin::new(cancelled).poll(cx).is_ready() {
-                return Poll::Ready(Err(Status::cancelled("call cancelled by the client")));
-            }
-        }
-        Poll::Pending
-    }
 }
 
 /// Reads exactly one message and the trailers: the response of a call that committed to

@@ -1,7 +1,7 @@
 //! One server call, up to its handler: header checks, routing, interceptors, and the request
 //! handed to the method's handler (`respond.rs` runs it and answers).
 
-use std::{fmt, future::Future, sync::Arc, task::Poll, time::Instant};
+use std::{fmt, future::Future, sync::Arc, time::Instant};
 
 use anygrpc_codec::{
     compression::Compressor,
@@ -10,18 +10,19 @@ use anygrpc_codec::{
 };
 use anygrpc_rt::{Address, BoxFuture};
 use bytes::Bytes;
-use futures_util::{future::poll_fn, FutureExt};
+use futures_util::FutureExt;
 use h2::{server::SendResponse, RecvStream};
 use http::HeaderValue;
 use tracing::Instrument;
 
 use super::{
-    respond::{expired, fail, trailers_only, Body, Responder},
+    respond::{fail, trailers_only, Body, Responder},
     split_path, ServerShared,
 };
 use crate::{
     channelz::{CallCounters, CallTally},
     interceptor::{self, CallHead},
+    limits::{Bounded, Cut, Deadline},
     metrics::Measure,
     MetadataMap, Request, Response, ResponseStream, Status, Streaming,
 };
@@ -182,11 +183,10 @@ impl ServerCall {
             self.deadline.map(|d| (d, self.shared.runtime.clone())),
             Some(self.remote_addr),
         );
-        let sleep = self.deadline.map(|d| self.shared.runtime.sleep_until(d));
         let responder = Responder {
+            deadline: Deadline::new(&*self.shared.runtime, self.deadline),
             shared: self.shared,
             respond: self.respond,
-            sleep,
             accept_encoding: self.accept_encoding,
             tally: self.tally,
         };
@@ -293,29 +293,19 @@ impl ServerCall {
         };
         // Interceptors may wait (an auth lookup, a slow backend's delay): a client that
         // cancels, or a deadline that passes, ends them as it would end the handler.
-        let verdict = {
-            let mut run = std::pin::pin!(interceptor::run(&self.shared.interceptors, &mut head));
-            let respond = &mut self.respond;
-            let mut sleep = self.deadline.map(|d| self.shared.runtime.sleep_until(d));
-            poll_fn(|cx| {
-                if respond.poll_reset(cx).is_ready() {
-                    return Poll::Ready(Err(None));
-                }
-                if expired(&mut sleep, cx) {
-                    let status = Status::deadline_exceeded("deadline exceeded in an interceptor");
-                    return Poll::Ready(Err(Some(status)));
-                }
-                run.as_mut().poll(cx).map(|verdict| verdict.map_err(Some))
-            })
-            .await
+        let run = interceptor::run(&self.shared.interceptors, &mut head);
+        let deadline = Deadline::new(&*self.shared.runtime, self.deadline);
+        let status = match Bounded::new(run, deadline, &mut self.respond).await {
+            Ok(Ok(())) => None,
+            Ok(Err(status)) => Some(status),
+            Err(Cut::Cancelled) => return None,
+            Err(Cut::DeadlineExceeded) => Some(Status::deadline_exceeded(
+                "deadline exceeded in an interceptor",
+            )),
         };
-        match verdict {
-            Ok(()) => {}
-            Err(None) => return None,
-            Err(Some(status)) => {
-                fail(&mut self.respond, &mut self.tally, &status, None);
-                return None;
-            }
+        if let Some(status) = status {
+            fail(&mut self.respond, &mut self.tally, &status, None);
+            return None;
         }
         self.path = head.path;
         self.metadata = head.metadata;

@@ -35,6 +35,7 @@ use crate::{
         self, ConnectionTap, Liveness, LivenessEvent, Timer, KEEPALIVE_TIMEOUT, TOO_MANY_PINGS,
     },
     interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor},
+    limits::{Bounded, Deadline, Uncancelled},
 };
 
 /// The default `SETTINGS_MAX_CONCURRENT_STREAMS` a server advertises.
@@ -619,7 +620,8 @@ async fn serve_connection(
         connection::Shared::new(runtime.now(), Some(PingStrikes::new(shared.ping_policy)));
     let tap = ConnectionTap::server(observed.clone(), runtime.clone());
     let deadline = runtime.now().checked_add(shared.handshake_timeout);
-    let handshake = crate::with_deadline(&*runtime, deadline, handshake(&shared, io, tap));
+    let limit = Deadline::new(&*runtime, deadline);
+    let handshake = Bounded::new(handshake(&shared, io, tap), limit, Uncancelled);
     let (mut conn, extensions) = match handshake.await {
         Ok(Ok(connected)) => connected,
         Ok(Err(why)) => {

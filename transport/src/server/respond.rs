@@ -14,16 +14,15 @@ use anygrpc_codec::{
     headers::{self, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
     Code, Codec,
 };
-use anygrpc_rt::Sleep;
 use bytes::Bytes;
-use futures_core::Stream;
-use futures_util::future::poll_fn;
+use futures_util::StreamExt;
 use h2::{server::SendResponse, SendStream};
 use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
 
 use super::ServerShared;
 use crate::{
     channelz::CallTally,
+    limits::{poll_cut, Bounded, Cut, Deadline, Uncancelled},
     metrics::Measure,
     send::{append_ready, send_message, Gathered},
     Response, ResponseStream, Status,
@@ -33,12 +32,6 @@ use crate::{
 pub(super) enum Body<T> {
     One(T),
     Stream(ResponseStream<T>),
-}
-
-enum Outcome<T> {
-    Done(Result<T, Status>),
-    Cancelled,
-    DeadlineExceeded,
 }
 
 /// Ends a call with a status and no messages, in a single HEADERS frame.
@@ -75,14 +68,11 @@ pub(super) fn fail(
 pub(super) struct Responder {
     pub(super) shared: Arc<ServerShared>,
     pub(super) respond: SendResponse<Bytes>,
-    /// The deadline's timer, which watches the handler and then the response.
-    pub(super) sleep: Timer,
+    /// The deadline, which watches the handler and then the response.
+    pub(super) deadline: Deadline,
     pub(super) accept_encoding: Option<HeaderValue>,
     pub(super) tally: CallTally,
 }
-
-/// The deadline's timer, when the call has one.
-pub(super) type Timer = Option<Pin<Box<dyn Sleep>>>;
 
 impl Responder {
     /// Runs the handler's future `work`, then sends its response, racing both against the
@@ -106,7 +96,7 @@ impl Responder {
         let Responder {
             shared,
             mut respond,
-            mut sleep,
+            mut deadline,
             accept_encoding,
             mut tally,
         } = self;
@@ -148,31 +138,19 @@ impl Responder {
             Body::One(message) => match encoder.encode(&codec, message, compress) {
                 Ok(frame) => {
                     count_sent(&frame);
-                    match send_before(&mut sleep, &mut send, frame).await {
+                    match send_before(&mut deadline, &mut send, frame).await {
                         Ok(()) => Ok(()),
-                        Err(outcome) => return finish(&mut send, outcome, &mut tally),
+                        Err(cut) => return finish(&mut send, cut, &mut tally),
                     }
                 }
                 Err(status) => Err(status),
             },
             Body::Stream(mut messages) => loop {
-                let next = poll_fn(|cx| {
-                    if send.poll_reset(cx).is_ready() {
-                        return Poll::Ready(Outcome::Cancelled);
-                    }
-                    if expired(&mut sleep, cx) {
-                        return Poll::Ready(Outcome::DeadlineExceeded);
-                    }
-                    Pin::new(&mut messages)
-                        .poll_next(cx)
-                        .map(|m| Outcome::Done(m.transpose()))
-                })
-                .await;
-                let first = match next {
-                    Outcome::Done(Ok(Some(message))) => message,
-                    Outcome::Done(Ok(None)) => break Ok(()),
-                    Outcome::Done(Err(status)) => break Err(status),
-                    other => return finish(&mut send, other, &mut tally),
+                let first = match Bounded::new(messages.next(), &mut deadline, &mut send).await {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(status))) => break Err(status),
+                    Err(cut) => return finish(&mut send, cut, &mut tally),
                 };
                 if let Err(status) = encoder.append(&codec, first, compress) {
                     break Err(status);
@@ -180,8 +158,8 @@ impl Responder {
                 let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
                 let frame = encoder.take();
                 count_sent(&frame);
-                if let Err(outcome) = send_before(&mut sleep, &mut send, frame).await {
-                    return finish(&mut send, outcome, &mut tally);
+                if let Err(cut) = send_before(&mut deadline, &mut send, frame).await {
+                    return finish(&mut send, cut, &mut tally);
                 }
                 match gathered {
                     Gathered::More => {}
@@ -245,15 +223,14 @@ where
             let outcome = match self.as_mut().project() {
                 RunProj::Handling {
                     work, responder, ..
-                } => {
-                    if responder.respond.poll_reset(cx).is_ready() {
-                        Outcome::Cancelled
-                    } else if expired(&mut responder.sleep, cx) {
-                        Outcome::DeadlineExceeded
-                    } else {
-                        Outcome::Done(ready!(work.poll(cx)))
-                    }
-                }
+                } => match work.poll(cx) {
+                    Poll::Ready(done) => Ok(done),
+                    Poll::Pending => Err(ready!(poll_cut(
+                        &mut responder.deadline,
+                        &mut responder.respond,
+                        cx
+                    ))),
+                },
                 RunProj::Responding { send } => {
                     ready!(send.poll(cx));
                     self.set(Run::Done);
@@ -272,10 +249,10 @@ where
                 return Poll::Ready(());
             };
             let status = match outcome {
-                Outcome::Cancelled => return Poll::Ready(()),
-                Outcome::DeadlineExceeded => Status::deadline_exceeded("deadline exceeded"),
-                Outcome::Done(Err(status)) => status,
-                Outcome::Done(Ok(response)) => {
+                Err(Cut::Cancelled) => return Poll::Ready(()),
+                Err(Cut::DeadlineExceeded) => Status::deadline_exceeded("deadline exceeded"),
+                Ok(Err(status)) => status,
+                Ok(Ok(response)) => {
                     let send = respond(responder, codec, response);
                     self.set(Run::Responding { send });
                     continue;
@@ -287,32 +264,24 @@ where
     }
 }
 
-pub(super) fn expired(sleep: &mut Timer, cx: &mut Context<'_>) -> bool {
-    sleep
-        .as_mut()
-        .is_some_and(|s| s.as_mut().poll(cx).is_ready())
-}
-
 /// Sends one message, giving up at the deadline or when the client cancels.
 async fn send_before(
-    sleep: &mut Timer,
+    deadline: &mut Deadline,
     send: &mut SendStream<Bytes>,
     frame: Bytes,
-) -> Result<(), Outcome<()>> {
-    let mut sending = std::pin::pin!(send_message(send, frame, false));
-    poll_fn(|cx| {
-        if expired(sleep, cx) {
-            return Poll::Ready(Err(Outcome::DeadlineExceeded));
-        }
-        sending.as_mut().poll(cx).map_err(|_| Outcome::Cancelled)
-    })
-    .await
+) -> Result<(), Cut> {
+    match Bounded::new(send_message(send, frame, false), deadline, Uncancelled).await {
+        Ok(Ok(())) => Ok(()),
+        // The stream was reset: the client cancelled.
+        Ok(Err(_)) => Err(Cut::Cancelled),
+        Err(cut) => Err(cut),
+    }
 }
 
 /// Ends a call whose response was under way: on deadline, the status goes in the trailers; on
 /// cancellation there is nobody to tell.
-fn finish<T>(send: &mut SendStream<Bytes>, outcome: Outcome<T>, tally: &mut CallTally) {
-    if let Outcome::DeadlineExceeded = outcome {
+fn finish(send: &mut SendStream<Bytes>, cut: Cut, tally: &mut CallTally) {
+    if let Cut::DeadlineExceeded = cut {
         tally.end(Code::DeadlineExceeded);
         let mut trailers = HeaderMap::new();
         Status::deadline_exceeded("deadline exceeded").write_trailers(&mut trailers);
