@@ -20,7 +20,7 @@ use anygrpc_codec::{
 use anygrpc_rt::{Gate, Runtime, Sleep, Tap};
 use h2::{Ping, PingPong};
 
-use crate::lock;
+use crate::sync::lock;
 
 /// The GOAWAY error code a server sends to a client that pings too often.
 pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;

@@ -116,7 +116,7 @@ pub fn health_service() -> (HealthReporter, HealthServer) {
 
 impl HealthReporter {
     fn lock(&self) -> std::sync::MutexGuard<'_, Statuses> {
-        crate::lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     /// Sets a service's status (`""` is the server as a whole) and tells its watchers.
@@ -188,7 +188,7 @@ fn notify(state: &mut Statuses, service: Option<&str>) {
                 .get(name)
                 .copied()
                 .unwrap_or(ServingStatus::ServiceUnknown);
-            let mut slot = crate::lock(&slot);
+            let mut slot = crate::sync::lock(&slot);
             if slot.last_sent != Some(status) {
                 slot.pending = Some(status);
                 if let Some(waker) = slot.waker.take() {
@@ -215,11 +215,11 @@ impl HealthServer {
                 .get(&service)
                 .copied()
                 .unwrap_or(ServingStatus::ServiceUnknown);
-            crate::lock(&slot).pending = Some(status);
+            crate::sync::lock(&slot).pending = Some(status);
             state.watchers.push((service, Arc::downgrade(&slot)));
         }
         Box::pin(futures_util::stream::poll_fn(move |cx| {
-            let mut slot = crate::lock(&slot);
+            let mut slot = crate::sync::lock(&slot);
             match slot.pending.take() {
                 Some(status) => {
                     slot.last_sent = Some(status);

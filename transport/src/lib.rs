@@ -34,6 +34,7 @@ mod request;
 mod send;
 pub mod server;
 mod streaming;
+mod sync;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -91,23 +92,3 @@ pub mod resolver {
 /// A server's stream of response messages.
 pub type ResponseStream<T> =
     std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// Locks `mutex`. A panic while it was held leaves no half-done state worth refusing, so a
-/// poisoned lock is taken as is.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Maps an `h2` error to the status a call reports, following the spec's RST_STREAM table;
-/// connection-level failures (IO errors, GOAWAY with an error) are `UNAVAILABLE`.
-pub(crate) fn status_from_h2(err: &h2::Error, deadline_passed: bool) -> Status {
-    if err.is_go_away() || err.is_io() {
-        return Status::unavailable(format!("connection closed: {err}"));
-    }
-    if let Some(reason) = err.reason() {
-        return Status::from_h2_reason(u32::from(reason), deadline_passed);
-    }
-    Status::internal(format!("HTTP/2 error: {err}"))
-}

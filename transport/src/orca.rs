@@ -45,7 +45,7 @@ impl std::fmt::Debug for ServerMetricsRecorder {
 
 impl ServerMetricsRecorder {
     fn update(&self, f: impl FnOnce(&mut OrcaLoadReport)) {
-        f(&mut crate::lock(&self.report));
+        f(&mut crate::sync::lock(&self.report));
     }
 
     /// CPU utilization, in [0, 1].

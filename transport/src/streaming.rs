@@ -346,7 +346,7 @@ impl<T> Streaming<T> {
         }
         // The deadline's own timer says whether it has passed, on the runtime's clock.
         let deadline_passed = client.is_some_and(|c| c.deadline.poll_passed(cx));
-        crate::status_from_h2(err, deadline_passed)
+        status_from_h2(err, deadline_passed)
     }
 
     /// The client's deadline or cancellation, if either has fired.
@@ -506,4 +506,16 @@ impl<T> Stream for Streaming<T> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_message(cx)
     }
+}
+
+/// Maps an `h2` error to the status a call reports, following the spec's RST_STREAM table;
+/// connection-level failures (IO errors, GOAWAY with an error) are `UNAVAILABLE`.
+pub(crate) fn status_from_h2(err: &h2::Error, deadline_passed: bool) -> Status {
+    if err.is_go_away() || err.is_io() {
+        return Status::unavailable(format!("connection closed: {err}"));
+    }
+    if let Some(reason) = err.reason() {
+        return Status::from_h2_reason(u32::from(reason), deadline_passed);
+    }
+    Status::internal(format!("HTTP/2 error: {err}"))
 }

@@ -27,7 +27,7 @@ use anygrpc_codec::Code;
 use anygrpc_lb::ConnectivityState;
 use anygrpc_rt::Address;
 
-use crate::{lock, metrics::Measure, Request, Response, Status};
+use crate::{metrics::Measure, sync::lock, Request, Response, Status};
 
 #[rustfmt::skip]
 #[allow(clippy::all, missing_docs, unreachable_pub)]

@@ -197,7 +197,7 @@ impl Subchannel {
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        crate::lock(&self.slot)
+        crate::sync::lock(&self.slot)
     }
 
     /// The connection to send a call on, if READY, with its generation and the counters of
@@ -668,7 +668,7 @@ impl Subchannel {
         .into_request()?;
         let codec = ProstCodec::<Req, Resp>::new();
         let frame = Encoder::new(None, usize::MAX).encode(&codec, message.clone(), false)?;
-        let unavailable = |e: h2::Error| crate::status_from_h2(&e, false);
+        let unavailable = |e: h2::Error| crate::streaming::status_from_h2(&e, false);
         let mut ready = send.clone().ready().await.map_err(unavailable)?;
         let (response, mut stream) = ready.send_request(head, false).map_err(unavailable)?;
         send_message(&mut stream, frame, true)

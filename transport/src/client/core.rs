@@ -452,7 +452,7 @@ impl Core {
             .resolver_builder
             .build(&self.target, self.runtime.clone())
         {
-            Ok(resolver) => *crate::lock(&self.resolver) = resolver,
+            Ok(resolver) => *crate::sync::lock(&self.resolver) = resolver,
             Err(status) => {
                 tracing::warn!(%status, "could not rebuild the resolver; keeping the old one")
             }
@@ -472,7 +472,7 @@ impl Core {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        crate::lock(&self.inner)
+        crate::sync::lock(&self.inner)
     }
 
     fn published(&self) -> Arc<Published> {
@@ -483,7 +483,7 @@ impl Core {
     }
 
     fn waiters(&self) -> MutexGuard<'_, Vec<Waker>> {
-        crate::lock(&self.waiters)
+        crate::sync::lock(&self.waiters)
     }
 
     /// Parks `waker` until the next publication, unless `seen` is already stale (then the
@@ -739,7 +739,7 @@ async fn resolve_task(core: Weak<Core>, epoch: u64) {
             let Some(core) = core.upgrade() else {
                 return Poll::Ready(None);
             };
-            let mut resolver = crate::lock(&core.resolver);
+            let mut resolver = crate::sync::lock(&core.resolver);
             {
                 let mut inner = core.lock();
                 if inner.epoch != epoch {

@@ -819,7 +819,7 @@ impl Grpc {
                 Err(e) => {
                     picked.subchannel.closed(picked.generation);
                     if !(e.is_go_away() || e.is_io()) {
-                        return Err(crate::status_from_h2(&e, false));
+                        return Err(crate::streaming::status_from_h2(&e, false));
                     }
                 }
             }

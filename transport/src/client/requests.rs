@@ -260,7 +260,7 @@ impl<T> State<T> {
 
 impl<T> Shared<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
-        crate::lock(&self.state)
+        crate::sync::lock(&self.state)
     }
 
     /// One step of [`RequestSender::send`]: `message` until it is encoded (or queued), then
