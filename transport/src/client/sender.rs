@@ -25,8 +25,8 @@ use futures_core::Stream;
 use futures_util::{future::Either, StreamExt};
 
 use super::{
+    attempts::Buffered,
     requests::{AttachedHold, Link, RequestClosed, RequestStream},
-    Buffered,
 };
 use crate::{
     metrics::Traffic,

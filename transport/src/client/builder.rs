@@ -1,0 +1,453 @@
+//! [`ChannelBuilder`]: a channel's settings, and the channel they build.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use anygrpc_codec::{
+    compression::CompressionRegistry,
+    frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
+    headers::{self},
+    keepalive::{self, KeepaliveConfig},
+    metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
+    BackoffConfig,
+};
+use anygrpc_lb::{retry, BufferBudget, PolicyRegistry, ServiceConfig};
+use anygrpc_resolver::Registry;
+use anygrpc_rt::Runtime;
+use http::{
+    uri::{Authority, Scheme},
+    HeaderValue,
+};
+
+use super::conn::{ClientKeepalive, ConnSettings};
+use super::core::{Core, CoreConfig};
+use super::{Channel, ChannelInner, DEFAULT_IDLE_TIMEOUT};
+use crate::{
+    channelz::ChannelNode,
+    interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor},
+    Status,
+};
+
+/// Configures and creates a [`Channel`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), anygrpc::Status> {
+/// let channel = anygrpc::Channel::builder("localhost:50051")
+///     .user_agent("my-app/1.0")
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct ChannelBuilder {
+    target: String,
+    runtime: Option<Arc<dyn Runtime>>,
+    registry: Registry,
+    authority: Option<String>,
+    user_agent: Option<String>,
+    interceptors: Vec<AnyInterceptor>,
+    compression: CompressionRegistry,
+    send_compression: Option<&'static str>,
+    max_recv_message_size: usize,
+    max_send_message_size: usize,
+    settings: ConnSettings,
+    keepalive: KeepaliveConfig,
+    keepalive_on: bool,
+    lb_registry: PolicyRegistry,
+    load_balancing_config: String,
+    default_service_config: Option<String>,
+    max_attempts: u32,
+    retry_buffer_per_call: usize,
+    retry_buffer_per_channel: usize,
+    idle_timeout: Option<Duration>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::ClientTlsConfig>,
+    #[cfg(feature = "opentelemetry")]
+    metrics: Option<crate::metrics::Metrics>,
+}
+
+impl fmt::Debug for ChannelBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelBuilder {
+    pub(super) fn new(target: &str) -> ChannelBuilder {
+        ChannelBuilder {
+            target: target.to_owned(),
+            runtime: None,
+            registry: Registry::default(),
+            authority: None,
+            user_agent: None,
+            interceptors: Vec::new(),
+            compression: CompressionRegistry::default(),
+            send_compression: None,
+            max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
+            max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+            settings: ConnSettings {
+                initial_stream_window_size: 1 << 20,
+                initial_connection_window_size: 2 << 20,
+                max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
+                max_frame_size: 16 * 1024,
+                tcp_nodelay: true,
+                dynamic_window: true,
+                keepalive: None,
+                backoff: BackoffConfig::default(),
+                health_check_service: None,
+                scheme: Scheme::HTTP,
+                authority: Authority::from_static("localhost"),
+                user_agent: headers::default_user_agent(),
+                #[cfg(feature = "tls")]
+                tls: None,
+            },
+            keepalive: KeepaliveConfig {
+                time: Duration::MAX,
+                timeout: keepalive::DEFAULT_KEEPALIVE_TIMEOUT,
+                permit_without_calls: false,
+            },
+            keepalive_on: false,
+            lb_registry: PolicyRegistry::default(),
+            load_balancing_config: r#"[{"pick_first":{}}]"#.to_owned(),
+            default_service_config: None,
+            max_attempts: retry::DEFAULT_MAX_ATTEMPTS,
+            retry_buffer_per_call: retry::DEFAULT_PER_CALL_BUFFER,
+            retry_buffer_per_channel: retry::DEFAULT_PER_CHANNEL_BUFFER,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "opentelemetry")]
+            metrics: None,
+        }
+    }
+
+    /// The runtime for sockets, timers and background tasks. Default:
+    /// [`rt::default_runtime`](crate::rt::default_runtime).
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The load-balancing policy, by name, with an empty config: `pick_first` (the default),
+    /// `round_robin`, or one registered with
+    /// [`lb_policy_registry`](Self::lb_policy_registry).
+    pub fn load_balancing_policy(mut self, name: &str) -> Self {
+        self.load_balancing_config = serde_json::json!([{ name: {} }]).to_string();
+        self
+    }
+
+    /// The policy as a service config's `loadBalancingConfig` list (JSON text), e.g.
+    /// `[{"pick_first":{"shuffleAddressList":true}}]`: the first registered policy named is
+    /// used. An invalid list fails the channel's build with `INVALID_ARGUMENT`.
+    pub fn load_balancing_config(mut self, json: impl Into<String>) -> Self {
+        self.load_balancing_config = json.into();
+        self
+    }
+
+    /// The service config (`doc/service_config.md`, JSON) in force while the resolver provides
+    /// none: per-method timeouts, wait-for-ready, message limits, retry or hedging policies
+    /// (gRFC A6), retry throttling, the load-balancing policy and the health-check service.
+    /// Its `loadBalancingConfig` and `healthCheckConfig` take precedence over
+    /// [`load_balancing_config`](Self::load_balancing_config) and
+    /// [`health_check_service_name`](Self::health_check_service_name). An invalid config
+    /// fails the channel's build with `INVALID_ARGUMENT`; an invalid one from the resolver is
+    /// ignored, and the config in force stays.
+    pub fn default_service_config(mut self, json: impl Into<String>) -> Self {
+        self.default_service_config = Some(json.into());
+        self
+    }
+
+    /// Records the channel's calls in `metrics` (gRFC A66 and A96; see [`crate::metrics`]).
+    #[cfg(feature = "opentelemetry")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The most attempts a retry or hedging policy may make per call, its first included:
+    /// a policy's larger `maxAttempts` is cut to this. Default 5 (gRFC A6).
+    pub fn max_retry_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The retry buffer: request bytes a call holds for replay until it commits, per call
+    /// and for all of the channel's calls together. A call whose request does not fit makes
+    /// one attempt. Default 256 KiB per call, 16 MiB per channel.
+    pub fn retry_buffer_size(mut self, per_call: usize, per_channel: usize) -> Self {
+        self.retry_buffer_per_call = per_call;
+        self.retry_buffer_per_channel = per_channel;
+        self
+    }
+
+    /// Client-side health checking (gRFC A17; a service config's
+    /// `healthCheckConfig.serviceName`): each connection of a policy that uses health checks
+    /// (`round_robin`, `weighted_round_robin`) watches `service` with `grpc.health.v1.Health`
+    /// and is used only while the backend says SERVING. Backends without the health service
+    /// count as healthy. Off by default; `""` watches the server as a whole.
+    pub fn health_check_service_name(mut self, service: impl Into<String>) -> Self {
+        self.settings.health_check_service = Some(service.into());
+        self
+    }
+
+    /// How long the channel stays connected with no call in flight before it goes IDLE,
+    /// closing its connections (the next call reconnects). Default 30 min; zero never.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = (!timeout.is_zero()).then_some(timeout);
+        self
+    }
+
+    /// The load-balancing policies available by name, for custom policies.
+    pub fn lb_policy_registry(mut self, registry: PolicyRegistry) -> Self {
+        self.lb_registry = registry;
+        self
+    }
+
+    /// The resolver registry, for custom target schemes.
+    pub fn resolver_registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Overrides `:authority` (default: the target's host:port, `localhost` for `unix:`). With
+    /// TLS and no [`domain_name`](crate::tls::ClientTlsConfig::domain_name), the certificate
+    /// is checked against this name.
+    pub fn authority(mut self, authority: impl Into<String>) -> Self {
+        self.authority = Some(authority.into());
+        self
+    }
+
+    /// A prefix for the `user-agent` header (`<prefix> grpc-rust-anygrpc/<version>`).
+    pub fn user_agent(mut self, prefix: impl Into<String>) -> Self {
+        self.user_agent = Some(prefix.into());
+        self
+    }
+
+    /// Adds an interceptor run on every call, in the order added.
+    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
+        self.interceptors
+            .push(AnyInterceptor::Sync(Arc::new(interceptor)));
+        self
+    }
+
+    /// Adds an async interceptor run on every call, in the order added.
+    pub fn async_interceptor(mut self, interceptor: impl AsyncInterceptor) -> Self {
+        self.interceptors
+            .push(AnyInterceptor::Async(Arc::new(interceptor)));
+        self
+    }
+
+    /// The compression algorithms the channel can use and accepts. Default: gzip, deflate.
+    pub fn compression_registry(mut self, registry: CompressionRegistry) -> Self {
+        self.compression = registry;
+        self
+    }
+
+    /// Compresses request messages with this `grpc-encoding` (e.g. `"gzip"`). Default: none.
+    pub fn send_compression(mut self, encoding: &'static str) -> Self {
+        self.send_compression = Some(encoding);
+        self
+    }
+
+    /// The largest response message accepted, after decompression. Default 4 MiB; larger
+    /// messages fail the call with `RESOURCE_EXHAUSTED`.
+    pub fn max_recv_message_size(mut self, bytes: usize) -> Self {
+        self.max_recv_message_size = bytes;
+        self
+    }
+
+    /// The largest request message sent. Default: unlimited (4 GiB − 1, the wire's limit).
+    pub fn max_send_message_size(mut self, bytes: usize) -> Self {
+        self.max_send_message_size = bytes;
+        self
+    }
+
+    /// The largest header list (metadata included) accepted from the server, advertised as
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, and the most request metadata sent. Default 16 KiB.
+    pub fn max_header_list_size(mut self, bytes: usize) -> Self {
+        self.settings.max_header_list_size = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// HTTP/2 initial stream flow-control window. Default 1 MiB, grown with the measured
+    /// bandwidth-delay product (up to 16 MiB); setting it fixes the windows.
+    pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
+        self.settings.initial_stream_window_size = bytes;
+        self.settings.dynamic_window = false;
+        self
+    }
+
+    /// HTTP/2 initial connection flow-control window. Default 2 MiB, grown with the measured
+    /// bandwidth-delay product; setting it fixes the windows.
+    pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
+        self.settings.initial_connection_window_size = bytes;
+        self.settings.dynamic_window = false;
+        self
+    }
+
+    /// Keepalive (gRFC A8): ping a connection that has read nothing for `time` (at least
+    /// 10 s: shorter values are raised), and close it, failing its calls with `UNAVAILABLE`,
+    /// when the ping goes unanswered for [`keepalive_timeout`](Self::keepalive_timeout).
+    /// Default: off. A server that answers GOAWAY `too_many_pings` doubles the time for the
+    /// channel's new connections.
+    pub fn keepalive_time(self, time: Duration) -> Self {
+        self.keepalive_time_unclamped(time.max(keepalive::MIN_CLIENT_KEEPALIVE_TIME))
+    }
+
+    /// [`keepalive_time`](Self::keepalive_time) without the 10 s floor, for tests that need
+    /// keepalive to act within a test's time. Servers with default settings disconnect
+    /// clients that ping this often.
+    #[doc(hidden)]
+    pub fn keepalive_time_unclamped(mut self, time: Duration) -> Self {
+        self.keepalive.time = time;
+        self.keepalive_on = true;
+        self
+    }
+
+    /// How long a keepalive ping may go unanswered before the connection is closed (on Linux,
+    /// also the connection's `TCP_USER_TIMEOUT`). Default 20 s.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.keepalive.timeout = timeout;
+        self
+    }
+
+    /// Whether keepalive pings are sent while no call is in flight. Default: false.
+    pub fn keepalive_permit_without_calls(mut self, permit: bool) -> Self {
+        self.keepalive.permit_without_calls = permit;
+        self
+    }
+
+    /// Connection backoff (`doc/connection-backoff.md`). Default: 1 s initial, ×1.6, ±20%
+    /// jitter, 120 s max, 20 s minimum connect timeout.
+    pub fn connect_backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.settings.backoff = backoff;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on connections. Default: on.
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.settings.tcp_nodelay = on;
+        self
+    }
+
+    /// Connects with TLS (scheme `https`, ALPN `h2`).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::tls::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Builds the channel without connecting; the first call connects.
+    ///
+    /// A malformed target or a bad setting is `INVALID_ARGUMENT`.
+    pub fn connect_lazy(self) -> Result<Channel, Status> {
+        let runtime = match self.runtime {
+            Some(rt) => rt,
+            None => anygrpc_rt::default_runtime().ok_or_else(|| {
+                Status::failed_precondition(
+                    "no runtime: enable the `async-io` or `tokio` feature, or pass one with ChannelBuilder::runtime",
+                )
+            })?,
+        };
+        let (target, builder) = self.registry.parse_target(&self.target)?;
+        let authority_text = self
+            .authority
+            .unwrap_or_else(|| builder.default_authority(&target));
+        let authority = Authority::try_from(authority_text.as_str()).map_err(|e| {
+            Status::invalid_argument(format!("invalid authority {authority_text:?}: {e}"))
+        })?;
+        let lb_config: serde_json::Value = serde_json::from_str(&self.load_balancing_config)
+            .map_err(|e| Status::invalid_argument(format!("invalid loadBalancingConfig: {e}")))?;
+        let (policy_builder, policy_config) = self.lb_registry.parse_lb_config(&lb_config)?;
+        let default_service_config = match &self.default_service_config {
+            None => ServiceConfig::default(),
+            Some(json) => super::core::check_service_config(json, &self.lb_registry)?,
+        };
+        if let Some(encoding) = self.send_compression {
+            if self.compression.get(encoding).is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "send compression {encoding:?} is not in the compression registry"
+                )));
+            }
+        }
+        let user_agent = match &self.user_agent {
+            None => headers::default_user_agent(),
+            Some(prefix) => HeaderValue::from_str(&format!(
+                "{prefix} {}",
+                headers::default_user_agent().to_str().unwrap_or_default()
+            ))
+            .map_err(|_| Status::invalid_argument("user agent must be visible ASCII"))?,
+        };
+        let mut settings = self.settings;
+        settings.keepalive = self
+            .keepalive_on
+            .then(|| ClientKeepalive::new(self.keepalive));
+        #[allow(unused_mut)]
+        let mut scheme = Scheme::HTTP;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            settings.tls = Some(tls.connector(host)?);
+            scheme = Scheme::HTTPS;
+        }
+        settings.scheme = scheme.clone();
+        settings.authority = authority.clone();
+        settings.user_agent = user_agent.clone();
+        let channelz = ChannelNode::channel(self.target.clone());
+        #[cfg(feature = "opentelemetry")]
+        let metrics = self
+            .metrics
+            .map(|m| crate::metrics::Recorder::new(m.instruments, runtime.clone()));
+        #[cfg(not(feature = "opentelemetry"))]
+        let metrics = None;
+        // A target without a scheme is named with the default one, as `dns:///host:port`.
+        let canonical_target = match self.target.strip_prefix(target.scheme()) {
+            Some(rest) if rest.starts_with(':') => self.target.clone(),
+            _ => format!("{}:///{}", target.scheme(), self.target),
+        };
+        let canonical_target: Arc<str> = canonical_target.into();
+        Ok(Channel {
+            inner: Arc::new(ChannelInner {
+                target: self.target,
+                canonical_target: canonical_target.clone(),
+                metrics: metrics.clone(),
+                scheme,
+                authority,
+                user_agent,
+                interceptors: self.interceptors,
+                compression: Arc::new(self.compression),
+                send_compression: self.send_compression,
+                max_recv_message_size: self.max_recv_message_size,
+                max_send_message_size: self.max_send_message_size,
+                max_header_list_size: settings.max_header_list_size as usize,
+                max_attempts: self.max_attempts,
+                retry_buffer_per_call: self.retry_buffer_per_call,
+                retry_budget: BufferBudget::new(self.retry_buffer_per_channel),
+                core: Core::new(CoreConfig {
+                    runtime,
+                    settings,
+                    channelz,
+                    target,
+                    resolver_builder: builder,
+                    policy_builder,
+                    policy_config,
+                    lb_registry: self.lb_registry,
+                    default_service_config,
+                    idle_timeout: self.idle_timeout,
+                    metrics: metrics.map(|m| (m, canonical_target)),
+                })?,
+            }),
+        })
+    }
+
+    /// Builds the channel and connects; fails with the connection error (`UNAVAILABLE`) if the
+    /// first attempt fails.
+    pub async fn connect(self) -> Result<Channel, Status> {
+        let channel = self.connect_lazy()?;
+        channel.inner.core.pick("", false).await?;
+        Ok(channel)
+    }
+}
