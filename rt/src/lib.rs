@@ -21,7 +21,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 mod compat;
@@ -227,6 +227,12 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
 
     /// The current time, from the runtime's clock (a simulated runtime returns virtual time).
     fn now(&self) -> Instant;
+
+    /// The wall-clock time, for timestamps that people read (channelz's). A simulated runtime
+    /// returns its virtual time's, so they repeat from run to run.
+    fn system_time(&self) -> SystemTime {
+        SystemTime::now()
+    }
 
     /// A timer that completes at `deadline`.
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>>;

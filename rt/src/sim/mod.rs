@@ -43,7 +43,7 @@ use std::{
         Arc, Mutex, MutexGuard, Weak,
     },
     task::{Context, Poll, Wake, Waker},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::{BoxFuture, BoxIo, Listener, Runtime, Sleep, TcpOptions};
@@ -103,6 +103,10 @@ impl Wake for TaskWaker {
         }
     }
 }
+
+/// The wall-clock time a simulated run begins at, as seconds since the Unix epoch:
+/// 2026-01-01T00:00:00Z.
+const SIM_EPOCH_SECS: u64 = 1_767_225_600;
 
 struct State {
     start: Instant,
@@ -443,6 +447,13 @@ impl Runtime for SimRuntime {
 
     fn now(&self) -> Instant {
         self.world().state().now
+    }
+
+    /// The virtual time since the run began, counted from a fixed wall-clock instant.
+    fn system_time(&self) -> SystemTime {
+        let world = self.world();
+        let state = world.state();
+        SystemTime::UNIX_EPOCH + Duration::from_secs(SIM_EPOCH_SECS) + (state.now - state.start)
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {

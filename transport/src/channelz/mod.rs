@@ -25,7 +25,7 @@ use std::{
 
 use anygrpc_codec::Code;
 use anygrpc_lb::ConnectivityState;
-use anygrpc_rt::Address;
+use anygrpc_rt::{Address, Runtime};
 
 use crate::{metrics::Measure, sync::lock, Request, Response, Status};
 
@@ -47,9 +47,12 @@ const TRACE_EVENTS: usize = 32;
 /// The page size when a request asks for none (`max_results` 0), and the largest one served.
 const MAX_PAGE: usize = 100;
 
+/// The clock channelz's timestamps are read from: the runtime's wall clock.
+pub(crate) type Clock = Arc<dyn Runtime>;
+
 /// Calls (or streams) started, succeeded and failed, and when the last one started.
-#[derive(Debug, Default)]
 pub(crate) struct CallCounters {
+    clock: Clock,
     started: AtomicI64,
     succeeded: AtomicI64,
     failed: AtomicI64,
@@ -57,12 +60,31 @@ pub(crate) struct CallCounters {
     last_started: AtomicI64,
 }
 
+impl fmt::Debug for CallCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallCounters")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CallCounters {
+    /// Counters read on `clock`.
+    pub(crate) fn new(clock: Clock) -> Arc<CallCounters> {
+        Arc::new(CallCounters {
+            clock,
+            started: AtomicI64::new(0),
+            succeeded: AtomicI64::new(0),
+            failed: AtomicI64::new(0),
+            last_started: AtomicI64::new(0),
+        })
+    }
+
     /// Counts a call that starts now on these counters and, if given, on `also` (a socket's
     /// streams under a subchannel's or a server's calls). It counts as failed unless
     /// [`CallTally::succeeded`] is called before the tally is dropped.
     pub(crate) fn start(self: &Arc<Self>, also: Option<&Arc<CallCounters>>) -> CallTally {
-        let now = unix_nanos(SystemTime::now());
+        let now = unix_nanos(self.clock.system_time());
         for counters in std::iter::once(self).chain(also) {
             counters.started.fetch_add(1, Ordering::Relaxed);
             counters.last_started.store(now, Ordering::Relaxed);
@@ -139,8 +161,8 @@ impl Drop for CallTally {
 }
 
 /// A bounded log of an entity's recent events.
-#[derive(Debug)]
 struct Trace {
+    clock: Clock,
     created: SystemTime,
     logged: i64,
     events: VecDeque<Event>,
@@ -154,10 +176,19 @@ struct Event {
     child: Option<ChildRef>,
 }
 
+impl fmt::Debug for Trace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trace")
+            .field("logged", &self.logged)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Trace {
-    fn new() -> Mutex<Trace> {
+    fn new(clock: Clock) -> Mutex<Trace> {
         Mutex::new(Trace {
-            created: SystemTime::now(),
+            created: clock.system_time(),
+            clock,
             logged: 0,
             events: VecDeque::new(),
         })
@@ -187,10 +218,11 @@ fn log(trace: &Mutex<Trace>, severity: Severity, description: String, child: Opt
     if trace.events.len() == TRACE_EVENTS {
         trace.events.pop_front();
     }
+    let at = trace.clock.system_time();
     trace.events.push_back(Event {
         description,
         severity,
-        at: SystemTime::now(),
+        at,
         child,
     });
 }
@@ -216,9 +248,9 @@ pub(crate) struct ChannelNode {
 }
 
 impl ChannelNode {
-    /// Registers a top-level channel for `target`.
-    pub(crate) fn channel(target: String) -> Arc<ChannelNode> {
-        let node = Self::new(Kind::Channel, target);
+    /// Registers a top-level channel for `target`, its times read on `clock`.
+    pub(crate) fn channel(target: String, clock: Clock) -> Arc<ChannelNode> {
+        let node = Self::new(Kind::Channel, target, clock);
         log(
             &node.trace,
             Severity::CtInfo,
@@ -231,7 +263,11 @@ impl ChannelNode {
 
     /// Registers a subchannel of this channel, for `address`.
     pub(crate) fn subchannel(&self, address: &Address) -> Arc<ChannelNode> {
-        let node = Self::new(Kind::Subchannel, address.to_string());
+        let node = Self::new(
+            Kind::Subchannel,
+            address.to_string(),
+            self.calls.clock.clone(),
+        );
         log(
             &node.trace,
             Severity::CtInfo,
@@ -260,14 +296,14 @@ impl ChannelNode {
         );
     }
 
-    fn new(kind: Kind, target: String) -> Arc<ChannelNode> {
+    fn new(kind: Kind, target: String, clock: Clock) -> Arc<ChannelNode> {
         Arc::new(ChannelNode {
             id: registry().next_id(),
             kind,
             target,
             state: AtomicU8::new(ConnectivityState::Idle as u8),
-            calls: Arc::default(),
-            trace: Trace::new(),
+            calls: CallCounters::new(clock.clone()),
+            trace: Trace::new(clock),
             children: Mutex::default(),
         })
     }
@@ -388,12 +424,12 @@ pub(crate) struct ServerNode {
 }
 
 impl ServerNode {
-    /// Registers a server.
-    pub(crate) fn register() -> Arc<ServerNode> {
+    /// Registers a server, its times read on `clock`.
+    pub(crate) fn register(clock: Clock) -> Arc<ServerNode> {
         let node = Arc::new(ServerNode {
             id: registry().next_id(),
-            calls: Arc::default(),
-            trace: Trace::new(),
+            calls: CallCounters::new(clock.clone()),
+            trace: Trace::new(clock),
             listen_sockets: Mutex::default(),
             sockets: Mutex::default(),
         });
@@ -472,27 +508,32 @@ pub(crate) struct SocketNode {
 
 impl SocketNode {
     /// Registers a client's connection to `remote`.
-    pub(crate) fn client(remote: Address) -> Arc<SocketNode> {
-        Self::register(None, Some(remote), true)
+    pub(crate) fn client(remote: Address, clock: Clock) -> Arc<SocketNode> {
+        Self::register(None, Some(remote), true, clock)
     }
 
     /// Registers a server's connection from `remote`, accepted on `local`.
-    pub(crate) fn server(local: Option<Address>, remote: Address) -> Arc<SocketNode> {
-        Self::register(local, Some(remote), false)
+    pub(crate) fn server(local: Option<Address>, remote: Address, clock: Clock) -> Arc<SocketNode> {
+        Self::register(local, Some(remote), false, clock)
     }
 
     /// Registers a server's listening socket.
-    pub(crate) fn listener(local: Option<Address>) -> Arc<SocketNode> {
-        Self::register(local, None, false)
+    pub(crate) fn listener(local: Option<Address>, clock: Clock) -> Arc<SocketNode> {
+        Self::register(local, None, false, clock)
     }
 
-    fn register(local: Option<Address>, remote: Option<Address>, client: bool) -> Arc<SocketNode> {
+    fn register(
+        local: Option<Address>,
+        remote: Option<Address>,
+        client: bool,
+        clock: Clock,
+    ) -> Arc<SocketNode> {
         let node = Arc::new(SocketNode {
             id: registry().next_id(),
             local,
             remote,
             client,
-            streams: Arc::default(),
+            streams: CallCounters::new(clock),
         });
         lock(&registry().sockets).insert(node.id, Arc::downgrade(&node));
         node
@@ -775,8 +816,9 @@ mod tests {
 
     #[test]
     fn pages_start_at_an_id_hold_at_most_max_results_and_say_when_they_end() {
+        let sim = anygrpc_rt::sim::Sim::new(1);
         let nodes: Vec<_> = (0..3)
-            .map(|i| ChannelNode::channel(format!("t{i}")))
+            .map(|i| ChannelNode::channel(format!("t{i}"), sim.runtime()))
             .collect();
         let ids: Vec<i64> = nodes.iter().map(|n| n.id).collect();
         let channels = &registry().channels;
@@ -799,7 +841,9 @@ mod tests {
 
     #[test]
     fn a_tally_counts_on_both_counters_by_its_first_ending_and_fails_without_one() {
-        let (calls, streams) = (Arc::<CallCounters>::default(), Arc::default());
+        let sim = anygrpc_rt::sim::Sim::new(1);
+        let clock = sim.runtime();
+        let (calls, streams) = (CallCounters::new(clock.clone()), CallCounters::new(clock));
         let mut ok = calls.start(Some(&streams));
         ok.end(Code::Ok);
         ok.end(Code::Internal);
@@ -811,5 +855,25 @@ mod tests {
         assert!(last.is_some());
         let (started, succeeded, failed, _) = streams.snapshot();
         assert_eq!((started, succeeded, failed), (2, 1, 1));
+    }
+
+    #[test]
+    fn timestamps_are_read_on_the_runtime_clock() {
+        let sim = anygrpc_rt::sim::Sim::new(1);
+        let node = ChannelNode::channel("t".into(), sim.runtime());
+        let created = lock(&node.trace).to_proto().creation_timestamp;
+        let start = timestamp(sim.runtime().system_time());
+        assert_eq!(created, Some(start));
+        // Nothing ran, so virtual time has not moved: the wall clock says something else.
+        assert_ne!(created, Some(timestamp(SystemTime::now())));
+        sim.run(async {
+            sim.runtime()
+                .sleep_until(sim.runtime().now() + std::time::Duration::from_secs(3))
+                .await
+        });
+        node.event(Severity::CtInfo, "later".into());
+        let trace = lock(&node.trace).to_proto();
+        let at = trace.events.last().and_then(|e| e.timestamp);
+        assert_eq!(at.map(|t| t.seconds - start.seconds), Some(3));
     }
 }

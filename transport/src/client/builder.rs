@@ -396,7 +396,7 @@ impl ChannelBuilder {
         settings.scheme = scheme.clone();
         settings.authority = authority.clone();
         settings.user_agent = user_agent.clone();
-        let channelz = ChannelNode::channel(self.target.clone());
+        let channelz = ChannelNode::channel(self.target.clone(), runtime.clone());
         #[cfg(feature = "opentelemetry")]
         let metrics = self
             .metrics

@@ -317,7 +317,7 @@ impl Subchannel {
                     }
                     slot.machine.connected();
                     slot.send = Some(send.clone());
-                    let socket = SocketNode::client(self.address.clone());
+                    let socket = SocketNode::client(self.address.clone(), self.runtime.clone());
                     self.channelz.add_socket(&socket);
                     slot.socket = Some(socket);
                     let health_service = self

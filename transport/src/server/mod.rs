@@ -465,14 +465,14 @@ impl Server {
             None => None,
         };
         let local_addr = listener.local_addr().ok();
-        let channelz = ServerNode::register();
+        let channelz = ServerNode::register(runtime.clone());
         #[cfg(feature = "opentelemetry")]
         let metrics = self
             .metrics
             .map(|m| crate::metrics::Recorder::new(m.instruments, runtime.clone()));
         #[cfg(not(feature = "opentelemetry"))]
         let metrics = None;
-        let listen_socket = SocketNode::listener(local_addr.clone());
+        let listen_socket = SocketNode::listener(local_addr.clone(), runtime.clone());
         channelz.add_listen_socket(&listen_socket);
         Ok(BoundServer {
             listener,
@@ -614,7 +614,7 @@ async fn serve_connection(
     shutdown: impl Future<Output = ()> + Unpin,
 ) {
     let runtime = shared.runtime.clone();
-    let socket = SocketNode::server(shared.local_addr.clone(), peer.clone());
+    let socket = SocketNode::server(shared.local_addr.clone(), peer.clone(), runtime.clone());
     shared.channelz.add_socket(&socket);
     let observed =
         connection::Shared::new(runtime.now(), Some(PingStrikes::new(shared.ping_policy)));
