@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let watcher = {
             let channel = channel.clone();
             async move {
-                let mut state = channel.state();
+                let mut state = channel.connectivity_state(false);
                 let mut connections = 0;
                 let mut stop = rx;
                 loop {

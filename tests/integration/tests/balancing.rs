@@ -105,7 +105,7 @@ fn round_robin_spreads_calls_and_survives_a_server_restart() {
         }
         assert_eq!(c_calls.load(Ordering::Relaxed), served_by_c);
     });
-    assert_eq!(channel.state(), ConnectivityState::Ready);
+    assert_eq!(channel.connectivity_state(false), ConnectivityState::Ready);
 }
 
 /// One round of calls; true once every server has had one.
@@ -150,7 +150,10 @@ fn without_wait_for_ready_calls_fail_fast_in_transient_failure() {
     block_on(async {
         let err = client.unary(Payload::default()).await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err}");
-        assert_eq!(channel.state(), ConnectivityState::TransientFailure);
+        assert_eq!(
+            channel.connectivity_state(false),
+            ConnectivityState::TransientFailure
+        );
         // Wait-for-ready waits instead, here until its deadline.
         let mut request = Request::new(Payload::default());
         request.set_wait_for_ready(true);
@@ -177,8 +180,10 @@ fn a_wait_for_ready_call_waits_for_the_server_to_come_up() {
         let _ = client.unary(Payload::default()).await;
         let call = client.unary(wait_for_ready(b"late"));
         let start = async {
-            while channel.state() != ConnectivityState::TransientFailure {
-                channel.wait_for_state_change(channel.state()).await;
+            while channel.connectivity_state(false) != ConnectivityState::TransientFailure {
+                channel
+                    .wait_for_state_change(channel.connectivity_state(false))
+                    .await;
             }
             counted_server(addr)
         };
@@ -330,7 +335,7 @@ fn an_unused_channel_goes_idle_and_a_call_in_flight_keeps_it_connected() {
             .unary(Request::new(Payload::default()))
             .await
             .unwrap();
-        assert_eq!(channel.state(), ConnectivityState::Ready);
+        assert_eq!(channel.connectivity_state(false), ConnectivityState::Ready);
         // No calls for the idle timeout: the channel lets its connection go.
         assert_eq!(
             channel
@@ -343,7 +348,7 @@ fn an_unused_channel_goes_idle_and_a_call_in_flight_keeps_it_connected() {
             .unary(Request::new(Payload::default()))
             .await
             .unwrap();
-        assert_eq!(channel.state(), ConnectivityState::Ready);
+        assert_eq!(channel.connectivity_state(false), ConnectivityState::Ready);
         assert_eq!(a_calls.load(Ordering::Relaxed), 2);
 
         // A call held open for 3.5 idle timeouts keeps the channel READY until it ends.

@@ -22,9 +22,9 @@ use anygrpc_lb::ConnectivityState;
 fn lazy_channel_connects_on_first_call() {
     let server = start();
     let channel = server.channel();
-    assert_eq!(channel.state(), ConnectivityState::Idle);
+    assert_eq!(channel.connectivity_state(false), ConnectivityState::Idle);
     block_on(TestClient::new(channel.clone()).unary(Payload::default())).unwrap();
-    assert_eq!(channel.state(), ConnectivityState::Ready);
+    assert_eq!(channel.connectivity_state(false), ConnectivityState::Ready);
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn channel_reconnects_after_server_restart() {
     request.set_wait_for_ready(true);
     request.set_timeout(Duration::from_secs(10));
     block_on(client.unary(request)).unwrap();
-    assert_eq!(channel.state(), ConnectivityState::Ready);
+    assert_eq!(channel.connectivity_state(false), ConnectivityState::Ready);
     drop(restarted);
 }
 

@@ -294,10 +294,11 @@ impl ChannelBuilder {
         self.keepalive_time_unclamped(time.max(keepalive::MIN_CLIENT_KEEPALIVE_TIME))
     }
 
-    /// [`keepalive_time`](Self::keepalive_time) without the 10 s floor, for tests that need
-    /// keepalive to act within a test's time. Servers with default settings disconnect
-    /// clients that ping this often.
-    #[doc(hidden)]
+    /// [`keepalive_time`](Self::keepalive_time) without the 10 s floor, as the C-core's
+    /// `GRPC_ARG_KEEPALIVE_TIME_MS` takes any time: for a peer you run, configured to accept
+    /// pings this often (a server with default settings answers a client that pings more
+    /// often than every 5 minutes with GOAWAY `too_many_pings`, and the channel then doubles
+    /// its time for new connections).
     pub fn keepalive_time_unclamped(mut self, time: Duration) -> Self {
         self.keepalive.time = time;
         self.keepalive_on = true;

@@ -74,7 +74,7 @@ impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
             .field("target", &self.inner.target)
-            .field("state", &self.state())
+            .field("state", &self.connectivity_state(false))
             .finish()
     }
 }
@@ -91,12 +91,8 @@ impl Channel {
         ChannelBuilder::new(target)
     }
 
-    /// The channel's connectivity state (`doc/connectivity-semantics-and-api.md`).
-    pub fn state(&self) -> ConnectivityState {
-        self.inner.core.state(false)
-    }
-
-    /// The connectivity state; with `try_to_connect`, an IDLE channel starts connecting.
+    /// The channel's connectivity state (`doc/connectivity-semantics-and-api.md`); with
+    /// `try_to_connect`, an IDLE channel starts connecting.
     pub fn connectivity_state(&self, try_to_connect: bool) -> ConnectivityState {
         self.inner.core.state(try_to_connect)
     }
