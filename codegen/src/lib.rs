@@ -251,20 +251,23 @@ pub mod {module} {{
             {client} {{ inner: Grpc::new(channel).generated_stub() }}
         }}
 
-        /// Compresses request messages with `encoding` (e.g. `"gzip"`).
-        pub fn send_compressed(mut self, encoding: &'static str) -> Self {{
+        /// Compresses request messages with `encoding` (e.g. `"gzip"`), overriding the
+        /// channel's `send_compression`.
+        pub fn send_compression(mut self, encoding: &'static str) -> Self {{
             self.inner = self.inner.send_compression(encoding);
             self
         }}
 
-        /// Limits response messages to `bytes` (default 4 MiB).
-        pub fn max_decoding_message_size(mut self, bytes: usize) -> Self {{
+        /// Limits response messages to `bytes`, overriding the channel's
+        /// `max_recv_message_size`.
+        pub fn max_recv_message_size(mut self, bytes: usize) -> Self {{
             self.inner = self.inner.max_recv_message_size(bytes);
             self
         }}
 
-        /// Limits request messages to `bytes`.
-        pub fn max_encoding_message_size(mut self, bytes: usize) -> Self {{
+        /// Limits request messages to `bytes`, overriding the channel's
+        /// `max_send_message_size`.
+        pub fn max_send_message_size(mut self, bytes: usize) -> Self {{
             self.inner = self.inner.max_send_message_size(bytes);
             self
         }}

@@ -33,6 +33,7 @@ pub mod reflection;
 mod request;
 mod send;
 pub mod server;
+mod settings;
 mod streaming;
 mod sync;
 #[cfg(feature = "tls")]

@@ -42,7 +42,7 @@ fn oversized_request_is_resource_exhausted() {
 #[test]
 fn oversized_response_is_resource_exhausted() {
     let server = start();
-    let client = server.client().max_decoding_message_size(1024);
+    let client = server.client().max_recv_message_size(1024);
     let err = block_on(client.unary(Payload {
         response_size: 2000,
         ..Payload::default()
@@ -54,7 +54,7 @@ fn oversized_response_is_resource_exhausted() {
 #[test]
 fn oversized_send_fails_locally() {
     let server = start();
-    let client = server.client().max_encoding_message_size(100);
+    let client = server.client().max_send_message_size(100);
     let err = block_on(client.unary(Payload {
         body: vec![0; 200],
         ..Payload::default()
@@ -103,7 +103,7 @@ fn compression_bomb_to_client_is_bounded() {
 #[test]
 fn compressed_messages_round_trip() {
     let server = start_with(|s| s.send_compression("gzip"));
-    let client = server.client().send_compressed("gzip");
+    let client = server.client().send_compression("gzip");
     let response = block_on(client.unary(Payload {
         body: vec![b'z'; 100_000],
         response_size: 50_000,
@@ -111,7 +111,7 @@ fn compressed_messages_round_trip() {
     }))
     .unwrap();
     assert_eq!(response.get_ref().body.len(), 50_000);
-    let deflate = server.client().send_compressed("deflate");
+    let deflate = server.client().send_compression("deflate");
     assert!(block_on(deflate.unary(Payload::default())).is_ok());
     // A compressed request the server must decompress, sent by hand.
     block_on(async {
@@ -370,4 +370,20 @@ fn oversized_metadata_is_rejected_with_a_status() {
         block_on(client.unary(Payload::default())).is_ok(),
         "server still serves"
     );
+}
+
+/// Both builders refuse a send compression their registry cannot make, in the same words.
+#[test]
+fn a_send_compression_outside_the_registry_is_refused_by_both_builders() {
+    let channel = anygrpc::Channel::builder("localhost:1")
+        .send_compression("zstd")
+        .connect_lazy()
+        .unwrap_err();
+    assert_eq!(channel.code(), Code::InvalidArgument, "{channel}");
+    let server = anygrpc::Server::builder()
+        .send_compression("zstd")
+        .bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
+        .unwrap_err();
+    assert_eq!(server.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(server.to_string(), channel.to_string());
 }

@@ -198,7 +198,7 @@ fn a_request_channel_closes_when_its_call_fails() {
 #[test]
 fn an_oversized_message_on_a_request_channel_fails_the_call() {
     let server = start();
-    let client = server.client().max_encoding_message_size(100);
+    let client = server.client().max_send_message_size(100);
     block_on(async {
         let (mut tx, rx) = request_channel(1);
         let mut replies = client.bidi(rx).await.unwrap().into_inner();
@@ -332,7 +332,7 @@ fn generic_calls_need_no_generated_code() {
 fn ten_mib_messages_with_raised_limits() {
     let size = 10 << 20;
     let server = start_with(|s| s.max_recv_message_size(size + 100));
-    let client = server.client().max_decoding_message_size(size + 100);
+    let client = server.client().max_recv_message_size(size + 100);
     block_on(async {
         let mut request = Request::new(Payload {
             body: vec![7; size],

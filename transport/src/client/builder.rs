@@ -3,11 +3,8 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use anygrpc_codec::{
-    compression::CompressionRegistry,
-    frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
     headers::{self},
     keepalive::{self, KeepaliveConfig},
-    metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
     BackoffConfig,
 };
 use anygrpc_lb::{retry, BufferBudget, PolicyRegistry, ServiceConfig};
@@ -23,7 +20,7 @@ use super::core::{Core, CoreConfig};
 use super::{Channel, ChannelInner, DEFAULT_IDLE_TIMEOUT};
 use crate::{
     channelz::ChannelNode,
-    interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor},
+    settings::{call_setters, CallSettings},
     Status,
 };
 
@@ -43,11 +40,7 @@ pub struct ChannelBuilder {
     registry: Registry,
     authority: Option<String>,
     user_agent: Option<String>,
-    interceptors: Vec<AnyInterceptor>,
-    compression: CompressionRegistry,
-    send_compression: Option<&'static str>,
-    max_recv_message_size: usize,
-    max_send_message_size: usize,
+    call: CallSettings,
     settings: ConnSettings,
     keepalive: KeepaliveConfig,
     keepalive_on: bool,
@@ -74,21 +67,19 @@ impl fmt::Debug for ChannelBuilder {
 
 impl ChannelBuilder {
     pub(super) fn new(target: &str) -> ChannelBuilder {
+        let call = CallSettings::default();
+        let max_header_list_size = call.max_header_list_size;
         ChannelBuilder {
             target: target.to_owned(),
             runtime: None,
             registry: Registry::default(),
             authority: None,
             user_agent: None,
-            interceptors: Vec::new(),
-            compression: CompressionRegistry::default(),
-            send_compression: None,
-            max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
-            max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+            call,
             settings: ConnSettings {
                 initial_stream_window_size: 1 << 20,
                 initial_connection_window_size: 2 << 20,
-                max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
+                max_header_list_size,
                 max_frame_size: 16 * 1024,
                 tcp_nodelay: true,
                 dynamic_window: true,
@@ -223,51 +214,7 @@ impl ChannelBuilder {
         self
     }
 
-    /// Adds an interceptor run on every call, in the order added.
-    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
-        self.interceptors
-            .push(AnyInterceptor::Sync(Arc::new(interceptor)));
-        self
-    }
-
-    /// Adds an async interceptor run on every call, in the order added.
-    pub fn async_interceptor(mut self, interceptor: impl AsyncInterceptor) -> Self {
-        self.interceptors
-            .push(AnyInterceptor::Async(Arc::new(interceptor)));
-        self
-    }
-
-    /// The compression algorithms the channel can use and accepts. Default: gzip, deflate.
-    pub fn compression_registry(mut self, registry: CompressionRegistry) -> Self {
-        self.compression = registry;
-        self
-    }
-
-    /// Compresses request messages with this `grpc-encoding` (e.g. `"gzip"`). Default: none.
-    pub fn send_compression(mut self, encoding: &'static str) -> Self {
-        self.send_compression = Some(encoding);
-        self
-    }
-
-    /// The largest response message accepted, after decompression. Default 4 MiB; larger
-    /// messages fail the call with `RESOURCE_EXHAUSTED`.
-    pub fn max_recv_message_size(mut self, bytes: usize) -> Self {
-        self.max_recv_message_size = bytes;
-        self
-    }
-
-    /// The largest request message sent. Default: unlimited (4 GiB − 1, the wire's limit).
-    pub fn max_send_message_size(mut self, bytes: usize) -> Self {
-        self.max_send_message_size = bytes;
-        self
-    }
-
-    /// The largest header list (metadata included) accepted from the server, advertised as
-    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, and the most request metadata sent. Default 16 KiB.
-    pub fn max_header_list_size(mut self, bytes: usize) -> Self {
-        self.settings.max_header_list_size = u32::try_from(bytes).unwrap_or(u32::MAX);
-        self
-    }
+    call_setters!();
 
     /// HTTP/2 initial stream flow-control window. Default 1 MiB, grown with the measured
     /// bandwidth-delay product (up to 16 MiB); setting it fixes the windows.
@@ -364,13 +311,7 @@ impl ChannelBuilder {
             None => ServiceConfig::default(),
             Some(json) => super::core::check_service_config(json, &self.lb_registry)?,
         };
-        if let Some(encoding) = self.send_compression {
-            if self.compression.get(encoding).is_none() {
-                return Err(Status::invalid_argument(format!(
-                    "send compression {encoding:?} is not in the compression registry"
-                )));
-            }
-        }
+        self.call.check()?;
         let user_agent = match &self.user_agent {
             None => headers::default_user_agent(),
             Some(prefix) => HeaderValue::from_str(&format!(
@@ -380,6 +321,7 @@ impl ChannelBuilder {
             .map_err(|_| Status::invalid_argument("user agent must be visible ASCII"))?,
         };
         let mut settings = self.settings;
+        settings.max_header_list_size = self.call.max_header_list_size;
         settings.keepalive = self
             .keepalive_on
             .then(|| ClientKeepalive::new(self.keepalive));
@@ -418,12 +360,7 @@ impl ChannelBuilder {
                 scheme,
                 authority,
                 user_agent,
-                interceptors: self.interceptors,
-                compression: Arc::new(self.compression),
-                send_compression: self.send_compression,
-                max_recv_message_size: self.max_recv_message_size,
-                max_send_message_size: self.max_send_message_size,
-                max_header_list_size: settings.max_header_list_size as usize,
+                call: self.call,
                 max_attempts: self.max_attempts,
                 retry_buffer_per_call: self.retry_buffer_per_call,
                 retry_budget: BufferBudget::new(self.retry_buffer_per_channel),

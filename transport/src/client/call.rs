@@ -149,20 +149,20 @@ impl Grpc {
             deadline,
             remote_addr: None,
         };
-        if !inner.interceptors.is_empty() {
-            interceptor::run(&inner.interceptors, &mut head).await?;
+        if !inner.call.interceptors.is_empty() {
+            interceptor::run(&inner.call.interceptors, &mut head).await?;
         }
-        if head.metadata.encoded_len() > inner.max_header_list_size {
+        if head.metadata.encoded_len() > inner.call.max_header_list_size as usize {
             return Err(Status::resource_exhausted(format!(
                 "request metadata of {} bytes exceeds the header list limit of {} bytes",
                 head.metadata.encoded_len(),
-                inner.max_header_list_size
+                inner.call.max_header_list_size
             )));
         }
-        let encoding = self.send_compression.or(inner.send_compression);
+        let encoding = self.send_compression.or(inner.call.send_compression);
         let compressor = match encoding {
             None => None,
-            Some(name) => Some(inner.compression.get(name).cloned().ok_or_else(|| {
+            Some(name) => Some(inner.call.compression.get(name).cloned().ok_or_else(|| {
                 Status::internal(format!("send compression {name:?} is not registered"))
             })?),
         };
@@ -172,7 +172,7 @@ impl Grpc {
             path,
             timeout: deadline.map(|d| d.saturating_duration_since(runtime.now())),
             encoding,
-            accept_encoding: inner.compression.accept_encoding().clone(),
+            accept_encoding: inner.call.compression.accept_encoding().clone(),
             user_agent: inner.user_agent.clone(),
             metadata: head.metadata,
         }
@@ -190,14 +190,14 @@ impl Grpc {
                 compressor,
                 limit(
                     self.max_send_message_size,
-                    inner.max_send_message_size,
+                    inner.call.max_send_message_size,
                     method.and_then(|m| m.max_request_message_bytes),
                 ),
             ),
             compress: encoding.is_some(),
             max_recv_message_size: limit(
                 self.max_recv_message_size,
-                inner.max_recv_message_size,
+                inner.call.max_recv_message_size,
                 method.and_then(|m| m.max_response_message_bytes),
             ),
             policy: method.and_then(|m| m.attempts.clone()),

@@ -28,14 +28,13 @@ pub(crate) use sender::RequestHold;
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use anygrpc_codec::compression::CompressionRegistry;
 use anygrpc_lb::{BufferBudget, ConnectivityState};
 use http::{
     uri::{Authority, Scheme},
     HeaderValue,
 };
 
-use crate::{interceptor::AnyInterceptor, metrics::Recorder};
+use crate::{metrics::Recorder, settings::CallSettings};
 pub(crate) use core::ActiveCall;
 use core::Core;
 
@@ -47,12 +46,7 @@ struct ChannelInner {
     scheme: Scheme,
     authority: Authority,
     user_agent: HeaderValue,
-    interceptors: Vec<AnyInterceptor>,
-    compression: Arc<CompressionRegistry>,
-    send_compression: Option<&'static str>,
-    max_recv_message_size: usize,
-    max_send_message_size: usize,
-    max_header_list_size: usize,
+    call: CallSettings,
     max_attempts: u32,
     retry_buffer_per_call: usize,
     retry_budget: BufferBudget,

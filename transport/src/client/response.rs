@@ -36,7 +36,7 @@ impl Grpc {
         };
         let head = PendingHead {
             response,
-            compression: self.channel.inner.compression.clone(),
+            compression: self.channel.inner.call.compression.clone(),
         };
         let traffic = client.tracking.traffic();
         let mut streaming =

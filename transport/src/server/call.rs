@@ -109,14 +109,14 @@ pub(super) fn accept(
         fail(&mut respond, &mut tally, &status, None);
         return None;
     };
-    let decompressor = match shared.compression.resolve(info.encoding.as_ref()) {
+    let decompressor = match shared.call.compression.resolve(info.encoding.as_ref()) {
         Ok(d) => d,
         Err(name) => {
             let status = Status::unimplemented(format!(
                 "grpc-encoding {:?} is not supported",
                 String::from_utf8_lossy(name)
             ));
-            let accept = shared.compression.accept_encoding().clone();
+            let accept = shared.call.compression.accept_encoding().clone();
             fail(&mut respond, &mut tally, &status, Some(accept));
             return None;
         }
@@ -148,7 +148,7 @@ pub(super) fn accept(
         tally,
     };
     let span = tracing::debug_span!("grpc.server.call", method = call.path.path());
-    let task = if shared.interceptors.is_empty() {
+    let task = if shared.call.interceptors.is_empty() {
         let path = call.path.clone();
         service.call(&path.path()[method_at..], call)
     } else {
@@ -173,7 +173,7 @@ impl ServerCall {
             self.body,
             codec,
             self.decompressor,
-            self.shared.max_recv_message_size,
+            self.shared.call.max_recv_message_size,
         );
         requests.count_traffic(self.tally.measure().and_then(Measure::traffic).cloned());
         let request = Request::from_server_parts(
@@ -293,7 +293,7 @@ impl ServerCall {
         };
         // Interceptors may wait (an auth lookup, a slow backend's delay): a client that
         // cancels, or a deadline that passes, ends them as it would end the handler.
-        let run = interceptor::run(&self.shared.interceptors, &mut head);
+        let run = interceptor::run(&self.shared.call.interceptors, &mut head);
         let deadline = Deadline::new(&*self.shared.runtime, self.deadline);
         let status = match Bounded::new(run, deadline, &mut self.respond).await {
             Ok(Ok(())) => None,

@@ -15,11 +15,8 @@ use std::{
 };
 
 use anygrpc_codec::{
-    compression::CompressionRegistry,
-    frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
     keepalive::{self, KeepaliveConfig, PingPolicy, PingStrikes},
     lifetime::{earliest, ConnectionLimits, Lifetime, LifetimeAction},
-    metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
 };
 use anygrpc_rt::{Address, BoxFuture, BoxIo, H2Io, Listener, Runtime, TcpOptions};
 use futures_util::{
@@ -34,8 +31,8 @@ use crate::{
     connection::{
         self, ConnectionTap, Liveness, LivenessEvent, Timer, KEEPALIVE_TIMEOUT, TOO_MANY_PINGS,
     },
-    interceptor::{AnyInterceptor, AsyncInterceptor, Interceptor},
     limits::{Bounded, Deadline, Uncancelled},
+    settings::{call_setters, CallSettings},
 };
 
 /// The default `SETTINGS_MAX_CONCURRENT_STREAMS` a server advertises.
@@ -89,11 +86,7 @@ pub trait Service: Send + Sync + 'static {
 pub(crate) struct ServerShared {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) services: HashMap<&'static str, Arc<dyn Service>>,
-    pub(crate) interceptors: Vec<AnyInterceptor>,
-    pub(crate) compression: CompressionRegistry,
-    pub(crate) send_compression: Option<&'static str>,
-    pub(crate) max_recv_message_size: usize,
-    pub(crate) max_send_message_size: usize,
+    pub(crate) call: CallSettings,
     handshake_timeout: Duration,
     keepalive: KeepaliveConfig,
     ping_policy: PingPolicy,
@@ -125,13 +118,8 @@ pub(crate) struct ServerShared {
 pub struct Server {
     runtime: Option<Arc<dyn Runtime>>,
     services: HashMap<&'static str, Arc<dyn Service>>,
-    interceptors: Vec<AnyInterceptor>,
-    compression: CompressionRegistry,
-    send_compression: Option<&'static str>,
-    max_recv_message_size: usize,
-    max_send_message_size: usize,
+    call: CallSettings,
     max_concurrent_streams: u32,
-    max_header_list_size: u32,
     initial_stream_window_size: u32,
     initial_connection_window_size: u32,
     max_frame_size: u32,
@@ -168,13 +156,8 @@ impl Server {
         Server {
             runtime: None,
             services: HashMap::new(),
-            interceptors: Vec::new(),
-            compression: CompressionRegistry::default(),
-            send_compression: None,
-            max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
-            max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
+            call: CallSettings::default(),
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
-            max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
             initial_stream_window_size: 1 << 20,
             initial_connection_window_size: 2 << 20,
             max_frame_size: 16 * 1024,
@@ -222,55 +205,11 @@ impl Server {
         self
     }
 
-    /// Adds an interceptor run before every handler, in the order added.
-    pub fn interceptor(mut self, interceptor: impl Interceptor) -> Self {
-        self.interceptors
-            .push(AnyInterceptor::Sync(Arc::new(interceptor)));
-        self
-    }
-
-    /// Adds an async interceptor run before every handler, in the order added.
-    pub fn async_interceptor(mut self, interceptor: impl AsyncInterceptor) -> Self {
-        self.interceptors
-            .push(AnyInterceptor::Async(Arc::new(interceptor)));
-        self
-    }
-
-    /// The compression algorithms the server can decode and use. Default: gzip, deflate.
-    pub fn compression_registry(mut self, registry: CompressionRegistry) -> Self {
-        self.compression = registry;
-        self
-    }
-
-    /// Compresses responses with `encoding` when the client accepts it. Default: none.
-    pub fn send_compression(mut self, encoding: &'static str) -> Self {
-        self.send_compression = Some(encoding);
-        self
-    }
-
-    /// The largest request message accepted, after decompression. Default 4 MiB; larger ones
-    /// fail the call with `RESOURCE_EXHAUSTED`.
-    pub fn max_recv_message_size(mut self, bytes: usize) -> Self {
-        self.max_recv_message_size = bytes;
-        self
-    }
-
-    /// The largest response message sent. Default: unlimited (4 GiB − 1).
-    pub fn max_send_message_size(mut self, bytes: usize) -> Self {
-        self.max_send_message_size = bytes;
-        self
-    }
+    call_setters!();
 
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`: calls in flight per connection. Default 1000.
     pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
         self.max_concurrent_streams = streams;
-        self
-    }
-
-    /// `SETTINGS_MAX_HEADER_LIST_SIZE`: the largest request header list (metadata included).
-    /// Default 16 KiB.
-    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
-        self.max_header_list_size = bytes;
         self
     }
 
@@ -443,9 +382,12 @@ impl Server {
         listener: Box<dyn Listener>,
         runtime: Arc<dyn Runtime>,
     ) -> io::Result<BoundServer> {
+        self.call
+            .check()
+            .map_err(|s| io::Error::new(io::ErrorKind::InvalidInput, s))?;
         let mut h2 = h2::server::Builder::new();
         h2.max_concurrent_streams(self.max_concurrent_streams)
-            .max_header_list_size(self.max_header_list_size)
+            .max_header_list_size(self.call.max_header_list_size)
             .initial_window_size(self.initial_stream_window_size)
             .initial_connection_window_size(self.initial_connection_window_size)
             .max_frame_size(self.max_frame_size)
@@ -483,11 +425,7 @@ impl Server {
                 local_addr,
                 runtime,
                 services: self.services,
-                interceptors: self.interceptors,
-                compression: self.compression,
-                send_compression: self.send_compression,
-                max_recv_message_size: self.max_recv_message_size,
-                max_send_message_size: self.max_send_message_size,
+                call: self.call,
                 handshake_timeout: self.handshake_timeout,
                 keepalive: self.keepalive,
                 ping_policy: self.ping_policy,

@@ -109,9 +109,9 @@ impl Responder {
 
         let encoding = response
             .compression()
-            .or(shared.send_compression)
+            .or(shared.call.send_compression)
             .filter(|name| compression::accepts(accept_encoding.as_ref(), name));
-        let compressor = encoding.and_then(|name| shared.compression.get(name).cloned());
+        let compressor = encoding.and_then(|name| shared.call.compression.get(name).cloned());
         let (metadata, body, trailers) = response.into_parts();
         let mut head = http::Response::new(());
         let headers = head.headers_mut();
@@ -122,7 +122,7 @@ impl Responder {
         }
         headers.insert(
             GRPC_ACCEPT_ENCODING,
-            shared.compression.accept_encoding().clone(),
+            shared.call.compression.accept_encoding().clone(),
         );
         *head.status_mut() = StatusCode::OK;
         let mut send = match respond.send_response(head, false) {
@@ -133,7 +133,7 @@ impl Responder {
             }
         };
         let compress = compressor.is_some();
-        let mut encoder = Encoder::new(compressor, shared.max_send_message_size);
+        let mut encoder = Encoder::new(compressor, shared.call.max_send_message_size);
         let status = match body {
             Body::One(message) => match encoder.encode(&codec, message, compress) {
                 Ok(frame) => {
