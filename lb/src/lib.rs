@@ -11,6 +11,7 @@
 pub mod orca;
 pub mod pick_first;
 pub mod policy;
+pub mod registry;
 pub mod retry;
 pub mod round_robin;
 pub mod service_config;
@@ -20,8 +21,9 @@ pub mod weighted_round_robin;
 pub use orca::OrcaLoadReport;
 pub use policy::{
     ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick,
-    PickInfo, Picker, PolicyConfig, PolicyRegistry, SubchannelId,
+    PickInfo, Picker, PolicyConfig, SubchannelId,
 };
+pub use registry::PolicyRegistry;
 pub use retry::{Attempts, BufferBudget, Decision, Pushback, Throttle};
 pub use service_config::{AttemptPolicy, MethodConfig, ServiceConfig};
 pub use subchannel::{ConnectAttempt, Subchannel};

@@ -1,5 +1,6 @@
 //! Load-balancing policies: the [`LbPolicy`] and [`Picker`] traits, the channel's side of the
-//! conversation ([`ChannelControl`]), and a [`PolicyRegistry`] of policies by name.
+//! conversation ([`ChannelControl`]), and what a registry of policies by name holds
+//! ([`LbPolicyBuilder`], [`PolicyConfig`]).
 //!
 //! A policy owns no sockets and reads no clock. The channel tells it what the resolver found
 //! and how each subchannel's connectivity changed, passing a [`ChannelControl`] through which
@@ -8,7 +9,6 @@
 //! which is immutable and shared, so picking takes no lock the policy holds.
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::Arc,
     time::{Duration, Instant},
@@ -263,70 +263,11 @@ pub trait LbPolicyBuilder: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The policies a channel can use, by name. The default holds `pick_first`, `round_robin`
-/// and `weighted_round_robin`; users register their own.
-#[derive(Debug, Clone)]
-pub struct PolicyRegistry {
-    builders: HashMap<&'static str, Arc<dyn LbPolicyBuilder>>,
-}
-
-impl Default for PolicyRegistry {
-    fn default() -> PolicyRegistry {
-        let mut registry = PolicyRegistry {
-            builders: HashMap::new(),
-        };
-        registry.register(Arc::new(crate::pick_first::PickFirstBuilder));
-        registry.register(Arc::new(crate::round_robin::RoundRobinBuilder));
-        registry.register(Arc::new(
-            crate::weighted_round_robin::WeightedRoundRobinBuilder,
-        ));
-        registry
-    }
-}
-
-impl PolicyRegistry {
-    /// Adds (or replaces) a policy.
-    pub fn register(&mut self, builder: Arc<dyn LbPolicyBuilder>) {
-        self.builders.insert(builder.name(), builder);
-    }
-
-    /// The builder of a policy.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn LbPolicyBuilder>> {
-        self.builders.get(name)
-    }
-
-    /// Parses a `loadBalancingConfig` list (`doc/service_config.md`): the first entry naming a
-    /// registered policy wins; its config must be valid. No known policy is
-    /// `INVALID_ARGUMENT`.
-    pub fn parse_lb_config(
-        &self,
-        list: &serde_json::Value,
-    ) -> Result<(Arc<dyn LbPolicyBuilder>, PolicyConfig), Status> {
-        let entries = list
-            .as_array()
-            .ok_or_else(|| Status::invalid_argument("loadBalancingConfig must be a list"))?;
-        for entry in entries {
-            let object = entry.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-                Status::invalid_argument(
-                    "each loadBalancingConfig entry must be an object with one key",
-                )
-            })?;
-            let (name, config) = object.iter().next().expect("one key");
-            if let Some(builder) = self.builders.get(name.as_str()) {
-                let parsed = builder.parse_config(config)?;
-                return Ok((builder.clone(), parsed));
-            }
-        }
-        Err(Status::invalid_argument(
-            "loadBalancingConfig names no registered policy",
-        ))
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     //! A recording [`ChannelControl`] for policy tests on virtual time.
     use super::*;
+    use std::collections::HashMap;
 
     #[derive(Debug, Default)]
     pub(crate) struct Recorder {
@@ -414,37 +355,6 @@ pub(crate) mod testing {
 
     pub(crate) fn addr(port: u16) -> Address {
         Address::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn lb_config_picks_the_first_known_policy() {
-        let registry = PolicyRegistry::default();
-        let (builder, config) = registry
-            .parse_lb_config(
-                &json!([{"unknown_policy": {}}, {"round_robin": {}}, {"pick_first": {}}]),
-            )
-            .unwrap();
-        assert_eq!(builder.name(), "round_robin");
-        assert_eq!(config.name, "round_robin");
-        for bad in [
-            json!({"round_robin": {}}),
-            json!([{"a": {}, "b": {}}]),
-            json!([{"unknown": {}}]),
-            json!([{"pick_first": {"shuffleAddressList": "yes"}}]),
-            json!([{"round_robin": 3}]),
-        ] {
-            assert_eq!(
-                registry.parse_lb_config(&bad).unwrap_err().code(),
-                anygrpc_codec::Code::InvalidArgument,
-                "{bad}"
-            );
-        }
     }
 }
 

@@ -1,26 +1,21 @@
+//! The receive stream both sides read messages from: deframing, decompression, decoding,
+//! the trailers, and the limits a side puts on it. It knows nothing about clients: a client's
+//! response head, deadline and reporting come in through [`Side`].
+
 use std::{
+    any::Any,
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 
-use anygrpc_codec::{
-    compression::{CompressionRegistry, Compressor},
-    frame::Deframer,
-    headers::{self, GRPC_ENCODING, GRPC_RETRY_PUSHBACK_MS},
-    Code, Codec, Segments,
-};
+use anygrpc_codec::{compression::Compressor, frame::Deframer, Code, Codec, Segments};
 use futures_core::Stream;
 use futures_util::future::poll_fn;
 
-use crate::{
-    channelz::CallTally,
-    limits::{poll_cut, Deadline},
-    metrics::Traffic,
-    MetadataMap, Status,
-};
+use crate::{channelz::CallTally, metrics::Traffic, MetadataMap, Status};
 
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
 /// parameter.
@@ -34,75 +29,49 @@ impl<C: Codec> Decode<C::Decode> for C {
     }
 }
 
-/// A failure recorded by the task sending a client's request stream, reported to the caller
-/// in place of the stream reset it causes.
-pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
+/// What one side of a call adds to its receive stream. A server's stream of requests has no
+/// side: it is the messages up to the end of the HTTP/2 stream. A client's stream of
+/// responses has the client's (`client/response.rs`): the response head it waits for, the
+/// call's deadline and cancellation, and what the call's end reports.
+pub(crate) trait Side: Any + Send {
+    /// The response head: Ready once it has arrived and been checked.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Status>>;
 
-/// What only the client side of a stream has.
-#[derive(Default)]
-pub(crate) struct ClientSide {
-    pub(crate) deadline: Deadline,
-    pub(crate) cancel: Option<crate::client::Cancelled>,
-    /// Dropped when the response stream ends or is dropped: stops sending requests.
-    pub(crate) request: Option<crate::client::RequestHold>,
-    pub(crate) local_error: Option<LocalError>,
-    pub(crate) tracking: CallTracking,
+    /// A limit of the call (its deadline, its cancellation) that has fired, if any.
+    fn poll_limits(&mut self, cx: &mut Context<'_>) -> Option<Status>;
+
+    /// The status the call ends with when its HTTP/2 stream fails with `err`.
+    fn error(&mut self, cx: &mut Context<'_>, err: &h2::Error) -> Status;
+
+    /// The call ended with `code`, and these trailers if the peer sent them: the side reports
+    /// what it reports and lets go of what it held for the call.
+    fn ended(&mut self, code: Code, trailers: Option<&mut http::HeaderMap>);
 }
 
-/// What a client call holds until it ends: where its load report goes, the retry throttle its
-/// success feeds, and the guard that keeps its channel out of IDLE.
-#[derive(Default)]
-pub(crate) struct CallTracking {
-    pub(crate) load_report: Option<LoadReporter>,
-    pub(crate) throttle: Option<Arc<anygrpc_lb::Throttle>>,
-    /// Held for its `Drop`: the call has ended when this goes.
-    pub(crate) _active: Option<crate::client::ActiveCall>,
-    /// The attempt in its subchannel's and connection's channelz counts.
-    pub(crate) channelz: Option<CallTally>,
+/// A response head, received and checked.
+pub(crate) enum Head {
+    /// Messages follow on `body`, compressed with `compressor` when they say so.
+    Messages {
+        headers: http::HeaderMap,
+        body: h2::RecvStream,
+        compressor: Option<Arc<dyn Compressor>>,
+    },
+    /// Trailers-Only: the call ended in its head, with this status.
+    TrailersOnly(Status, http::HeaderMap),
 }
 
-impl CallTracking {
-    /// Where the attempt's message bytes are counted, if it is measured.
-    pub(crate) fn traffic(&self) -> Option<Arc<Traffic>> {
-        self.channelz.as_ref()?.measure()?.traffic().cloned()
-    }
-}
-
-/// Hands the ORCA load report in a call's trailers to the load-balancing policy that asked
-/// for it (weighted round robin).
-pub(crate) struct LoadReporter {
-    pub(crate) sink: Arc<dyn anygrpc_lb::LoadReportSink>,
-    pub(crate) runtime: Arc<dyn anygrpc_rt::Runtime>,
-}
-
-impl LoadReporter {
-    fn report(&self, trailers: &http::HeaderMap) {
-        let report = trailers
-            .get(anygrpc_lb::orca::LOAD_REPORT_TRAILER)
-            .and_then(|v| anygrpc_codec::metadata::decode_binary(v.as_bytes()).ok())
-            .and_then(|bytes| anygrpc_lb::orca::decode_report(&bytes));
-        if let Some(report) = report {
-            self.sink.load_report(&report, self.runtime.now());
-        }
-    }
-}
-
-/// A client's response head, not yet received.
-pub(crate) struct PendingHead {
-    pub(crate) response: h2::client::ResponseFuture,
-    pub(crate) compression: Arc<CompressionRegistry>,
-}
-
-/// A client call that makes its attempts in a task of its own (a bidi call under a retry
-/// policy) hands over the response stream of the attempt it commits to.
+/// A stream that another task hands over once it exists: the response stream of the attempt
+/// a client call commits to, when its attempts run in a task of their own (a bidi call under
+/// a retry policy).
 pub(crate) type Committing<T> = futures_channel::oneshot::Receiver<Result<Streaming<T>, Status>>;
 
 enum State<T> {
-    /// Client: waiting for the call to commit to an attempt.
+    /// Waiting for the stream another task hands over.
     Committing(Committing<T>),
-    /// Client: waiting for the response head.
-    Head(PendingHead),
+    /// Waiting for the side's response head.
+    Head,
     Data,
+    /// The data has ended; the side's peer ends the call with trailers.
     Trailers,
     Done,
 }
@@ -120,40 +89,44 @@ pub struct Streaming<T> {
     deframer: Deframer,
     compressor: Option<Arc<dyn Compressor>>,
     decoder: Box<dyn Decode<T>>,
-    client: Option<ClientSide>,
+    /// The side's part, if the stream has a side. Kept after the call ends (told so), for
+    /// what the side may read of how it ended.
+    side: Option<Box<dyn Side>>,
     headers: MetadataMap,
     trailers: Option<MetadataMap>,
-    attempt_end: AttemptEnd,
-    /// Client: the call in its channel's channelz counts, ended with the stream.
+    /// The call in its channelz counts and metrics, ended with the stream.
     call: Option<CallTally>,
     /// Where received message bytes are counted, if the call is measured.
     traffic: Option<Arc<Traffic>>,
 }
 
-/// How a client call's stream failed before its response head, for the retry driver.
-#[derive(Debug, Default)]
-pub(crate) struct AttemptEnd {
-    /// The server's `grpc-retry-pushback-ms`.
-    pub(crate) pushback: Option<http::HeaderValue>,
-    /// Refused before the server's application saw it: RST_STREAM(REFUSED_STREAM), or a
-    /// GOAWAY(NO_ERROR) that excluded it. (h2 hides the GOAWAY's last stream id, and a
-    /// processed stream cut off when that connection closes fails the same way; a server that
-    /// sent NO_ERROR promised to finish those, so they are taken as refused too.)
-    pub(crate) refused: bool,
-}
-
 impl<T> fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Streaming")
-            .field("client", &self.client.is_some())
+            .field("side", &self.side.is_some())
             .field("done", &matches!(self.state, State::Done))
             .finish()
     }
 }
 
 impl<T> Streaming<T> {
-    /// A server's stream of request messages.
-    pub(crate) fn server<C>(
+    fn new(state: State<T>, decoder: Box<dyn Decode<T>>, max_message_size: usize) -> Self {
+        Streaming {
+            state,
+            recv: None,
+            deframer: Deframer::new(max_message_size),
+            compressor: None,
+            decoder,
+            side: None,
+            headers: MetadataMap::new(),
+            trailers: None,
+            call: None,
+            traffic: None,
+        }
+    }
+
+    /// The messages of `recv`, with no side: a server's stream of requests.
+    pub(crate) fn messages<C>(
         recv: h2::RecvStream,
         codec: C,
         compressor: Option<Arc<dyn Compressor>>,
@@ -162,67 +135,37 @@ impl<T> Streaming<T> {
     where
         C: Codec<Decode = T>,
     {
-        Streaming {
-            state: State::Data,
-            recv: Some(recv),
-            deframer: Deframer::new(max_message_size),
-            compressor,
-            decoder: Box::new(codec),
-            client: None,
-            headers: MetadataMap::new(),
-            trailers: None,
-            attempt_end: AttemptEnd::default(),
-            call: None,
-            traffic: None,
-        }
+        let mut streaming = Streaming::new(State::Data, Box::new(codec), max_message_size);
+        streaming.recv = Some(recv);
+        streaming.compressor = compressor;
+        streaming
     }
 
-    /// A client's stream of responses, starting with the response head.
-    pub(crate) fn client<C>(
-        head: PendingHead,
-        codec: C,
-        max_message_size: usize,
-        client: ClientSide,
-    ) -> Streaming<T>
+    /// A stream that starts with `side`'s response head.
+    pub(crate) fn with_side<C>(side: Box<dyn Side>, codec: C, max_message_size: usize) -> Self
     where
         C: Codec<Decode = T>,
     {
-        Streaming {
-            state: State::Head(head),
-            recv: None,
-            deframer: Deframer::new(max_message_size),
-            compressor: None,
-            decoder: Box::new(codec),
-            client: Some(client),
-            headers: MetadataMap::new(),
-            trailers: None,
-            attempt_end: AttemptEnd::default(),
-            call: None,
-            traffic: None,
-        }
+        let mut streaming = Streaming::new(State::Head, Box::new(codec), max_message_size);
+        streaming.side = Some(side);
+        streaming
     }
 
-    /// A client's stream of responses from the attempt a call will commit to.
+    /// The stream `committing` hands over.
     pub(crate) fn committing<C>(committing: Committing<T>, codec: C) -> Streaming<T>
     where
         C: Codec<Decode = T>,
     {
-        Streaming {
-            state: State::Committing(committing),
-            recv: None,
-            deframer: Deframer::new(0),
-            compressor: None,
-            decoder: Box::new(codec),
-            client: None,
-            headers: MetadataMap::new(),
-            trailers: None,
-            attempt_end: AttemptEnd::default(),
-            call: None,
-            traffic: None,
-        }
+        Streaming::new(State::Committing(committing), Box::new(codec), 0)
     }
 
-    /// Client: ends the call's channelz count with this stream.
+    /// The stream's side, if it is an `S`.
+    pub(crate) fn side_mut<S: Side>(&mut self) -> Option<&mut S> {
+        let side: &mut dyn Any = self.side.as_deref_mut()?;
+        side.downcast_mut()
+    }
+
+    /// Ends `call` (its channelz count and metrics) with the stream.
     pub(crate) fn count_call(&mut self, call: CallTally) {
         self.call = Some(call);
     }
@@ -230,13 +173,6 @@ impl<T> Streaming<T> {
     /// Counts received message bytes in `traffic` (a measured attempt's or server call's).
     pub(crate) fn count_traffic(&mut self, traffic: Option<Arc<Traffic>>) {
         self.traffic = traffic;
-    }
-
-    /// Keeps the call sending its requests for as long as this stream is.
-    pub(crate) fn hold_request(&mut self, hold: crate::client::RequestHold) {
-        if let Some(client) = self.client.as_mut() {
-            client.request = Some(hold);
-        }
     }
 
     /// The next message; `Ok(None)` at a successful end of stream.
@@ -270,11 +206,6 @@ impl<T> Streaming<T> {
         Ok(&self.headers)
     }
 
-    /// How the stream failed before its response head (see [`AttemptEnd`]).
-    pub(crate) fn attempt_end(&mut self) -> AttemptEnd {
-        std::mem::take(&mut self.attempt_end)
-    }
-
     pub(crate) fn take_headers(&mut self) -> MetadataMap {
         std::mem::take(&mut self.headers)
     }
@@ -287,79 +218,50 @@ impl<T> Streaming<T> {
         Ok(self.trailers.take())
     }
 
-    /// Ends the stream with `status` (see [`finish`](Self::finish); an open stream is reset).
+    /// Ends the stream with `status` (an open HTTP/2 stream is reset).
     fn fail(&mut self, status: Status) -> Status {
-        self.end_tallies(status.code());
-        self.finish();
+        self.close(status.code(), None);
         status
     }
 
-    /// Client: the attempt and the call ended with `code`.
-    fn end_tallies(&mut self, code: Code) {
-        let attempt = self
-            .client
-            .as_mut()
-            .and_then(|c| c.tracking.channelz.as_mut());
-        for tally in attempt.into_iter().chain(self.call.as_mut()) {
-            tally.end(code);
+    /// Ends the stream: tells the side the call ended with `code` (and `trailers`), ends the
+    /// call's count, and drops the HTTP/2 stream.
+    fn close(&mut self, code: Code, trailers: Option<&mut http::HeaderMap>) {
+        if let Some(side) = self.side.as_mut() {
+            side.ended(code, trailers);
         }
-    }
-
-    /// Ends the stream: drops the HTTP/2 stream and stops the request-sending task.
-    fn finish(&mut self) {
+        if let Some(mut call) = self.call.take() {
+            call.end(code);
+        }
         self.state = State::Done;
         self.recv = None;
-        self.client = None;
-        self.call = None;
     }
 
-    /// Client: the call ended with `status` in `trailers` (or a Trailers-Only head). Hands the
-    /// load report they carry to the policy that wants it, then ends the stream, keeping the
+    /// The call ended with `status` in `trailers` (or a Trailers-Only head), keeping the
     /// trailing metadata of a successful call.
     fn end(&mut self, status: Status, mut trailers: http::HeaderMap) -> Result<(), Status> {
-        let client = self.client.as_ref();
-        if let Some(reporter) = client.and_then(|c| c.tracking.load_report.as_ref()) {
-            reporter.report(&trailers);
-        }
+        self.close(status.code(), Some(&mut trailers));
         if !status.is_ok() {
-            self.attempt_end.pushback = trailers.remove(&GRPC_RETRY_PUSHBACK_MS);
-            return Err(self.fail(status));
+            return Err(status);
         }
-        if let Some(throttle) = client.and_then(|c| c.tracking.throttle.as_ref()) {
-            throttle.record_success();
-        }
-        self.end_tallies(Code::Ok);
-        self.finish();
         self.trailers = Some(MetadataMap::from_header_map(trailers));
         Ok(())
     }
 
-    /// Maps a stream error, preferring a failure the request-sending task recorded.
+    /// The status for a stream error: the side's, or the spec's mapping of it.
     fn stream_error(&mut self, cx: &mut Context<'_>, err: &h2::Error) -> Status {
-        let client = self.client.as_mut();
-        if let Some(status) = client
-            .as_ref()
-            .and_then(|c| c.local_error.as_ref())
-            .and_then(|e| e.lock().ok()?.take())
-        {
-            return status;
+        match self.side.as_mut() {
+            Some(side) => side.error(cx, err),
+            None => status_from_h2(err, false),
         }
-        // The deadline's own timer says whether it has passed, on the runtime's clock.
-        let deadline_passed = client.is_some_and(|c| c.deadline.poll_passed(cx));
-        status_from_h2(err, deadline_passed)
     }
 
-    /// The client's deadline or cancellation, if either has fired.
     fn poll_limits(&mut self, cx: &mut Context<'_>) -> Option<Status> {
-        let client = self.client.as_mut()?;
-        match poll_cut(&mut client.deadline, &mut client.cancel, cx) {
-            Poll::Ready(cut) => Some(cut.client_status()),
-            Poll::Pending => None,
-        }
+        self.side.as_mut()?.poll_limits(cx)
     }
 
-    /// Client: receives and checks the response head. Ready(Ok) once it has arrived (or on
-    /// the server, at once).
+    /// Receives the stream another task hands over and the side's response head. Ready(Ok)
+    /// once the messages can be read (at once without a side).
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         if let State::Committing(committing) = &mut self.state {
             match ready!(Pin::new(committing).poll(cx)) {
@@ -375,49 +277,30 @@ impl<T> Streaming<T> {
                 }
             }
         }
-        if !matches!(self.state, State::Head(_)) {
+        if !matches!(self.state, State::Head) {
             return Poll::Ready(Ok(()));
         }
         if let Some(status) = self.poll_limits(cx) {
             return Poll::Ready(Err(self.fail(status)));
         }
-        let State::Head(head) = &mut self.state else {
+        let Some(side) = self.side.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let result = ready!(Pin::new(&mut head.response).poll(cx));
-        let compression = head.compression.clone();
-        let response = match result {
-            Ok(response) => response,
-            Err(err) => {
-                self.attempt_end.refused = err.reason() == Some(h2::Reason::REFUSED_STREAM)
-                    || (err.is_go_away()
-                        && err.is_remote()
-                        && err.reason() == Some(h2::Reason::NO_ERROR));
-                let status = self.stream_error(cx, &err);
-                return Poll::Ready(Err(self.fail(status)));
+        match ready!(side.poll_head(cx)) {
+            Ok(Head::Messages {
+                headers,
+                body,
+                compressor,
+            }) => {
+                self.headers = MetadataMap::from_header_map(headers);
+                self.recv = Some(body);
+                self.compressor = compressor;
+                self.state = State::Data;
+                Poll::Ready(Ok(()))
             }
-        };
-        let (parts, body) = response.into_parts();
-        match headers::check_response(parts.status, &parts.headers) {
-            Err(status) => return Poll::Ready(Err(self.fail(status))),
-            // Trailers-Only: the call ends here, with no messages.
-            Ok(Some(status)) => return Poll::Ready(self.end(status, parts.headers)),
-            Ok(None) => {}
+            Ok(Head::TrailersOnly(status, trailers)) => Poll::Ready(self.end(status, trailers)),
+            Err(status) => Poll::Ready(Err(self.fail(status))),
         }
-        match compression.resolve(parts.headers.get(GRPC_ENCODING)) {
-            Ok(compressor) => self.compressor = compressor,
-            Err(name) => {
-                let status = Status::internal(format!(
-                    "server sent messages with grpc-encoding {:?}, which this client does not support",
-                    String::from_utf8_lossy(name)
-                ));
-                return Poll::Ready(Err(self.fail(status)));
-            }
-        }
-        self.headers = MetadataMap::from_header_map(parts.headers);
-        self.recv = Some(body);
-        self.state = State::Data;
-        Poll::Ready(Ok(()))
     }
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
@@ -444,7 +327,7 @@ impl<T> Streaming<T> {
             if let Some(status) = self.poll_limits(cx) {
                 return Poll::Ready(Some(Err(self.fail(status))));
             }
-            if let State::Committing(_) | State::Head(_) = self.state {
+            if let State::Committing(_) | State::Head = self.state {
                 if let Err(status) = ready!(self.poll_head(cx)) {
                     return Poll::Ready(Some(Err(status)));
                 }
@@ -472,8 +355,8 @@ impl<T> Streaming<T> {
                                 Status::internal("stream ended in the middle of a message");
                             return Poll::Ready(Some(Err(self.fail(status))));
                         }
-                        if self.client.is_none() {
-                            self.finish();
+                        if self.side.is_none() {
+                            self.close(Code::Ok, None);
                             return Poll::Ready(None);
                         }
                         self.state = State::Trailers;

@@ -1,5 +1,4 @@
-//! A call's attempts: the gRFC A6 retry and hedging driver, the retry buffer it holds a
-//! request in, and one attempt's stream.
+//! A call's attempts: the gRFC A6 retry and hedging driver, and one attempt's stream.
 
 use std::{sync::Arc, time::Instant};
 
@@ -14,11 +13,16 @@ use futures_util::{
 use http::HeaderValue;
 use tracing::Instrument;
 
-use super::{call::Prepared, CancelToken, Channel, Grpc};
+use super::{
+    buffer::Buffered,
+    prepared::Prepared,
+    response::{AttemptEnd, CallTracking, ClientSide},
+    sender::LocalError,
+    CancelToken, Grpc,
+};
 use crate::{
     limits::{Bounded, Cut, Deadline},
     metrics::{Another, Traffic},
-    streaming::{AttemptEnd, CallTracking, LocalError},
     Status, Streaming,
 };
 
@@ -31,39 +35,6 @@ pub(super) struct Opened {
 
 /// How an attempt failed: its status, and what the retry driver needs to know about it.
 pub(super) type AttemptFailure = (Status, AttemptEnd);
-
-/// Request bytes a call holds in its channel's retry buffer until it commits; given back
-/// when dropped.
-pub(super) struct Buffered {
-    pub(super) channel: Channel,
-    pub(super) bytes: usize,
-}
-
-impl Buffered {
-    pub(super) fn new(channel: &Channel) -> Buffered {
-        Buffered {
-            channel: channel.clone(),
-            bytes: 0,
-        }
-    }
-
-    /// Holds `bytes` more if the call's and the channel's limits allow.
-    pub(super) fn grow(&mut self, bytes: usize) -> bool {
-        let inner = &self.channel.inner;
-        let total = self.bytes.saturating_add(bytes);
-        if total > inner.retry_buffer_per_call || !inner.retry_budget.try_reserve(bytes) {
-            return false;
-        }
-        self.bytes = total;
-        true
-    }
-}
-
-impl Drop for Buffered {
-    fn drop(&mut self) {
-        self.channel.inner.retry_budget.release(self.bytes);
-    }
-}
 
 impl Grpc {
     /// One attempt: opens a stream (telling the server how many attempts came before), hands
@@ -97,7 +68,12 @@ impl Grpc {
             );
             match streaming.headers().await {
                 Ok(_) => Ok((kept, streaming)),
-                Err(status) => Err((status, streaming.attempt_end())),
+                Err(status) => {
+                    let end = streaming
+                        .side_mut::<ClientSide>()
+                        .map(ClientSide::attempt_end);
+                    Err((status, end.unwrap_or_default()))
+                }
             }
         }
         .instrument(span)

@@ -2,13 +2,9 @@
 //! config, interceptors, the request head), its four shapes, and its count in channelz and the
 //! metrics.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use anygrpc_codec::{frame::Encoder, headers::RequestHead, Code, Codec};
-use anygrpc_lb::{AttemptPolicy, Throttle};
 use anygrpc_rt::Runtime;
 use bytes::Bytes;
 use futures_core::Stream;
@@ -16,59 +12,20 @@ use futures_util::future::Either;
 use http::uri::PathAndQuery;
 use tracing::Instrument;
 
-use super::sender::{Encoding, Replay};
 use super::{
-    attempts::{attempt_request, replayable, Buffered, Opened},
-    response::single_response,
-    CancelToken, Channel, Grpc,
+    attempts::{attempt_request, replayable, Opened},
+    buffer::Buffered,
+    prepared::Prepared,
+    response::{single_response, CallTracking, ClientSide, LoadReporter},
+    sender::{Encoding, LocalError, Replay},
+    Channel, Grpc,
 };
 use crate::{
     channelz::CallTally,
     interceptor::{self, CallHead},
-    metrics::{Another, ClientCall, Measure},
-    streaming::{CallTracking, LoadReporter, LocalError},
+    metrics::Measure,
     MetadataMap, Request, Response, Status, Streaming,
 };
-
-/// A call ready to make attempts: its request head, options and retry plan.
-pub(super) struct Prepared {
-    /// The request head; each attempt sends a copy.
-    pub(super) request: http::Request<()>,
-    pub(super) deadline: Option<Instant>,
-    pub(super) cancel: Option<CancelToken>,
-    pub(super) wait_for_ready: bool,
-    pub(super) encoder: Encoder,
-    pub(super) compress: bool,
-    pub(super) max_recv_message_size: usize,
-    /// The method's retry or hedging policy (`None`: one attempt).
-    pub(super) policy: Option<AttemptPolicy>,
-    pub(super) throttle: Option<Arc<Throttle>>,
-    /// The call's metrics, if measured: each attempt starts its own from it.
-    pub(super) measure: Option<Measure>,
-}
-
-impl Prepared {
-    /// The call's retry counts, if it is measured.
-    pub(super) fn measured(&self) -> Option<&ClientCall> {
-        self.measure.as_ref()?.client_call().map(|call| &**call)
-    }
-
-    /// Counts an attempt beyond the first in the call's metrics.
-    pub(super) fn another_attempt(&self, why: Another) {
-        if let Some(call) = self.measured() {
-            call.another_attempt(why);
-        }
-    }
-
-    /// Moves the call's message encoding out, for its request task.
-    pub(super) fn take_encoding<C>(&mut self, codec: C) -> Encoding<C> {
-        Encoding {
-            codec,
-            encoder: std::mem::replace(&mut self.encoder, Encoder::new(None, 0)),
-            compress: self.compress,
-        }
-    }
-}
 
 impl Grpc {
     /// Call options over `channel`, initially the channel's.
@@ -382,12 +339,13 @@ impl Grpc {
                 Some(error.clone()),
             );
             let send = opened.send;
-            streaming.hold_request(match super::requests::take(messages) {
+            let hold = match super::requests::take(messages) {
                 Ok(channel) => super::sender::attach(channel, send, traffic, encoding, error),
                 Err(messages) => {
                     super::sender::spawn(runtime, send, traffic, encoding, messages, error)
                 }
-            });
+            };
+            hold_request(&mut streaming, hold);
             return Ok(streaming);
         }
         let replay = Replay::start(runtime, encoding, messages, Buffered::new(&self.channel));
@@ -403,7 +361,7 @@ impl Grpc {
                 },
             )
             .await?;
-        streaming.hold_request(replay.commit(id));
+        hold_request(&mut streaming, replay.commit(id));
         Ok(streaming)
     }
 
@@ -530,5 +488,13 @@ pub(super) fn counted_by_stream<T>(
             Ok(streaming)
         }
         Err(status) => counted(tally, Err(status)),
+    }
+}
+
+/// Keeps the call sending its requests for as long as `streaming`, its response stream, is
+/// open.
+fn hold_request<T>(streaming: &mut Streaming<T>, hold: super::sender::RequestHold) {
+    if let Some(side) = streaming.side_mut::<ClientSide>() {
+        side.hold_request(hold);
     }
 }

@@ -1,6 +1,7 @@
 //! One subchannel's connection: connect (TCP or UDS, then TLS), HTTP/2 handshake, backoff
 //! after failures, and loss detection, driven by the sans-IO [`lb::Subchannel`] state machine.
-//! Every state change is reported to the channel's [`Core`], which tells the policy.
+//! Every state change is reported to the channel's control plane (`core.rs`), through
+//! [`SubchannelEvents`], which tells the policy.
 
 use std::{
     sync::{
@@ -36,7 +37,7 @@ use http::{
     HeaderValue,
 };
 
-use super::core::Core;
+use super::response::ClientSide;
 use crate::{
     channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode, SocketNode},
     connection::{
@@ -46,7 +47,7 @@ use crate::{
     health::{self, Health, HealthCheckRequest},
     limits::{Bounded, Deadline, Uncancelled},
     send::send_message,
-    streaming::{ClientSide, PendingHead},
+    streaming::status_from_h2,
     Code, Status, Streaming,
 };
 
@@ -146,11 +147,21 @@ impl Slot {
     }
 }
 
+/// Where a subchannel reports what happens to it: the channel's control plane, which tells
+/// its load-balancing policy.
+pub(crate) trait SubchannelEvents: Send + Sync {
+    /// The subchannel's connectivity changed (`status`: the failure that caused it).
+    fn subchannel_state(&self, id: SubchannelId, state: ConnectivityState, status: Option<Status>);
+
+    /// The subchannel's out-of-band load report arrived.
+    fn load_report(&self, id: SubchannelId, report: OrcaLoadReport);
+}
+
 /// A connection to one address.
 pub(crate) struct Subchannel {
     pub(crate) id: SubchannelId,
     address: Address,
-    core: Weak<Core>,
+    events: Weak<dyn SubchannelEvents>,
     runtime: Arc<dyn Runtime>,
     settings: Arc<ConnSettings>,
     slot: Mutex<Slot>,
@@ -171,7 +182,7 @@ impl Subchannel {
     pub(crate) fn new(
         id: SubchannelId,
         address: Address,
-        core: Weak<Core>,
+        events: Weak<dyn SubchannelEvents>,
         runtime: Arc<dyn Runtime>,
         settings: Arc<ConnSettings>,
         channelz: Arc<ChannelNode>,
@@ -179,7 +190,7 @@ impl Subchannel {
         Subchannel {
             id,
             address,
-            core,
+            events,
             runtime,
             channelz,
             slot: Mutex::new(Slot {
@@ -222,8 +233,8 @@ impl Subchannel {
 
     fn report(&self, state: ConnectivityState, status: Option<Status>) {
         self.channelz.set_state(state);
-        if let Some(core) = self.core.upgrade() {
-            core.subchannel_state(self.id, state, status);
+        if let Some(events) = self.events.upgrade() {
+            events.subchannel_state(self.id, state, status);
         }
     }
 
@@ -623,8 +634,8 @@ impl Subchannel {
                             if !self.is_current(generation) {
                                 return;
                             }
-                            if let Some(core) = self.core.upgrade() {
-                                core.load_report(self.id, report);
+                            if let Some(events) = self.events.upgrade() {
+                                events.load_report(self.id, report);
                             }
                         }
                         Some(Err(status)) => break status,
@@ -668,22 +679,17 @@ impl Subchannel {
         .into_request()?;
         let codec = ProstCodec::<Req, Resp>::new();
         let frame = Encoder::new(None, usize::MAX).encode(&codec, message.clone(), false)?;
-        let unavailable = |e: h2::Error| crate::streaming::status_from_h2(&e, false);
+        let unavailable = |e: h2::Error| status_from_h2(&e, false);
         let mut ready = send.clone().ready().await.map_err(unavailable)?;
         let (response, mut stream) = ready.send_request(head, false).map_err(unavailable)?;
         send_message(&mut stream, frame, true)
             .await
             .map_err(unavailable)?;
-        let client = ClientSide::default();
-        let head = PendingHead {
-            response,
-            compression,
-        };
-        Ok(Streaming::client(
-            head,
+        let side = ClientSide::new(response, compression);
+        Ok(Streaming::with_side(
+            Box::new(side),
             codec,
             DEFAULT_MAX_RECV_MESSAGE_SIZE,
-            client,
         ))
     }
 }

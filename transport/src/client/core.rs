@@ -12,7 +12,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard, RwLock, Weak,
     },
     task::{Context, Poll, Waker},
@@ -30,7 +30,8 @@ use bytes::Bytes;
 use futures_util::future::poll_fn;
 use h2::client::SendRequest;
 
-use super::conn::{ConnSettings, Subchannel};
+use super::conn::{ConnSettings, Subchannel, SubchannelEvents};
+use super::idle::{ActiveCall, Activity};
 use crate::channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode};
 use crate::metrics::Recorder;
 use crate::Status;
@@ -102,11 +103,8 @@ pub(crate) struct Core {
     resolver: Mutex<Box<dyn Resolver>>,
     /// An unused channel goes IDLE after this long (`None`: never).
     idle_timeout: Option<Duration>,
-    /// Calls in flight, and when the channel was last used: a call ended or it left IDLE
-    /// (nanoseconds since `created`).
-    active_calls: AtomicUsize,
-    last_activity: AtomicU64,
-    created: Instant,
+    /// Calls in flight, and when the channel was last used.
+    activity: Arc<Activity>,
     inner: Mutex<Inner>,
     published: RwLock<Arc<Published>>,
     waiters: Mutex<Vec<Waker>>,
@@ -154,7 +152,7 @@ impl ChannelControl for Ctl<'_> {
         let subchannel = Subchannel::new(
             id,
             address.clone(),
-            self.core.this.clone(),
+            self.core.this.clone() as Weak<dyn SubchannelEvents>,
             self.core.runtime.clone(),
             self.settings.clone(),
             self.core.channelz.subchannel(address),
@@ -234,16 +232,15 @@ pub(crate) fn check_service_config(
     Ok(config)
 }
 
-/// Keeps a channel out of IDLE while a call is in flight.
-pub(crate) struct ActiveCall(Arc<Core>);
+impl SubchannelEvents for Core {
+    /// A subchannel's connectivity changed.
+    fn subchannel_state(&self, id: SubchannelId, state: ConnectivityState, status: Option<Status>) {
+        self.with_policy(|policy, ctl| policy.subchannel_state(id, state, status.as_ref(), ctl));
+    }
 
-impl Drop for ActiveCall {
-    fn drop(&mut self) {
-        // Only the end of the last call in flight matters to the idle timer (while calls are
-        // in flight it does not look at the time), and it is recorded before the count can
-        // reach zero.
-        self.0.touch();
-        self.0.active_calls.fetch_sub(1, Ordering::Release);
+    /// A subchannel's out-of-band load report arrived.
+    fn load_report(&self, id: SubchannelId, report: OrcaLoadReport) {
+        self.with_policy(|policy, ctl| policy.load_report(id, &report, ctl));
     }
 }
 
@@ -253,7 +250,7 @@ impl Core {
         let resolver = config
             .resolver_builder
             .build(&config.target, config.runtime.clone())?;
-        let created = config.runtime.now();
+        let activity = Activity::new(config.runtime.clone());
         let health_check_service = config.settings.health_check_service.clone();
         let default_config = Arc::new(config.default_service_config);
         let core = Arc::new_cyclic(|this| Core {
@@ -281,9 +278,7 @@ impl Core {
             resolver_builder: config.resolver_builder,
             resolver: Mutex::new(resolver),
             idle_timeout: config.idle_timeout,
-            active_calls: AtomicUsize::new(0),
-            last_activity: AtomicU64::new(0),
-            created,
+            activity,
             published: RwLock::new(Arc::new(Published {
                 state: ConnectivityState::Idle,
                 picker: Arc::new(FixedPicker(Pick::Queue)),
@@ -397,30 +392,9 @@ impl Core {
         }
     }
 
-    /// Records activity now (a call ended, or the channel left IDLE).
-    fn touch(&self) {
-        let nanos = self
-            .runtime
-            .now()
-            .saturating_duration_since(self.created)
-            .as_nanos();
-        self.last_activity
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
     /// A call is starting: the channel stays out of IDLE until the returned guard drops.
-    pub(crate) fn call_started(self: &Arc<Self>) -> ActiveCall {
-        self.active_calls.fetch_add(1, Ordering::Relaxed);
-        ActiveCall(self.clone())
-    }
-
-    /// When the channel may go IDLE, if no call starts before then.
-    fn idle_deadline(&self, timeout: Duration) -> Instant {
-        if self.active_calls.load(Ordering::Acquire) > 0 {
-            return self.runtime.now() + timeout;
-        }
-        let last = Duration::from_nanos(self.last_activity.load(Ordering::Relaxed));
-        self.created + last + timeout
+    pub(crate) fn call_started(&self) -> ActiveCall {
+        self.activity.call_started()
     }
 
     /// Goes IDLE (the idle timeout passed with no calls): shuts every subchannel down, drops
@@ -429,7 +403,7 @@ impl Core {
     fn enter_idle(&self, epoch: u64) {
         let (subchannels, resolver_waker) = {
             let mut inner = self.lock();
-            if inner.epoch != epoch || self.active_calls.load(Ordering::Relaxed) > 0 {
+            if inner.epoch != epoch || self.activity.in_use() {
                 return;
             }
             inner.epoch += 1;
@@ -597,21 +571,6 @@ impl Core {
         self.with_policy(|policy, ctl| policy.handle_timeout(ctl));
     }
 
-    /// A subchannel's connectivity changed.
-    pub(crate) fn subchannel_state(
-        &self,
-        id: SubchannelId,
-        state: ConnectivityState,
-        status: Option<Status>,
-    ) {
-        self.with_policy(|policy, ctl| policy.subchannel_state(id, state, status.as_ref(), ctl));
-    }
-
-    /// A subchannel's out-of-band load report arrived.
-    pub(crate) fn load_report(&self, id: SubchannelId, report: OrcaLoadReport) {
-        self.with_policy(|policy, ctl| policy.load_report(id, &report, ctl));
-    }
-
     /// Leaves IDLE: starts resolving (once per exit from IDLE) and the idle timer, and asks
     /// the policy to connect.
     pub(crate) fn exit_idle(&self) {
@@ -623,7 +582,7 @@ impl Core {
             let this = self.this.clone();
             self.runtime.spawn(Box::pin(resolve_task(this, epoch)));
             if let Some(timeout) = self.idle_timeout {
-                self.touch();
+                self.activity.touch();
                 let this = self.this.clone();
                 let runtime = self.runtime.clone();
                 self.runtime
@@ -767,11 +726,11 @@ async fn idle_task(core: Weak<Core>, runtime: Arc<dyn Runtime>, epoch: u64, time
             if core.lock().epoch != epoch {
                 return;
             }
-            core.idle_deadline(timeout)
+            core.activity.idle_deadline(timeout)
         };
         runtime.sleep_until(deadline).await;
         let Some(core) = core.upgrade() else { return };
-        if core.idle_deadline(timeout) <= runtime.now() {
+        if core.activity.idle_deadline(timeout) <= runtime.now() {
             return core.enter_idle(epoch);
         }
     }

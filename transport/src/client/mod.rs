@@ -1,22 +1,30 @@
 //! The client: [`Channel`] and the generic call API ([`Grpc`]) that generated stubs use.
 //!
-//! The rooms, in the order a call passes through them:
+//! The rooms, in the order a call passes through them (each imports only rooms below it):
 //! - `builder`: [`ChannelBuilder`], a channel's settings;
 //! - `core`: the channel's resolver, policy, subchannels and picker, and the pick that waits
 //!   for them;
-//! - `conn`: a subchannel's connection (connect, handshake, keepalive, health checks);
+//! - `conn`: a subchannel's connection (connect, handshake, keepalive, health checks), which
+//!   reports to `core` through a trait it declares;
+//! - `idle`: whether the channel is in use, for its idle timer;
 //! - `call`: the [`Grpc`] call API, a call's preparation and its four shapes;
-//! - `attempts`: the gRFC A6 retry and hedging driver and its retry buffer;
+//! - `attempts`: the gRFC A6 retry and hedging driver;
+//! - `response`: an attempt's response side, the client's hook on the side-neutral receive
+//!   stream;
 //! - `sender` and `requests`: an attempt's request side (a replayed stream, request channels);
-//! - `response`: an attempt's response side, on the side-neutral receive stream;
+//! - `buffer`: the retry buffer a call holds its request in until it commits;
+//! - `prepared`: a call ready to make attempts;
 //! - `cancel`: cancellation from outside a call.
 
 mod attempts;
+mod buffer;
 mod builder;
 mod call;
 mod cancel;
 mod conn;
 mod core;
+mod idle;
+mod prepared;
 mod requests;
 mod response;
 mod sender;
@@ -24,7 +32,6 @@ mod sender;
 pub use builder::ChannelBuilder;
 pub use cancel::{cancellation, CancelToken, Cancelled, Canceller};
 pub use requests::{request_channel, RequestClosed, RequestSender, RequestStream};
-pub(crate) use sender::RequestHold;
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -35,7 +42,6 @@ use http::{
 };
 
 use crate::{metrics::Recorder, settings::CallSettings};
-pub(crate) use core::ActiveCall;
 use core::Core;
 
 struct ChannelInner {

@@ -12,7 +12,7 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
 };
@@ -25,13 +25,13 @@ use futures_core::Stream;
 use futures_util::{future::Either, StreamExt};
 
 use super::{
-    attempts::Buffered,
+    buffer::Buffered,
+    prepared::Prepared,
     requests::{AttachedHold, Link, RequestClosed, RequestStream},
 };
 use crate::{
     metrics::Traffic,
     send::{append_ready, poll_capacity, reserve, Gathered},
-    streaming::LocalError,
     Status,
 };
 
@@ -40,6 +40,21 @@ pub(super) struct Encoding<C> {
     pub(super) codec: C,
     pub(super) encoder: Encoder,
     pub(super) compress: bool,
+}
+
+/// A failure recorded by the task sending a client's request stream, reported to the caller
+/// in place of the stream reset it causes.
+pub(crate) type LocalError = Arc<Mutex<Option<Status>>>;
+
+impl Prepared {
+    /// Moves the call's message encoding out, for its request task.
+    pub(super) fn take_encoding<C>(&mut self, codec: C) -> Encoding<C> {
+        Encoding {
+            codec,
+            encoder: std::mem::replace(&mut self.encoder, Encoder::new(None, 0)),
+            compress: self.compress,
+        }
+    }
 }
 
 /// What a call's response stream holds of its request side. Dropping it (the call ended)

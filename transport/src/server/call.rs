@@ -169,7 +169,7 @@ pub(super) fn accept(
 impl ServerCall {
     /// Splits into the request (with its message stream) and what sends the response.
     fn split<C: Codec>(self, codec: C) -> (Request<Streaming<C::Decode>>, Responder) {
-        let mut requests = Streaming::server(
+        let mut requests = Streaming::messages(
             self.body,
             codec,
             self.decompressor,
