@@ -27,6 +27,16 @@ if [ -n "$forbidden" ]; then
 fi
 echo "none"
 
+step "no crate's files import each other in a circle"
+python3 scripts/imports.py codec rt lb resolver transport
+
+step "lb, the sans-IO policy crate, links no runtime"
+if cargo tree --locked -p anygrpc-lb -e normal | grep -Eq 'anygrpc-rt|tokio|async-io'; then
+  echo "anygrpc-lb depends on a runtime crate" >&2
+  exit 1
+fi
+echo "none"
+
 step "unit, integration and fuzz-corpus tests (default features)"
 run_tests --workspace --locked
 
