@@ -20,6 +20,7 @@ pub mod bdp;
 mod code;
 pub mod codec;
 pub mod compression;
+pub mod dns;
 pub mod frame;
 pub mod frames;
 pub mod headers;

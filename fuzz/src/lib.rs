@@ -138,7 +138,7 @@ pub fn dns_txt(data: &[u8]) {
     let id = data
         .get(..2)
         .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-    if let Ok(answer) = txt::decode_txt_response(id, data) {
+    if let Ok(answer) = anygrpc_codec::dns::decode_txt_response(id, data) {
         let total: usize = answer.records.iter().map(String::len).sum();
         assert!(total <= data.len());
     }

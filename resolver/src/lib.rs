@@ -202,36 +202,42 @@ impl DnsResolverBuilder {
 /// How long a TXT lookup may take.
 const TXT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Starts a TXT lookup for `host`'s service config on a thread of its own (it blocks);
-/// resolves to the selected config, or `None` when there is none or it is unusable.
-fn spawn_txt_lookup(host: &str, draw: u32) -> futures_channel::oneshot::Receiver<Option<String>> {
-    let (tx, rx) = futures_channel::oneshot::channel();
+/// Looks up `host`'s service config in DNS through the runtime, for at most
+/// [`TXT_TIMEOUT`]: the config this client selects, or `None` when there is none, it is
+/// unusable, or the lookup failed.
+fn txt_lookup(
+    runtime: &dyn Runtime,
+    host: &str,
+    txt: &TxtState,
+) -> BoxFuture<'static, Option<String>> {
     let name = format!("_grpc_config.{host}");
-    let spawned = std::thread::Builder::new()
-        .name("anygrpc-dns-txt".to_owned())
-        .spawn(move || {
-            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-                .unwrap_or_default();
-            let lookup = txt::system_nameserver()
-                .and_then(|server| txt::lookup_txt(&name, server, TXT_TIMEOUT));
-            let config = match lookup {
-                Ok(records) => txt::select_service_config(&records, hostname.trim(), draw)
-                    .unwrap_or_else(|status| {
-                        tracing::warn!(%name, %status, "ignoring the service config in DNS");
-                        None
-                    }),
-                Err(e) => {
-                    tracing::debug!(%name, error = %e, "no service config from DNS");
+    let mut lookup = runtime.lookup_txt(name.clone());
+    let mut timeout = runtime.sleep_until(runtime.now() + TXT_TIMEOUT);
+    let (hostname, draw) = (txt.hostname.clone(), txt.draw);
+    Box::pin(async move {
+        let answer = std::future::poll_fn(|cx| match lookup.as_mut().poll(cx) {
+            Poll::Ready(answer) => Poll::Ready(answer),
+            Poll::Pending => timeout.as_mut().poll(cx).map(|()| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the TXT lookup timed out",
+                ))
+            }),
+        })
+        .await;
+        match answer {
+            Ok(records) => {
+                txt::select_service_config(&records, &hostname, draw).unwrap_or_else(|status| {
+                    tracing::warn!(%name, %status, "ignoring the service config in DNS");
                     None
-                }
-            };
-            let _ = tx.send(config);
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not start the DNS TXT lookup");
-    }
-    rx
+                })
+            }
+            Err(e) => {
+                tracing::debug!(%name, error = %e, "no service config from DNS");
+                None
+            }
+        }
+    })
 }
 
 impl ResolverBuilder for DnsResolverBuilder {
@@ -251,6 +257,12 @@ impl ResolverBuilder for DnsResolverBuilder {
                 SocketAddr::new(ip, port),
             )])));
         }
+        let txt = self.service_config_from_txt.then(|| TxtState {
+            draw: fastrand::u32(0..100),
+            hostname: runtime.hostname().into(),
+            pending: None,
+            config: None,
+        });
         Ok(Box::new(DnsResolver {
             host,
             port,
@@ -261,11 +273,7 @@ impl ResolverBuilder for DnsResolverBuilder {
             backoff: Backoff::new(self.backoff, fastrand::u64(..)),
             not_before: None,
             timer: None,
-            txt: self.service_config_from_txt.then(|| TxtState {
-                draw: fastrand::u32(0..100),
-                pending: None,
-                config: None,
-            }),
+            txt,
         }))
     }
 }
@@ -292,7 +300,9 @@ struct DnsResolver {
 struct TxtState {
     /// This client's draw for `percentage` (A2), fixed for its life.
     draw: u32,
-    pending: Option<futures_channel::oneshot::Receiver<Option<String>>>,
+    /// This machine's name, for `clientHostname`.
+    hostname: Arc<str>,
+    pending: Option<BoxFuture<'static, Option<String>>>,
     /// What the finished lookup selected, until the update that carries it.
     config: Option<String>,
 }
@@ -324,14 +334,13 @@ impl Resolver for DnsResolver {
             self.wanted = false;
             self.lookup = Some(self.runtime.lookup_host(self.host.clone(), self.port));
             if let Some(txt) = &mut self.txt {
-                txt.pending = Some(spawn_txt_lookup(&self.host, txt.draw));
+                txt.pending = Some(txt_lookup(&*self.runtime, &self.host, txt));
                 txt.config = None;
             }
         }
         if let Some(txt) = &mut self.txt {
-            if let Some(rx) = &mut txt.pending {
-                txt.config = std::task::ready!(std::future::Future::poll(Pin::new(rx), cx))
-                    .unwrap_or_default();
+            if let Some(pending) = &mut txt.pending {
+                txt.config = std::task::ready!(pending.as_mut().poll(cx));
                 txt.pending = None;
             }
         }
@@ -518,6 +527,39 @@ mod tests {
 
     fn tcp(s: &str) -> Address {
         Address::Tcp(s.parse().unwrap())
+    }
+
+    /// The service config in DNS is asked of the runtime, so the simulation answers it: a
+    /// choice for this machine's name (the simulation's is `sim`) is selected, and a name
+    /// with no TXT records, or with the lookup off, gives none.
+    #[test]
+    fn the_service_config_in_dns_is_looked_up_through_the_runtime() {
+        let sim = anygrpc_rt::sim::Sim::new(7);
+        sim.add_host("svc.example", vec![[10, 0, 0, 1].into()]);
+        sim.add_host("plain.example", vec![[10, 0, 0, 2].into()]);
+        sim.add_txt(
+            "_grpc_config.svc.example",
+            vec![
+                "v=spf1 -all".to_owned(),
+                r#"grpc_config=[{"clientHostname":["other"],"serviceConfig":{"a":1}},{"clientHostname":["sim"],"serviceConfig":{"b":2}}]"#.to_owned(),
+            ],
+        );
+        let update = |target: &str, txt: bool| {
+            let builder = DnsResolverBuilder::default().service_config_from_txt(txt);
+            let target = Target::parse(target).unwrap();
+            let mut resolver = builder.build(&target, sim.runtime()).unwrap();
+            sim.run(poll_fn(|cx| resolver.poll_update(cx)))
+        };
+        let found = update("dns:///svc.example:50051", true);
+        assert_eq!(found.addresses.unwrap(), vec![tcp("10.0.0.1:50051")]);
+        assert_eq!(found.service_config.as_deref(), Some(r#"{"b":2}"#));
+        assert_eq!(
+            update("dns:///svc.example:50051", false).service_config,
+            None
+        );
+        let plain = update("dns:///plain.example:50051", true);
+        assert_eq!(plain.addresses.unwrap(), vec![tcp("10.0.0.2:50051")]);
+        assert_eq!(plain.service_config, None);
     }
 
     #[test]

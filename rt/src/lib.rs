@@ -25,6 +25,7 @@ use std::{
 };
 
 mod compat;
+mod dns;
 pub use anygrpc_codec::Address;
 pub use compat::{Gate, H2Io, Tap};
 pub use tokio::io::ReadBuf;
@@ -273,6 +274,20 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         host: String,
         port: u16,
     ) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
+
+    /// The TXT records of `name`, each record's strings joined; none when the name does not
+    /// exist. Asked for the service config in DNS (gRFC A2), when a channel turns that on.
+    /// Default: one query to the first nameserver of `/etc/resolv.conf`, over UDP and then
+    /// over TCP when the answer is truncated, 5 s per answer, on the blocking pool.
+    fn lookup_txt(&self, name: String) -> BoxFuture<'static, io::Result<Vec<String>>> {
+        Box::pin(spawn_blocking(move || dns::lookup_txt(&name)))
+    }
+
+    /// This machine's host name, which a service config in DNS may select on (A2's
+    /// `clientHostname`). Default: the kernel's.
+    fn hostname(&self) -> String {
+        dns::hostname()
+    }
 }
 
 fn abstract_unsupported() -> io::Error {

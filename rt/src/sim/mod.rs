@@ -498,6 +498,16 @@ impl Runtime for SimRuntime {
         let found = self.world().state().net.lookup(&host, port);
         Box::pin(async move { found })
     }
+
+    fn lookup_txt(&self, name: String) -> BoxFuture<'static, io::Result<Vec<String>>> {
+        let found = self.world().state().net.lookup_txt(&name);
+        Box::pin(async move { Ok(found) })
+    }
+
+    /// The simulated machine is named `sim`.
+    fn hostname(&self) -> String {
+        "sim".to_owned()
+    }
 }
 
 fn unix_unsupported() -> io::Error {

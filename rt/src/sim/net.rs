@@ -78,6 +78,7 @@ pub(super) struct Net {
     listeners: BTreeMap<SocketAddr, ListenerState>,
     conns: BTreeMap<u64, Conn>,
     hosts: BTreeMap<String, Vec<IpAddr>>,
+    txt: BTreeMap<String, Vec<String>>,
     next_port: u16,
 }
 
@@ -189,6 +190,10 @@ impl Net {
         self.next_port
     }
 
+    pub(super) fn lookup_txt(&self, name: &str) -> Vec<String> {
+        self.txt.get(name).cloned().unwrap_or_default()
+    }
+
     pub(super) fn lookup(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
@@ -286,6 +291,11 @@ impl Sim {
     /// Makes `name` resolve to `ips` (`localhost` and IP literals resolve without this).
     pub fn add_host(&self, name: &str, ips: Vec<IpAddr>) {
         self.world.state().net.hosts.insert(name.to_owned(), ips);
+    }
+
+    /// Gives `name` these TXT records (a name without any has none).
+    pub fn add_txt(&self, name: &str, records: Vec<String>) {
+        self.world.state().net.txt.insert(name.to_owned(), records);
     }
 
     /// How many connections are open (not yet closed by both ends) to `server`.
