@@ -205,7 +205,9 @@ impl Side for ClientSide {
         self.tracking = CallTracking::default();
         self.request = None;
         self.response = None;
+        self.deadline = Deadline::default();
         self.cancel = None;
+        self.local_error = None;
     }
 }
 
