@@ -259,8 +259,25 @@ mod tests {
     use std::task::Waker;
     use tokio::io::{AsyncRead, ReadBuf};
 
+    /// A stream whose every read is ready at once and fills the whole buffer with `fill`;
+    /// its writes go nowhere.
     #[derive(Debug)]
-    struct Endless;
+    struct Reader(fn(&mut [u8]));
+
+    /// Fills the buffer with 7s.
+    fn endless() -> Reader {
+        Reader(|buf| buf.fill(7))
+    }
+
+    /// Reads the buffer it is given before it writes into it, as a safe `AsyncRead` may: it
+    /// fills the buffer with the bytes it saw there, plus one.
+    fn peeker() -> Reader {
+        Reader(|buf| {
+            for byte in buf.iter_mut() {
+                *byte = byte.wrapping_add(1);
+            }
+        })
+    }
 
     /// Records what it sees; replaces a leading `b"old"` with `b"new!"`.
     struct Recorder(std::sync::Arc<std::sync::Mutex<(Vec<u8>, Vec<u8>)>>);
@@ -280,18 +297,18 @@ mod tests {
         }
     }
 
-    impl futures_io::AsyncRead for Endless {
+    impl futures_io::AsyncRead for Reader {
         fn poll_read(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
             buf: &mut [u8],
         ) -> Poll<io::Result<usize>> {
-            buf.fill(7);
+            (self.0)(buf);
             Poll::Ready(Ok(buf.len()))
         }
     }
 
-    impl futures_io::AsyncWrite for Endless {
+    impl futures_io::AsyncWrite for Reader {
         fn poll_write(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
@@ -309,7 +326,7 @@ mod tests {
 
     #[test]
     fn always_ready_stream_yields_after_budget() {
-        let mut io = H2Io::new(crate::box_io(Endless));
+        let mut io = H2Io::new(crate::box_io(endless()));
         let mut cx = Context::from_waker(Waker::noop());
         let mut storage = [std::mem::MaybeUninit::<u8>::uninit(); 16];
         let mut ready = 0;
@@ -337,46 +354,12 @@ mod tests {
         assert_eq!(buf.filled(), b"abc");
     }
 
-    /// A stream that reads the buffer it is given before it writes into it, as a safe
-    /// `AsyncRead` may: it fills the buffer with the bytes it saw there, plus one.
-    #[derive(Debug)]
-    struct Peeker;
-
-    impl futures_io::AsyncRead for Peeker {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<io::Result<usize>> {
-            for byte in buf.iter_mut() {
-                *byte = byte.wrapping_add(1);
-            }
-            Poll::Ready(Ok(buf.len()))
-        }
-    }
-
-    impl futures_io::AsyncWrite for Peeker {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     #[test]
     fn a_reader_is_given_initialized_bytes() {
         // The buffer's memory holds 0xAA but the `ReadBuf` calls it uninitialized, as h2's
         // spare capacity is: a reader handed that memory as `&mut [u8]` would see 0xAA.
         let mut storage = vec![std::mem::MaybeUninit::new(0xAA_u8); 3 * crate::ZEROED_READ];
-        let mut io = H2Io::new(crate::box_io(Peeker));
+        let mut io = H2Io::new(crate::box_io(peeker()));
         let mut cx = Context::from_waker(Waker::noop());
         let mut buf = ReadBuf::uninit(&mut storage);
         assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_ready());
