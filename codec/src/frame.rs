@@ -15,6 +15,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::{
     codec::Codec,
     compression::{self, Compressor},
+    frame_pool::FramePool,
     segments::Segments,
     Status,
 };
@@ -36,6 +37,8 @@ pub struct Encoder {
     scratch: BytesMut,
     compressor: Option<Arc<dyn Compressor>>,
     max_message_size: usize,
+    /// Where a large frame's buffer comes from and goes back to, if anywhere.
+    pool: Option<FramePool>,
 }
 
 impl Encoder {
@@ -47,7 +50,15 @@ impl Encoder {
             scratch: BytesMut::new(),
             compressor,
             max_message_size,
+            pool: None,
         }
+    }
+
+    /// Encodes large frames into `pool`'s buffers, and gives their buffers back to it once
+    /// sent (see [`FramePool`]).
+    pub fn with_pool(mut self, pool: FramePool) -> Encoder {
+        self.pool = Some(pool);
+        self
     }
 
     /// The compressor in use, if any: its name is the call's `grpc-encoding`.
@@ -82,7 +93,16 @@ impl Encoder {
         let compress = compress && codec.compress(&item);
         let start = self.buf.len();
         let body = start + HEADER_LEN;
-        self.buf.reserve(HEADER_LEN + codec.encoded_len(&item));
+        let len = HEADER_LEN + codec.encoded_len(&item);
+        if let Some(pool) = &self.pool {
+            if len >= FramePool::MIN_POOLED && self.buf.capacity() - start < len {
+                if let Some(buffer) = pool.take(start + len) {
+                    let pending = std::mem::replace(&mut self.buf, buffer);
+                    self.buf.extend_from_slice(&pending);
+                }
+            }
+        }
+        self.buf.reserve(len);
         self.buf.put_bytes(0, HEADER_LEN);
         codec
             .encode(item, &mut self.buf)
@@ -120,7 +140,11 @@ impl Encoder {
     /// Takes every pending message as one buffer. The buffer moves out whole: a frame
     /// allocated at its final size becomes `Bytes` with no further allocation.
     pub fn take(&mut self) -> Bytes {
-        std::mem::take(&mut self.buf).freeze()
+        let frame = std::mem::take(&mut self.buf);
+        match &self.pool {
+            Some(pool) => pool.freeze(frame),
+            None => frame.freeze(),
+        }
     }
 }
 
@@ -407,6 +431,27 @@ mod tests {
         let two = d.next_message(Some(&Gzip)).unwrap().unwrap();
         assert_eq!((&two.data[..], two.compressed), (&b"two"[..], true));
         assert!(d.next_message(None).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_large_frame_is_encoded_into_a_pooled_buffer_and_given_back() {
+        let pool = FramePool::new(1 << 20);
+        let mut enc = Encoder::new(None, usize::MAX).with_pool(pool.clone());
+        let first = enc.encode(&Raw, Bytes::from(vec![1; 100_000]), false).unwrap();
+        let pointer = first.as_ptr();
+        drop(first);
+        assert!(pool.held() >= 100_005);
+        enc.append(&Raw, Bytes::from_static(b"small"), false).unwrap();
+        enc.append(&Raw, Bytes::from(vec![2; 90_000]), false).unwrap();
+        let both = enc.take();
+        assert_eq!(both.as_ptr(), pointer, "the pooled buffer holds both messages");
+        assert_eq!(pool.held(), 0);
+        let mut d = Deframer::new(1 << 20);
+        d.push(both.clone());
+        assert_eq!(&d.next_message(None).unwrap().unwrap().data[..], b"small");
+        assert_eq!(d.next_message(None).unwrap().unwrap().data, vec![2; 90_000]);
+        drop((both, d));
+        assert!(pool.held() >= 100_005, "back once the deframer's views are gone");
     }
 
     #[test]

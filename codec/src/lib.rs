@@ -2,7 +2,8 @@
 //!
 //! Everything a gRPC peer parses or produces on the wire lives here as plain functions and
 //! small state machines: [`Code`] and [`Status`], [`MetadataMap`], the `grpc-timeout` and
-//! `grpc-message` encodings, the 5-byte length-prefixed [`frame`] format, [`compression`], the
+//! `grpc-message` encodings, the 5-byte length-prefixed [`frame`] format (and the
+//! [`frame_pool`] that keeps large frames' buffers for reuse), [`compression`], the
 //! [`Codec`] trait with its prost implementation, the request/response [`headers`] rules, and
 //! the connection-level pieces h2 keeps to itself: HTTP/2 [`frames`] seen on the byte stream
 //! [`keepalive`] (pings, and a server's ping policing), a server connection's [`lifetime`]
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod compression;
 pub mod dns;
 pub mod frame;
+pub mod frame_pool;
 pub mod frames;
 pub mod headers;
 pub mod keepalive;

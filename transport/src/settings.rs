@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anygrpc_codec::{
     compression::CompressionRegistry,
     frame::{DEFAULT_MAX_RECV_MESSAGE_SIZE, DEFAULT_MAX_SEND_MESSAGE_SIZE},
+    frame_pool::FramePool,
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
 };
 
@@ -26,6 +27,8 @@ pub(crate) struct CallSettings {
     pub(crate) max_send_message_size: usize,
     /// `SETTINGS_MAX_HEADER_LIST_SIZE`, advertised to the peer.
     pub(crate) max_header_list_size: u32,
+    /// The buffers of the side's large sent frames, kept for its next ones.
+    pub(crate) frame_pool: FramePool,
 }
 
 impl Default for CallSettings {
@@ -37,6 +40,7 @@ impl Default for CallSettings {
             max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
             max_send_message_size: DEFAULT_MAX_SEND_MESSAGE_SIZE,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
+            frame_pool: FramePool::default(),
         }
     }
 }
@@ -121,6 +125,15 @@ macro_rules! call_setters {
         /// than this. Default 16 KiB.
         pub fn max_header_list_size(mut self, bytes: u32) -> Self {
             self.call.max_header_list_size = bytes;
+            self
+        }
+
+        /// How many bytes of sent frames' buffers this side keeps for its next messages, for
+        /// frames of 64 KiB and more: a large message is then encoded into memory already
+        /// mapped, not into fresh pages that fault in one by one. Shared by all its calls.
+        /// Default 16 MiB; 0 keeps none.
+        pub fn frame_pool_limit(mut self, bytes: usize) -> Self {
+            self.call.frame_pool = ::anygrpc_codec::frame_pool::FramePool::new(bytes);
             self
         }
     };

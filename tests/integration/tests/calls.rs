@@ -345,6 +345,28 @@ fn ten_mib_messages_with_raised_limits() {
     });
 }
 
+/// Large frames are encoded into buffers the channel and the server keep and reuse: waves of
+/// concurrent calls of other sizes and bytes each get their own message back, byte for byte.
+#[test]
+fn large_messages_reuse_frame_buffers_and_come_back_intact() {
+    let server = start_with(|s| s.frame_pool_limit(4 << 20));
+    let client = server.client();
+    block_on(async {
+        for wave in 0..3u32 {
+            let calls = (0..12u32).map(|i| {
+                let client = client.clone();
+                let size = 70_000 + ((i * 7 + wave * 5) % 12) as usize * 100_000;
+                let body: Vec<u8> = (0..size).map(|n| (n as u32 ^ i ^ wave) as u8).collect();
+                async move {
+                    let reply = client.unary(payload(&body)).await.unwrap();
+                    assert!(reply.get_ref().body == body, "call {i} of wave {wave}");
+                }
+            });
+            futures_util::future::join_all(calls).await;
+        }
+    });
+}
+
 #[test]
 fn many_concurrent_calls_share_one_connection() {
     let server = start();

@@ -150,7 +150,8 @@ impl Grpc {
                     inner.call.max_send_message_size,
                     method.and_then(|m| m.max_request_message_bytes),
                 ),
-            ),
+            )
+            .with_pool(inner.call.frame_pool.clone()),
             compress: encoding.is_some(),
             max_recv_message_size: limit(
                 self.max_recv_message_size,

@@ -133,7 +133,8 @@ impl Responder {
             }
         };
         let compress = compressor.is_some();
-        let mut encoder = Encoder::new(compressor, shared.call.max_send_message_size);
+        let mut encoder = Encoder::new(compressor, shared.call.max_send_message_size)
+            .with_pool(shared.call.frame_pool.clone());
         let status = match body {
             Body::One(message) => match encoder.encode(&codec, message, compress) {
                 Ok(frame) => {
