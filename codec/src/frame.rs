@@ -437,21 +437,32 @@ mod tests {
     fn a_large_frame_is_encoded_into_a_pooled_buffer_and_given_back() {
         let pool = FramePool::new(1 << 20);
         let mut enc = Encoder::new(None, usize::MAX).with_pool(pool.clone());
-        let first = enc.encode(&Raw, Bytes::from(vec![1; 100_000]), false).unwrap();
+        let first = enc
+            .encode(&Raw, Bytes::from(vec![1; 100_000]), false)
+            .unwrap();
         let pointer = first.as_ptr();
         drop(first);
         assert!(pool.held() >= 100_005);
-        enc.append(&Raw, Bytes::from_static(b"small"), false).unwrap();
-        enc.append(&Raw, Bytes::from(vec![2; 90_000]), false).unwrap();
+        enc.append(&Raw, Bytes::from_static(b"small"), false)
+            .unwrap();
+        enc.append(&Raw, Bytes::from(vec![2; 90_000]), false)
+            .unwrap();
         let both = enc.take();
-        assert_eq!(both.as_ptr(), pointer, "the pooled buffer holds both messages");
+        assert_eq!(
+            both.as_ptr(),
+            pointer,
+            "the pooled buffer holds both messages"
+        );
         assert_eq!(pool.held(), 0);
         let mut d = Deframer::new(1 << 20);
         d.push(both.clone());
         assert_eq!(&d.next_message(None).unwrap().unwrap().data[..], b"small");
         assert_eq!(d.next_message(None).unwrap().unwrap().data, vec![2; 90_000]);
         drop((both, d));
-        assert!(pool.held() >= 100_005, "back once the deframer's views are gone");
+        assert!(
+            pool.held() >= 100_005,
+            "back once the deframer's views are gone"
+        );
     }
 
     #[test]
