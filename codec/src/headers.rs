@@ -75,9 +75,7 @@ impl RequestHead {
         headers.insert(TE, TRAILERS);
         headers.insert(USER_AGENT, self.user_agent);
         if let Some(t) = self.timeout {
-            if let Ok(v) = HeaderValue::from_str(&timeout::encode(t)) {
-                headers.insert(GRPC_TIMEOUT, v);
-            }
+            set_timeout(&mut headers, t);
         }
         if let Some(encoding) = self.encoding {
             headers.insert(GRPC_ENCODING, HeaderValue::from_static(encoding));
@@ -179,6 +177,14 @@ pub fn check_response(status: StatusCode, headers: &HeaderMap) -> Result<Option<
             "invalid content-type in response: {:?}",
             other.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         ))),
+    }
+}
+
+/// Sets `grpc-timeout` to `left`, the time until the call's deadline. A client sets it as
+/// each attempt's stream opens, so that a wait for a connection counts against it.
+pub fn set_timeout(headers: &mut HeaderMap, left: Duration) {
+    if let Ok(v) = HeaderValue::from_str(&timeout::encode(left)) {
+        headers.insert(GRPC_TIMEOUT, v);
     }
 }
 

@@ -323,6 +323,17 @@ impl MetadataMap {
         }
     }
 
+    /// Adds the entries of `other` whose keys this map does not have (all their values).
+    pub fn extend_missing(&mut self, other: &MetadataMap) {
+        for name in other.headers.keys() {
+            if !self.headers.contains_key(name) {
+                for value in other.headers.get_all(name) {
+                    self.headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+
     /// The size these entries add to an HTTP/2 header list (name + value + 32 each).
     pub fn encoded_len(&self) -> usize {
         header_list_size(&self.headers)
@@ -358,6 +369,19 @@ impl fmt::Debug for MetadataMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extend_missing_adds_only_keys_not_set() {
+        let mut own = MetadataMap::new();
+        own.insert("x-trace-id", "mine").unwrap();
+        let mut passed = MetadataMap::new();
+        passed.insert("x-trace-id", "theirs").unwrap();
+        passed.append("x-tenant", "a").unwrap();
+        passed.append("x-tenant", "b").unwrap();
+        own.extend_missing(&passed);
+        assert_eq!(own.get_all("x-trace-id").collect::<Vec<_>>(), ["mine"]);
+        assert_eq!(own.get_all("x-tenant").collect::<Vec<_>>(), ["a", "b"]);
+    }
 
     #[test]
     fn validates_keys() {

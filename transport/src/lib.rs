@@ -18,9 +18,11 @@
 // Generated code inside this crate (channelz) names it `anygrpc`, as it does elsewhere.
 extern crate self as anygrpc;
 
+mod cancel;
 pub mod channelz;
 pub mod client;
 mod connection;
+mod context;
 #[cfg(feature = "dynamic")]
 pub mod dynamic;
 pub mod error_details;
@@ -47,6 +49,7 @@ pub use anygrpc_codec::{
     compression, Code, Codec, MetadataMap, ProstCodec, Status,
 };
 pub use client::Channel;
+pub use context::CallContext;
 pub use request::{IntoRequest, IntoStreamingRequest, Request, Response};
 pub use server::Server;
 pub use streaming::Streaming;

@@ -8,7 +8,7 @@ use futures_core::Stream;
 use crate::{
     client::CancelToken,
     rt::{Address, Runtime},
-    MetadataMap,
+    CallContext, MetadataMap,
 };
 
 /// A call's request: a message (or a stream of them) plus metadata and call options.
@@ -21,11 +21,15 @@ pub struct Request<T> {
     message: T,
     extensions: http::Extensions,
     timeout: Option<Duration>,
+    /// Server: the call's deadline. Client: the deadline of the context it is made under.
     deadline: Option<Instant>,
     /// Server: the runtime whose clock the deadline is on (set with a deadline).
     clock: Option<Arc<dyn Runtime>>,
     remote_addr: Option<Address>,
     cancel: Option<CancelToken>,
+    /// Server: cancelled when the call ends, for its context. Client: the token of the
+    /// context it is made under.
+    context_cancel: Option<CancelToken>,
     /// `None` until set: the method's service config decides.
     wait_for_ready: Option<bool>,
 }
@@ -42,6 +46,7 @@ impl<T> Request<T> {
             clock: None,
             remote_addr: None,
             cancel: None,
+            context_cancel: None,
             wait_for_ready: None,
         }
     }
@@ -107,8 +112,28 @@ impl<T> Request<T> {
         self.wait_for_ready
     }
 
+    /// The call's cancellation: its own token, its context's, or either.
     pub(crate) fn take_cancel_token(&mut self) -> Option<CancelToken> {
-        self.cancel.take()
+        match (self.cancel.take(), self.context_cancel.take()) {
+            (Some(own), Some(context)) => Some(own.or(context)),
+            (own, context) => own.or(context),
+        }
+    }
+
+    /// Server: this call's context, for the calls its handler makes: the call's deadline and
+    /// its cancellation (the call's end, however it comes), with no metadata. See
+    /// [`CallContext`].
+    pub fn context(&self) -> CallContext {
+        CallContext::of_call(self.deadline, self.context_cancel.clone())
+    }
+
+    /// Client: makes the call under `context`: it ends by the context's deadline (or its own
+    /// timeout, whichever comes first), is cancelled with the context, and carries the
+    /// context's metadata for the keys it does not set itself.
+    pub fn set_context(&mut self, context: &CallContext) {
+        self.deadline = context.deadline();
+        self.context_cancel = context.cancel_token().cloned();
+        self.metadata.extend_missing(context.metadata());
     }
 
     /// The timeout set on this request (client side).
@@ -117,12 +142,13 @@ impl<T> Request<T> {
     }
 
     /// Server: the instant the call's deadline passes, from the client's `grpc-timeout`.
+    /// Client: the deadline of the [context](Self::set_context) the call is made under.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
-    /// Server: the time left until the deadline (zero once it passed), to propagate to
-    /// downstream calls with [`set_timeout`](Self::set_timeout).
+    /// Server: the time left until the deadline (zero once it passed). Calls the handler
+    /// makes get it, and the call's cancellation, from [`context`](Self::context).
     pub fn remaining(&self) -> Option<Duration> {
         let now = self
             .clock
@@ -147,6 +173,7 @@ impl<T> Request<T> {
             clock: self.clock,
             remote_addr: self.remote_addr,
             cancel: self.cancel,
+            context_cancel: self.context_cancel,
             wait_for_ready: self.wait_for_ready,
         }
     }
@@ -157,6 +184,7 @@ impl<T> Request<T> {
         extensions: http::Extensions,
         deadline: Option<(Instant, Arc<dyn Runtime>)>,
         remote_addr: Option<Address>,
+        ended: CancelToken,
     ) -> Request<T> {
         let (deadline, clock) = deadline.unzip();
         Request {
@@ -168,6 +196,7 @@ impl<T> Request<T> {
             clock,
             remote_addr,
             cancel: None,
+            context_cancel: Some(ended),
             wait_for_ready: None,
         }
     }

@@ -4,7 +4,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anygrpc_codec::{frame::Encoder, headers::RequestHead, Code, Codec};
+use anygrpc_codec::{
+    frame::Encoder,
+    headers::{self, RequestHead},
+    Code, Codec,
+};
 use anygrpc_rt::Runtime;
 use bytes::Bytes;
 use futures_core::Stream;
@@ -80,10 +84,18 @@ impl Grpc {
         let runtime = self.runtime();
         // The call's deadline counts from here, a wait for the resolver included.
         let started = runtime.now();
-        let deadline_after = |timeout: Duration| anygrpc_codec::timeout::deadline(started, timeout);
+        // The deadline of a timeout from now, or the context's if it comes first.
+        let context_deadline = request.deadline();
+        let deadline_after = |timeout: Option<Duration>| {
+            let own = timeout.map(|t| anygrpc_codec::timeout::deadline(started, t));
+            match (own, context_deadline) {
+                (Some(own), Some(context)) => Some(own.min(context)),
+                (own, context) => own.or(context),
+            }
+        };
         let cancel = request.take_cancel_token();
         if !inner.core.resolved_once() {
-            let deadline = request.timeout().map(deadline_after);
+            let deadline = deadline_after(request.timeout());
             let resolved = inner.core.first_resolution();
             self.bounded(deadline, cancel.as_ref(), resolved).await?;
         }
@@ -98,7 +110,7 @@ impl Grpc {
             .wait_for_ready()
             .or(method.and_then(|m| m.wait_for_ready))
             .unwrap_or(false);
-        let deadline = timeout.map(deadline_after);
+        let deadline = deadline_after(timeout);
         let mut head = CallHead {
             path: path.clone(),
             metadata,
@@ -127,7 +139,8 @@ impl Grpc {
             scheme: inner.scheme.clone(),
             authority: inner.authority.clone(),
             path,
-            timeout: deadline.map(|d| d.saturating_duration_since(runtime.now())),
+            // Set as each attempt's stream opens (`open`), from the deadline.
+            timeout: None,
             encoding,
             accept_encoding: inner.call.compression.accept_encoding().clone(),
             user_agent: inner.user_agent.clone(),
@@ -185,7 +198,11 @@ impl Grpc {
             // GOAWAY may arrive between `ready` and `send_request`: both mean "pick again".
             let opened = match picked.send.clone().ready().await {
                 Ok(mut ready) => {
-                    let head = request_head.take().unwrap_or_else(&request);
+                    let mut head = request_head.take().unwrap_or_else(&request);
+                    if let Some(deadline) = call.deadline {
+                        let left = deadline.saturating_duration_since(self.runtime().now());
+                        headers::set_timeout(head.headers_mut(), left);
+                    }
                     ready.send_request(head, false)
                 }
                 Err(e) => Err(e),

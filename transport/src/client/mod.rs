@@ -13,14 +13,15 @@
 //!   stream;
 //! - `sender` and `requests`: an attempt's request side (a replayed stream, request channels);
 //! - `buffer`: the retry buffer a call holds its request in until it commits;
-//! - `prepared`: a call ready to make attempts;
-//! - `cancel`: cancellation from outside a call.
+//! - `prepared`: a call ready to make attempts.
+//!
+//! Cancellation from outside a call ([`CancelToken`]) is the crate's `cancel` room: a
+//! server's call context cancels with it too.
 
 mod attempts;
 mod buffer;
 mod builder;
 mod call;
-mod cancel;
 mod conn;
 mod core;
 mod idle;
@@ -29,8 +30,8 @@ mod requests;
 mod response;
 mod sender;
 
+pub use crate::cancel::{cancellation, CancelToken, Cancelled, Canceller};
 pub use builder::ChannelBuilder;
-pub use cancel::{cancellation, CancelToken, Cancelled, Canceller};
 pub use requests::{request_channel, RequestClosed, RequestSender, RequestStream};
 
 use std::{fmt, sync::Arc, time::Duration};

@@ -20,6 +20,7 @@ use super::{
     split_path, ServerShared,
 };
 use crate::{
+    cancel::CancelOnDrop,
     channelz::{CallCounters, CallTally},
     interceptor::{self, CallHead},
     limits::{Bounded, Cut, Deadline},
@@ -169,6 +170,7 @@ pub(super) fn accept(
 impl ServerCall {
     /// Splits into the request (with its message stream) and what sends the response.
     fn split<C: Codec>(self, codec: C) -> (Request<Streaming<C::Decode>>, Responder) {
+        let (ends_context, ended) = CancelOnDrop::new();
         let mut requests = Streaming::messages(
             self.body,
             codec,
@@ -182,8 +184,10 @@ impl ServerCall {
             self.extensions,
             self.deadline.map(|d| (d, self.shared.runtime.clone())),
             Some(self.remote_addr),
+            ended,
         );
         let responder = Responder {
+            ends_context,
             deadline: Deadline::new(&*self.shared.runtime, self.deadline),
             shared: self.shared,
             respond: self.respond,

@@ -21,6 +21,7 @@ use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
 
 use super::ServerShared;
 use crate::{
+    cancel::CancelOnDrop,
     channelz::CallTally,
     limits::{poll_cut, Bounded, Cut, Deadline, Uncancelled},
     metrics::Measure,
@@ -72,6 +73,8 @@ pub(super) struct Responder {
     pub(super) deadline: Deadline,
     pub(super) accept_encoding: Option<HeaderValue>,
     pub(super) tally: CallTally,
+    /// Cancels the call's context (the calls its handler made under it) when the call ends.
+    pub(super) ends_context: CancelOnDrop,
 }
 
 impl Responder {
@@ -99,6 +102,8 @@ impl Responder {
             mut deadline,
             accept_encoding,
             mut tally,
+            // Held to the end of the response: the call's context ends with it.
+            ends_context: _ends_context,
         } = self;
         let traffic = tally.measure().and_then(Measure::traffic);
         let count_sent = |frame: &Bytes| {
