@@ -17,7 +17,14 @@ use bytes::{Bytes, BytesMut};
 /// theirs.
 #[derive(Debug, Clone)]
 pub struct FramePool {
-    shared: Arc<Mutex<Free>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The most bytes of free buffers kept; fixed when the pool is made.
+    limit: usize,
+    free: Mutex<Free>,
 }
 
 #[derive(Debug)]
@@ -25,7 +32,6 @@ struct Free {
     buffers: Vec<BytesMut>,
     /// The capacity of `buffers`, summed.
     bytes: usize,
-    limit: usize,
 }
 
 impl FramePool {
@@ -39,17 +45,19 @@ impl FramePool {
     /// A pool that keeps at most `limit` bytes of free buffers; 0 keeps none.
     pub fn new(limit: usize) -> FramePool {
         FramePool {
-            shared: Arc::new(Mutex::new(Free {
-                buffers: Vec::new(),
-                bytes: 0,
+            shared: Arc::new(Shared {
                 limit,
-            })),
+                free: Mutex::new(Free {
+                    buffers: Vec::new(),
+                    bytes: 0,
+                }),
+            }),
         }
     }
 
     /// The most bytes of free buffers it keeps.
     pub fn limit(&self) -> usize {
-        self.free().limit
+        self.shared.limit
     }
 
     /// Bytes held in free buffers now.
@@ -85,7 +93,7 @@ impl FramePool {
 
     fn put(&self, mut buffer: BytesMut) {
         let mut free = self.free();
-        if free.bytes + buffer.capacity() <= free.limit {
+        if free.bytes + buffer.capacity() <= self.shared.limit {
             buffer.clear();
             free.bytes += buffer.capacity();
             free.buffers.push(buffer);
@@ -95,7 +103,10 @@ impl FramePool {
     /// The free list. A panic cannot leave it inconsistent (each change is one push or
     /// remove with its count), so a poisoned lock is used as it is.
     fn free(&self) -> std::sync::MutexGuard<'_, Free> {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

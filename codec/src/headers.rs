@@ -48,9 +48,8 @@ pub struct RequestHead {
     pub authority: Authority,
     /// `/package.Service/Method`.
     pub path: PathAndQuery,
-    /// Time left until the call's deadline, sent as `grpc-timeout`.
-    pub timeout: Option<Duration>,
-    /// The `grpc-encoding` of the messages the client sends.
+    /// The `grpc-encoding` of the messages the client sends. (`grpc-timeout` is set apart,
+    /// with [`set_timeout`], when the stream opens.)
     pub encoding: Option<&'static str>,
     /// The encodings the client accepts.
     pub accept_encoding: HeaderValue,
@@ -74,9 +73,6 @@ impl RequestHead {
         headers.insert(CONTENT_TYPE, CONTENT_TYPE_GRPC);
         headers.insert(TE, TRAILERS);
         headers.insert(USER_AGENT, self.user_agent);
-        if let Some(t) = self.timeout {
-            set_timeout(&mut headers, t);
-        }
         if let Some(encoding) = self.encoding {
             headers.insert(GRPC_ENCODING, HeaderValue::from_static(encoding));
         }
@@ -223,11 +219,10 @@ mod tests {
     fn request_round_trip() {
         let mut metadata = MetadataMap::new();
         metadata.insert("x-a", "b").unwrap();
-        let req = RequestHead {
+        let mut req = RequestHead {
             scheme: Scheme::HTTP,
             authority: Authority::from_static("example.com:50051"),
             path: PathAndQuery::from_static("/pkg.Svc/Method"),
-            timeout: Some(Duration::from_millis(1500)),
             encoding: Some("gzip"),
             accept_encoding: HeaderValue::from_static("identity,gzip"),
             user_agent: default_user_agent(),
@@ -235,6 +230,7 @@ mod tests {
         }
         .into_request()
         .unwrap();
+        set_timeout(req.headers_mut(), Duration::from_millis(1500));
         assert_eq!(req.uri(), "http://example.com:50051/pkg.Svc/Method");
         assert_eq!(req.headers()[TE], "trailers");
         assert_eq!(req.headers()[GRPC_ENCODING], "gzip");

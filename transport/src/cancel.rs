@@ -25,14 +25,8 @@ use std::{
 /// canceller.cancel();
 /// ```
 pub fn cancellation() -> (Canceller, CancelToken) {
-    let source = Arc::new(Source::default());
-    (
-        Canceller(source.clone()),
-        CancelToken {
-            first: source,
-            rest: None,
-        },
-    )
+    let (source, token) = CancelToken::new();
+    (Canceller(source), token)
 }
 
 /// What a canceller and its tokens share: whether it has cancelled, and the futures waiting
@@ -92,10 +86,13 @@ impl Source {
             return Poll::Ready(());
         }
         let mut waiting = self.waiting();
-        let waker = Some(cx.waker().clone());
         match *slot {
-            Some(i) => waiting.slots[i] = waker,
+            Some(i) => match &mut waiting.slots[i] {
+                Some(kept) if kept.will_wake(cx.waker()) => {}
+                kept => *kept = Some(cx.waker().clone()),
+            },
             None => {
+                let waker = Some(cx.waker().clone());
                 let i = match waiting.free.pop() {
                     Some(i) => {
                         waiting.slots[i] = waker;
@@ -150,11 +147,7 @@ pub(crate) struct CancelOnDrop(Arc<Source>);
 impl CancelOnDrop {
     /// A guard, and the token it cancels when dropped.
     pub(crate) fn new() -> (CancelOnDrop, CancelToken) {
-        let source = Arc::new(Source::default());
-        let token = CancelToken {
-            first: source.clone(),
-            rest: None,
-        };
+        let (source, token) = CancelToken::new();
         (CancelOnDrop(source), token)
     }
 }
@@ -183,6 +176,24 @@ impl fmt::Debug for CancelToken {
 }
 
 impl CancelToken {
+    /// A token of a new source, and the source, for what cancels it.
+    fn new() -> (Arc<Source>, CancelToken) {
+        let source = Arc::new(Source::default());
+        let token = CancelToken {
+            first: source.clone(),
+            rest: None,
+        };
+        (source, token)
+    }
+
+    /// A token cancelled by either of two, if there is one.
+    pub(crate) fn either(a: Option<CancelToken>, b: Option<CancelToken>) -> Option<CancelToken> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.or(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether a [`Canceller`] of the token has cancelled it.
     pub fn is_cancelled(&self) -> bool {
         self.sources().any(|source| source.state() == CANCELLED)

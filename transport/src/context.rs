@@ -83,10 +83,7 @@ impl CallContext {
 
     /// Calls made under the context are also cancelled by `token`.
     pub fn with_cancel_token(mut self, token: CancelToken) -> CallContext {
-        self.cancel = Some(match self.cancel.take() {
-            Some(own) => own.or(token),
-            None => token,
-        });
+        self.cancel = CancelToken::either(self.cancel.take(), Some(token));
         self
     }
 

@@ -114,10 +114,7 @@ impl<T> Request<T> {
 
     /// The call's cancellation: its own token, its context's, or either.
     pub(crate) fn take_cancel_token(&mut self) -> Option<CancelToken> {
-        match (self.cancel.take(), self.context_cancel.take()) {
-            (Some(own), Some(context)) => Some(own.or(context)),
-            (own, context) => own.or(context),
-        }
+        CancelToken::either(self.cancel.take(), self.context_cancel.take())
     }
 
     /// Server: this call's context, for the calls its handler makes: the call's deadline and

@@ -139,8 +139,6 @@ impl Grpc {
             scheme: inner.scheme.clone(),
             authority: inner.authority.clone(),
             path,
-            // Set as each attempt's stream opens (`open`), from the deadline.
-            timeout: None,
             encoding,
             accept_encoding: inner.call.compression.accept_encoding().clone(),
             user_agent: inner.user_agent.clone(),

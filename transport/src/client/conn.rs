@@ -670,7 +670,6 @@ impl Subchannel {
             scheme: settings.scheme.clone(),
             authority: settings.authority.clone(),
             path: PathAndQuery::from_static(path),
-            timeout: None,
             encoding: None,
             accept_encoding: compression.accept_encoding().clone(),
             user_agent: settings.user_agent.clone(),
