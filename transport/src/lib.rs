@@ -30,6 +30,7 @@ pub mod health;
 pub mod interceptor;
 mod limits;
 pub mod metrics;
+pub mod middleware;
 pub mod orca;
 pub mod reflection;
 mod request;

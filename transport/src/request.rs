@@ -8,7 +8,7 @@ use futures_core::Stream;
 use crate::{
     client::CancelToken,
     rt::{Address, Runtime},
-    CallContext, MetadataMap,
+    CallContext, MetadataMap, Status,
 };
 
 /// A call's request: a message (or a stream of them) plus metadata and call options.
@@ -110,6 +110,11 @@ impl<T> Request<T> {
     /// request; `None` if not set.
     pub fn wait_for_ready(&self) -> Option<bool> {
         self.wait_for_ready
+    }
+
+    /// Client: bounds the call by `deadline`, as a context's deadline does.
+    pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// The call's cancellation: its own token, its context's, or either.
@@ -298,6 +303,20 @@ impl<T> Response<T> {
             extensions: self.extensions,
             compression: self.compression,
         }
+    }
+
+    /// [`map`](Self::map) with a function that may fail.
+    pub(crate) fn try_map<U>(
+        self,
+        f: impl FnOnce(T) -> Result<U, Status>,
+    ) -> Result<Response<U>, Status> {
+        Ok(Response {
+            metadata: self.metadata,
+            message: f(self.message)?,
+            trailers: self.trailers,
+            extensions: self.extensions,
+            compression: self.compression,
+        })
     }
 }
 

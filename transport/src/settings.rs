@@ -1,4 +1,4 @@
-//! The call settings a channel and a server share: interceptors, compression, and the message
+//! The call settings a channel and a server share: middleware, compression, and the message
 //! and header limits. They are declared once here, with their defaults, and the two builders
 //! get the same setters (same names, same types) from [`call_setters`].
 
@@ -11,12 +11,12 @@ use anygrpc_codec::{
     metadata::DEFAULT_MAX_HEADER_LIST_SIZE,
 };
 
-use crate::{interceptor::AnyInterceptor, Status};
+use crate::{middleware::Middleware, Status};
 
 /// What every call of a channel or a server is made with.
 pub(crate) struct CallSettings {
-    /// Run on every call, in the order added.
-    pub(crate) interceptors: Vec<AnyInterceptor>,
+    /// Wraps every call, the first outermost (interceptors among it).
+    pub(crate) middleware: Vec<Arc<dyn Middleware>>,
     /// The algorithms the side can decode and use.
     pub(crate) compression: Arc<CompressionRegistry>,
     /// What the side's messages are compressed with, if anything.
@@ -34,7 +34,7 @@ pub(crate) struct CallSettings {
 impl Default for CallSettings {
     fn default() -> Self {
         CallSettings {
-            interceptors: Vec::new(),
+            middleware: Vec::new(),
             compression: Arc::new(CompressionRegistry::default()),
             send_compression: None,
             max_recv_message_size: DEFAULT_MAX_RECV_MESSAGE_SIZE,
@@ -62,29 +62,26 @@ impl CallSettings {
 /// The setters of [`CallSettings`], for a builder that holds them in a field named `call`.
 macro_rules! call_setters {
     () => {
-        /// Adds an interceptor run on every call, in the order added: a channel's before the
-        /// request is sent, a server's before the handler.
-        pub fn interceptor(mut self, interceptor: impl $crate::interceptor::Interceptor) -> Self {
-            self.call
-                .interceptors
-                .push($crate::interceptor::AnyInterceptor::Sync(
-                    ::std::sync::Arc::new(interceptor),
-                ));
+        /// Adds a middleware that wraps every call (see [`middleware`](crate::middleware)).
+        /// Middleware and interceptors run in the order added, the first outermost.
+        pub fn middleware(mut self, middleware: impl $crate::middleware::Middleware) -> Self {
+            self.call.middleware.push(::std::sync::Arc::new(middleware));
             self
         }
 
-        /// Adds an async interceptor run on every call, in the order added (see
-        /// [`interceptor`](Self::interceptor)).
+        /// Adds an interceptor: a middleware that sees only the call's head (to add or check
+        /// metadata, or to refuse the call), run where it was added among the middleware: a
+        /// channel's before the request is sent, a server's before the handler.
+        pub fn interceptor(self, interceptor: impl $crate::interceptor::Interceptor) -> Self {
+            self.middleware($crate::interceptor::Head(interceptor))
+        }
+
+        /// Adds an async interceptor (see [`interceptor`](Self::interceptor)).
         pub fn async_interceptor(
-            mut self,
+            self,
             interceptor: impl $crate::interceptor::AsyncInterceptor,
         ) -> Self {
-            self.call
-                .interceptors
-                .push($crate::interceptor::AnyInterceptor::Async(
-                    ::std::sync::Arc::new(interceptor),
-                ));
-            self
+            self.middleware($crate::interceptor::AsyncHead(interceptor))
         }
 
         /// The compression algorithms this side can decode and use. Default: gzip, deflate.

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anygrpc_codec::{compression::Compressor, frame::Deframer, Code, Codec, Segments};
+use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
 
@@ -48,6 +49,19 @@ pub(crate) trait Side: Any + Send {
     fn ended(&mut self, code: Code, trailers: Option<&mut http::HeaderMap>);
 }
 
+/// Messages that reach a `Streaming` already received and read by someone else (a
+/// middleware's [`Messages`](crate::middleware::Messages)): the stream decodes them.
+pub(crate) trait Relay: Send {
+    /// The next encoded message; `None` after a good end.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>>;
+
+    /// After a good end: the trailing metadata the messages ended with, if they have any.
+    fn take_trailers(&mut self) -> Option<MetadataMap>;
+
+    /// The header metadata the messages came with, if they have any (waiting for it).
+    fn poll_headers(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<MetadataMap>, Status>>;
+}
+
 /// A response head, received and checked.
 pub(crate) enum Head {
     /// Messages follow on `body`, compressed with `compressor` when they say so.
@@ -73,6 +87,8 @@ enum State<T> {
     Data,
     /// The data has ended; the side's peer ends the call with trailers.
     Trailers,
+    /// Decoding what a relay hands on.
+    Relay(Box<dyn Relay>),
     Done,
 }
 
@@ -159,6 +175,14 @@ impl<T> Streaming<T> {
         Streaming::new(State::Committing(committing), Box::new(codec), 0)
     }
 
+    /// The messages `relay` hands on, decoded with `codec`.
+    pub(crate) fn relay<C>(relay: Box<dyn Relay>, codec: C) -> Streaming<T>
+    where
+        C: Codec<Decode = T>,
+    {
+        Streaming::new(State::Relay(relay), Box::new(codec), 0)
+    }
+
     /// The stream's side, if it is an `S`.
     pub(crate) fn side_mut<S: Side>(&mut self) -> Option<&mut S> {
         let side: &mut dyn Any = self.side.as_deref_mut()?;
@@ -202,8 +226,27 @@ impl<T> Streaming<T> {
     /// arrived. (A bidi call returns before the server answers, so its header metadata is
     /// read here rather than from the [`Response`](crate::Response).) Server: empty.
     pub async fn headers(&mut self) -> Result<&MetadataMap, Status> {
-        poll_fn(|cx| self.poll_head(cx)).await?;
+        poll_fn(|cx| self.poll_headers(cx).map_ok(drop)).await?;
         Ok(&self.headers)
+    }
+
+    /// [`headers`](Self::headers), polled.
+    pub(crate) fn poll_headers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<&MetadataMap, Status>> {
+        ready!(self.poll_head(cx))?;
+        if let State::Relay(relay) = &mut self.state {
+            if let Some(headers) = ready!(relay.poll_headers(cx))? {
+                self.headers = headers;
+            }
+        }
+        Poll::Ready(Ok(&self.headers))
+    }
+
+    /// After a good end, the trailing metadata (taken).
+    pub(crate) fn take_trailers(&mut self) -> Option<MetadataMap> {
+        self.trailers.take()
     }
 
     pub(crate) fn take_headers(&mut self) -> MetadataMap {
@@ -304,6 +347,21 @@ impl<T> Streaming<T> {
     }
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
+        if let State::Relay(relay) = &mut self.state {
+            let status = match ready!(relay.poll_message(cx)) {
+                Some(Ok(message)) => match self.decoder.decode(Segments::single(message), false) {
+                    Ok(message) => return Poll::Ready(Some(Ok(message))),
+                    Err(status) => status,
+                },
+                Some(Err(status)) => status,
+                None => {
+                    self.trailers = relay.take_trailers();
+                    self.close(Code::Ok, None);
+                    return Poll::Ready(None);
+                }
+            };
+            return Poll::Ready(Some(Err(self.fail(status))));
+        }
         loop {
             match self
                 .deframer

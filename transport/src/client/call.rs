@@ -1,5 +1,5 @@
 //! The generic call API of [`Grpc`] that generated stubs use: a call's preparation (service
-//! config, interceptors, the request head), its four shapes, and its count in channelz and the
+//! config, the request head), its four shapes, and its count in channelz and the
 //! metrics.
 
 use std::{sync::Arc, time::Duration};
@@ -25,10 +25,7 @@ use super::{
     Channel, Grpc,
 };
 use crate::{
-    channelz::CallTally,
-    interceptor::{self, CallHead},
-    metrics::Measure,
-    MetadataMap, Request, Response, Status, Streaming,
+    channelz::CallTally, metrics::Measure, MetadataMap, Request, Response, Status, Streaming,
 };
 
 impl Grpc {
@@ -73,7 +70,7 @@ impl Grpc {
         self.channel.inner.core.runtime()
     }
 
-    /// Applies the method's service config, runs interceptors and builds the request head.
+    /// Applies the method's service config and builds the request head.
     pub(super) async fn prepare<T>(
         &self,
         path: PathAndQuery,
@@ -111,20 +108,10 @@ impl Grpc {
             .or(method.and_then(|m| m.wait_for_ready))
             .unwrap_or(false);
         let deadline = deadline_after(timeout);
-        let mut head = CallHead {
-            path: path.clone(),
-            metadata,
-            extensions: http::Extensions::new(),
-            deadline,
-            remote_addr: None,
-        };
-        if !inner.call.interceptors.is_empty() {
-            interceptor::run(&inner.call.interceptors, &mut head).await?;
-        }
-        if head.metadata.encoded_len() > inner.call.max_header_list_size as usize {
+        if metadata.encoded_len() > inner.call.max_header_list_size as usize {
             return Err(Status::resource_exhausted(format!(
                 "request metadata of {} bytes exceeds the header list limit of {} bytes",
-                head.metadata.encoded_len(),
+                metadata.encoded_len(),
                 inner.call.max_header_list_size
             )));
         }
@@ -142,7 +129,7 @@ impl Grpc {
             encoding,
             accept_encoding: inner.call.compression.accept_encoding().clone(),
             user_agent: inner.user_agent.clone(),
-            metadata: head.metadata,
+            metadata,
         }
         .into_request()?;
         let limit = |call: Option<usize>, channel: usize, method: Option<usize>| {
@@ -246,6 +233,19 @@ impl Grpc {
         codec: C,
         request: Request<C::Encode>,
     ) -> Result<Response<C::Decode>, Status> {
+        match self.has_middleware() {
+            true => self.unary_chained(path, codec, request).await,
+            false => self.unary_direct(path, codec, request).await,
+        }
+    }
+
+    /// [`unary`](Self::unary) with no middleware.
+    pub(super) async fn unary_direct<C: Codec + Clone>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
+        request: Request<C::Encode>,
+    ) -> Result<Response<C::Decode>, Status> {
         let (span, tally) = self.start_call(&path);
         let outcome = async {
             let (call, frame, held) = self.prepare_single(path, &codec, request, &tally).await?;
@@ -271,6 +271,19 @@ impl Grpc {
     /// A server-streaming call: one request message, a stream of responses. Retried or hedged
     /// until the response head arrives, as the method's service config says.
     pub async fn server_streaming<C: Codec + Clone>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
+        request: Request<C::Encode>,
+    ) -> Result<Response<Streaming<C::Decode>>, Status> {
+        match self.has_middleware() {
+            true => self.server_streaming_chained(path, codec, request).await,
+            false => self.server_streaming_direct(path, codec, request).await,
+        }
+    }
+
+    /// [`server_streaming`](Self::server_streaming) with no middleware.
+    pub(super) async fn server_streaming_direct<C: Codec + Clone>(
         &self,
         path: PathAndQuery,
         codec: C,
@@ -387,6 +400,23 @@ impl Grpc {
         &self,
         path: PathAndQuery,
         codec: C,
+        request: Request<S>,
+    ) -> Result<Response<C::Decode>, Status>
+    where
+        C: Codec + Clone,
+        S: Stream<Item = C::Encode> + Send + 'static,
+    {
+        match self.has_middleware() {
+            true => self.client_streaming_chained(path, codec, request).await,
+            false => self.client_streaming_direct(path, codec, request).await,
+        }
+    }
+
+    /// [`client_streaming`](Self::client_streaming) with no middleware.
+    pub(super) async fn client_streaming_direct<C, S>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
         mut request: Request<S>,
     ) -> Result<Response<C::Decode>, Status>
     where
@@ -421,6 +451,23 @@ impl Grpc {
     /// own); the response head is read with the first message, or with
     /// [`Streaming::headers`].
     pub async fn streaming<C, S>(
+        &self,
+        path: PathAndQuery,
+        codec: C,
+        request: Request<S>,
+    ) -> Result<Response<Streaming<C::Decode>>, Status>
+    where
+        C: Codec + Clone,
+        S: Stream<Item = C::Encode> + Send + 'static,
+    {
+        match self.has_middleware() {
+            true => self.streaming_chained(path, codec, request).await,
+            false => self.streaming_direct(path, codec, request).await,
+        }
+    }
+
+    /// [`streaming`](Self::streaming) with no middleware.
+    pub(super) async fn streaming_direct<C, S>(
         &self,
         path: PathAndQuery,
         codec: C,

@@ -22,6 +22,7 @@ mod attempts;
 mod buffer;
 mod builder;
 mod call;
+mod chain;
 mod conn;
 mod core;
 mod idle;

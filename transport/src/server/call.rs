@@ -1,30 +1,38 @@
 //! One server call, up to its handler: header checks, routing, interceptors, and the request
 //! handed to the method's handler (`respond.rs` runs it and answers).
 
-use std::{fmt, future::Future, sync::Arc, time::Instant};
+use std::{
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use anygrpc_codec::{
+    codec::BytesCodec,
     compression::Compressor,
     headers::{self, Rejection},
     timeout, Codec,
 };
 use anygrpc_rt::{Address, BoxFuture};
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{future::Either, FutureExt};
 use h2::{server::SendResponse, RecvStream};
 use http::HeaderValue;
 use tracing::Instrument;
 
 use super::{
+    chain::Handler,
     respond::{fail, trailers_only, Body, Responder},
     split_path, ServerShared,
 };
 use crate::{
-    cancel::CancelOnDrop,
+    cancel::{CancelOnDrop, CancelToken},
     channelz::{CallCounters, CallTally},
-    interceptor::{self, CallHead},
-    limits::{Bounded, Cut, Deadline},
+    limits::Deadline,
     metrics::Measure,
+    middleware::{self, Call, CallHead, CallKind, ClientOptions, Messages},
     MetadataMap, Request, Response, ResponseStream, Status, Streaming,
 };
 
@@ -65,8 +73,8 @@ pub struct PreviousAttempts(pub u32);
 /// Checks and routes one HTTP/2 stream, on the connection's task. Returns the call's task,
 /// or `None` when the call was answered already (bad headers, unknown service or encoding).
 ///
-/// Without interceptors the task is the service's own future, so a call costs no allocation
-/// beyond what the service and the runtime make.
+/// The task is the service's own future, so a call costs no allocation beyond what the
+/// service and the runtime make (and, if the server has middleware, its chain).
 pub(super) fn accept(
     shared: &Arc<ServerShared>,
     request: http::Request<RecvStream>,
@@ -149,17 +157,8 @@ pub(super) fn accept(
         tally,
     };
     let span = tracing::debug_span!("grpc.server.call", method = call.path.path());
-    let task = if shared.call.interceptors.is_empty() {
-        let path = call.path.clone();
-        service.call(&path.path()[method_at..], call)
-    } else {
-        Box::pin(async move {
-            if let Some(call) = call.intercept().await {
-                let path = call.path.clone();
-                service.call(&path.path()[method_at..], call).await;
-            }
-        })
-    };
+    let path = call.path.clone();
+    let task = service.call(&path.path()[method_at..], call);
     // With no subscriber that wants the span, the task goes as it is: no wrapper, no box.
     match span.is_disabled() {
         true => Some(task),
@@ -168,8 +167,13 @@ pub(super) fn accept(
 }
 
 impl ServerCall {
-    /// Splits into the request (with its message stream) and what sends the response.
-    fn split<C: Codec>(self, codec: C) -> (Request<Streaming<C::Decode>>, Responder) {
+    /// Splits into the request's messages (decoded with `codec`), its head, the token its end
+    /// cancels, and what sends the response.
+    fn into_parts<C: Codec>(
+        self,
+        codec: C,
+        kind: CallKind,
+    ) -> (Streaming<C::Decode>, CallHead, CancelToken, Responder) {
         let (ends_context, ended) = CancelOnDrop::new();
         let mut requests = Streaming::messages(
             self.body,
@@ -178,14 +182,15 @@ impl ServerCall {
             self.shared.call.max_recv_message_size,
         );
         requests.count_traffic(self.tally.measure().and_then(Measure::traffic).cloned());
-        let request = Request::from_server_parts(
-            requests,
-            self.metadata,
-            self.extensions,
-            self.deadline.map(|d| (d, self.shared.runtime.clone())),
-            Some(self.remote_addr),
-            ended,
-        );
+        let head = CallHead {
+            path: self.path,
+            kind,
+            metadata: self.metadata,
+            extensions: self.extensions,
+            deadline: self.deadline,
+            remote_addr: Some(self.remote_addr),
+            client: ClientOptions::default(),
+        };
         let responder = Responder {
             ends_context,
             deadline: Deadline::new(&*self.shared.runtime, self.deadline),
@@ -194,7 +199,7 @@ impl ServerCall {
             accept_encoding: self.accept_encoding,
             tally: self.tally,
         };
-        (request, responder)
+        (requests, head, ended, responder)
     }
 
     /// Handles a unary method: reads the one request message, runs `handler`, sends its
@@ -205,7 +210,7 @@ impl ServerCall {
         F: FnOnce(Request<C::Decode>) -> Fut + Send,
         Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send,
     {
-        self.single_request(codec, handler, Body::One)
+        self.single_request(codec, handler, Body::One, CallKind::Unary)
     }
 
     /// Handles a server-streaming method.
@@ -219,7 +224,7 @@ impl ServerCall {
         F: FnOnce(Request<C::Decode>) -> Fut + Send,
         Fut: Future<Output = Result<Response<ResponseStream<C::Encode>>, Status>> + Send,
     {
-        self.single_request(codec, handler, Body::Stream)
+        self.single_request(codec, handler, Body::Stream, CallKind::ServerStreaming)
     }
 
     /// Handles a client-streaming method.
@@ -233,7 +238,7 @@ impl ServerCall {
         F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
         Fut: Future<Output = Result<Response<C::Encode>, Status>> + Send,
     {
-        self.request_stream(codec, handler, Body::One)
+        self.request_stream(codec, handler, Body::One, CallKind::ClientStreaming)
     }
 
     /// Handles a bidirectional-streaming method.
@@ -243,7 +248,7 @@ impl ServerCall {
         F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
         Fut: Future<Output = Result<Response<ResponseStream<C::Encode>>, Status>> + Send,
     {
-        self.request_stream(codec, handler, Body::Stream)
+        self.request_stream(codec, handler, Body::Stream, CallKind::BidiStreaming)
     }
 
     // These build the call's task without `async fn` layers of their own: each layer would
@@ -256,6 +261,7 @@ impl ServerCall {
         codec: C,
         handler: F,
         body: fn(R) -> Body<C::Encode>,
+        kind: CallKind,
     ) -> impl Future<Output = ()> + Send
     where
         C: Codec + Clone,
@@ -266,55 +272,68 @@ impl ServerCall {
             let message = request.get_mut().single("request").await?;
             handler(request.map(|_| message)).await
         };
-        self.request_stream(codec, read_then_handle, body)
+        self.request_stream(codec, read_then_handle, body, kind)
     }
 
-    /// Methods with a request stream: the handler reads it.
+    /// Methods with a request stream: the handler reads it. Through the server's middleware
+    /// if it has any.
     fn request_stream<C, F, Fut, R>(
         self,
         codec: C,
         handler: F,
         body: fn(R) -> Body<C::Encode>,
+        kind: CallKind,
     ) -> impl Future<Output = ()> + Send
     where
         C: Codec + Clone,
         F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
         Fut: Future<Output = Result<Response<R>, Status>> + Send,
     {
-        let (request, responder) = self.split(codec.clone());
+        if !self.shared.call.middleware.is_empty() {
+            return Either::Right(self.through_chain(codec, handler, body, kind));
+        }
+        let (requests, head, ended, responder) = self.into_parts(codec.clone(), kind);
+        let request = Request::from_server_parts(
+            requests,
+            head.metadata,
+            head.extensions,
+            head.deadline.map(|d| (d, responder.shared.runtime.clone())),
+            head.remote_addr,
+            ended,
+        );
         let work = handler(request).map(move |result| result.map(|r| r.map(body)));
-        responder.run(codec, work)
+        Either::Left(responder.run(codec, work))
     }
 
-    /// Runs the server's interceptors; `None` when one rejected the call (it is answered).
-    async fn intercept(mut self) -> Option<ServerCall> {
-        let mut head = CallHead {
-            path: self.path,
-            metadata: self.metadata,
-            extensions: self.extensions,
-            deadline: self.deadline,
-            remote_addr: Some(self.remote_addr.clone()),
+    /// The call handed to the server's middleware, with the handler at the chain's end.
+    fn through_chain<C, F, Fut, R>(
+        self,
+        codec: C,
+        handler: F,
+        body: fn(R) -> Body<C::Encode>,
+        kind: CallKind,
+    ) -> impl Future<Output = ()> + Send
+    where
+        C: Codec + Clone,
+        F: FnOnce(Request<Streaming<C::Decode>>) -> Fut + Send,
+        Fut: Future<Output = Result<Response<R>, Status>> + Send,
+    {
+        let (requests, head, ended, responder) = self.into_parts(BytesCodec, kind);
+        let shared = responder.shared.clone();
+        let handler = Handler {
+            codec,
+            handler: Mutex::new(Some(handler)),
+            body,
+            ended,
+            clock: shared.runtime.clone(),
+            _future: PhantomData,
         };
-        // Interceptors may wait (an auth lookup, a slow backend's delay): a client that
-        // cancels, or a deadline that passes, ends them as it would end the handler.
-        let run = interceptor::run(&self.shared.call.interceptors, &mut head);
-        let deadline = Deadline::new(&*self.shared.runtime, self.deadline);
-        let status = match Bounded::new(run, deadline, &mut self.respond).await {
-            Ok(Ok(())) => None,
-            Ok(Err(status)) => Some(status),
-            Err(Cut::Cancelled) => return None,
-            Err(Cut::DeadlineExceeded) => Some(Status::deadline_exceeded(
-                "deadline exceeded in an interceptor",
-            )),
+        let work = async move {
+            let call = Call::new(head, Messages::wire(requests));
+            let reply = middleware::run(&shared.call.middleware, &handler, call).await;
+            reply.map(|response| response.map(Body::Encoded))
         };
-        if let Some(status) = status {
-            fail(&mut self.respond, &mut self.tally, &status, None);
-            return None;
-        }
-        self.path = head.path;
-        self.metadata = head.metadata;
-        self.extensions = head.extensions;
-        Some(self)
+        responder.run(BytesCodec, work)
     }
 
     /// Ends the call with `UNIMPLEMENTED` (an unknown method of a known service).

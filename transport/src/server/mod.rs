@@ -1,6 +1,7 @@
 //! The server: [`Server`] accepts connections and routes each call to a [`Service`].
 
 mod call;
+mod chain;
 mod inline;
 mod respond;
 

@@ -9,12 +9,14 @@ use std::{
 };
 
 use anygrpc_codec::{
+    codec::BytesCodec,
     compression,
     frame::Encoder,
     headers::{self, GRPC_ACCEPT_ENCODING, GRPC_ENCODING},
     Code, Codec,
 };
 use bytes::Bytes;
+use futures_core::Stream;
 use futures_util::StreamExt;
 use h2::{server::SendResponse, SendStream};
 use http::{header::CONTENT_TYPE, HeaderMap, HeaderValue, StatusCode};
@@ -24,7 +26,8 @@ use crate::{
     cancel::CancelOnDrop,
     channelz::CallTally,
     limits::{poll_cut, Bounded, Cut, Deadline, Uncancelled},
-    metrics::Measure,
+    metrics::{Measure, Traffic},
+    middleware::Messages,
     send::{append_ready, send_message, Gathered},
     Response, ResponseStream, Status,
 };
@@ -33,6 +36,8 @@ use crate::{
 pub(super) enum Body<T> {
     One(T),
     Stream(ResponseStream<T>),
+    /// Messages already encoded (a call through middleware).
+    Encoded(Messages),
 }
 
 /// Ends a call with a status and no messages, in a single HEADERS frame.
@@ -99,19 +104,12 @@ impl Responder {
         let Responder {
             shared,
             mut respond,
-            mut deadline,
+            deadline,
             accept_encoding,
             mut tally,
             // Held to the end of the response: the call's context ends with it.
             ends_context: _ends_context,
         } = self;
-        let traffic = tally.measure().and_then(Measure::traffic);
-        let count_sent = |frame: &Bytes| {
-            if let Some(traffic) = traffic {
-                traffic.sent_frames(frame);
-            }
-        };
-
         let encoding = response
             .compression()
             .or(shared.call.send_compression)
@@ -130,7 +128,7 @@ impl Responder {
             shared.call.compression.accept_encoding().clone(),
         );
         *head.status_mut() = StatusCode::OK;
-        let mut send = match respond.send_response(head, false) {
+        let send = match respond.send_response(head, false) {
             Ok(send) => send,
             Err(err) => {
                 tracing::debug!(error = %err, "could not send response headers");
@@ -138,41 +136,35 @@ impl Responder {
             }
         };
         let compress = compressor.is_some();
+        let mut out = Out {
+            send,
+            deadline,
+            traffic: tally.measure().and_then(Measure::traffic).cloned(),
+        };
         let mut encoder = Encoder::new(compressor, shared.call.max_send_message_size)
             .with_pool(shared.call.frame_pool.clone());
         let status = match body {
             Body::One(message) => match encoder.encode(&codec, message, compress) {
-                Ok(frame) => {
-                    count_sent(&frame);
-                    match send_before(&mut deadline, &mut send, frame).await {
-                        Ok(()) => Ok(()),
-                        Err(cut) => return finish(&mut send, cut, &mut tally),
-                    }
-                }
+                Ok(frame) => match out.send(frame).await {
+                    Ok(()) => Ok(()),
+                    Err(cut) => return finish(&mut out.send, cut, &mut tally),
+                },
                 Err(status) => Err(status),
             },
-            Body::Stream(mut messages) => loop {
-                let first = match Bounded::new(messages.next(), &mut deadline, &mut send).await {
-                    Ok(Some(Ok(message))) => message,
-                    Ok(None) => break Ok(()),
-                    Ok(Some(Err(status))) => break Err(status),
-                    Err(cut) => return finish(&mut send, cut, &mut tally),
-                };
-                if let Err(status) = encoder.append(&codec, first, compress) {
-                    break Err(status);
+            Body::Stream(mut messages) => {
+                let sent = send_all(&codec, &mut messages, &mut encoder, compress, &mut out);
+                match sent.await {
+                    Ok(status) => status,
+                    Err(cut) => return finish(&mut out.send, cut, &mut tally),
                 }
-                let gathered = append_ready(&mut encoder, &codec, compress, &mut messages);
-                let frame = encoder.take();
-                count_sent(&frame);
-                if let Err(cut) = send_before(&mut deadline, &mut send, frame).await {
-                    return finish(&mut send, cut, &mut tally);
+            }
+            Body::Encoded(mut messages) => {
+                let sent = send_all(&BytesCodec, &mut messages, &mut encoder, compress, &mut out);
+                match sent.await {
+                    Ok(status) => status,
+                    Err(cut) => return finish(&mut out.send, cut, &mut tally),
                 }
-                match gathered {
-                    Gathered::More => {}
-                    Gathered::End => break Ok(()),
-                    Gathered::Fail(status) => break Err(status),
-                }
-            },
+            }
         };
         let code = status.as_ref().map_or_else(Status::code, |()| Code::Ok);
         let trailer_map = match status {
@@ -183,7 +175,7 @@ impl Responder {
                 map
             }
         };
-        match send.send_trailers(trailer_map) {
+        match out.send.send_trailers(trailer_map) {
             Ok(()) => tally.end(code),
             Err(err) => tracing::debug!(error = %err, "could not send trailers"),
         }
@@ -270,17 +262,59 @@ where
     }
 }
 
-/// Sends one message, giving up at the deadline or when the client cancels.
-async fn send_before(
-    deadline: &mut Deadline,
-    send: &mut SendStream<Bytes>,
-    frame: Bytes,
-) -> Result<(), Cut> {
-    match Bounded::new(send_message(send, frame, false), deadline, Uncancelled).await {
-        Ok(Ok(())) => Ok(()),
-        // The stream was reset: the client cancelled.
-        Ok(Err(_)) => Err(Cut::Cancelled),
-        Err(cut) => Err(cut),
+/// Where a response's messages go: the stream, under the deadline, counted if measured.
+struct Out {
+    send: SendStream<Bytes>,
+    deadline: Deadline,
+    traffic: Option<Arc<Traffic>>,
+}
+
+impl Out {
+    /// Sends one frame, giving up at the deadline or when the client cancels.
+    async fn send(&mut self, frame: Bytes) -> Result<(), Cut> {
+        if let Some(traffic) = &self.traffic {
+            traffic.sent_frames(&frame);
+        }
+        let sending = send_message(&mut self.send, frame, false);
+        match Bounded::new(sending, &mut self.deadline, Uncancelled).await {
+            Ok(Ok(())) => Ok(()),
+            // The stream was reset: the client cancelled.
+            Ok(Err(_)) => Err(Cut::Cancelled),
+            Err(cut) => Err(cut),
+        }
+    }
+}
+
+/// Sends a stream of response messages, each frame carrying every message ready at once;
+/// `Ok` with the status the stream ended with, `Err` when the call was cut.
+async fn send_all<C, S>(
+    codec: &C,
+    messages: &mut S,
+    encoder: &mut Encoder,
+    compress: bool,
+    out: &mut Out,
+) -> Result<Result<(), Status>, Cut>
+where
+    C: Codec,
+    S: Stream<Item = Result<C::Encode, Status>> + Unpin,
+{
+    loop {
+        let next = Bounded::new(messages.next(), &mut out.deadline, &mut out.send);
+        let first = match next.await? {
+            Some(Ok(message)) => message,
+            None => return Ok(Ok(())),
+            Some(Err(status)) => return Ok(Err(status)),
+        };
+        if let Err(status) = encoder.append(codec, first, compress) {
+            return Ok(Err(status));
+        }
+        let gathered = append_ready(encoder, codec, compress, messages);
+        out.send(encoder.take()).await?;
+        match gathered {
+            Gathered::More => {}
+            Gathered::End => return Ok(Ok(())),
+            Gathered::Fail(status) => return Ok(Err(status)),
+        }
     }
 }
 
