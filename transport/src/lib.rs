@@ -23,6 +23,7 @@ pub mod channelz;
 pub mod client;
 mod connection;
 mod context;
+pub mod credentials;
 #[cfg(feature = "dynamic")]
 pub mod dynamic;
 pub mod error_details;

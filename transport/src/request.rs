@@ -7,6 +7,7 @@ use futures_core::Stream;
 
 use crate::{
     client::CancelToken,
+    credentials::CallCredentials,
     rt::{Address, Runtime},
     CallContext, MetadataMap, Status,
 };
@@ -32,6 +33,8 @@ pub struct Request<T> {
     context_cancel: Option<CancelToken>,
     /// `None` until set: the method's service config decides.
     wait_for_ready: Option<bool>,
+    /// Client: sent beside the channel's call credentials.
+    call_credentials: Option<Arc<dyn CallCredentials>>,
 }
 
 impl<T> Request<T> {
@@ -48,6 +51,7 @@ impl<T> Request<T> {
             cancel: None,
             context_cancel: None,
             wait_for_ready: None,
+            call_credentials: None,
         }
     }
 
@@ -110,6 +114,18 @@ impl<T> Request<T> {
     /// request; `None` if not set.
     pub fn wait_for_ready(&self) -> Option<bool> {
         self.wait_for_ready
+    }
+
+    /// Client: call credentials this call sends, after the channel's (see
+    /// [`credentials`](crate::credentials)). Credentials that require transport security end
+    /// the call `UNAUTHENTICATED` on a plaintext channel unless it allows them.
+    pub fn set_call_credentials(&mut self, credentials: Arc<dyn CallCredentials>) {
+        self.call_credentials = Some(credentials);
+    }
+
+    /// The call's own credentials, taken for the call.
+    pub(crate) fn take_call_credentials(&mut self) -> Option<Arc<dyn CallCredentials>> {
+        self.call_credentials.take()
     }
 
     /// Client: bounds the call by `deadline`, as a context's deadline does.
@@ -177,6 +193,7 @@ impl<T> Request<T> {
             cancel: self.cancel,
             context_cancel: self.context_cancel,
             wait_for_ready: self.wait_for_ready,
+            call_credentials: self.call_credentials,
         }
     }
 
@@ -200,6 +217,7 @@ impl<T> Request<T> {
             cancel: None,
             context_cancel: Some(ended),
             wait_for_ready: None,
+            call_credentials: None,
         }
     }
 }

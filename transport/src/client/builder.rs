@@ -20,6 +20,7 @@ use super::core::{Core, CoreConfig};
 use super::{Channel, ChannelInner, DEFAULT_IDLE_TIMEOUT};
 use crate::{
     channelz::ChannelNode,
+    credentials::{compose, CallCredentials, ChannelCredentials},
     settings::{call_setters, CallSettings},
     Status,
 };
@@ -53,6 +54,8 @@ pub struct ChannelBuilder {
     idle_timeout: Option<Duration>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ClientTlsConfig>,
+    call_credentials: Option<Arc<dyn CallCredentials>>,
+    insecure_call_credentials: bool,
     #[cfg(feature = "opentelemetry")]
     metrics: Option<crate::metrics::Metrics>,
 }
@@ -107,6 +110,8 @@ impl ChannelBuilder {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             #[cfg(feature = "tls")]
             tls: None,
+            call_credentials: None,
+            insecure_call_credentials: false,
             #[cfg(feature = "opentelemetry")]
             metrics: None,
         }
@@ -285,6 +290,33 @@ impl ChannelBuilder {
         self
     }
 
+    /// Adds call credentials that every call on the channel sends, asked on each attempt
+    /// after any added before (see [`credentials`](crate::credentials)).
+    pub fn call_credentials(mut self, credentials: impl CallCredentials) -> Self {
+        self.call_credentials = compose(self.call_credentials.take(), Some(Arc::new(credentials)));
+        self
+    }
+
+    /// Secures the channel and adds call credentials as `credentials` says: TLS (as
+    /// [`tls`](Self::tls)) or plaintext, then its call credentials (as
+    /// [`call_credentials`](Self::call_credentials)).
+    pub fn credentials(mut self, credentials: ChannelCredentials) -> Self {
+        #[cfg(feature = "tls")]
+        {
+            self.tls = credentials.tls;
+        }
+        self.call_credentials = compose(self.call_credentials.take(), credentials.call);
+        self
+    }
+
+    /// Lets call credentials that require transport security travel on a plaintext channel,
+    /// for local testing. Without it such credentials fail the channel's build (the
+    /// channel's own) or the call (`UNAUTHENTICATED`, a call's own).
+    pub fn allow_insecure_call_credentials(mut self, allow: bool) -> Self {
+        self.insecure_call_credentials = allow;
+        self
+    }
+
     /// Builds the channel without connecting; the first call connects.
     ///
     /// A malformed target or a bad setting is `INVALID_ARGUMENT`.
@@ -336,6 +368,17 @@ impl ChannelBuilder {
             settings.tls = Some(tls.connector(host)?);
             scheme = Scheme::HTTPS;
         }
+        let secure = scheme == Scheme::HTTPS || self.insecure_call_credentials;
+        if !secure
+            && self
+                .call_credentials
+                .as_ref()
+                .is_some_and(|c| c.requires_transport_security())
+        {
+            return Err(Status::invalid_argument(
+                "the channel's call credentials require transport security: use TLS, or allow_insecure_call_credentials for local testing",
+            ));
+        }
         settings.scheme = scheme.clone();
         settings.authority = authority.clone();
         settings.user_agent = user_agent.clone();
@@ -361,6 +404,8 @@ impl ChannelBuilder {
                 authority,
                 user_agent,
                 call: self.call,
+                call_credentials: self.call_credentials,
+                secure,
                 max_attempts: self.max_attempts,
                 retry_buffer_per_call: self.retry_buffer_per_call,
                 retry_budget: BufferBudget::new(self.retry_buffer_per_channel),

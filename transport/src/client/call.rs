@@ -25,7 +25,10 @@ use super::{
     Channel, Grpc,
 };
 use crate::{
-    channelz::CallTally, metrics::Measure, MetadataMap, Request, Response, Status, Streaming,
+    channelz::CallTally,
+    credentials::{self, CallCredentials, CallInfo},
+    metrics::Measure,
+    MetadataMap, Request, Response, Status, Streaming,
 };
 
 impl Grpc {
@@ -108,6 +111,12 @@ impl Grpc {
             .or(method.and_then(|m| m.wait_for_ready))
             .unwrap_or(false);
         let deadline = deadline_after(timeout);
+        let credentials = match request.take_call_credentials() {
+            Some(own) if own.requires_transport_security() && !inner.secure => {
+                return Err(credentials::insecure());
+            }
+            own => credentials::compose(inner.call_credentials.clone(), own),
+        };
         if metadata.encoded_len() > inner.call.max_header_list_size as usize {
             return Err(Status::resource_exhausted(format!(
                 "request metadata of {} bytes exceeds the header list limit of {} bytes",
@@ -159,6 +168,7 @@ impl Grpc {
             policy: method.and_then(|m| m.attempts.clone()),
             throttle: config.throttle.clone(),
             measure: tally.measure().cloned(),
+            credentials,
         })
     }
 
@@ -171,6 +181,10 @@ impl Grpc {
     ) -> Result<Opened, Status> {
         let mut request_head = Some(request());
         let inner = &self.channel.inner;
+        let credentials = match &call.credentials {
+            Some(credentials) => Some(self.ask(&**credentials, call).await?.into_headers()),
+            None => None,
+        };
         // A connection found closing (GOAWAY) or gone before the stream opens never saw the
         // call, so the call picks again, as often as it takes (a transparent retry, gRFC A6;
         // the caller bounds the call by its deadline). The closed connection is taken out of
@@ -184,6 +198,12 @@ impl Grpc {
             let opened = match picked.send.clone().ready().await {
                 Ok(mut ready) => {
                     let mut head = request_head.take().unwrap_or_else(&request);
+                    if let Some(credentials) = &credentials {
+                        let headers = head.headers_mut();
+                        for (key, value) in credentials {
+                            headers.append(key, value.clone());
+                        }
+                    }
                     if let Some(deadline) = call.deadline {
                         let left = deadline.saturating_duration_since(self.runtime().now());
                         headers::set_timeout(head.headers_mut(), left);
@@ -223,6 +243,28 @@ impl Grpc {
             response,
             tracking,
         })
+    }
+
+    /// Asks `credentials` for an attempt's metadata, with the service URL and the method.
+    async fn ask(
+        &self,
+        credentials: &dyn CallCredentials,
+        call: &Prepared,
+    ) -> Result<MetadataMap, Status> {
+        let inner = &self.channel.inner;
+        let path = call.request.uri().path();
+        let service = path.rfind('/').map_or(path, |at| &path[..at]);
+        let authority = inner.authority.as_str();
+        let host = authority.strip_suffix(":443").unwrap_or(authority);
+        let info = CallInfo {
+            service_url: format!("https://{host}{service}"),
+            method: path.to_owned(),
+            now: self.runtime().now(),
+        };
+        credentials
+            .metadata(&info)
+            .await
+            .map_err(credentials::failed)
     }
 
     /// A unary call: one request message, one response message. Retried or hedged as the

@@ -88,7 +88,11 @@ fn request_of<T>(head: CallHead, message: T) -> Request<T> {
     let ClientOptions {
         cancel,
         wait_for_ready,
+        credentials,
     } = head.client;
+    if let Some(credentials) = credentials {
+        request.set_call_credentials(credentials);
+    }
     if let Some(cancel) = cancel {
         request.set_cancel_token(cancel);
     }
@@ -118,6 +122,7 @@ impl Grpc {
         let client = ClientOptions {
             cancel: request.take_cancel_token(),
             wait_for_ready: request.wait_for_ready(),
+            credentials: request.take_call_credentials(),
         };
         let head = CallHead {
             path,

@@ -43,7 +43,7 @@ use http::{
     HeaderValue,
 };
 
-use crate::{metrics::Recorder, settings::CallSettings};
+use crate::{credentials::CallCredentials, metrics::Recorder, settings::CallSettings};
 use core::Core;
 
 struct ChannelInner {
@@ -55,6 +55,11 @@ struct ChannelInner {
     authority: Authority,
     user_agent: HeaderValue,
     call: CallSettings,
+    /// Sent by every call, asked on each attempt.
+    call_credentials: Option<Arc<dyn CallCredentials>>,
+    /// Whether call credentials that require transport security may be sent (TLS, or
+    /// allowed on plaintext).
+    secure: bool,
     max_attempts: u32,
     retry_buffer_per_call: usize,
     retry_budget: BufferBudget,

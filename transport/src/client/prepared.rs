@@ -7,7 +7,10 @@ use anygrpc_codec::frame::Encoder;
 use anygrpc_lb::{AttemptPolicy, Throttle};
 
 use super::CancelToken;
-use crate::metrics::{Another, ClientCall, Measure};
+use crate::{
+    credentials::CallCredentials,
+    metrics::{Another, ClientCall, Measure},
+};
 
 /// A call ready to make attempts: its request head, options and retry plan.
 pub(super) struct Prepared {
@@ -24,6 +27,8 @@ pub(super) struct Prepared {
     pub(super) throttle: Option<Arc<Throttle>>,
     /// The call's metrics, if measured: each attempt starts its own from it.
     pub(super) measure: Option<Measure>,
+    /// The channel's and the call's credentials, asked on each attempt.
+    pub(super) credentials: Option<Arc<dyn CallCredentials>>,
 }
 
 impl Prepared {

@@ -99,6 +99,7 @@ pub struct CallHead {
 pub(crate) struct ClientOptions {
     pub(crate) cancel: Option<CancelToken>,
     pub(crate) wait_for_ready: Option<bool>,
+    pub(crate) credentials: Option<Arc<dyn crate::credentials::CallCredentials>>,
 }
 
 impl CallHead {
