@@ -49,7 +49,7 @@ bash tests/interop/run.sh 2>&1 | tee -a "$results"
 step "observability: reflection, rich error details and channelz read by the C-core's Python tools"
 bash tests/interop/observability.sh
 
-step "examples: the demo, load balancing, a custom resolver and policy, retries and hedging, keepalive, graceful shutdown, observability, every runtime's client"
+step "examples: the demo, load balancing, a custom resolver and policy, retries and hedging, keepalive, graceful shutdown, observability, middleware, propagation, call credentials, every runtime's client"
 cargo run --locked -q -p anygrpc-examples --bin demo
 cargo run --locked -q -p anygrpc-examples --bin route-guide
 cargo run --locked -q -p anygrpc-examples --bin load-balancing
@@ -58,6 +58,9 @@ cargo run --locked -q -p anygrpc-examples --bin retries
 cargo run --locked -q -p anygrpc-examples --bin keepalive
 cargo run --locked -q -p anygrpc-examples --bin graceful-shutdown -- --demo
 cargo run --locked -q -p anygrpc-examples --bin observability
+cargo run --locked -q -p anygrpc-examples --bin middleware
+cargo run --locked -q -p anygrpc-examples --bin propagation
+cargo run --locked -q -p anygrpc-examples --bin credentials
 cargo run --locked -q -p anygrpc-examples --bin client-smol
 cargo run --locked -q -p anygrpc-examples --bin client-blocking
 cargo run --locked -q -p anygrpc-examples --features tokio --bin client-tokio

@@ -39,6 +39,16 @@ pub struct CallInfo {
 }
 
 impl CallInfo {
+    /// What an attempt of `method` to `service_url` tells credentials at `now` (for code
+    /// that asks credentials itself: a middleware, a test).
+    pub fn new(service_url: impl Into<String>, method: impl Into<String>, now: Instant) -> Self {
+        CallInfo {
+            service_url: service_url.into(),
+            method: method.into(),
+            now,
+        }
+    }
+
     /// The service's URL, `https://{authority}/{package.Service}` (a `:443` port left out), the
     /// audience a JWT is usually made for (as grpc-go and the C-core name it).
     pub fn service_url(&self) -> &str {

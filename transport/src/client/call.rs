@@ -256,11 +256,11 @@ impl Grpc {
         let service = path.rfind('/').map_or(path, |at| &path[..at]);
         let authority = inner.authority.as_str();
         let host = authority.strip_suffix(":443").unwrap_or(authority);
-        let info = CallInfo {
-            service_url: format!("https://{host}{service}"),
-            method: path.to_owned(),
-            now: self.runtime().now(),
-        };
+        let info = CallInfo::new(
+            format!("https://{host}{service}"),
+            path,
+            self.runtime().now(),
+        );
         credentials
             .metadata(&info)
             .await
