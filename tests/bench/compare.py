@@ -13,7 +13,8 @@ Measurements, each repeated --rounds times with the implementations alternated A
   - unary and bidi C=64 with the load generator and the server pinned to a core each
     (`taskset`), as two one-core machines, with the server's CPU time per call;
   - peak RSS of each server idle and after the load; heap allocations per call;
-then the tables of real_loads.py: handlers and callers that compute, and large messages; and
+then the tables of real_loads.py: handlers and callers that compute, and large messages;
+middleware_cost.py's unary C=64 with and without a pass-through middleware; and
 instructions.py's count of instructions per unary RPC under callgrind.
 """
 
@@ -26,6 +27,7 @@ import tempfile
 import time
 
 import instructions
+import middleware_cost
 import real_loads
 from harness import CLIENT_CPU, SERVER_CPU, Server, check_grpc_status, client, grpc_frame, h2load, ratio
 
@@ -35,9 +37,10 @@ def main():
     p.add_argument("--tonic-bin", required=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=int, default=5)
-    p.add_argument("--sections", default="echo,work,large,instructions",
+    p.add_argument("--sections", default="echo,work,large,middleware,instructions",
                    help="which tables to measure: echo (every table above), work (handler- and "
                         "reply-bound loads), large (1 MiB unary, 4 MiB server streaming), "
+                        "middleware (unary C=64 with and without a pass-through middleware), "
                         "instructions (per unary RPC, under callgrind)")
     args = p.parse_args()
     sections = set(args.sections.split(","))
@@ -49,6 +52,8 @@ def main():
         out += real_loads.work_tables(args)
     if "large" in sections:
         out += real_loads.large_tables(args)
+    if "middleware" in sections:
+        out += middleware_cost.middleware_tables(args)
     if "instructions" in sections:
         out += instructions.instruction_tables(args)
     print("\n".join(out))

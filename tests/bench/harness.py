@@ -9,7 +9,8 @@ import time
 
 PORTS = {"anygrpc": 50161, "tonic": 50162, "h2": 50163, "anygrpc-tokio": 50164,
          "anygrpc-1cpu": 50165, "tonic-1cpu": 50166,
-         "anygrpc-work50": 50167, "tonic-work50": 50168, "anygrpc-work200": 50169, "tonic-work200": 50170}
+         "anygrpc-work50": 50167, "tonic-work50": 50168, "anygrpc-work200": 50169, "tonic-work200": 50170,
+         "anygrpc-mw": 50171, "anygrpc-before": 50172}
 # The pinned measurements: the server on one CPU, the load generator on the other.
 SERVER_CPU, CLIENT_CPU = ["taskset", "-c", "1"], ["taskset", "-c", "0"]
 

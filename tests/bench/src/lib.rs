@@ -21,8 +21,8 @@ pub mod pb {
 use common::{Report, CALLS};
 use pb::{bench_client::BenchClient, Payload, StreamRequest};
 
-/// The server's builder with the benchmark service, and the address from `--addr HOST:PORT`
-/// (default 127.0.0.1:50051).
+/// The server's builder with the benchmark service (and `--middleware N` pass-through
+/// middleware), and the address from `--addr HOST:PORT` (default 127.0.0.1:50051).
 pub fn server_from_args(
 ) -> Result<(anygrpc::Server, std::net::SocketAddr), std::net::AddrParseError> {
     let args: Vec<String> = std::env::args().collect();
@@ -32,6 +32,9 @@ pub fn server_from_args(
     common::read_server_work(&args);
     let mut builder =
         anygrpc::Server::builder().add_service(pb::bench_server::BenchServer::new(BenchService));
+    for _ in 0..common::number(&args, "middleware", 0) {
+        builder = builder.middleware(PassThrough);
+    }
     // `--slow-first-poll-us`: the instruction count's run under callgrind scales it to
     // valgrind's slowdown (see `instructions.py`).
     if let Some(us) = common::flag(&args, "slow-first-poll-us") {
@@ -41,6 +44,21 @@ pub fn server_from_args(
         builder = builder.slow_first_poll(std::time::Duration::from_micros(us));
     }
     Ok((builder, addr))
+}
+
+/// A middleware that calls through and changes nothing: what `--middleware N` installs N
+/// times, to measure what the chain itself costs.
+#[derive(Debug, Clone, Copy)]
+pub struct PassThrough;
+
+impl anygrpc::middleware::Middleware for PassThrough {
+    fn call<'a>(
+        &'a self,
+        call: anygrpc::middleware::Call,
+        next: anygrpc::middleware::Next<'a>,
+    ) -> anygrpc::rt::BoxFuture<'a, anygrpc::middleware::Reply> {
+        next.run(call)
+    }
 }
 
 /// The benchmark service.
@@ -181,14 +199,17 @@ fn load_flags() -> (Vec<String>, common::Load, Drive) {
 /// spawned workers) on `runtime`, and prints one JSON line.
 ///
 /// `--addr HOST:PORT --mode unary|server-stream|client-stream|bidi --concurrency C
-/// --duration-secs D --size S [--connections N] [--caller-thread]`
+/// --duration-secs D --size S [--connections N] [--caller-thread] [--middleware N]`
 pub fn client_main(runtime: Arc<dyn Runtime>, name: &str) {
     let (args, load, drive) = load_flags();
+    let middleware = common::number(&args, "middleware", 0);
     let channels = (0..load.connections)
         .map(|_| {
-            anygrpc::Channel::builder(&load.addr)
+            let builder = anygrpc::Channel::builder(&load.addr)
                 .runtime(runtime.clone())
-                .max_recv_message_size(common::MAX_MESSAGE)
+                .max_recv_message_size(common::MAX_MESSAGE);
+            (0..middleware)
+                .fold(builder, |b, _| b.middleware(PassThrough))
                 .connect_lazy()
                 .map(BenchClient::new)
         })
