@@ -2,7 +2,7 @@
 //! config, the request head), its four shapes, and its count in channelz and the
 //! metrics.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anygrpc_codec::{
     frame::Encoder,
@@ -269,15 +269,15 @@ impl Grpc {
 
     /// A unary call: one request message, one response message. Retried or hedged as the
     /// method's service config says.
-    pub async fn unary<C: Codec + Clone>(
+    pub fn unary<C: Codec + Clone>(
         &self,
         path: PathAndQuery,
         codec: C,
         request: Request<C::Encode>,
-    ) -> Result<Response<C::Decode>, Status> {
+    ) -> impl Future<Output = Result<Response<C::Decode>, Status>> + Send + '_ {
         match self.has_middleware() {
-            true => self.unary_chained(path, codec, request).await,
-            false => self.unary_direct(path, codec, request).await,
+            true => Either::Left(self.unary_chained(path, codec, request)),
+            false => Either::Right(self.unary_direct(path, codec, request)),
         }
     }
 
@@ -312,15 +312,15 @@ impl Grpc {
 
     /// A server-streaming call: one request message, a stream of responses. Retried or hedged
     /// until the response head arrives, as the method's service config says.
-    pub async fn server_streaming<C: Codec + Clone>(
+    pub fn server_streaming<C: Codec + Clone>(
         &self,
         path: PathAndQuery,
         codec: C,
         request: Request<C::Encode>,
-    ) -> Result<Response<Streaming<C::Decode>>, Status> {
+    ) -> impl Future<Output = Result<Response<Streaming<C::Decode>>, Status>> + Send + '_ {
         match self.has_middleware() {
-            true => self.server_streaming_chained(path, codec, request).await,
-            false => self.server_streaming_direct(path, codec, request).await,
+            true => Either::Left(self.server_streaming_chained(path, codec, request)),
+            false => Either::Right(self.server_streaming_direct(path, codec, request)),
         }
     }
 
@@ -438,19 +438,19 @@ impl Grpc {
 
     /// A client-streaming call: a stream of requests, one response. Retried or hedged until
     /// the response head arrives, as the method's service config says.
-    pub async fn client_streaming<C, S>(
+    pub fn client_streaming<C, S>(
         &self,
         path: PathAndQuery,
         codec: C,
         request: Request<S>,
-    ) -> Result<Response<C::Decode>, Status>
+    ) -> impl Future<Output = Result<Response<C::Decode>, Status>> + Send + '_
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
         match self.has_middleware() {
-            true => self.client_streaming_chained(path, codec, request).await,
-            false => self.client_streaming_direct(path, codec, request).await,
+            true => Either::Left(self.client_streaming_chained(path, codec, request)),
+            false => Either::Right(self.client_streaming_direct(path, codec, request)),
         }
     }
 
@@ -492,19 +492,19 @@ impl Grpc {
     /// stream is open (under a retry policy, at once: its attempts run in a task of their
     /// own); the response head is read with the first message, or with
     /// [`Streaming::headers`].
-    pub async fn streaming<C, S>(
+    pub fn streaming<C, S>(
         &self,
         path: PathAndQuery,
         codec: C,
         request: Request<S>,
-    ) -> Result<Response<Streaming<C::Decode>>, Status>
+    ) -> impl Future<Output = Result<Response<Streaming<C::Decode>>, Status>> + Send + '_
     where
         C: Codec + Clone,
         S: Stream<Item = C::Encode> + Send + 'static,
     {
         match self.has_middleware() {
-            true => self.streaming_chained(path, codec, request).await,
-            false => self.streaming_direct(path, codec, request).await,
+            true => Either::Left(self.streaming_chained(path, codec, request)),
+            false => Either::Right(self.streaming_direct(path, codec, request)),
         }
     }
 
