@@ -4,7 +4,7 @@
 //!
 //! Both sides take a synchronous [`Interceptor`] (any `Fn(&mut CallHead) -> Result<(), Status>`
 //! closure) or an [`AsyncInterceptor`] for work that awaits (token refresh, a remote check).
-//! Each is a [`Middleware`](crate::middleware::Middleware) that changes the head and calls
+//! Each is a [`Middleware`] that changes the head and calls
 //! on, so it runs where it was added among the side's middleware; an error ends the call with
 //! that status.
 
