@@ -176,6 +176,10 @@ pub struct Deframer {
     buffered: Segments,
     header: Option<(bool, usize)>,
     max_message_size: usize,
+    /// Where a large message spread over several chunks is joined, when it is.
+    pool: Option<FramePool>,
+    /// A large message being copied into one of the pool's free buffers as its chunks arrive.
+    joining: Option<BytesMut>,
 }
 
 impl Deframer {
@@ -185,11 +189,28 @@ impl Deframer {
             buffered: Segments::default(),
             header: None,
             max_message_size,
+            pool: None,
+            joining: None,
         }
     }
 
+    /// Joins large messages that arrive in several chunks in buffers from `pool` (each such
+    /// copy otherwise maps fresh memory, and its pages fault in on first touch). A message
+    /// whose length is known while the pool has a free buffer that holds it is copied into
+    /// that buffer chunk by chunk as it arrives, as the reads of the rest go on; one that
+    /// arrives whole, or finds no free buffer, is joined when a codec needs it in one buffer
+    /// ([`Segments`]). Only free buffers are taken early, so a peer that declares large
+    /// messages and sends nothing makes the deframer allocate nothing.
+    pub fn set_pool(&mut self, pool: FramePool) {
+        self.pool = Some(pool);
+    }
+
     /// Adds received bytes.
-    pub fn push(&mut self, chunk: Bytes) {
+    pub fn push(&mut self, mut chunk: Bytes) {
+        if let (Some(joined), Some((_, len))) = (self.joining.as_mut(), self.header) {
+            let n = (len - joined.len()).min(chunk.len());
+            joined.extend_from_slice(&chunk.split_to(n));
+        }
         self.buffered.push(chunk);
     }
 
@@ -237,14 +258,39 @@ impl Deframer {
                 (compressed, len)
             }
         };
-        if self.buffered.remaining() < len {
+        if let Some(pool) = self.pool.as_ref() {
+            if self.joining.is_none()
+                && len >= FramePool::MIN_POOLED
+                && self.buffered.remaining() < len
+            {
+                // What has arrived is all this message's: copy it now, the rest as it comes.
+                if let Some(mut joined) = pool.take(len) {
+                    while self.buffered.has_remaining() {
+                        let chunk = self.buffered.chunk();
+                        let n = chunk.len();
+                        joined.extend_from_slice(chunk);
+                        self.buffered.advance(n);
+                    }
+                    self.joining = Some(joined);
+                }
+            }
+            if let Some(joined) = self.joining.take_if(|joined| joined.len() == len) {
+                self.header = None;
+                let data = Segments::single(pool.freeze(joined));
+                return Ok(Some(Frame { compressed, data }));
+            }
+        }
+        if self.joining.is_some() || self.buffered.remaining() < len {
             return Ok(None);
         }
         self.header = None;
-        Ok(Some(Frame {
-            compressed,
-            data: self.buffered.split_to(len),
-        }))
+        let mut data = self.buffered.split_to(len);
+        if let Some(pool) = self.pool.as_ref().filter(|_| len >= FramePool::MIN_POOLED) {
+            if data.chunk_count() > 1 {
+                data.set_pool(pool.clone());
+            }
+        }
+        Ok(Some(Frame { compressed, data }))
     }
 
     /// The next complete message, decompressed with `compressor` when its flag says so.
@@ -486,5 +532,95 @@ mod tests {
             let message = d.next_message(Some(&Gzip)).unwrap().unwrap();
             assert_eq!((&message.data[..], message.compressed), (data, compressed));
         }
+    }
+
+    /// A pool holding one free buffer of `capacity` bytes.
+    fn pool_with_one(capacity: usize) -> FramePool {
+        let pool = FramePool::default();
+        drop(pool.freeze(BytesMut::with_capacity(capacity)));
+        assert_eq!(pool.held(), capacity);
+        pool
+    }
+
+    /// `message` framed, cut into chunks of `chunk` bytes.
+    fn chunks(message: &[u8], chunk: usize) -> Vec<Bytes> {
+        frames(&[message])
+            .chunks(chunk)
+            .map(Bytes::copy_from_slice)
+            .collect()
+    }
+
+    #[test]
+    fn a_large_message_is_joined_in_a_free_buffer_as_it_arrives() {
+        let message: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let pool = pool_with_one(256 * 1024);
+        let mut d = Deframer::new(usize::MAX);
+        d.set_pool(pool.clone());
+        let mut parts = chunks(&message, 16 * 1024).into_iter();
+        d.push(parts.next().unwrap());
+        assert!(d.next_message_segments(None).unwrap().is_none());
+        assert_eq!(pool.held(), 0, "the free buffer is being filled");
+        for part in parts {
+            assert!(!d.is_empty());
+            d.push(part);
+        }
+        let frame = d.next_message_segments(None).unwrap().unwrap();
+        assert_eq!(frame.data.chunk_count(), 1);
+        assert_eq!(frame.data.into_bytes(), message);
+        assert_eq!(pool.held(), 256 * 1024, "the buffer went back once dropped");
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn bytes_after_a_joined_message_start_the_next() {
+        let first: Vec<u8> = vec![7; 100_000];
+        let mut wire = frames(&[&first, b"next"]).to_vec();
+        let tail = wire.split_off(70_000);
+        let pool = pool_with_one(128 * 1024);
+        let mut d = Deframer::new(usize::MAX);
+        d.set_pool(pool);
+        d.push(Bytes::from(wire));
+        assert!(d.next_message_segments(None).unwrap().is_none());
+        d.push(Bytes::from(tail));
+        let one = d.next_message_segments(None).unwrap().unwrap();
+        assert_eq!(one.data.into_bytes(), first);
+        let two = d.next_message_segments(None).unwrap().unwrap();
+        assert_eq!(two.data.into_bytes(), &b"next"[..]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn without_a_free_buffer_a_message_is_joined_when_read_and_its_buffer_kept() {
+        let message = vec![3u8; 100_000];
+        let pool = FramePool::default();
+        let mut d = Deframer::new(usize::MAX);
+        d.set_pool(pool.clone());
+        for part in chunks(&message, 16 * 1024) {
+            d.push(part);
+            assert_eq!(pool.held(), 0, "a declared length allocates nothing");
+        }
+        let mut frame = d.next_message_segments(None).unwrap().unwrap();
+        assert!(frame.data.chunk_count() > 1);
+        let joined = frame.data.copy_to_bytes(message.len());
+        assert_eq!(joined, message);
+        drop(joined);
+        assert!(
+            pool.held() >= message.len(),
+            "the join's buffer is kept for the next"
+        );
+    }
+
+    #[test]
+    fn a_declared_large_message_that_never_comes_takes_nothing_and_is_truncated() {
+        let pool = FramePool::default();
+        let mut d = Deframer::new(usize::MAX);
+        d.set_pool(pool.clone());
+        d.push(Bytes::from_static(&[0, 0, 0x10, 0, 0]));
+        assert!(d.next_message_segments(None).unwrap().is_none());
+        assert_eq!(pool.held(), 0);
+        assert!(
+            !d.is_empty(),
+            "a partial message at end of stream is truncation"
+        );
     }
 }

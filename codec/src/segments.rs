@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::frame_pool::FramePool;
+
 /// A message's bytes as a sequence of chunks, read through [`Buf`].
 ///
 /// One chunk is the common case and allocates nothing; [`into_bytes`](Self::into_bytes) then
@@ -19,6 +21,9 @@ pub struct Segments {
     first: Bytes,
     rest: VecDeque<Bytes>,
     remaining: usize,
+    /// Where a copy that joins chunks takes its buffer, if it is large (see
+    /// [`Deframer::set_pool`](crate::frame::Deframer::set_pool)).
+    pool: Option<FramePool>,
 }
 
 impl Segments {
@@ -28,6 +33,30 @@ impl Segments {
             remaining: bytes.len(),
             first: bytes,
             rest: VecDeque::new(),
+            pool: None,
+        }
+    }
+
+    /// Joins the chunks of copies of `pool`'s size or more into buffers from `pool`.
+    pub(crate) fn set_pool(&mut self, pool: FramePool) {
+        self.pool = Some(pool);
+    }
+
+    /// A buffer for a copy of `len` bytes: the pool's for a large one, if it has one free.
+    fn buffer(&self, len: usize) -> BytesMut {
+        match &self.pool {
+            Some(pool) if len >= FramePool::MIN_POOLED => pool.take(len),
+            _ => None,
+        }
+        .unwrap_or_else(|| BytesMut::with_capacity(len))
+    }
+
+    /// A copy made in [`buffer`](Self::buffer), frozen: a pooled buffer goes back to the pool
+    /// when its last view is dropped.
+    fn frozen(&self, copy: BytesMut) -> Bytes {
+        match &self.pool {
+            Some(pool) => pool.freeze(copy),
+            None => copy.freeze(),
         }
     }
 
@@ -82,12 +111,12 @@ impl Segments {
         if self.rest.is_empty() {
             return self.first;
         }
-        let mut all = BytesMut::with_capacity(self.remaining);
+        let mut all = self.buffer(self.remaining);
         all.extend_from_slice(&self.first);
         for chunk in self.rest.drain(..) {
             all.extend_from_slice(&chunk);
         }
-        all.freeze()
+        self.frozen(all)
     }
 }
 
@@ -131,7 +160,7 @@ impl Buf for Segments {
             len <= self.remaining,
             "copy_to_bytes past the end of the segments"
         );
-        let mut out = BytesMut::with_capacity(len);
+        let mut out = self.buffer(len);
         out.extend_from_slice(&self.first);
         let mut need = len - self.first.len();
         self.advance(self.first.len());
@@ -141,7 +170,7 @@ impl Buf for Segments {
             self.advance(n);
             need -= n;
         }
-        out.freeze()
+        self.frozen(out)
     }
 }
 

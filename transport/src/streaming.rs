@@ -11,7 +11,9 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use anygrpc_codec::{compression::Compressor, frame::Deframer, Code, Codec, Segments};
+use anygrpc_codec::{
+    compression::Compressor, frame::Deframer, frame_pool::FramePool, Code, Codec, Segments,
+};
 use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
@@ -192,6 +194,12 @@ impl<T> Streaming<T> {
     /// Ends `call` (its channelz count and metrics) with the stream.
     pub(crate) fn count_call(&mut self, call: CallTally) {
         self.call = Some(call);
+    }
+
+    /// Joins large messages that arrived in several chunks in buffers from `pool`, when the
+    /// codec needs them in one.
+    pub(crate) fn join_in(&mut self, pool: &FramePool) {
+        self.deframer.set_pool(pool.clone());
     }
 
     /// Counts received message bytes in `traffic` (a measured attempt's or server call's).

@@ -239,6 +239,7 @@ impl Grpc {
         let mut streaming =
             Streaming::with_side(Box::new(side), codec.clone(), call.max_recv_message_size);
         streaming.count_traffic(traffic);
+        streaming.join_in(&self.channel.inner.call.frame_pool);
         streaming
     }
 }

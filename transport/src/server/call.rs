@@ -182,6 +182,7 @@ impl ServerCall {
             self.shared.call.max_recv_message_size,
         );
         requests.count_traffic(self.tally.measure().and_then(Measure::traffic).cloned());
+        requests.join_in(&self.shared.call.frame_pool);
         let head = CallHead {
             path: self.path,
             kind,
