@@ -227,3 +227,80 @@ impl Stream for Messages {
         self.get_mut().poll_message(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::Code;
+
+    /// Messages that record how they ended in `log`.
+    fn told(messages: Messages, log: &Arc<Mutex<Vec<Code>>>) -> Messages {
+        let log = log.clone();
+        messages.on_end(move |end| {
+            let code = end.map_or_else(Status::code, |()| Code::Ok);
+            log.lock().unwrap().push(code);
+        })
+    }
+
+    fn next(messages: &mut Messages) -> Result<Option<Bytes>, Status> {
+        messages.message().now_or_never().expect("ready")
+    }
+
+    #[test]
+    fn on_end_hears_a_good_end_a_failure_and_a_drop() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut good = told(Messages::one(Bytes::from_static(b"a")), &log);
+        assert_eq!(next(&mut good).unwrap().as_deref(), Some(&b"a"[..]));
+        assert_eq!(next(&mut good).unwrap(), None);
+        assert_eq!(next(&mut good).unwrap(), None, "ended stays ended");
+        drop(good);
+
+        let failing = futures_util::stream::iter([
+            Ok(Bytes::from_static(b"b")),
+            Err(Status::data_loss("cut")),
+        ]);
+        let mut failing = told(Messages::from_stream(failing), &log);
+        assert!(next(&mut failing).unwrap().is_some());
+        assert_eq!(next(&mut failing).unwrap_err().code(), Code::DataLoss);
+        assert_eq!(next(&mut failing).unwrap(), None);
+        drop(failing);
+
+        drop(told(Messages::one(Bytes::from_static(b"c")), &log));
+
+        let refused =
+            Messages::one(Bytes::from_static(b"d")).map(|_| Err(Status::invalid_argument("no")));
+        let mut refused = told(refused, &log);
+        assert_eq!(
+            next(&mut refused).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        drop(refused);
+
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                Code::Ok,
+                Code::DataLoss,
+                Code::Cancelled,
+                Code::InvalidArgument
+            ]
+        );
+    }
+
+    #[test]
+    fn a_unary_side_is_exactly_one_message() {
+        let mut one = Messages::one(Bytes::from_static(b"x"));
+        assert_eq!(one.single("request").now_or_never().unwrap().unwrap(), "x");
+        let mut none = Messages::empty();
+        let err = none.single("request").now_or_never().unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::Internal);
+        let two = futures_util::stream::iter([Ok(Bytes::new()), Ok(Bytes::new())]);
+        let mut two = Messages::from_stream(two);
+        let err = two.single("request").now_or_never().unwrap().unwrap_err();
+        assert_eq!(err.code(), Code::Internal);
+    }
+}
