@@ -261,6 +261,11 @@ impl<T> Streaming<T> {
         std::mem::take(&mut self.headers)
     }
 
+    /// The header metadata received so far.
+    pub(crate) fn header_map(&self) -> &MetadataMap {
+        &self.headers
+    }
+
     /// Client: reads (and discards) any remaining messages and returns the trailing metadata of
     /// a successful call; the call's error status otherwise. Server: always `Ok(None)` once the
     /// client's stream ended.

@@ -74,7 +74,16 @@ fn server_streaming_delivers_every_message_in_order() {
             .metadata_mut()
             .insert("x-echo-trailer-done", "yes")
             .unwrap();
-        let mut stream = client.server_stream(request).await.unwrap().into_inner();
+        request.metadata_mut().insert("x-echo-head", "h").unwrap();
+        let response = client.server_stream(request).await.unwrap();
+        assert_eq!(response.metadata().get("x-echo-head"), Some("h"));
+        let mut stream = response.into_inner();
+        let headers = stream.headers().await.unwrap();
+        assert_eq!(
+            headers.get("x-echo-head"),
+            Some("h"),
+            "the stream has them too"
+        );
         let mut n = 0;
         while let Some(message) = stream.message().await.unwrap() {
             assert_eq!(message.count, n);

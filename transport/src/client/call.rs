@@ -345,9 +345,11 @@ impl Grpc {
         }
         .instrument(span)
         .await;
-        let mut streaming = counted_by_stream(tally, outcome)?;
+        let streaming = counted_by_stream(tally, outcome)?;
+        // The header metadata both in the response and in the stream, whose `headers` the
+        // docs promise.
         Ok(Response::from_parts(
-            streaming.take_headers(),
+            streaming.header_map().clone(),
             streaming,
             MetadataMap::new(),
         ))
