@@ -27,6 +27,8 @@ pub struct Request<T> {
     /// Server: the runtime whose clock the deadline is on (set with a deadline).
     clock: Option<Arc<dyn Runtime>>,
     remote_addr: Option<Address>,
+    /// Server: the `:authority` the call was made to.
+    authority: Option<http::uri::Authority>,
     cancel: Option<CancelToken>,
     /// Server: cancelled when the call ends, for its context. Client: the token of the
     /// context it is made under.
@@ -48,6 +50,7 @@ impl<T> Request<T> {
             deadline: None,
             clock: None,
             remote_addr: None,
+            authority: None,
             cancel: None,
             context_cancel: None,
             wait_for_ready: None,
@@ -180,6 +183,12 @@ impl<T> Request<T> {
         self.remote_addr.as_ref()
     }
 
+    /// Server: the `:authority` the client called (the host it dialled, or the channel's
+    /// override), as grpc-go's handlers read it from the incoming metadata.
+    pub fn authority(&self) -> Option<&str> {
+        self.authority.as_ref().map(http::uri::Authority::as_str)
+    }
+
     /// Replaces the message, keeping metadata and options.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Request<U> {
         Request {
@@ -190,6 +199,7 @@ impl<T> Request<T> {
             deadline: self.deadline,
             clock: self.clock,
             remote_addr: self.remote_addr,
+            authority: self.authority,
             cancel: self.cancel,
             context_cancel: self.context_cancel,
             wait_for_ready: self.wait_for_ready,
@@ -203,6 +213,7 @@ impl<T> Request<T> {
         extensions: http::Extensions,
         deadline: Option<(Instant, Arc<dyn Runtime>)>,
         remote_addr: Option<Address>,
+        authority: Option<http::uri::Authority>,
         ended: CancelToken,
     ) -> Request<T> {
         let (deadline, clock) = deadline.unzip();
@@ -214,6 +225,7 @@ impl<T> Request<T> {
             deadline,
             clock,
             remote_addr,
+            authority,
             cancel: None,
             context_cancel: Some(ended),
             wait_for_ready: None,

@@ -131,6 +131,7 @@ impl Grpc {
             extensions: std::mem::take(request.extensions_mut()),
             deadline,
             remote_addr: None,
+            authority: None,
             client,
         };
         (head, request.into_inner())

@@ -90,6 +90,8 @@ pub struct CallHead {
     pub(crate) extensions: http::Extensions,
     pub(crate) deadline: Option<Instant>,
     pub(crate) remote_addr: Option<Address>,
+    /// Server: the `:authority` the client called.
+    pub(crate) authority: Option<http::uri::Authority>,
     /// Client: the call options of its request that travel through the chain untouched.
     pub(crate) client: ClientOptions,
 }
@@ -149,6 +151,11 @@ impl CallHead {
     /// Server: the peer's address.
     pub fn remote_addr(&self) -> Option<&Address> {
         self.remote_addr.as_ref()
+    }
+
+    /// Server: the `:authority` the client called.
+    pub fn authority(&self) -> Option<&str> {
+        self.authority.as_ref().map(http::uri::Authority::as_str)
     }
 }
 

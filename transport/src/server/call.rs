@@ -50,6 +50,7 @@ pub struct ServerCall {
     extensions: http::Extensions,
     deadline: Option<Instant>,
     remote_addr: Address,
+    authority: Option<http::uri::Authority>,
     decompressor: Option<Arc<dyn Compressor>>,
     accept_encoding: Option<HeaderValue>,
     tally: CallTally,
@@ -152,6 +153,7 @@ pub(super) fn accept(
         extensions,
         deadline,
         remote_addr: remote_addr.clone(),
+        authority: parts.uri.authority().cloned(),
         decompressor,
         accept_encoding: info.accept_encoding,
         tally,
@@ -190,6 +192,7 @@ impl ServerCall {
             extensions: self.extensions,
             deadline: self.deadline,
             remote_addr: Some(self.remote_addr),
+            authority: self.authority,
             client: ClientOptions::default(),
         };
         let responder = Responder {
@@ -300,6 +303,7 @@ impl ServerCall {
             head.extensions,
             head.deadline.map(|d| (d, responder.shared.runtime.clone())),
             head.remote_addr,
+            head.authority,
             ended,
         );
         let work = handler(request).map(move |result| result.map(|r| r.map(body)));

@@ -49,6 +49,7 @@ where
             head.extensions,
             head.deadline.map(|d| (d, self.clock.clone())),
             head.remote_addr,
+            head.authority,
             self.ended.clone(),
         );
         let codec = self.codec.clone();
