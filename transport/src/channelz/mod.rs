@@ -107,8 +107,10 @@ impl CallCounters {
     }
 }
 
-/// One call in flight on a [`CallCounters`]: counted as succeeded or failed when dropped,
-/// and, if it is being measured, recorded in the metrics then.
+/// One call in flight on a [`CallCounters`]: counted as succeeded or failed when it ends (or
+/// as cancelled when dropped without an end), and, if it is being measured, recorded in the
+/// metrics then. It counts at [`end`](Self::end), before the status is sent, so a peer that
+/// has heard the status and then asks channelz sees the call counted.
 pub(crate) struct CallTally {
     counters: (Arc<CallCounters>, Option<Arc<CallCounters>>),
     /// How it ended; one dropped before [`end`](Self::end) was cancelled.
@@ -137,15 +139,12 @@ impl CallTally {
         self.measure.as_deref()
     }
 
-    /// The call ended with `code` (the first ending counts).
+    /// The call ended with `code`; only the first ending counts.
     pub(crate) fn end(&mut self, code: Code) {
-        self.code.get_or_insert(code);
-    }
-}
-
-impl Drop for CallTally {
-    fn drop(&mut self) {
-        let code = self.code.unwrap_or(Code::Cancelled);
+        if self.code.is_some() {
+            return;
+        }
+        self.code = Some(code);
         let (first, second) = &self.counters;
         for counters in std::iter::once(first).chain(second) {
             let counter = match code {
@@ -157,6 +156,12 @@ impl Drop for CallTally {
         if let Some(measure) = self.measure.take() {
             measure.end(code);
         }
+    }
+}
+
+impl Drop for CallTally {
+    fn drop(&mut self) {
+        self.end(Code::Cancelled);
     }
 }
 
@@ -840,12 +845,14 @@ mod tests {
     }
 
     #[test]
-    fn a_tally_counts_on_both_counters_by_its_first_ending_and_fails_without_one() {
+    fn a_tally_counts_on_both_counters_at_its_first_ending_and_fails_without_one() {
         let sim = anygrpc_rt::sim::Sim::new(1);
         let clock = sim.runtime();
         let (calls, streams) = (CallCounters::new(clock.clone()), CallCounters::new(clock));
         let mut ok = calls.start(Some(&streams));
         ok.end(Code::Ok);
+        // Counted at its end, before it is dropped: the peer may ask as soon as it hears.
+        assert_eq!(calls.snapshot().1, 1);
         ok.end(Code::Internal);
         drop(ok);
         drop(calls.start(Some(&streams)));

@@ -175,9 +175,10 @@ impl Responder {
                 map
             }
         };
-        match out.send.send_trailers(trailer_map) {
-            Ok(()) => tally.end(code),
-            Err(err) => tracing::debug!(error = %err, "could not send trailers"),
+        // Counted before the client can hear the status.
+        tally.end(code);
+        if let Err(err) = out.send.send_trailers(trailer_map) {
+            tracing::debug!(error = %err, "could not send trailers");
         }
     }
 }
