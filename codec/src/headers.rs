@@ -110,9 +110,9 @@ pub struct RequestInfo {
     pub metadata: MetadataMap,
 }
 
-/// Checks a received request head: method POST (else 405), a gRPC content type (else 415), a
-/// well-formed `grpc-timeout` (else `INTERNAL`). The headers are split in one pass into what
-/// the protocol reads and the custom metadata.
+/// Checks a received request head: method POST (else 405), a gRPC content type (else 415),
+/// base64 in every custom `-bin` value and a well-formed `grpc-timeout` (else `INTERNAL`). The
+/// headers are split in one pass into what the protocol reads and the custom metadata.
 pub fn validate_request(method: &Method, headers: HeaderMap) -> Result<RequestInfo, Rejection> {
     if method != Method::POST {
         return Err(Rejection::Http(
@@ -130,6 +130,9 @@ pub fn validate_request(method: &Method, headers: HeaderMap) -> Result<RequestIn
             ))
         }
     }
+    metadata
+        .check_binary()
+        .map_err(|err| Rejection::Grpc(Status::internal(err.to_string())))?;
     let timeout = match &reserved.timeout {
         None => None,
         Some(v) => Some(
@@ -292,6 +295,15 @@ mod tests {
         h.insert(GRPC_TIMEOUT, HeaderValue::from_static("12x"));
         match validate_request(&Method::POST, h.clone()) {
             Err(Rejection::Grpc(s)) => assert_eq!(s.code(), Code::Internal),
+            other => panic!("{other:?}"),
+        }
+        let mut h = grpc_headers();
+        h.insert("x-trace-bin", HeaderValue::from_static("not base64!"));
+        match validate_request(&Method::POST, h) {
+            Err(Rejection::Grpc(s)) => {
+                assert_eq!(s.code(), Code::Internal);
+                assert!(s.message().contains("x-trace-bin"), "{}", s.message());
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -5,7 +5,8 @@
 //! several comma-separated values). Other values are visible ASCII (0x20–0x7E). Keys the
 //! protocol reserves (`grpc-*`, `content-type`, `te`, `user-agent`, pseudo-headers) cannot be
 //! set here and are stripped from what is received, so a handler never mistakes protocol
-//! headers for metadata.
+//! headers for metadata. One `grpc-` key is the application's to send: a server may set
+//! [`RETRY_PUSHBACK`] in its trailers to tell clients when (or whether) to retry.
 
 use std::fmt;
 
@@ -61,9 +62,15 @@ impl From<InvalidMetadata> for crate::Status {
     }
 }
 
+/// `grpc-retry-pushback-ms`: a server's word on retrying a failed call (gRFC A6), in its
+/// trailers: a delay in milliseconds before the next attempt, or a negative or unparsable
+/// value for "do not retry". The one `grpc-` key a [`MetadataMap`] accepts, as grpc-go lets a
+/// server set it.
+pub const RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 /// Whether a key is reserved by the protocol and so never user metadata.
 pub fn is_reserved(key: &str) -> bool {
-    key.starts_with("grpc-")
+    (key.starts_with("grpc-") && key != RETRY_PUSHBACK)
         || key.starts_with(':')
         || matches!(key, "content-type" | "te" | "user-agent")
 }
@@ -102,6 +109,23 @@ pub fn decode_binary(value: &[u8]) -> Result<Vec<u8>, InvalidMetadata> {
 
 fn is_binary_key(key: &str) -> bool {
     key.ends_with("-bin")
+}
+
+/// Checks that every custom binary value in received headers or trailers is base64: a peer
+/// that sends anything else ends the call `INTERNAL`, as grpc-go and the C-core do, rather
+/// than handing an application a value it cannot read. (`grpc-status-details-bin` is the
+/// status's, read with it.)
+pub fn check_binary_values(headers: &HeaderMap) -> Result<(), InvalidMetadata> {
+    for (name, value) in headers {
+        let key = name.as_str();
+        if is_binary_key(key) && !key.starts_with("grpc-") {
+            for part in value.as_bytes().split(|b| *b == b',') {
+                decode_binary(part)
+                    .map_err(|err| InvalidMetadata::new(format!("{key}: {}", err.what)))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A value read from a [`MetadataMap`].
@@ -346,6 +370,11 @@ impl MetadataMap {
         }
     }
 
+    /// [`check_binary_values`] on these entries.
+    pub(crate) fn check_binary(&self) -> Result<(), InvalidMetadata> {
+        check_binary_values(&self.headers)
+    }
+
     /// Moves every entry into an outgoing header map.
     pub fn into_headers(self) -> HeaderMap {
         self.headers
@@ -433,6 +462,33 @@ mod tests {
         headers.insert("y-bin", HeaderValue::from_static("***"));
         let md = MetadataMap::from_headers(&headers);
         assert!(md.get_bin("y-bin").unwrap().is_err());
+    }
+
+    #[test]
+    fn servers_may_set_retry_pushback_and_other_grpc_keys_stay_reserved() {
+        let mut md = MetadataMap::new();
+        md.insert(RETRY_PUSHBACK, "250").unwrap();
+        assert_eq!(md.get("grpc-retry-pushback-ms"), Some("250"));
+        for reserved in [
+            "grpc-retry-pushback",
+            "grpc-status",
+            "grpc-message",
+            "grpc-timeout",
+        ] {
+            assert!(md.insert(reserved, "1").is_err(), "{reserved}");
+        }
+    }
+
+    #[test]
+    fn a_binary_value_that_is_not_base64_is_found() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-bin", HeaderValue::from_static("AQ==, AQI"));
+        headers.insert("x-text", HeaderValue::from_static("***"));
+        headers.insert("grpc-status-details-bin", HeaderValue::from_static("***"));
+        assert_eq!(check_binary_values(&headers), Ok(()));
+        headers.append("x-bin", HeaderValue::from_static("AQ,**"));
+        let err = check_binary_values(&headers).unwrap_err();
+        assert!(err.to_string().contains("x-bin"), "{err}");
     }
 
     #[test]

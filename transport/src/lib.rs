@@ -59,8 +59,8 @@ pub use streaming::Streaming;
 /// Metadata helpers: keys, values and limits.
 pub mod metadata {
     pub use anygrpc_codec::metadata::{
-        is_reserved, validate_key, InvalidMetadata, MetadataMap, MetadataValue,
-        DEFAULT_MAX_HEADER_LIST_SIZE,
+        check_binary_values, is_reserved, validate_key, InvalidMetadata, MetadataMap,
+        MetadataValue, DEFAULT_MAX_HEADER_LIST_SIZE, RETRY_PUSHBACK,
     };
 }
 

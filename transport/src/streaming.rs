@@ -18,7 +18,9 @@ use bytes::Bytes;
 use futures_core::Stream;
 use futures_util::future::poll_fn;
 
-use crate::{channelz::CallTally, metrics::Traffic, MetadataMap, Status};
+use crate::{
+    channelz::CallTally, metadata::check_binary_values, metrics::Traffic, MetadataMap, Status,
+};
 
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
 /// parameter.
@@ -296,6 +298,10 @@ impl<T> Streaming<T> {
     /// The call ended with `status` in `trailers` (or a Trailers-Only head), keeping the
     /// trailing metadata of a successful call.
     fn end(&mut self, status: Status, mut trailers: http::HeaderMap) -> Result<(), Status> {
+        let status = match check_binary_values(&trailers) {
+            Ok(()) => status,
+            Err(malformed) => Status::internal(malformed.to_string()),
+        };
         self.close(status.code(), Some(&mut trailers));
         if !status.is_ok() {
             return Err(status);
@@ -348,6 +354,10 @@ impl<T> Streaming<T> {
                 body,
                 compressor,
             }) => {
+                if let Err(malformed) = check_binary_values(&headers) {
+                    let status = Status::internal(malformed.to_string());
+                    return Poll::Ready(Err(self.fail(status)));
+                }
                 self.headers = MetadataMap::from_header_map(headers);
                 self.recv = Some(body);
                 self.compressor = compressor;

@@ -243,6 +243,44 @@ fn bad_grpc_timeout_is_internal() {
 }
 
 #[test]
+fn a_binary_value_that_is_not_base64_is_internal_both_ways() {
+    let server = start();
+    block_on(async {
+        let mut send = raw_client(&server.addr).await;
+        let request = raw_request(&server.addr, UNARY, &[("x-trace-bin", "no base64!")]);
+        let response = raw_call(&mut send, request, frame(false, b"")).await;
+        let status = response.grpc_status().unwrap();
+        assert_eq!(status.code(), Code::Internal, "{status}");
+    });
+
+    let reply = frame(false, &encode(&Payload::default()));
+    let in_headers = raw_server(move |respond| {
+        respond_grpc(respond, &[("x-trace-bin", "no base64!")], reply.clone());
+    });
+    let reply = frame(false, &encode(&Payload::default()));
+    let in_trailers = raw_server(move |mut respond| {
+        let head = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut send = respond.send_response(head, false).unwrap();
+        send.send_data(reply.clone(), false).unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("x-trace-bin", HeaderValue::from_static("AQ,**"));
+        send.send_trailers(trailers).unwrap();
+    });
+    for addr in [in_headers, in_trailers] {
+        let channel = anygrpc::Channel::builder(&addr.to_string())
+            .connect_lazy()
+            .unwrap();
+        let err = block_on(TestClient::new(channel).unary(Payload::default())).unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err}");
+        assert!(err.message().contains("x-trace-bin"), "{err}");
+    }
+}
+
+#[test]
 fn wrong_content_type_is_http_415() {
     let server = start();
     block_on(async {

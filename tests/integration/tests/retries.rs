@@ -12,6 +12,7 @@ use std::{
 
 use anygrpc::{
     interceptor::{AsyncInterceptor, CallHead},
+    metadata::{self, MetadataMap},
     rt::block_on,
     server::PreviousAttempts,
     Channel, Code, Request, Status,
@@ -142,6 +143,54 @@ fn attempts_stop_at_max_attempts_and_non_retryable_codes_are_not_retried() {
         [0],
         "INVALID_ARGUMENT is not retried"
     );
+}
+
+/// A server that fails every call UNAVAILABLE with `grpc-retry-pushback-ms: pushback` in its
+/// trailers, counting the calls.
+fn pushing_back(pushback: &'static str) -> (Running, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let running = start_with(move |server| {
+        server.interceptor(move |_: &mut CallHead| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut trailers = MetadataMap::new();
+            trailers.insert(metadata::RETRY_PUSHBACK, pushback)?;
+            Err(Status::with_metadata(Code::Unavailable, "busy", trailers))
+        })
+    });
+    (running, calls)
+}
+
+#[test]
+fn a_server_sets_retry_pushback_and_the_client_obeys_it() {
+    let retries = |target: &str, initial_backoff: &str| {
+        let config = format!(
+            r#"{{"methodConfig": [{{
+                "name": [{{"service": "anygrpc.test.Test"}}],
+                "retryPolicy": {{"maxAttempts": 3, "initialBackoff": "{initial_backoff}",
+                    "maxBackoff": "60s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}
+            }}]}}"#
+        );
+        let channel = Channel::builder(target)
+            .default_service_config(config)
+            .connect_lazy()
+            .unwrap();
+        TestClient::new(channel)
+    };
+    // A negative pushback: no more attempts.
+    let (stop, calls) = pushing_back("-1");
+    let err = block_on(retries(&stop.target(), "0.01s").unary(payload(b"x"))).unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "pushback -1 stops retries");
+
+    // A 1 ms pushback replaces a 30 s backoff: all three attempts fit in a 10 s deadline.
+    let (soon, calls) = pushing_back("1");
+    let mut request = payload(b"x");
+    request.set_timeout(Duration::from_secs(10));
+    let err = block_on(retries(&soon.target(), "30s").unary(request)).unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 /// Delays every call by `delay`, counting calls started and reporting each one cancelled
