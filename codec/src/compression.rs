@@ -44,9 +44,56 @@ pub fn read_bounded(reader: impl Read, dst: &mut BytesMut, limit: usize) -> io::
     Ok(())
 }
 
-/// gzip (RFC 1952), via flate2.
+/// A compression level: 0 (stored, fastest) to 9 (smallest); flate2's default is 6.
+///
+/// The level changes only what this side sends: any level decompresses the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level(u32);
+
+impl Level {
+    /// The fastest level that still compresses (1).
+    pub const FASTEST: Level = Level(1);
+    /// The smallest output (9).
+    pub const BEST: Level = Level(9);
+
+    /// A level from 0 to 9; a higher number is taken as 9.
+    pub fn new(level: u32) -> Level {
+        Level(level.min(9))
+    }
+
+    fn flate2(self) -> flate2::Compression {
+        flate2::Compression::new(self.0)
+    }
+}
+
+impl Default for Level {
+    /// 6, zlib's and flate2's default trade of speed for size.
+    fn default() -> Level {
+        Level(6)
+    }
+}
+
+/// gzip (RFC 1952), via flate2, at a [`Level`]: `Gzip::default()` is level 6. To send at
+/// another level, put `Gzip::with_level` in the registry; it replaces the default gzip.
+///
+/// ```
+/// use std::sync::Arc;
+/// use anygrpc_codec::compression::{CompressionRegistry, Gzip, Level};
+///
+/// let registry = CompressionRegistry::default().with(Arc::new(Gzip::with_level(Level::FASTEST)));
+/// assert!(registry.get("gzip").is_some());
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Gzip;
+pub struct Gzip {
+    level: Level,
+}
+
+impl Gzip {
+    /// gzip that compresses at `level`.
+    pub fn with_level(level: Level) -> Gzip {
+        Gzip { level }
+    }
+}
 
 impl Compressor for Gzip {
     fn name(&self) -> &'static str {
@@ -54,8 +101,7 @@ impl Compressor for Gzip {
     }
 
     fn compress(&self, src: &[u8], dst: &mut BytesMut) -> io::Result<()> {
-        let mut encoder =
-            flate2::write::GzEncoder::new(dst.writer(), flate2::Compression::default());
+        let mut encoder = flate2::write::GzEncoder::new(dst.writer(), self.level.flate2());
         encoder.write_all(src)?;
         encoder.finish()?;
         Ok(())
@@ -66,9 +112,19 @@ impl Compressor for Gzip {
     }
 }
 
-/// deflate, in the zlib format (RFC 1950) as HTTP and the gRPC C-core use it, via flate2.
+/// deflate, in the zlib format (RFC 1950) as HTTP and the gRPC C-core use it, via flate2,
+/// at a [`Level`] (`Deflate::default()` is level 6).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Deflate;
+pub struct Deflate {
+    level: Level,
+}
+
+impl Deflate {
+    /// deflate that compresses at `level`.
+    pub fn with_level(level: Level) -> Deflate {
+        Deflate { level }
+    }
+}
 
 impl Compressor for Deflate {
     fn name(&self) -> &'static str {
@@ -76,8 +132,7 @@ impl Compressor for Deflate {
     }
 
     fn compress(&self, src: &[u8], dst: &mut BytesMut) -> io::Result<()> {
-        let mut encoder =
-            flate2::write::ZlibEncoder::new(dst.writer(), flate2::Compression::default());
+        let mut encoder = flate2::write::ZlibEncoder::new(dst.writer(), self.level.flate2());
         encoder.write_all(src)?;
         encoder.finish()?;
         Ok(())
@@ -99,8 +154,8 @@ impl Default for CompressionRegistry {
     /// gzip and deflate.
     fn default() -> CompressionRegistry {
         CompressionRegistry::empty()
-            .with(Arc::new(Gzip))
-            .with(Arc::new(Deflate))
+            .with(Arc::new(Gzip::default()))
+            .with(Arc::new(Deflate::default()))
     }
 }
 
@@ -209,8 +264,38 @@ mod tests {
 
     #[test]
     fn gzip_and_deflate_round_trip_and_enforce_limit() {
-        round_trip(&Gzip);
-        round_trip(&Deflate);
+        round_trip(&Gzip::default());
+        round_trip(&Deflate::default());
+        round_trip(&Gzip::with_level(Level::new(0)));
+        round_trip(&Deflate::with_level(Level::BEST));
+    }
+
+    #[test]
+    fn the_level_sets_the_size_sent() {
+        let text: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("row {} of {}; ", i % 97, i % 13).into_bytes())
+            .collect();
+        let size = |c: &dyn Compressor| {
+            let mut out = BytesMut::new();
+            c.compress(&text, &mut out).unwrap();
+            out.len()
+        };
+        for (stored, fastest, best) in [
+            (
+                size(&Gzip::with_level(Level::new(0))),
+                size(&Gzip::with_level(Level::FASTEST)),
+                size(&Gzip::with_level(Level::BEST)),
+            ),
+            (
+                size(&Deflate::with_level(Level::new(0))),
+                size(&Deflate::with_level(Level::FASTEST)),
+                size(&Deflate::with_level(Level::BEST)),
+            ),
+        ] {
+            assert!(stored > text.len(), "level 0 stores: {stored}");
+            assert!(best < fastest, "{best} < {fastest}");
+        }
+        assert_eq!(Level::new(42), Level::BEST);
     }
 
     #[test]
@@ -225,7 +310,7 @@ mod tests {
         }
         encoder.finish().unwrap();
         let mut out = BytesMut::new();
-        let err = decompress(&Gzip, &bomb, &mut out, 4 << 20).unwrap_err();
+        let err = decompress(&Gzip::default(), &bomb, &mut out, 4 << 20).unwrap_err();
         assert_eq!(err.code(), crate::Code::ResourceExhausted);
         assert!(out.capacity() < 16 << 20, "memory stayed bounded");
     }

@@ -418,14 +418,14 @@ mod tests {
 
     #[test]
     fn compressed_round_trip_and_send_limit() {
-        let mut enc = Encoder::new(Some(Arc::new(Gzip)), 100);
+        let mut enc = Encoder::new(Some(Arc::new(Gzip::default())), 100);
         let wire = enc
             .encode(&Raw, Bytes::from(vec![b'a'; 100]), true)
             .unwrap();
         assert_eq!(wire[0], 1);
         let mut d = Deframer::new(100);
         d.push(wire);
-        let message = d.next_message(Some(&Gzip)).unwrap().unwrap();
+        let message = d.next_message(Some(&Gzip::default())).unwrap().unwrap();
         assert!(message.compressed);
         assert_eq!(message.data, vec![b'a'; 100]);
         let err = enc
@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn appended_messages_go_out_together() {
-        let mut enc = Encoder::new(Some(Arc::new(Gzip)), 10);
+        let mut enc = Encoder::new(Some(Arc::new(Gzip::default())), 10);
         enc.append(&Raw, Bytes::from_static(b"one"), false).unwrap();
         enc.append(&Raw, Bytes::from_static(b"two"), true).unwrap();
         let err = enc
@@ -471,10 +471,13 @@ mod tests {
         d.push(enc.take());
         assert_eq!(enc.pending(), 0);
         assert_eq!(
-            &d.next_message(Some(&Gzip)).unwrap().unwrap().data[..],
+            &d.next_message(Some(&Gzip::default()))
+                .unwrap()
+                .unwrap()
+                .data[..],
             b"one"
         );
-        let two = d.next_message(Some(&Gzip)).unwrap().unwrap();
+        let two = d.next_message(Some(&Gzip::default())).unwrap().unwrap();
         assert_eq!((&two.data[..], two.compressed), (&b"two"[..], true));
         assert!(d.next_message(None).unwrap().is_none());
     }
@@ -513,7 +516,7 @@ mod tests {
 
     #[test]
     fn codec_decides_compression_per_message() {
-        let mut enc = Encoder::new(Some(Arc::new(Gzip)), usize::MAX);
+        let mut enc = Encoder::new(Some(Arc::new(Gzip::default())), usize::MAX);
         let zipped = enc
             .encode(&Picky, Bytes::from_static(b"zzzz"), true)
             .unwrap();
@@ -529,7 +532,7 @@ mod tests {
             d.push(wire);
         }
         for (data, compressed) in [(&b"zzzz"[..], true), (b"aaaa", false), (b"zzzz", false)] {
-            let message = d.next_message(Some(&Gzip)).unwrap().unwrap();
+            let message = d.next_message(Some(&Gzip::default())).unwrap().unwrap();
             assert_eq!((&message.data[..], message.compressed), (data, compressed));
         }
     }

@@ -219,7 +219,7 @@ pub fn deframer(data: &[u8]) {
     }
     let mut d = Deframer::new(limit);
     d.push(Bytes::copy_from_slice(wire));
-    while let Ok(Some(message)) = d.next_message(Some(&Gzip)) {
+    while let Ok(Some(message)) = d.next_message(Some(&Gzip::default())) {
         assert!(message.data.len() <= limit);
     }
 }
@@ -231,9 +231,9 @@ pub fn decompress(data: &[u8]) {
         return;
     };
     let compressor: Arc<dyn Compressor> = if control & 1 == 0 {
-        Arc::new(Gzip)
+        Arc::new(Gzip::default())
     } else {
-        Arc::new(Deflate)
+        Arc::new(Deflate::default())
     };
     let limit = usize::from(control >> 1) * 1024;
     let mut out = BytesMut::new();

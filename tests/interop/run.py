@@ -49,7 +49,8 @@ def commands(args, role, impl):
 
 
 def start_server(args, impl, tls):
-    cmd = commands(args, "server", impl) + ["--port=0"] + (["--use_tls"] if tls else [])
+    # Only the loopback interface: the client dials 127.0.0.1.
+    cmd = commands(args, "server", impl) + ["--host=127.0.0.1", "--port=0"] + (["--use_tls"] if tls else [])
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = queue.Queue()
 

@@ -50,6 +50,34 @@ pub use anygrpc_codec::{
     codec::{self, BytesCodec},
     compression, Code, Codec, MetadataMap, ProstCodec, Status,
 };
+/// The `bytes` crate anygrpc's messages and [`compression::Compressor`]s are written in,
+/// re-exported so a custom codec or compressor needs no version of its own to match.
+///
+/// ```
+/// use anygrpc::{bytes::BytesMut, compression::Compressor};
+///
+/// /// An encoding that sends messages as they are.
+/// #[derive(Debug)]
+/// struct Stored;
+///
+/// impl Compressor for Stored {
+///     fn name(&self) -> &'static str {
+///         "x-stored"
+///     }
+///     fn compress(&self, src: &[u8], dst: &mut BytesMut) -> std::io::Result<()> {
+///         dst.extend_from_slice(src);
+///         Ok(())
+///     }
+///     fn decompress(&self, src: &[u8], dst: &mut BytesMut, limit: usize) -> std::io::Result<()> {
+///         dst.extend_from_slice(&src[..src.len().min(limit + 1)]);
+///         Ok(())
+///     }
+/// }
+/// # let mut out = BytesMut::new();
+/// # Stored.compress(b"hi", &mut out).unwrap();
+/// # assert_eq!(&out[..], b"hi");
+/// ```
+pub use bytes;
 pub use client::Channel;
 pub use context::CallContext;
 pub use request::{IntoRequest, IntoStreamingRequest, Request, Response};

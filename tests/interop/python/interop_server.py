@@ -14,6 +14,7 @@ CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 def main():
     p = common.parser(__doc__)
+    p.add_argument("--host", default="[::]")
     p.add_argument("--port", type=int, default=10000)
     p.add_argument("--use_tls", type=common.boolean, nargs="?", const=True, default=False)
     p.add_argument("--tls_cert_file", default=f"{common.CERTS}/server1.pem")
@@ -84,7 +85,7 @@ def main():
         options=[("grpc.max_receive_message_length", 16 << 20)],
     )
     test_pb2_grpc.add_TestServiceServicer_to_server(TestService(), server)
-    address = f"[::]:{args.port}"
+    address = f"{args.host}:{args.port}"
     if args.use_tls:
         credentials = grpc.ssl_server_credentials([(common.read(args.tls_key_file), common.read(args.tls_cert_file))])
         port = server.add_secure_port(address, credentials)

@@ -1,6 +1,6 @@
 //! The interop test server on anygrpc. Prints `listening on port N` once it accepts calls.
 
-use std::{io::Write, net::SocketAddr};
+use std::{io::Write, net::ToSocketAddrs};
 
 use anygrpc::tls::{Identity, ServerTlsConfig};
 use anygrpc_interop::{
@@ -11,6 +11,12 @@ use anygrpc_interop::{
 };
 
 const FLAGS: &[Flag] = &[
+    Flag {
+        name: "host",
+        default: "0.0.0.0",
+        boolean: false,
+        help: "Address to listen on: an IP address or a name that resolves to one.",
+    },
     Flag {
         name: "port",
         default: "10000",
@@ -57,6 +63,12 @@ fn run() -> Result<(), String> {
         }
     };
     let port: u16 = flags.number("port")?.unwrap_or(10000);
+    let host = flags.get("host").unwrap_or("0.0.0.0");
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving --host {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--host {host} resolves to no address"))?;
     let mut server = anygrpc::Server::builder()
         .max_recv_message_size(MAX_RECV_MESSAGE_SIZE)
         .add_service(TestService);
@@ -74,8 +86,8 @@ fn run() -> Result<(), String> {
         server = server.tls(ServerTlsConfig::new(Identity::from_pem(cert, key)));
     }
     let bound = server
-        .bind(SocketAddr::from(([0, 0, 0, 0], port)))
-        .map_err(|e| format!("binding port {port}: {e}"))?;
+        .bind(addr)
+        .map_err(|e| format!("binding {addr}: {e}"))?;
     let port = match bound.local_addr().map_err(|e| e.to_string())? {
         anygrpc::rt::Address::Tcp(addr) => addr.port(),
         other => return Err(format!("unexpected address {other}")),
