@@ -19,7 +19,8 @@ use futures_core::Stream;
 use futures_util::future::poll_fn;
 
 use crate::{
-    channelz::CallTally, metadata::check_binary_values, metrics::Traffic, MetadataMap, Status,
+    channelz::CallTally, metadata::check_binary_values, metrics::Traffic, sync::Exclusive,
+    MetadataMap, Status,
 };
 
 /// Decodes one message; implemented for every [`Codec`] so `Streaming` needs no codec type
@@ -92,7 +93,7 @@ enum State<T> {
     /// The data has ended; the side's peer ends the call with trailers.
     Trailers,
     /// Decoding what a relay hands on.
-    Relay(Box<dyn Relay>),
+    Relay(Exclusive<Box<dyn Relay>>),
     Done,
 }
 
@@ -108,10 +109,10 @@ pub struct Streaming<T> {
     recv: Option<h2::RecvStream>,
     deframer: Deframer,
     compressor: Option<Arc<dyn Compressor>>,
-    decoder: Box<dyn Decode<T>>,
+    decoder: Exclusive<Box<dyn Decode<T>>>,
     /// The side's part, if the stream has a side. Kept after the call ends (told so), for
     /// what the side may read of how it ended.
-    side: Option<Box<dyn Side>>,
+    side: Option<Exclusive<Box<dyn Side>>>,
     headers: MetadataMap,
     trailers: Option<MetadataMap>,
     /// The call in its channelz counts and metrics, ended with the stream.
@@ -136,7 +137,7 @@ impl<T> Streaming<T> {
             recv: None,
             deframer: Deframer::new(max_message_size),
             compressor: None,
-            decoder,
+            decoder: Exclusive::new(decoder),
             side: None,
             headers: MetadataMap::new(),
             trailers: None,
@@ -167,7 +168,7 @@ impl<T> Streaming<T> {
         C: Codec<Decode = T>,
     {
         let mut streaming = Streaming::new(State::Head, Box::new(codec), max_message_size);
-        streaming.side = Some(side);
+        streaming.side = Some(Exclusive::new(side));
         streaming
     }
 
@@ -184,12 +185,12 @@ impl<T> Streaming<T> {
     where
         C: Codec<Decode = T>,
     {
-        Streaming::new(State::Relay(relay), Box::new(codec), 0)
+        Streaming::new(State::Relay(Exclusive::new(relay)), Box::new(codec), 0)
     }
 
     /// The stream's side, if it is an `S`.
     pub(crate) fn side_mut<S: Side>(&mut self) -> Option<&mut S> {
-        let side: &mut dyn Any = self.side.as_deref_mut()?;
+        let side: &mut dyn Any = &mut **self.side.as_mut()?.get_mut();
         side.downcast_mut()
     }
 
@@ -247,7 +248,7 @@ impl<T> Streaming<T> {
     ) -> Poll<Result<&MetadataMap, Status>> {
         ready!(self.poll_head(cx))?;
         if let State::Relay(relay) = &mut self.state {
-            if let Some(headers) = ready!(relay.poll_headers(cx))? {
+            if let Some(headers) = ready!(relay.get_mut().poll_headers(cx))? {
                 self.headers = headers;
             }
         }
@@ -286,7 +287,7 @@ impl<T> Streaming<T> {
     /// call's count, and drops the HTTP/2 stream.
     fn close(&mut self, code: Code, trailers: Option<&mut http::HeaderMap>) {
         if let Some(side) = self.side.as_mut() {
-            side.ended(code, trailers);
+            side.get_mut().ended(code, trailers);
         }
         if let Some(mut call) = self.call.take() {
             call.end(code);
@@ -313,13 +314,13 @@ impl<T> Streaming<T> {
     /// The status for a stream error: the side's, or the spec's mapping of it.
     fn stream_error(&mut self, cx: &mut Context<'_>, err: &h2::Error) -> Status {
         match self.side.as_mut() {
-            Some(side) => side.error(cx, err),
+            Some(side) => side.get_mut().error(cx, err),
             None => status_from_h2(err, false),
         }
     }
 
     fn poll_limits(&mut self, cx: &mut Context<'_>) -> Option<Status> {
-        self.side.as_mut()?.poll_limits(cx)
+        self.side.as_mut()?.get_mut().poll_limits(cx)
     }
 
     /// Receives the stream another task hands over and the side's response head. Ready(Ok)
@@ -348,7 +349,7 @@ impl<T> Streaming<T> {
         let Some(side) = self.side.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        match ready!(side.poll_head(cx)) {
+        match ready!(side.get_mut().poll_head(cx)) {
             Ok(Head::Messages {
                 headers,
                 body,
@@ -371,8 +372,13 @@ impl<T> Streaming<T> {
 
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Status>>> {
         if let State::Relay(relay) = &mut self.state {
+            let relay = relay.get_mut();
             let status = match ready!(relay.poll_message(cx)) {
-                Some(Ok(message)) => match self.decoder.decode(Segments::single(message), false) {
+                Some(Ok(message)) => match self
+                    .decoder
+                    .get_mut()
+                    .decode(Segments::single(message), false)
+                {
                     Ok(message) => return Poll::Ready(Some(Ok(message))),
                     Err(status) => status,
                 },
@@ -394,7 +400,7 @@ impl<T> Streaming<T> {
                     if let Some(traffic) = &self.traffic {
                         traffic.received_message();
                     }
-                    return match self.decoder.decode(frame.data, frame.compressed) {
+                    return match self.decoder.get_mut().decode(frame.data, frame.compressed) {
                         Ok(message) => Poll::Ready(Some(Ok(message))),
                         Err(status) => Poll::Ready(Some(Err(self.fail(status)))),
                     };
@@ -482,4 +488,15 @@ pub(crate) fn status_from_h2(err: &h2::Error, deadline_passed: bool) -> Status {
         return Status::from_h2_reason(u32::from(reason), deadline_passed);
     }
     Status::internal(format!("HTTP/2 error: {err}"))
+}
+
+#[cfg(test)]
+mod sync_tests {
+    /// A handler may hold `&Request<Streaming<T>>` across an `.await` in a `Send` future.
+    #[test]
+    fn a_stream_and_its_request_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::Streaming<Vec<u8>>>();
+        send_sync::<crate::Request<super::Streaming<Vec<u8>>>>();
+    }
 }
