@@ -9,7 +9,7 @@ use std::sync::{
 use anygrpc::{
     client::Grpc,
     codegen::PathAndQuery,
-    health::health_service,
+    health::{health_service, HealthCheckRequest, HealthClient, ServingStatus},
     orca::{set_call_load_report, OrcaLoadReport, OrcaService, ServerMetricsRecorder},
     rt::block_on,
     server::{ServerCall, Service},
@@ -115,26 +115,48 @@ fn a_backend_set_not_serving_gets_no_calls_until_it_serves_again() {
 }
 
 #[test]
-fn the_health_service_answers_check_and_not_found() {
+fn the_health_client_checks_and_watches() {
     let (reporter, health) = health_service();
     reporter.set_not_serving("down");
     let (a, _) = server_with(|s| s.add_service(health));
-    let grpc = Grpc::new(a.channel());
-    type Codec =
-        ProstCodec<anygrpc::health::HealthCheckRequest, anygrpc::health::HealthCheckResponse>;
-    let check = |service: &str| {
-        let request = Request::new(anygrpc::health::HealthCheckRequest {
-            service: service.to_owned(),
-        });
-        block_on(grpc.unary(
-            PathAndQuery::from_static("/grpc.health.v1.Health/Check"),
-            Codec::new(),
-            request,
-        ))
-    };
-    assert_eq!(check("").unwrap().into_inner().status, 1, "server SERVING");
-    assert_eq!(check("down").unwrap().into_inner().status, 2);
+    let client = HealthClient::new(a.channel());
+    let check = |service: &str| block_on(client.check(HealthCheckRequest::new(service)));
+    assert_eq!(
+        check("").unwrap().get_ref().status(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        check("down").unwrap().get_ref().status(),
+        ServingStatus::NotServing
+    );
     assert_eq!(check("nope").unwrap_err().code(), anygrpc::Code::NotFound);
+
+    block_on(async {
+        let mut watch = client
+            .watch(HealthCheckRequest::new("later"))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = Vec::new();
+        for change in [None, Some(true), Some(false)] {
+            match change {
+                Some(true) => reporter.set_serving("later"),
+                Some(false) => reporter.set_not_serving("later"),
+                None => {}
+            }
+            seen.push(watch.message().await.unwrap().unwrap().status());
+        }
+        let expected = [
+            ServingStatus::ServiceUnknown,
+            ServingStatus::Serving,
+            ServingStatus::NotServing,
+        ];
+        assert_eq!(seen, expected);
+    });
+
+    let (without, _) = server_with(|s| s);
+    let err = block_on(HealthClient::new(without.channel()).check(HealthCheckRequest::new("")));
+    assert_eq!(err.unwrap_err().code(), anygrpc::Code::Unimplemented);
 }
 
 /// `wrr.Loaded/Work`: answers every call with a per-call load report (if `utilization` > 0).

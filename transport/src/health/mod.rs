@@ -6,6 +6,8 @@
 //! change. On shutdown, [`HealthReporter::shutdown`] turns every service NOT_SERVING so that
 //! clients move away before connections close.
 //!
+//! An application asks a server itself with a [`HealthClient`].
+//!
 //! A channel built with
 //! [`health_check_service_name`](crate::client::ChannelBuilder::health_check_service_name)
 //! watches that service on every connection whose policy asks for it (`round_robin`,
@@ -18,18 +20,24 @@ use std::{
     task::{Poll, Waker},
 };
 
-use futures_util::StreamExt;
-
 use crate::{
     server::{ServerCall, Service},
     ProstCodec, Response, ResponseStream, Status,
 };
+
+mod client;
+
+pub use client::HealthClient;
+pub(crate) use client::{next_health, Health};
 
 /// The health service's name.
 pub const SERVICE_NAME: &str = "grpc.health.v1.Health";
 
 /// The `Watch` method's path.
 pub(crate) const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+
+/// The `Check` method's path.
+const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 
 /// `grpc.health.v1.HealthCheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -274,28 +282,6 @@ impl Service for HealthServer {
     fn shutting_down(&self) {
         self.reporter.shutdown();
     }
-}
-
-/// What a client's health watch learned, for its subchannel.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Health {
-    /// The backend is SERVING.
-    Serving,
-    /// The backend answered something else.
-    Unhealthy(ServingStatus),
-}
-
-/// The client side of one `Watch` stream: turns its messages into [`Health`] values.
-pub(crate) async fn next_health(
-    stream: &mut crate::Streaming<HealthCheckResponse>,
-) -> Option<Result<Health, Status>> {
-    let message = stream.next().await?;
-    Some(message.map(|response| {
-        match ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown) {
-            ServingStatus::Serving => Health::Serving,
-            other => Health::Unhealthy(other),
-        }
-    }))
 }
 
 #[cfg(test)]
