@@ -1,7 +1,10 @@
-//! [`PolicyRegistry`]: the load-balancing policies a channel can use, by name, and the parse
-//! of a `loadBalancingConfig` list against them.
+//! [`PolicyRegistry`]: the load-balancing policies a channel can use, by name, the parse of a
+//! `loadBalancingConfig` list against them, and the process-wide registry.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use anygrpc_codec::Status;
 
@@ -12,6 +15,11 @@ use crate::{
 
 /// The policies a channel can use, by name. The default holds `pick_first`, `round_robin`
 /// and `weighted_round_robin`; users register their own.
+///
+/// A channel starts from a snapshot of the process-wide registry ([`PolicyRegistry::global`]),
+/// as grpc-go's channels read `balancer.Register`'s; a library adds a policy for all of its
+/// users' channels with [`PolicyRegistry::register_global`]. A channel given its own registry
+/// (anygrpc's `ChannelBuilder::lb_policy_registry`) sees only that one.
 #[derive(Debug, Clone)]
 pub struct PolicyRegistry {
     builders: HashMap<&'static str, Arc<dyn LbPolicyBuilder>>,
@@ -29,7 +37,28 @@ impl Default for PolicyRegistry {
     }
 }
 
+/// The process-wide registry; `None` until first touched, then the default plus whatever
+/// was registered.
+static GLOBAL: RwLock<Option<PolicyRegistry>> = RwLock::new(None);
+
 impl PolicyRegistry {
+    /// A snapshot of the process-wide registry: the default policies and every builder
+    /// [`register_global`](Self::register_global) added before now.
+    pub fn global() -> PolicyRegistry {
+        let global = GLOBAL.read().unwrap_or_else(PoisonError::into_inner);
+        global.clone().unwrap_or_default()
+    }
+
+    /// Adds (or replaces) a policy in the process-wide registry, for every channel built
+    /// after this (those built before keep their snapshot). Call it at start-up, as grpc-go
+    /// asks of `balancer.Register`.
+    pub fn register_global(builder: Arc<dyn LbPolicyBuilder>) {
+        let mut global = GLOBAL.write().unwrap_or_else(PoisonError::into_inner);
+        global
+            .get_or_insert_with(PolicyRegistry::default)
+            .register(builder);
+    }
+
     /// Adds (or replaces) a policy.
     pub fn register(&mut self, builder: Arc<dyn LbPolicyBuilder>) {
         self.builders.insert(builder.name(), builder);

@@ -10,7 +10,6 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 use std::{
-    collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -25,8 +24,10 @@ use anygrpc_codec::{Backoff, BackoffConfig};
 pub use anygrpc_rt::Address;
 use anygrpc_rt::{BoxFuture, Runtime, Sleep};
 
+mod registry;
 mod target;
 pub mod txt;
+pub use registry::Registry;
 pub use target::Target;
 
 /// The port used when a `dns:` or `ipv4:`/`ipv6:` target names none.
@@ -66,58 +67,6 @@ pub trait ResolverBuilder: Send + Sync + fmt::Debug + 'static {
     /// The `:authority` calls on this target use unless the channel overrides it.
     fn default_authority(&self, target: &Target) -> String {
         target.endpoint().to_owned()
-    }
-}
-
-/// The resolver builders a channel can use, by scheme.
-#[derive(Debug, Clone)]
-pub struct Registry {
-    builders: HashMap<&'static str, Arc<dyn ResolverBuilder>>,
-    default_scheme: &'static str,
-}
-
-impl Default for Registry {
-    /// `dns` (the default scheme), `unix`, `unix-abstract`, `ipv4`, `ipv6`, `passthrough`.
-    fn default() -> Registry {
-        let mut registry = Registry {
-            builders: HashMap::new(),
-            default_scheme: "dns",
-        };
-        registry.register(Arc::new(DnsResolverBuilder::default()));
-        registry.register(Arc::new(StaticResolverBuilder::Unix));
-        registry.register(Arc::new(StaticResolverBuilder::UnixAbstract));
-        registry.register(Arc::new(StaticResolverBuilder::Ipv4));
-        registry.register(Arc::new(StaticResolverBuilder::Ipv6));
-        registry.register(Arc::new(PassthroughResolverBuilder));
-        registry
-    }
-}
-
-impl Registry {
-    /// Adds (or replaces) the builder for its scheme.
-    pub fn register(&mut self, builder: Arc<dyn ResolverBuilder>) {
-        self.builders.insert(builder.scheme(), builder);
-    }
-
-    /// The builder for a scheme.
-    pub fn get(&self, scheme: &str) -> Option<&Arc<dyn ResolverBuilder>> {
-        self.builders.get(scheme)
-    }
-
-    /// Parses a target: a `scheme:` this registry knows, else the default scheme (`dns`)
-    /// applied to the whole string, as `doc/naming.md` says.
-    pub fn parse_target(&self, target: &str) -> Result<(Target, Arc<dyn ResolverBuilder>), Status> {
-        if let Some(parsed) = Target::parse(target) {
-            if let Some(builder) = self.builders.get(parsed.scheme()) {
-                return Ok((parsed, builder.clone()));
-            }
-        }
-        let parsed = Target::parse(&format!("{}:///{target}", self.default_scheme))
-            .ok_or_else(|| Status::invalid_argument(format!("invalid target {target:?}")))?;
-        let builder = self.builders.get(self.default_scheme).ok_or_else(|| {
-            Status::invalid_argument(format!("no resolver for target {target:?}"))
-        })?;
-        Ok((parsed, builder.clone()))
     }
 }
 

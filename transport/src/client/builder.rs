@@ -75,7 +75,7 @@ impl ChannelBuilder {
         ChannelBuilder {
             target: target.to_owned(),
             runtime: None,
-            registry: Registry::default(),
+            registry: Registry::global(),
             authority: None,
             user_agent: None,
             call,
@@ -101,7 +101,7 @@ impl ChannelBuilder {
                 permit_without_calls: false,
             },
             keepalive_on: false,
-            lb_registry: PolicyRegistry::default(),
+            lb_registry: PolicyRegistry::global(),
             load_balancing_config: r#"[{"pick_first":{}}]"#.to_owned(),
             default_service_config: None,
             max_attempts: retry::DEFAULT_MAX_ATTEMPTS,
@@ -193,13 +193,15 @@ impl ChannelBuilder {
         self
     }
 
-    /// The load-balancing policies available by name, for custom policies.
+    /// The load-balancing policies available by name, for custom policies, instead of the
+    /// process-wide ones ([`PolicyRegistry::global`]).
     pub fn lb_policy_registry(mut self, registry: PolicyRegistry) -> Self {
         self.lb_registry = registry;
         self
     }
 
-    /// The resolver registry, for custom target schemes.
+    /// The resolver registry, for custom target schemes, instead of the process-wide one
+    /// ([`Registry::global`]).
     pub fn resolver_registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
         self
