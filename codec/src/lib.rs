@@ -26,6 +26,7 @@ pub mod frame;
 pub mod frame_pool;
 pub mod frames;
 pub mod headers;
+pub mod http_connect;
 pub mod keepalive;
 pub mod lifetime;
 pub mod message;

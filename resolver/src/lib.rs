@@ -24,9 +24,11 @@ use anygrpc_codec::{Backoff, BackoffConfig};
 pub use anygrpc_rt::Address;
 use anygrpc_rt::{BoxFuture, Runtime, Sleep};
 
+pub mod proxy;
 mod registry;
 mod target;
 pub mod txt;
+pub use proxy::HttpProxy;
 pub use registry::Registry;
 pub use target::Target;
 

@@ -1,6 +1,6 @@
 //! [`ChannelBuilder`]: a channel's settings, and the channel they build.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use anygrpc_codec::{
     headers::{self},
@@ -8,7 +8,7 @@ use anygrpc_codec::{
     BackoffConfig,
 };
 use anygrpc_lb::{retry, BufferBudget, PolicyRegistry, ServiceConfig};
-use anygrpc_resolver::Registry;
+use anygrpc_resolver::{split_host_port, HttpProxy, Registry, Target, DEFAULT_PORT};
 use anygrpc_rt::Runtime;
 use http::{
     uri::{Authority, Scheme},
@@ -17,6 +17,7 @@ use http::{
 
 use super::conn::{ClientKeepalive, ConnSettings};
 use super::core::{Core, CoreConfig};
+use super::proxy::Tunnel;
 use super::{Channel, ChannelInner, DEFAULT_IDLE_TIMEOUT};
 use crate::{
     channelz::ChannelNode,
@@ -52,6 +53,7 @@ pub struct ChannelBuilder {
     retry_buffer_per_call: usize,
     retry_buffer_per_channel: usize,
     idle_timeout: Option<Duration>,
+    proxy: ProxyChoice,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::ClientTlsConfig>,
     call_credentials: Option<Arc<dyn CallCredentials>>,
@@ -92,6 +94,7 @@ impl ChannelBuilder {
                 scheme: Scheme::HTTP,
                 authority: Authority::from_static("localhost"),
                 user_agent: headers::default_user_agent(),
+                tunnel: None,
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -108,6 +111,7 @@ impl ChannelBuilder {
             retry_buffer_per_call: retry::DEFAULT_PER_CALL_BUFFER,
             retry_buffer_per_channel: retry::DEFAULT_PER_CHANNEL_BUFFER,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            proxy: ProxyChoice::FromEnvironment,
             #[cfg(feature = "tls")]
             tls: None,
             call_credentials: None,
@@ -285,6 +289,20 @@ impl ChannelBuilder {
         self
     }
 
+    /// Connects through this HTTP CONNECT proxy (gRFC A1) instead of the one the environment
+    /// names, to every host but those on its `no_proxy` list (loopback hosts included: the
+    /// choice is yours). See [`HttpProxy`] for the URL and the list.
+    pub fn http_proxy(mut self, proxy: HttpProxy) -> Self {
+        self.proxy = ProxyChoice::Given(proxy);
+        self
+    }
+
+    /// Connects directly, whatever proxy the environment names.
+    pub fn no_http_proxy(mut self) -> Self {
+        self.proxy = ProxyChoice::Direct;
+        self
+    }
+
     /// Connects with TLS (scheme `https`, ALPN `h2`).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: crate::tls::ClientTlsConfig) -> Self {
@@ -322,7 +340,7 @@ impl ChannelBuilder {
     /// Builds the channel without connecting; the first call connects.
     ///
     /// A malformed target or a bad setting is `INVALID_ARGUMENT`.
-    pub fn connect_lazy(self) -> Result<Channel, Status> {
+    pub fn connect_lazy(mut self) -> Result<Channel, Status> {
         let runtime = match self.runtime {
             Some(rt) => rt,
             None => anygrpc_rt::default_runtime().ok_or_else(|| {
@@ -335,6 +353,13 @@ impl ChannelBuilder {
         let authority_text = self
             .authority
             .unwrap_or_else(|| builder.default_authority(&target));
+        let (target, builder) = match self.proxy.tunnel(&target) {
+            Some((tunnel, proxy_target)) => {
+                self.settings.tunnel = Some(tunnel);
+                self.registry.parse_target(&proxy_target)?
+            }
+            None => (target, builder),
+        };
         let authority = Authority::try_from(authority_text.as_str()).map_err(|e| {
             Status::invalid_argument(format!("invalid authority {authority_text:?}: {e}"))
         })?;
@@ -434,5 +459,55 @@ impl ChannelBuilder {
         let channel = self.connect_lazy()?;
         channel.inner.core.pick("", false).await?;
         Ok(channel)
+    }
+}
+
+/// Where a channel's proxy comes from.
+#[derive(Debug, Clone)]
+enum ProxyChoice {
+    /// `grpc_proxy` / `https_proxy` / `http_proxy`, read when the channel is built.
+    FromEnvironment,
+    /// [`ChannelBuilder::http_proxy`].
+    Given(HttpProxy),
+    /// [`ChannelBuilder::no_http_proxy`].
+    Direct,
+}
+
+impl ProxyChoice {
+    /// The tunnel a `dns:` target's connections open, and the target to resolve instead
+    /// (the proxy's), when a proxy applies to the target's host. A proxy from the
+    /// environment never applies to `localhost` or a loopback address, as in grpc-go.
+    fn tunnel(&self, target: &Target) -> Option<(Tunnel, String)> {
+        if target.scheme() != "dns" {
+            return None;
+        }
+        let (host, port) = split_host_port(target.endpoint(), DEFAULT_PORT).ok()?;
+        let from_env;
+        let proxy = match self {
+            ProxyChoice::Direct => return None,
+            ProxyChoice::Given(proxy) => proxy,
+            ProxyChoice::FromEnvironment => {
+                let loopback = host.eq_ignore_ascii_case("localhost")
+                    || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if loopback {
+                    return None;
+                }
+                from_env = HttpProxy::from_env(|name| std::env::var(name).ok())?;
+                &from_env
+            }
+        };
+        if !proxy.applies_to(&host) {
+            return None;
+        }
+        let authority = match host.contains(':') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        };
+        let tunnel = Tunnel {
+            proxy: proxy.address(),
+            authority,
+            credentials: proxy.credentials().map(str::to_owned),
+        };
+        Some((tunnel, format!("dns:///{}", proxy.address())))
     }
 }

@@ -70,6 +70,8 @@ pub(crate) struct ConnSettings {
     pub(crate) scheme: Scheme,
     pub(crate) authority: Authority,
     pub(crate) user_agent: HeaderValue,
+    /// The HTTP CONNECT tunnel each connection opens first, when a proxy applies.
+    pub(crate) tunnel: Option<super::proxy::Tunnel>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<crate::tls::TlsConnector>,
 }
@@ -419,6 +421,10 @@ impl Subchannel {
             Address::UnixAbstract(name) => self.runtime.connect_unix_abstract(name.clone()).await,
         }
         .map_err(|e| Status::unavailable(format!("failed to connect to {address}: {e}")))?;
+        let io = match &self.settings.tunnel {
+            Some(tunnel) => tunnel.open(io).await?,
+            None => io,
+        };
         #[cfg(feature = "tls")]
         let io = match &self.settings.tls {
             Some(tls) => tls.connect(io).await?,

@@ -27,6 +27,7 @@ mod conn;
 mod core;
 mod idle;
 mod prepared;
+mod proxy;
 mod requests;
 mod response;
 mod sender;

@@ -286,6 +286,8 @@ impl Service for HealthServer {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt;
+
     use super::*;
 
     fn poll_next(stream: &mut ResponseStream<HealthCheckResponse>) -> Poll<Option<ServingStatus>> {
