@@ -1,9 +1,11 @@
-//! The DNS messages of one TXT lookup (gRFC A2's `_grpc_config.<host>` record): the query,
-//! the answer, and the nameserver a `resolv.conf` names. Sans-IO: the runtime sends them.
+//! The DNS messages of one lookup: a query for a name's TXT records (gRFC A2's
+//! `_grpc_config.<host>`) or its addresses (A and AAAA, for a `dns://AUTHORITY/` target that
+//! names its own DNS server), the answer, and the nameserver a `resolv.conf` names.
+//! Sans-IO: the runtime sends them.
 //!
-//! The system resolver (`getaddrinfo`) cannot ask for TXT records, and a DNS client crate
-//! would bring dozens of dependencies for this one query; the codec here is small,
-//! bounds-checked, and takes no input it has not validated.
+//! The system resolver (`getaddrinfo`) can neither ask for TXT records nor ask a chosen
+//! server, and a DNS client crate would bring dozens of dependencies for these queries; the
+//! codec here is small, bounds-checked, and takes no input it has not validated.
 
 use std::{
     io,
@@ -12,12 +14,41 @@ use std::{
 
 use crate::Status;
 
-/// The TXT record type and the Internet class.
-const TYPE_TXT: u16 = 16;
+/// The Internet class.
 const CLASS_IN: u16 = 1;
 
-/// Encodes a recursive query for `name`'s TXT records.
-pub fn encode_txt_query(id: u16, name: &str) -> Result<Vec<u8>, Status> {
+/// The record types asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordType {
+    /// An IPv4 address.
+    A,
+    /// An IPv6 address.
+    Aaaa,
+    /// Text: a service config in DNS.
+    Txt,
+}
+
+impl RecordType {
+    fn code(self) -> u16 {
+        match self {
+            RecordType::A => 1,
+            RecordType::Aaaa => 28,
+            RecordType::Txt => 16,
+        }
+    }
+}
+
+/// One record of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// An A or AAAA record.
+    Address(IpAddr),
+    /// A TXT record's strings, concatenated.
+    Txt(String),
+}
+
+/// Encodes a recursive query for `name`'s records of type `kind`.
+pub fn encode_query(id: u16, name: &str, kind: RecordType) -> Result<Vec<u8>, Status> {
     let mut out = Vec::with_capacity(18 + name.len());
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&[0x01, 0x00]); // standard query, recursion desired
@@ -37,23 +68,24 @@ pub fn encode_txt_query(id: u16, name: &str) -> Result<Vec<u8>, Status> {
             "DNS name too long: {name:?}"
         )));
     }
-    out.extend_from_slice(&TYPE_TXT.to_be_bytes());
+    out.extend_from_slice(&kind.code().to_be_bytes());
     out.extend_from_slice(&CLASS_IN.to_be_bytes());
     Ok(out)
 }
 
-/// A parsed TXT response.
+/// A parsed response.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TxtAnswer {
+pub struct Answer {
     /// The server truncated the answer (retry over TCP).
     pub truncated: bool,
-    /// Each TXT record's strings, concatenated.
-    pub records: Vec<String>,
+    /// The records of the type asked for, in the order given.
+    pub records: Vec<Record>,
 }
 
-/// Parses a response to the query with `id`. Name errors (NXDOMAIN) are an empty answer;
-/// anything malformed or mismatched is an error.
-pub fn decode_txt_response(id: u16, message: &[u8]) -> io::Result<TxtAnswer> {
+/// Parses a response to the query with `id` for records of type `kind`. Name errors
+/// (NXDOMAIN) are an empty answer; records of other types (the CNAME the name led
+/// through) are skipped; anything malformed or mismatched is an error.
+pub fn decode_response(id: u16, message: &[u8], kind: RecordType) -> io::Result<Answer> {
     let bad = |why: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -75,7 +107,7 @@ pub fn decode_txt_response(id: u16, message: &[u8]) -> io::Result<TxtAnswer> {
     match flags & 0x000f {
         0 => {}
         3 => {
-            return Ok(TxtAnswer {
+            return Ok(Answer {
                 truncated,
                 records: Vec::new(),
             })
@@ -92,22 +124,36 @@ pub fn decode_txt_response(id: u16, message: &[u8]) -> io::Result<TxtAnswer> {
     let mut records = Vec::new();
     for _ in 0..answers {
         r.skip_name()?;
-        let (kind, class) = (r.u16()?, r.u16()?);
+        let (code, class) = (r.u16()?, r.u16()?);
         r.skip(4)?; // TTL
         let len = usize::from(r.u16()?);
         let data = r.take(len)?;
-        if kind != TYPE_TXT || class != CLASS_IN {
-            continue; // e.g. the CNAME the name led through
+        if code != kind.code() || class != CLASS_IN {
+            continue;
         }
-        let mut text = Vec::with_capacity(len);
-        let mut strings = Reader { buf: data, at: 0 };
-        while strings.at < data.len() {
-            let n = usize::from(strings.take(1)?[0]);
-            text.extend_from_slice(strings.take(n)?);
-        }
-        records.push(String::from_utf8(text).map_err(|_| bad("TXT data is not UTF-8"))?);
+        records.push(match kind {
+            RecordType::A => {
+                let octets: [u8; 4] = data.try_into().map_err(|_| bad("A data is not 4 bytes"))?;
+                Record::Address(IpAddr::from(octets))
+            }
+            RecordType::Aaaa => {
+                let octets: [u8; 16] = data
+                    .try_into()
+                    .map_err(|_| bad("AAAA data is not 16 bytes"))?;
+                Record::Address(IpAddr::from(octets))
+            }
+            RecordType::Txt => {
+                let mut text = Vec::with_capacity(len);
+                let mut strings = Reader { buf: data, at: 0 };
+                while strings.at < data.len() {
+                    let n = usize::from(strings.take(1)?[0]);
+                    text.extend_from_slice(strings.take(n)?);
+                }
+                Record::Txt(String::from_utf8(text).map_err(|_| bad("TXT data is not UTF-8"))?)
+            }
+        });
     }
-    Ok(TxtAnswer { truncated, records })
+    Ok(Answer { truncated, records })
 }
 
 /// A bounds-checked cursor over a DNS message.
@@ -177,6 +223,14 @@ pub(crate) mod tests {
         m
     }
 
+    fn encode_txt_query(id: u16, name: &str) -> Result<Vec<u8>, Status> {
+        encode_query(id, name, RecordType::Txt)
+    }
+
+    fn decode_txt_response(id: u16, message: &[u8]) -> io::Result<Answer> {
+        decode_response(id, message, RecordType::Txt)
+    }
+
     #[test]
     fn txt_messages_round_trip_and_bad_ones_fail_cleanly() {
         let query = encode_txt_query(7, "_grpc_config.example").unwrap();
@@ -190,9 +244,9 @@ pub(crate) mod tests {
         let answer = decode_txt_response(7, &response(7, 0x8180)).unwrap();
         assert_eq!(
             answer,
-            TxtAnswer {
+            Answer {
                 truncated: false,
-                records: vec!["grpc_cfg".to_owned()]
+                records: vec![Record::Txt("grpc_cfg".to_owned())]
             }
         );
         assert!(
@@ -219,6 +273,36 @@ pub(crate) mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn address_queries_and_answers() {
+        let query = encode_query(9, "svc.example", RecordType::Aaaa).unwrap();
+        assert_eq!(&query[12..], b"\x03svc\x07example\x00\x00\x1c\x00\x01");
+        let mut m = 9u16.to_be_bytes().to_vec();
+        m.extend_from_slice(&[0x81, 0x80, 0, 1, 0, 3, 0, 0, 0, 0]);
+        m.extend_from_slice(b"\x03svc\x07example\x00\x00\x01\x00\x01");
+        // A CNAME, then two A records.
+        m.extend_from_slice(&[0xc0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 2, 0xc0, 12]);
+        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 1]);
+        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, 2]);
+        let answer = decode_response(9, &m, RecordType::A).unwrap();
+        let expected: Vec<Record> = ["10.0.0.1", "10.0.0.2"]
+            .iter()
+            .map(|ip| Record::Address(ip.parse().unwrap()))
+            .collect();
+        assert_eq!(answer.records, expected);
+        assert!(decode_response(9, &m, RecordType::Aaaa)
+            .unwrap()
+            .records
+            .is_empty());
+        // An A record whose data is not 4 bytes.
+        let mut short = m.clone();
+        let at = short.len() - 5;
+        short[at] = 3;
+        short.pop();
+        let err = decode_response(9, &short, RecordType::A).unwrap_err();
+        assert!(err.to_string().contains("not 4 bytes"), "{err}");
     }
 
     #[test]

@@ -131,16 +131,30 @@ pub fn target(data: &[u8]) {
     }
 }
 
-/// A DNS TXT response (the first two bytes are the query id), then the same bytes as a
-/// `grpc_config` record: parsing never panics, records never hold more bytes than the message,
-/// and a selected service config is always a JSON object.
+/// A DNS response (the first two bytes are the query id) read as a TXT, an A and an AAAA
+/// answer, then the same bytes as a `grpc_config` record: parsing never panics, records never
+/// hold more bytes than the message, and a selected service config is always a JSON object.
 pub fn dns_txt(data: &[u8]) {
     let id = data
         .get(..2)
         .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-    if let Ok(answer) = anygrpc_codec::dns::decode_txt_response(id, data) {
-        let total: usize = answer.records.iter().map(String::len).sum();
+    use anygrpc_codec::dns::{decode_response, Record, RecordType};
+    if let Ok(answer) = decode_response(id, data, RecordType::Txt) {
+        let total: usize = answer
+            .records
+            .iter()
+            .map(|record| match record {
+                Record::Txt(text) => text.len(),
+                Record::Address(_) => unreachable!("a TXT answer holds text"),
+            })
+            .sum();
         assert!(total <= data.len());
+    }
+    for kind in [RecordType::A, RecordType::Aaaa] {
+        if let Ok(answer) = decode_response(id, data, kind) {
+            let width = if kind == RecordType::A { 4 } else { 16 };
+            assert!(answer.records.len() * width <= data.len());
+        }
     }
     let record = format!("grpc_config={}", String::from_utf8_lossy(data));
     let draw = (data.len() % 100) as u32;

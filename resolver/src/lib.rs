@@ -104,7 +104,10 @@ pub fn split_host_port(endpoint: &str, default_port: u16) -> Result<(String, u16
 /// (grpc-go's and the C-core's 30 s).
 pub const DEFAULT_MIN_RESOLUTION_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Resolves `dns:` targets with the runtime's system resolver.
+/// Resolves `dns:` targets with the runtime's system resolver, or, for a
+/// `dns://AUTHORITY/host` target, by asking the DNS server at `AUTHORITY` (an IP address,
+/// port 53 by default) for the host's A and AAAA records. The service config's TXT lookup,
+/// when on, asks the system's nameserver either way.
 ///
 /// Re-resolution requests (connections failing, GOAWAY) are served no more often than the
 /// minimum interval; a failed lookup is retried with connection backoff
@@ -191,6 +194,26 @@ fn txt_lookup(
     })
 }
 
+/// The DNS server port when a `dns://AUTHORITY/` names none.
+const DNS_PORT: u16 = 53;
+
+/// The DNS server a `dns://AUTHORITY/host` target names: an IP address, with port 53 unless
+/// given (`dns://8.8.8.8/`, `dns://[2001:db8::53]:5353/`). A name is `INVALID_ARGUMENT`, as
+/// in the C-core: resolving the resolver would need a resolver.
+fn dns_server(target: &Target) -> Result<Option<SocketAddr>, Status> {
+    if target.authority().is_empty() {
+        return Ok(None);
+    }
+    let (host, port) = split_host_port(target.authority(), DNS_PORT)?;
+    let ip = host.parse::<IpAddr>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "dns://{}/: the DNS server must be an IP address",
+            target.authority()
+        ))
+    })?;
+    Ok(Some(SocketAddr::new(ip, port)))
+}
+
 impl ResolverBuilder for DnsResolverBuilder {
     fn scheme(&self) -> &'static str {
         "dns"
@@ -202,6 +225,7 @@ impl ResolverBuilder for DnsResolverBuilder {
         runtime: Arc<dyn Runtime>,
     ) -> Result<Box<dyn Resolver>, Status> {
         let (host, port) = split_host_port(target.endpoint(), DEFAULT_PORT)?;
+        let server = dns_server(target)?;
         // IP literals need no lookup.
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(Box::new(StaticResolver::new(vec![Address::Tcp(
@@ -217,6 +241,7 @@ impl ResolverBuilder for DnsResolverBuilder {
         Ok(Box::new(DnsResolver {
             host,
             port,
+            server,
             runtime,
             lookup: None,
             wanted: true,
@@ -234,6 +259,8 @@ impl ResolverBuilder for DnsResolverBuilder {
 struct DnsResolver {
     host: String,
     port: u16,
+    /// The DNS server a `dns://AUTHORITY/` target names; the system resolver otherwise.
+    server: Option<SocketAddr>,
     runtime: Arc<dyn Runtime>,
     lookup: Option<BoxFuture<'static, std::io::Result<Vec<SocketAddr>>>>,
     /// A resolution was asked for (or the last one failed) and has not started.
@@ -283,7 +310,12 @@ impl Resolver for DnsResolver {
             }
             self.timer = None;
             self.wanted = false;
-            self.lookup = Some(self.runtime.lookup_host(self.host.clone(), self.port));
+            self.lookup = Some(match self.server {
+                Some(server) => self
+                    .runtime
+                    .lookup_host_at(server, self.host.clone(), self.port),
+                None => self.runtime.lookup_host(self.host.clone(), self.port),
+            });
             if let Some(txt) = &mut self.txt {
                 txt.pending = Some(txt_lookup(&*self.runtime, &self.host, txt));
                 txt.config = None;

@@ -1,7 +1,7 @@
-//! The default TXT lookup of [`Runtime::lookup_txt`](crate::Runtime::lookup_txt): one query
-//! to the system's first nameserver over UDP, and over TCP when the answer is truncated, with
-//! blocking std sockets (it runs on the blocking pool). The messages are
-//! `anygrpc_codec::dns`'s.
+//! The default DNS queries of [`Runtime::lookup_txt`](crate::Runtime::lookup_txt) (to the
+//! system's first nameserver) and [`Runtime::lookup_host_at`](crate::Runtime::lookup_host_at)
+//! (to a chosen one): each over UDP, and over TCP when the answer is truncated, with blocking
+//! std sockets (they run on the blocking pool). The messages are `anygrpc_codec::dns`'s.
 
 use std::{
     io::{self, Read, Write},
@@ -9,14 +9,47 @@ use std::{
     time::Duration,
 };
 
-use anygrpc_codec::dns::{decode_txt_response, encode_txt_query, first_nameserver};
+use anygrpc_codec::dns::{decode_response, encode_query, first_nameserver, Record, RecordType};
 
 /// How long the default lookup waits for each answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `name`'s TXT records, from the system's nameserver.
 pub(crate) fn lookup_txt(name: &str) -> io::Result<Vec<String>> {
-    query(name, system_nameserver()?, TIMEOUT)
+    let records = query(name, system_nameserver()?, TIMEOUT, RecordType::Txt)?;
+    Ok(records
+        .into_iter()
+        .filter_map(|record| match record {
+            Record::Txt(text) => Some(text),
+            Record::Address(_) => None,
+        })
+        .collect())
+}
+
+/// `host`'s addresses (A, then AAAA) from the DNS server at `server`, with `port`. One of
+/// the two queries failing is not an error while the other answers.
+pub(crate) fn lookup_host_at(
+    server: SocketAddr,
+    host: &str,
+    port: u16,
+) -> io::Result<Vec<SocketAddr>> {
+    let mut addresses = Vec::new();
+    let mut failure = None;
+    for kind in [RecordType::A, RecordType::Aaaa] {
+        match query(host, server, TIMEOUT, kind) {
+            Ok(records) => {
+                addresses.extend(records.into_iter().filter_map(|record| match record {
+                    Record::Address(ip) => Some(SocketAddr::new(ip, port)),
+                    Record::Txt(_) => None,
+                }))
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    match failure {
+        Some(e) if addresses.is_empty() => Err(e),
+        _ => Ok(addresses),
+    }
 }
 
 /// The system's nameserver, from `/etc/resolv.conf`.
@@ -26,10 +59,16 @@ fn system_nameserver() -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no nameserver in /etc/resolv.conf"))
 }
 
-/// Asks `server` for `name`'s TXT records, waiting at most `timeout` for each answer.
-pub(crate) fn query(name: &str, server: SocketAddr, timeout: Duration) -> io::Result<Vec<String>> {
+/// Asks `server` for `name`'s records of type `kind`, waiting at most `timeout` for each
+/// answer.
+pub(crate) fn query(
+    name: &str,
+    server: SocketAddr,
+    timeout: Duration,
+    kind: RecordType,
+) -> io::Result<Vec<Record>> {
     let id = fastrand::u16(..);
-    let query = encode_txt_query(id, name)
+    let query = encode_query(id, name, kind)
         .map_err(|s| io::Error::new(io::ErrorKind::InvalidInput, s.message().to_owned()))?;
     let bind: SocketAddr = if server.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -42,7 +81,7 @@ pub(crate) fn query(name: &str, server: SocketAddr, timeout: Duration) -> io::Re
     udp.send(&query)?;
     let mut buf = vec![0; 4096];
     let n = udp.recv(&mut buf)?;
-    let answer = decode_txt_response(id, &buf[..n])?;
+    let answer = decode_response(id, &buf[..n], kind)?;
     if !answer.truncated {
         return Ok(answer.records);
     }
@@ -55,7 +94,7 @@ pub(crate) fn query(name: &str, server: SocketAddr, timeout: Duration) -> io::Re
     tcp.read_exact(&mut len)?;
     let mut message = vec![0; usize::from(u16::from_be_bytes(len))];
     tcp.read_exact(&mut message)?;
-    Ok(decode_txt_response(id, &message)?.records)
+    Ok(decode_response(id, &message, kind)?.records)
 }
 
 /// This machine's host name, as the kernel has it.
@@ -108,14 +147,11 @@ mod tests {
             stream.write_all(&reply).unwrap();
         });
         let timeout = Duration::from_secs(5);
-        assert_eq!(
-            query("_grpc_config.example", server, timeout).unwrap(),
-            ["grpc_cfg"]
-        );
-        assert_eq!(
-            query("_grpc_config.example", server, timeout).unwrap(),
-            ["grpc_cfg"]
-        );
+        let txt = [Record::Txt("grpc_cfg".into())];
+        for _ in 0..2 {
+            let records = query("_grpc_config.example", server, timeout, RecordType::Txt);
+            assert_eq!(records.unwrap(), txt);
+        }
         dns.join().unwrap();
     }
 }

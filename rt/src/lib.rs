@@ -275,6 +275,21 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         port: u16,
     ) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
 
+    /// Resolves `host` by asking the DNS server at `server` itself, for a `dns://AUTHORITY/`
+    /// target that names one: its A and then its AAAA records, with `port`. Default: a query
+    /// of each over UDP, then over TCP when the answer is truncated, 5 s per answer, on the
+    /// blocking pool.
+    fn lookup_host_at(
+        &self,
+        server: SocketAddr,
+        host: String,
+        port: u16,
+    ) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        Box::pin(spawn_blocking(move || {
+            dns::lookup_host_at(server, &host, port)
+        }))
+    }
+
     /// The TXT records of `name`, each record's strings joined; none when the name does not
     /// exist. Asked for the service config in DNS (gRFC A2), when a channel turns that on.
     /// Default: one query to the first nameserver of `/etc/resolv.conf`, over UDP and then

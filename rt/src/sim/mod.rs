@@ -499,6 +499,17 @@ impl Runtime for SimRuntime {
         Box::pin(async move { found })
     }
 
+    /// The simulation has one DNS: every server answers from its records.
+    fn lookup_host_at(
+        &self,
+        server: SocketAddr,
+        host: String,
+        port: u16,
+    ) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let _ = server;
+        self.lookup_host(host, port)
+    }
+
     fn lookup_txt(&self, name: String) -> BoxFuture<'static, io::Result<Vec<String>>> {
         let found = self.world().state().net.lookup_txt(&name);
         Box::pin(async move { Ok(found) })
