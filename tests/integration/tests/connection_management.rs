@@ -284,6 +284,80 @@ fn shutdown_cancels_calls_still_running_when_the_grace_period_ends() {
 }
 
 #[test]
+fn a_closing_channel_refuses_new_calls_and_waits_for_those_in_flight() {
+    let server = start();
+    let channel = server.channel();
+    let client = TestClient::new(channel.clone());
+    block_on(async {
+        let (requests, rx) = futures_channel::mpsc::unbounded();
+        let mut replies = client.bidi(rx).await.unwrap().into_inner();
+        requests.unbounded_send(Payload::default()).unwrap();
+        replies.next().await.unwrap().unwrap();
+
+        let closing = channel.close(Duration::from_secs(60));
+        futures_util::pin_mut!(closing);
+        assert!(
+            futures_util::poll!(closing.as_mut()).is_pending(),
+            "a call is in flight"
+        );
+        assert_eq!(
+            channel.connectivity_state(true),
+            ConnectivityState::Shutdown
+        );
+        let refused = client.unary(Payload::default()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Cancelled, "{refused}");
+        let waiting = Payload::default();
+        let mut request = anygrpc::Request::new(waiting);
+        request.set_wait_for_ready(true);
+        let refused = client.unary(request).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::Cancelled,
+            "wait-for-ready too: {refused}"
+        );
+
+        // The call in flight goes on, on its connection, to its end.
+        requests.unbounded_send(Payload::default()).unwrap();
+        replies.next().await.unwrap().unwrap();
+        drop(requests);
+        assert!(replies.next().await.is_none(), "ended OK");
+        drop(replies);
+        let started = Instant::now();
+        closing.await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not the grace period"
+        );
+    });
+    assert_eq!(
+        channel.connectivity_state(true),
+        ConnectivityState::Shutdown
+    );
+}
+
+#[test]
+fn a_closing_channel_cuts_the_calls_left_when_the_grace_period_ends() {
+    let mut server = start();
+    let channel = server.channel();
+    let client = TestClient::new(channel.clone());
+    block_on(async {
+        let mut hanging = Box::pin(client.unary(Payload {
+            hang: true,
+            ..Payload::default()
+        }));
+        started(&mut hanging, &mut server).await;
+        let (closed, cut) = futures_util::join!(channel.close(300 * MS), hanging);
+        let () = closed;
+        let err = cut.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert!(
+            matches!(server.next_event().await, Event::Dropped),
+            "the handler was cancelled"
+        );
+    });
+}
+
+#[test]
 fn calls_beyond_the_stream_limit_wait_for_a_free_stream() {
     let server = start_with(|s| s.max_concurrent_streams(2));
     let client = server.client();

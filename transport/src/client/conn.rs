@@ -28,7 +28,7 @@ use anygrpc_lb::{
 use anygrpc_rt::{Address, BoxIo, H2Io, Runtime, TcpOptions};
 use bytes::Bytes;
 use futures_util::{
-    future::{poll_fn, AbortHandle, FutureExt},
+    future::{poll_fn, AbortHandle, Abortable, FutureExt},
     StreamExt,
 };
 use h2::client::{Connection, SendRequest};
@@ -129,6 +129,8 @@ struct Slot {
     /// The streams running on the current connection: its health watch and load reports.
     health_task: Option<AbortHandle>,
     load_task: Option<AbortHandle>,
+    /// Stops the current connection's task: a closing channel's last resort.
+    connection_task: Option<AbortHandle>,
     /// The current connection's channelz entry.
     socket: Option<Arc<SocketNode>>,
 }
@@ -203,6 +205,7 @@ impl Subchannel {
                 load_reporting: None,
                 health_task: None,
                 load_task: None,
+                connection_task: None,
                 socket: None,
             }),
             settings,
@@ -268,6 +271,14 @@ impl Subchannel {
         self.channelz.set_state(ConnectivityState::Shutdown);
     }
 
+    /// Closes the live connection now, failing the calls still on it: what a closing channel
+    /// does once its grace period is over.
+    pub(crate) fn close_connection(&self) {
+        if let Some(task) = self.slot().connection_task.take() {
+            task.abort();
+        }
+    }
+
     /// Gates READY on the channel's health check, from the next connection on.
     pub(crate) fn enable_health_check(&self) {
         self.slot().health_check = true;
@@ -323,12 +334,14 @@ impl Subchannel {
         };
         match result {
             Ok((send, connection)) => {
+                let (stop, stopped) = AbortHandle::new_pair();
                 let health_service = {
                     let mut slot = self.slot();
                     if slot.generation != generation {
                         return;
                     }
                     slot.machine.connected();
+                    slot.connection_task = Some(stop);
                     slot.send = Some(send.clone());
                     let socket = SocketNode::client(self.address.clone(), self.runtime.clone());
                     self.channelz.add_socket(&socket);
@@ -350,8 +363,8 @@ impl Subchannel {
                     }
                     health_service
                 };
-                let driver = self.drive(connection, generation);
-                self.runtime.spawn_connection(Box::pin(driver));
+                let driver = Abortable::new(self.drive(connection, generation), stopped);
+                self.runtime.spawn_connection(Box::pin(driver.map(drop)));
                 // With a health check, READY waits for the backend to say SERVING.
                 if health_service.is_none() {
                     self.report(ConnectivityState::Ready, None);

@@ -1,11 +1,12 @@
-//! Whether a channel is in use, for its idle timer (`doc/connectivity-semantics-and-api.md`):
-//! the calls in flight, and when it was last used.
+//! Whether a channel is in use, for its idle timer (`doc/connectivity-semantics-and-api.md`)
+//! and for a close that waits for its calls: the calls in flight, and when it was last used.
 
 use std::{
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
     },
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -18,6 +19,9 @@ pub(super) struct Activity {
     created: Instant,
     active_calls: AtomicUsize,
     last_activity: AtomicU64,
+    /// The channel is closing: the end of the last call wakes `drained`.
+    closing: AtomicBool,
+    drained: Mutex<Option<Waker>>,
 }
 
 /// Keeps a channel out of IDLE while a call is in flight.
@@ -29,7 +33,14 @@ impl Drop for ActiveCall {
         // in flight it does not look at the time), and it is recorded before the count can
         // reach zero.
         self.0.touch();
-        self.0.active_calls.fetch_sub(1, Ordering::Release);
+        // Sequentially consistent with `close` and `poll_drained`: either this sees the
+        // channel closing, or the closer sees the count this leaves.
+        let last = self.0.active_calls.fetch_sub(1, Ordering::SeqCst) == 1;
+        if last && self.0.closing.load(Ordering::SeqCst) {
+            if let Some(waker) = crate::sync::lock(&self.0.drained).take() {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -41,6 +52,8 @@ impl Activity {
             runtime,
             active_calls: AtomicUsize::new(0),
             last_activity: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            drained: Mutex::new(None),
         })
     }
 
@@ -64,6 +77,21 @@ impl Activity {
     /// Whether a call is in flight.
     pub(super) fn in_use(&self) -> bool {
         self.active_calls.load(Ordering::Acquire) > 0
+    }
+
+    /// The channel is closing: from now on the end of its last call wakes
+    /// [`poll_drained`](Self::poll_drained).
+    pub(super) fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Ready once no call is in flight (after [`close`](Self::close)).
+    pub(super) fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+        *crate::sync::lock(&self.drained) = Some(cx.waker().clone());
+        match self.active_calls.load(Ordering::SeqCst) {
+            0 => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
     }
 
     /// When the channel may go IDLE, if no call starts before then.

@@ -36,7 +36,7 @@ pub use crate::cancel::{cancellation, CancelToken, Cancelled, Canceller};
 pub use builder::ChannelBuilder;
 pub use requests::{request_channel, RequestClosed, RequestSender, RequestStream};
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, task::Poll, time::Duration};
 
 use anygrpc_lb::{BufferBudget, ConnectivityState};
 use http::{
@@ -114,6 +114,30 @@ impl Channel {
     /// The target the channel was built with.
     pub fn target(&self) -> &str {
         &self.inner.target
+    }
+
+    /// Closes the channel, for every clone of it: it turns SHUTDOWN for good and new calls
+    /// fail `CANCELLED` at once; the calls in flight have `grace` to finish on the
+    /// connections they are on, and those still running then fail as their connections are
+    /// closed. Resolves when the calls have ended, or at the end of the grace period. A zero
+    /// grace closes at once, as grpc-go's `ClientConn.Close` does; dropping every clone
+    /// instead lets the calls run to their end.
+    pub async fn close(&self, grace: Duration) {
+        let core = &self.inner.core;
+        let subchannels = core.shut_down();
+        let runtime = core.runtime().clone();
+        let mut timer = runtime.sleep_until(runtime.now() + grace);
+        let activity = core.activity();
+        let drained = futures_util::future::poll_fn(|cx| match activity.poll_drained(cx) {
+            Poll::Ready(()) => Poll::Ready(true),
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| false),
+        })
+        .await;
+        if !drained {
+            for subchannel in &subchannels {
+                subchannel.close_connection();
+            }
+        }
     }
 }
 

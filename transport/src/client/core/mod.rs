@@ -32,6 +32,8 @@ use h2::client::SendRequest;
 
 use super::conn::{ConnSettings, Subchannel, SubchannelEvents};
 use super::idle::{ActiveCall, Activity};
+
+mod close;
 use crate::channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode};
 use crate::metrics::Recorder;
 use crate::Status;
@@ -55,6 +57,9 @@ struct Inner {
     /// Set when the resolver has been asked to resolve again; the resolver task takes it.
     resolve_now: bool,
     resolver_waker: Option<Waker>,
+    /// The channel was closed: the policy is no longer told anything, and the channel
+    /// stays SHUTDOWN.
+    shut_down: bool,
 }
 
 /// What calls see: the policy's latest state and picker, and the subchannels at that moment.
@@ -267,6 +272,7 @@ impl Core {
                 timer: None,
                 resolve_now: false,
                 resolver_waker: None,
+                shut_down: false,
             }),
             health_check_service,
             policy_builder: config.policy_builder,
@@ -482,7 +488,7 @@ impl Core {
         f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl),
     ) {
         let mut guard = self.lock();
-        if epoch.is_some_and(|epoch| epoch != guard.epoch) {
+        if guard.shut_down || epoch.is_some_and(|epoch| epoch != guard.epoch) {
             return;
         }
         let inner = &mut *guard;
@@ -629,6 +635,9 @@ impl Core {
         wait_for_ready: bool,
     ) -> Poll<Result<Picked, Status>> {
         let published = self.published();
+        if published.state == ConnectivityState::Shutdown {
+            return Poll::Ready(Err(close::closed()));
+        }
         let (id, load_report) = match published.picker.pick(&PickInfo::new(path)) {
             Pick::Ready(id) => (Some(id), None),
             Pick::Reporting(id, sink) => (Some(id), Some(sink)),
