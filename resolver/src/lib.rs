@@ -6,6 +6,11 @@
 //! learns something, and is asked to [`resolve_now`](Resolver::resolve_now) when the channel's
 //! connections fail. Built in: `dns` (the default), `unix`, `unix-abstract`, `ipv4`, `ipv6`
 //! and `passthrough`.
+//!
+//! A scheme of your own is a [`ResolverBuilder`] registered for every channel
+//! ([`Registry::register_global`]) or for one (anygrpc's `ChannelBuilder::resolver_registry`).
+//! Its resolver may be a [`StaticResolver`] when the addresses are known when it is built.
+//! Which HTTP CONNECT proxy a target goes through is [`proxy`]'s.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
@@ -53,7 +58,8 @@ pub trait Resolver: Send + fmt::Debug + 'static {
     fn resolve_now(&mut self);
 }
 
-/// Makes resolvers for one URI scheme.
+/// Makes resolvers for one URI scheme. A builder whose addresses are fixed by the target
+/// can return a [`StaticResolver`].
 pub trait ResolverBuilder: Send + Sync + fmt::Debug + 'static {
     /// The scheme, e.g. `dns`.
     fn scheme(&self) -> &'static str;
