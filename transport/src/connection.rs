@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex, OnceLock,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -59,6 +59,10 @@ pub(crate) struct Shared {
     gate: AtomicU8,
     /// Debug data put on the GOAWAY frames h2 writes from now on.
     goaway_debug: OnceLock<&'static [u8]>,
+    /// Client: the channel closed and its grace period is over; `closer` wakes the
+    /// connection's task to end the connection.
+    close_requested: AtomicBool,
+    closer: Mutex<Option<Waker>>,
 }
 
 impl Shared {
@@ -74,7 +78,30 @@ impl Shared {
             calls_in_flight: AtomicBool::new(false),
             gate: AtomicU8::new(GATE_OPEN),
             goaway_debug: OnceLock::new(),
+            close_requested: AtomicBool::new(false),
+            closer: Mutex::new(None),
         })
+    }
+
+    /// Client: ends the connection now, failing the streams still on it (a closing channel's
+    /// grace period is over). Wakes the connection's task, which ends at its next poll.
+    pub(crate) fn close_now(&self) {
+        self.close_requested.store(true, Ordering::SeqCst);
+        if let Some(waker) = lock(&self.closer).take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether [`close_now`](Self::close_now) was called; until then the connection's task
+    /// leaves its waker for it. `registered` is the task's record of the waker it left, so
+    /// the lock is taken only when the task's waker changes (a spawned task's never does):
+    /// each poll costs a waker comparison and a load.
+    pub(crate) fn close_requested(&self, cx: &Context<'_>, registered: &mut Option<Waker>) -> bool {
+        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *lock(&self.closer) = Some(cx.waker().clone());
+            *registered = Some(cx.waker().clone());
+        }
+        self.close_requested.load(Ordering::SeqCst)
     }
 
     /// Whether the peer has sent GOAWAY (a cheap check, made after every poll).

@@ -28,7 +28,7 @@ use anygrpc_lb::{
 use anygrpc_rt::{Address, BoxIo, H2Io, Runtime, TcpOptions};
 use bytes::Bytes;
 use futures_util::{
-    future::{poll_fn, AbortHandle, Abortable, FutureExt},
+    future::{poll_fn, AbortHandle, FutureExt},
     StreamExt,
 };
 use h2::client::{Connection, SendRequest};
@@ -129,8 +129,8 @@ struct Slot {
     /// The streams running on the current connection: its health watch and load reports.
     health_task: Option<AbortHandle>,
     load_task: Option<AbortHandle>,
-    /// Stops the current connection's task: a closing channel's last resort.
-    connection_task: Option<AbortHandle>,
+    /// What the current connection's task shares: a closing channel's last resort ends it.
+    connection: Option<Arc<Shared>>,
     /// The current connection's channelz entry.
     socket: Option<Arc<SocketNode>>,
 }
@@ -205,7 +205,7 @@ impl Subchannel {
                 load_reporting: None,
                 health_task: None,
                 load_task: None,
-                connection_task: None,
+                connection: None,
                 socket: None,
             }),
             settings,
@@ -274,8 +274,8 @@ impl Subchannel {
     /// Closes the live connection now, failing the calls still on it: what a closing channel
     /// does once its grace period is over.
     pub(crate) fn close_connection(&self) {
-        if let Some(task) = self.slot().connection_task.take() {
-            task.abort();
+        if let Some(connection) = self.slot().connection.take() {
+            connection.close_now();
         }
     }
 
@@ -334,14 +334,13 @@ impl Subchannel {
         };
         match result {
             Ok((send, connection)) => {
-                let (stop, stopped) = AbortHandle::new_pair();
                 let health_service = {
                     let mut slot = self.slot();
                     if slot.generation != generation {
                         return;
                     }
                     slot.machine.connected();
-                    slot.connection_task = Some(stop);
+                    slot.connection = Some(connection.shared.clone());
                     slot.send = Some(send.clone());
                     let socket = SocketNode::client(self.address.clone(), self.runtime.clone());
                     self.channelz.add_socket(&socket);
@@ -363,8 +362,8 @@ impl Subchannel {
                     }
                     health_service
                 };
-                let driver = Abortable::new(self.drive(connection, generation), stopped);
-                self.runtime.spawn_connection(Box::pin(driver.map(drop)));
+                let driver = self.drive(connection, generation);
+                self.runtime.spawn_connection(Box::pin(driver));
                 // With a health check, READY waits for the backend to say SERVING.
                 if health_service.is_none() {
                     self.report(ConnectivityState::Ready, None);
@@ -495,8 +494,12 @@ impl Subchannel {
         );
         let this = Arc::downgrade(self);
         let mut went_away = false;
+        let mut registered = None;
         async move {
             let ended = poll_fn(|cx| loop {
+                if shared.close_requested(cx, &mut registered) {
+                    return Poll::Ready(Some("the channel closed".to_owned()));
+                }
                 if let Poll::Ready(result) = connection.poll_unpin(cx) {
                     return Poll::Ready(result.err().map(|e| e.to_string()));
                 }
