@@ -9,7 +9,7 @@ use std::sync::{
 use anygrpc::{
     client::Grpc,
     codegen::PathAndQuery,
-    health::{health_service, HealthCheckRequest, HealthClient, ServingStatus},
+    health::{health_service, HealthCheckRequest, HealthClient, HealthListRequest, ServingStatus},
     orca::{set_call_load_report, OrcaLoadReport, OrcaService, ServerMetricsRecorder},
     rt::block_on,
     server::{ServerCall, Service},
@@ -115,7 +115,7 @@ fn a_backend_set_not_serving_gets_no_calls_until_it_serves_again() {
 }
 
 #[test]
-fn the_health_client_checks_and_watches() {
+fn the_health_client_checks_lists_and_watches() {
     let (reporter, health) = health_service();
     reporter.set_not_serving("down");
     let (a, _) = server_with(|s| s.add_service(health));
@@ -130,6 +130,32 @@ fn the_health_client_checks_and_watches() {
         ServingStatus::NotServing
     );
     assert_eq!(check("nope").unwrap_err().code(), anygrpc::Code::NotFound);
+    let listed = block_on(client.list(HealthListRequest {}))
+        .unwrap()
+        .into_inner();
+    let mut listed: Vec<_> = listed
+        .statuses
+        .iter()
+        .map(|(name, response)| (name.as_str(), response.status()))
+        .collect();
+    listed.sort();
+    let expected = [
+        ("", ServingStatus::Serving),
+        ("down", ServingStatus::NotServing),
+    ];
+    assert_eq!(listed, expected);
+    for i in 0..anygrpc::health::MAX_LISTED_SERVICES {
+        reporter.set_serving(&format!("svc-{i}"));
+    }
+    let err = block_on(client.list(HealthListRequest {})).unwrap_err();
+    assert_eq!(
+        err.code(),
+        anygrpc::Code::ResourceExhausted,
+        "over 100 services"
+    );
+    for i in 0..anygrpc::health::MAX_LISTED_SERVICES {
+        reporter.clear(&format!("svc-{i}"));
+    }
 
     block_on(async {
         let mut watch = client

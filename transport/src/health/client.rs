@@ -4,7 +4,10 @@
 use futures_util::StreamExt;
 use http::uri::PathAndQuery;
 
-use super::{HealthCheckRequest, HealthCheckResponse, ServingStatus, CHECK_PATH, WATCH_PATH};
+use super::{
+    HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse, ServingStatus,
+    CHECK_PATH, LIST_PATH, WATCH_PATH,
+};
 use crate::{client::Grpc, Channel, IntoRequest, ProstCodec, Response, Status, Streaming};
 
 type ClientCodec = ProstCodec<HealthCheckRequest, HealthCheckResponse>;
@@ -46,6 +49,18 @@ impl HealthClient {
         let path = PathAndQuery::from_static(CHECK_PATH);
         let request = request.into_request();
         self.inner.unary(path, ClientCodec::new(), request).await
+    }
+
+    /// `List` (gRFC A90): every service the server registered and its status, when it has no
+    /// more than 100 (`RESOURCE_EXHAUSTED` otherwise). A server whose health service predates
+    /// A90 answers `UNIMPLEMENTED`.
+    pub async fn list(
+        &self,
+        request: impl IntoRequest<HealthListRequest>,
+    ) -> Result<Response<HealthListResponse>, Status> {
+        let path = PathAndQuery::from_static(LIST_PATH);
+        let codec = ProstCodec::<HealthListRequest, HealthListResponse>::new();
+        self.inner.unary(path, codec, request.into_request()).await
     }
 
     /// `Watch`: the service's status now, then each change, for as long as the stream is

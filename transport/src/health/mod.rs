@@ -3,7 +3,7 @@
 //!
 //! A server adds [`HealthServer`] and sets each service's status through its
 //! [`HealthReporter`]; `Check` answers with the status now, `Watch` streams it and every
-//! change. On shutdown, [`HealthReporter::shutdown`] turns every service NOT_SERVING so that
+//! change, `List` (gRFC A90) gives every service's. On shutdown, [`HealthReporter::shutdown`] turns every service NOT_SERVING so that
 //! clients move away before connections close.
 //!
 //! An application asks a server itself with a [`HealthClient`].
@@ -39,6 +39,12 @@ pub(crate) const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
 /// The `Check` method's path.
 const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 
+/// The `List` method's path (gRFC A90).
+const LIST_PATH: &str = "/grpc.health.v1.Health/List";
+
+/// The most services `List` answers with; more is `RESOURCE_EXHAUSTED` (gRFC A90).
+pub const MAX_LISTED_SERVICES: usize = 100;
+
 /// `grpc.health.v1.HealthCheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HealthCheckRequest {
@@ -53,6 +59,18 @@ pub struct HealthCheckResponse {
     /// A [`ServingStatus`].
     #[prost(enumeration = "ServingStatus", tag = "1")]
     pub status: i32,
+}
+
+/// `grpc.health.v1.HealthListRequest` (gRFC A90): no fields.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthListRequest {}
+
+/// `grpc.health.v1.HealthListResponse` (gRFC A90).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthListResponse {
+    /// Every registered service (`""` for the server as a whole) and its status.
+    #[prost(map = "string, message", tag = "1")]
+    pub statuses: HashMap<String, HealthCheckResponse>,
 }
 
 /// A service's health.
@@ -180,6 +198,27 @@ impl HealthReporter {
     pub fn status(&self, service: &str) -> Option<ServingStatus> {
         self.lock().statuses.get(service).copied()
     }
+
+    /// Every registered service's status, as `List` answers; `RESOURCE_EXHAUSTED` beyond
+    /// [`MAX_LISTED_SERVICES`].
+    fn list(&self) -> Result<HealthListResponse, Status> {
+        let state = self.lock();
+        if state.statuses.len() > MAX_LISTED_SERVICES {
+            return Err(Status::resource_exhausted(format!(
+                "{} services: List answers with at most {MAX_LISTED_SERVICES}",
+                state.statuses.len()
+            )));
+        }
+        let statuses = state
+            .statuses
+            .iter()
+            .map(|(name, status)| {
+                let status = *status as i32;
+                (name.clone(), HealthCheckResponse { status })
+            })
+            .collect();
+        Ok(HealthListResponse { statuses })
+    }
 }
 
 /// Wakes the watchers of `service` (all, for `None`), dropping those whose stream ended.
@@ -252,7 +291,7 @@ impl Service for HealthServer {
     }
 
     fn has_method(&self, method: &str) -> bool {
-        matches!(method, "Check" | "Watch")
+        matches!(method, "Check" | "Watch" | "List")
     }
 
     fn call(&self, method: &str, call: ServerCall) -> crate::rt::BoxFuture<'static, ()> {
@@ -267,6 +306,10 @@ impl Service for HealthServer {
                     None => Err(Status::not_found(format!("unknown service {service:?}"))),
                 }
             })),
+            "List" => Box::pin(call.unary(
+                ProstCodec::<HealthListResponse, HealthListRequest>::new(),
+                move |_| async move { this.reporter.list().map(Response::new) },
+            )),
             "Watch" => Box::pin(call.server_streaming(
                 HealthCodec::new(),
                 move |request| async move {
