@@ -7,6 +7,7 @@ use std::{
     net::{Shutdown, TcpListener, TcpStream},
     process::Command,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anygrpc::{
@@ -17,15 +18,31 @@ use anygrpc::{
 };
 use anygrpc_integration_tests::*;
 
-/// A CONNECT proxy on a localhost port: it records each request head, and either refuses
-/// with `refuse` or opens the tunnel and copies bytes both ways.
+/// A CONNECT proxy on a localhost port: it records each request head and answers as its
+/// [`Answer`] says.
 struct Proxy {
     url: String,
     heads: Arc<Mutex<Vec<String>>>,
 }
 
+/// How the test proxy answers a CONNECT.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Refuses with this status line.
+    Refuse(&'static str),
+    /// Answers 200 in a write of its own, then copies.
+    Open,
+    /// Waits for the server's first bytes (its SETTINGS) and writes them in the same write as
+    /// the 200, so the client reads past the proxy's answer in one read.
+    OpenWithServerBytes,
+}
+
 impl Proxy {
     fn start(refuse: Option<&'static str>) -> Proxy {
+        Proxy::answering(refuse.map_or(Answer::Open, Answer::Refuse))
+    }
+
+    fn answering(answer: Answer) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -34,7 +51,7 @@ impl Proxy {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 let seen = seen.clone();
-                std::thread::spawn(move || tunnel(client, &seen, refuse));
+                std::thread::spawn(move || tunnel(client, &seen, answer));
             }
         });
         Proxy { url, heads }
@@ -45,7 +62,7 @@ impl Proxy {
     }
 }
 
-fn tunnel(client: TcpStream, seen: &Mutex<Vec<String>>, refuse: Option<&str>) {
+fn tunnel(client: TcpStream, seen: &Mutex<Vec<String>>, answer: Answer) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut head = String::new();
     while !head.ends_with("\r\n\r\n") {
@@ -55,18 +72,27 @@ fn tunnel(client: TcpStream, seen: &Mutex<Vec<String>>, refuse: Option<&str>) {
     }
     seen.lock().unwrap().push(head.clone());
     let mut client = client;
-    if let Some(answer) = refuse {
-        let _ = client.write_all(format!("HTTP/1.1 {answer}\r\n\r\n").as_bytes());
+    if let Answer::Refuse(status) = answer {
+        let _ = client.write_all(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes());
         return;
     }
     let target = head.split(' ').nth(1).unwrap().to_owned();
-    let Ok(server) = TcpStream::connect(&target) else {
+    let Ok(mut server) = TcpStream::connect(&target) else {
         let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
         return;
     };
-    client
-        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        .unwrap();
+    let mut answer_bytes = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
+    if let Answer::OpenWithServerBytes = answer {
+        let mut first = [0; 256];
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let n = server.read(&mut first).expect("an h2 server speaks first");
+        server.set_read_timeout(None).unwrap();
+        assert!(n > 0, "the server's SETTINGS");
+        answer_bytes.extend_from_slice(&first[..n]);
+    }
+    client.write_all(&answer_bytes).unwrap();
     let (mut to_server, mut from_server) = (server.try_clone().unwrap(), server);
     let mut to_client = client;
     let upstream = std::thread::spawn(move || {
@@ -125,6 +151,24 @@ fn plaintext_and_tls_calls_go_through_the_proxy_with_basic_auth() {
     assert_eq!(heads.len(), 2);
     assert!(heads[1].starts_with(&format!("CONNECT {} ", secure.target())));
     assert!(!heads[1].contains("Proxy-Authorization"));
+}
+
+#[test]
+fn bytes_that_arrive_with_the_proxys_answer_reach_http2() {
+    // An h2 server speaks first (SETTINGS): with the 200 in the same segment, the client's
+    // read of the answer takes them too, and the connection runs on what it hands on. (That
+    // the bytes are handed on exactly is `client::proxy`'s unit test: h2 would also get by
+    // without the server's first SETTINGS.)
+    let proxy = Proxy::answering(Answer::OpenWithServerBytes);
+    let server = start();
+    for _ in 0..3 {
+        let channel = Channel::builder(&server.target())
+            .http_proxy(HttpProxy::new(&proxy.url).unwrap())
+            .connect_lazy()
+            .unwrap();
+        call(channel).unwrap();
+    }
+    assert_eq!(proxy.heads().len(), 3);
 }
 
 #[test]

@@ -133,3 +133,91 @@ impl AsyncWrite for Prefixed {
         Pin::new(&mut self.io).poll_close(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// A peer that answers with `script` in one read and records what it is sent.
+    struct Scripted {
+        script: Vec<u8>,
+        read: usize,
+        written: Vec<u8>,
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = &mut *self;
+            let n = (this.script.len() - this.read).min(buf.len());
+            buf[..n].copy_from_slice(&this.script[this.read..this.read + n]);
+            this.read += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn tunnel() -> Tunnel {
+        Tunnel {
+            proxy: "proxy:3128".into(),
+            authority: "svc:443".into(),
+            credentials: None,
+        }
+    }
+
+    fn peer(script: &[u8]) -> BoxIo {
+        anygrpc_rt::box_io(Scripted {
+            script: script.to_vec(),
+            read: 0,
+            written: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn bytes_read_with_the_answer_are_read_again_from_the_tunnel() {
+        let answer = b"HTTP/1.1 200 Connection established\r\n\r\n\x00\x00\x06\x04";
+        let mut io = tunnel().open(peer(answer)).now_or_never().unwrap().unwrap();
+        let mut after = Vec::new();
+        io.read_to_end(&mut after).now_or_never().unwrap().unwrap();
+        assert_eq!(after, b"\x00\x00\x06\x04");
+    }
+
+    #[test]
+    fn a_refusal_or_an_early_close_is_unavailable() {
+        let tunnel = tunnel();
+        let refused = tunnel.open(peer(b"HTTP/1.1 403 Forbidden\r\n\r\n"));
+        let err = refused.now_or_never().unwrap().unwrap_err();
+        assert_eq!(err.code(), anygrpc_codec::Code::Unavailable);
+        assert!(err.message().contains("403 Forbidden"), "{}", err.message());
+        let closed = tunnel.open(peer(b"HTTP/1.1 200"));
+        let err = closed.now_or_never().unwrap().unwrap_err();
+        assert!(
+            err.message().contains("closed the connection"),
+            "{}",
+            err.message()
+        );
+    }
+}
