@@ -1,6 +1,9 @@
 //! `pick_first` (gRFC A62, with A61's Happy Eyeballs): connect to the addresses in order,
 //! starting the next one when an attempt fails or has run for the connection attempt delay
-//! (250 ms), and send every call to the first that becomes READY.
+//! (250 ms), and send every call to the first that becomes READY. The order interleaves the
+//! address families (A61, RFC 8305 §4): the first address's family, then the next family's
+//! first address, and so on, so a dual-stack backend list whose first family is unreachable
+//! costs one attempt delay, not one per address of that family.
 //!
 //! Once every address has failed, the policy stays in TRANSIENT_FAILURE ("sticky") while its
 //! subchannels keep retrying as their backoffs allow, until one connects; it does not flap
@@ -164,6 +167,36 @@ impl PickFirst {
     }
 }
 
+/// An address's family, for interleaving: IPv6, IPv4, or the kind of a non-IP address.
+fn family(address: &Address) -> u8 {
+    match address {
+        Address::Tcp(addr) if addr.is_ipv6() => 6,
+        Address::Tcp(_) => 4,
+        Address::Unix(_) => 1,
+        Address::UnixAbstract(_) => 2,
+    }
+}
+
+/// Orders `addresses` as A61 and RFC 8305 §4 say: families in the order their first address
+/// appears, taking one address of each in turn; within a family, the order is kept.
+fn interleave_families(addresses: Vec<Address>) -> Vec<Address> {
+    let mut families: Vec<(u8, std::collections::VecDeque<Address>)> = Vec::new();
+    for address in addresses {
+        let kind = family(&address);
+        match families.iter_mut().find(|(f, _)| *f == kind) {
+            Some((_, list)) => list.push_back(address),
+            None => families.push((kind, [address].into())),
+        }
+    }
+    let mut ordered = Vec::new();
+    while families.iter().any(|(_, list)| !list.is_empty()) {
+        for (_, list) in &mut families {
+            ordered.extend(list.pop_front());
+        }
+    }
+    ordered
+}
+
 impl LbPolicy for PickFirst {
     fn update(
         &mut self,
@@ -179,7 +212,7 @@ impl LbPolicy for PickFirst {
             self.rng.shuffle(&mut addresses);
         }
         let addresses = match unique_addresses(addresses) {
-            Ok(addresses) => addresses,
+            Ok(addresses) => interleave_families(addresses),
             Err(status) => return self.resolver_error(status, ctl),
         };
         let first_list = self.entries.is_empty();
@@ -351,6 +384,38 @@ mod tests {
         assert_eq!(ready(ctl.pick()), SubchannelId(2));
         assert_eq!(ctl.removed, vec![SubchannelId(1), SubchannelId(3)]);
         assert_eq!(pf.poll_timeout(), None);
+    }
+
+    #[test]
+    fn address_families_are_interleaved_from_the_first_ones() {
+        let v6 = |port| Address::Tcp(std::net::SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port)));
+        let unix = Address::Unix("/tmp/s".into());
+        let list = vec![v6(1), v6(2), v6(3), addr(4), addr(5), unix.clone()];
+        let ordered = interleave_families(list);
+        assert_eq!(ordered, vec![v6(1), addr(4), unix, v6(2), addr(5), v6(3)]);
+        assert_eq!(
+            interleave_families(vec![addr(1), addr(2)]),
+            vec![addr(1), addr(2)]
+        );
+
+        // The policy connects in that order: an unreachable IPv6 family costs one attempt.
+        let mut ctl = Recorder::at(Instant::now());
+        let mut pf = PickFirst::new(1);
+        pf.update(vec![v6(1), v6(2), addr(3)], None, &mut ctl);
+        let order: Vec<Address> = ctl.created.iter().map(|(_, a)| a.clone()).collect();
+        assert_eq!(order, vec![v6(1), addr(3), v6(2)]);
+        let first = ctl.take_connects();
+        pf.subchannel_state(
+            first[0],
+            TransientFailure,
+            Some(&Status::unavailable("no route")),
+            &mut ctl,
+        );
+        let next = ctl.take_connects();
+        assert_eq!(
+            ctl.created.iter().find(|(id, _)| *id == next[0]).unwrap().1,
+            addr(3)
+        );
     }
 
     #[test]
