@@ -78,6 +78,15 @@ pub trait ResolverBuilder: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// Joins a host and a port as `host:port`, bracketing an IPv6 literal: the inverse of
+/// [`split_host_port`].
+pub fn join_host_port(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
 /// Splits `host[:port]` (host may be a bracketed IPv6 literal) and applies the default port.
 pub fn split_host_port(endpoint: &str, default_port: u16) -> Result<(String, u16), Status> {
     let bad = || Status::invalid_argument(format!("invalid host:port {endpoint:?}"));

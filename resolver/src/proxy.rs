@@ -18,7 +18,7 @@ use std::{fmt, net::IpAddr};
 use anygrpc_codec::Status;
 use percent_encoding::percent_decode_str;
 
-use crate::split_host_port;
+use crate::{join_host_port, split_host_port};
 
 /// The proxy port when a proxy URL names none (the C-core's default).
 pub const DEFAULT_PROXY_PORT: u16 = 443;
@@ -113,10 +113,7 @@ impl HttpProxy {
 
     /// The proxy's `host:port`, to resolve and dial.
     pub fn address(&self) -> String {
-        match self.host.contains(':') {
-            true => format!("[{}]:{}", self.host, self.port),
-            false => format!("{}:{}", self.host, self.port),
-        }
+        join_host_port(&self.host, self.port)
     }
 
     /// `user:password` for Basic proxy authorization, if the URL had them.

@@ -8,7 +8,9 @@ use anygrpc_codec::{
     BackoffConfig,
 };
 use anygrpc_lb::{retry, BufferBudget, PolicyRegistry, ServiceConfig};
-use anygrpc_resolver::{split_host_port, HttpProxy, Registry, Target, DEFAULT_PORT};
+use anygrpc_resolver::{
+    join_host_port, split_host_port, HttpProxy, Registry, Target, DEFAULT_PORT,
+};
 use anygrpc_rt::Runtime;
 use http::{
     uri::{Authority, Scheme},
@@ -499,13 +501,9 @@ impl ProxyChoice {
         if !proxy.applies_to(&host) {
             return None;
         }
-        let authority = match host.contains(':') {
-            true => format!("[{host}]:{port}"),
-            false => format!("{host}:{port}"),
-        };
         let tunnel = Tunnel {
             proxy: proxy.address(),
-            authority,
+            authority: join_host_port(&host, port),
             credentials: proxy.credentials().map(str::to_owned),
         };
         Some((tunnel, format!("dns:///{}", proxy.address())))

@@ -1,11 +1,11 @@
 //! Closing a channel: SHUTDOWN for good, the policy and resolver stopped, every subchannel
 //! shut down, and the calls in flight left to finish on the connections they have.
 
-use std::{sync::Arc, task::Waker};
+use std::sync::Arc;
 
 use anygrpc_lb::{ConnectivityState, FixedPicker, Pick};
 
-use super::{Core, Published};
+use super::Core;
 use crate::{client::conn::Subchannel, client::idle::Activity, Status};
 
 /// What a call on a closed channel ends with, as in grpc-go.
@@ -19,38 +19,17 @@ impl Core {
     /// nothing more, and every subchannel shuts down. Returns the subchannels, whose live
     /// connections go on carrying the calls already on them; empty if already closed.
     pub(crate) fn shut_down(&self) -> Vec<Arc<Subchannel>> {
-        let (subchannels, resolver_waker) = {
+        let ended = {
             let mut inner = self.lock();
             if std::mem::replace(&mut inner.shut_down, true) {
                 return Vec::new();
             }
-            // The resolver and idle tasks of this epoch see it end, and stop.
-            inner.epoch += 1;
-            inner.resolving = false;
-            inner.resolve_now = false;
-            inner.timer = None;
             self.channelz.set_state(ConnectivityState::Shutdown);
-            *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Published {
-                state: ConnectivityState::Shutdown,
-                picker: Arc::new(FixedPicker(Pick::Fail(closed()))),
-                subchannels: Default::default(),
-            });
-            (
-                std::mem::take(&mut inner.subchannels),
-                inner.resolver_waker.take(),
-            )
+            let fail = Arc::new(FixedPicker(Pick::Fail(closed())));
+            self.end_epoch(&mut inner, ConnectivityState::Shutdown, fail)
         };
         self.activity.close();
-        if let Some(waker) = resolver_waker {
-            waker.wake();
-        }
-        let waiters = std::mem::take(&mut *self.waiters());
-        waiters.into_iter().for_each(Waker::wake);
-        let subchannels: Vec<_> = subchannels.into_values().collect();
-        for subchannel in &subchannels {
-            subchannel.shutdown();
-        }
-        subchannels
+        self.release(ended)
     }
 
     /// The channel's calls in flight, to wait for them to end.

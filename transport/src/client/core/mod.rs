@@ -62,6 +62,12 @@ struct Inner {
     shut_down: bool,
 }
 
+/// What an ended epoch leaves to let go of once the lock is released.
+struct EndedEpoch {
+    subchannels: HashMap<SubchannelId, Arc<Subchannel>>,
+    resolver_waker: Option<Waker>,
+}
+
 /// What calls see: the policy's latest state and picker, and the subchannels at that moment.
 struct Published {
     state: ConnectivityState,
@@ -407,25 +413,14 @@ impl Core {
     /// the policy and the resolver for fresh ones, and publishes IDLE. The next call or
     /// request to connect starts over.
     fn enter_idle(&self, epoch: u64) {
-        let (subchannels, resolver_waker) = {
+        let ended = {
             let mut inner = self.lock();
             if inner.epoch != epoch || self.activity.in_use() {
                 return;
             }
-            inner.epoch += 1;
-            inner.resolving = false;
-            inner.resolve_now = false;
-            inner.timer = None;
             inner.policy = inner.policy_builder.build(fastrand::u64(..));
-            *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Published {
-                state: ConnectivityState::Idle,
-                picker: Arc::new(FixedPicker(Pick::Queue)),
-                subchannels: HashMap::new(),
-            });
-            (
-                std::mem::take(&mut inner.subchannels),
-                inner.resolver_waker.take(),
-            )
+            let queue = Arc::new(FixedPicker(Pick::Queue));
+            self.end_epoch(&mut inner, ConnectivityState::Idle, queue)
         };
         tracing::debug!(target = ?self.target, "channel idle: connections closed");
         match self
@@ -437,14 +432,46 @@ impl Core {
                 tracing::warn!(%status, "could not rebuild the resolver; keeping the old one")
             }
         }
-        if let Some(waker) = resolver_waker {
+        self.release(ended);
+    }
+
+    /// Ends the current epoch, under the lock: its resolver and idle tasks stop and their
+    /// updates are ignored, and calls see `state` with `picker` and no subchannels. What the
+    /// epoch held is let go of by [`release`](Self::release), once the lock is dropped.
+    fn end_epoch(
+        &self,
+        inner: &mut Inner,
+        state: ConnectivityState,
+        picker: Arc<dyn Picker>,
+    ) -> EndedEpoch {
+        inner.epoch += 1;
+        inner.resolving = false;
+        inner.resolve_now = false;
+        inner.timer = None;
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Published {
+            state,
+            picker,
+            subchannels: HashMap::new(),
+        });
+        EndedEpoch {
+            subchannels: std::mem::take(&mut inner.subchannels),
+            resolver_waker: inner.resolver_waker.take(),
+        }
+    }
+
+    /// Lets go of an ended epoch: wakes its resolver task (to stop) and the parked calls (to
+    /// pick again), and shuts its subchannels down, returning them.
+    fn release(&self, ended: EndedEpoch) -> Vec<Arc<Subchannel>> {
+        if let Some(waker) = ended.resolver_waker {
             waker.wake();
         }
         let waiters = std::mem::take(&mut *self.waiters());
         waiters.into_iter().for_each(Waker::wake);
-        for subchannel in subchannels.into_values() {
+        let subchannels: Vec<_> = ended.subchannels.into_values().collect();
+        for subchannel in &subchannels {
             subchannel.shutdown();
         }
+        subchannels
     }
 
     pub(crate) fn runtime(&self) -> &Arc<dyn Runtime> {
