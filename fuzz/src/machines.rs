@@ -179,8 +179,8 @@ impl Channel {
             return;
         };
         for _ in 0..4 {
-            match picker.pick(&PickInfo::new("/s/m")) {
-                Pick::Ready(id) | Pick::Reporting(id, _) => {
+            match picker.pick(&PickInfo::new("/s/m", &http::HeaderMap::new())) {
+                Pick::Ready(id) | Pick::Observed(id, _) => {
                     assert_eq!(
                         self.live.get(&id),
                         Some(&ConnectivityState::Ready),

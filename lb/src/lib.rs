@@ -8,11 +8,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+mod child;
+pub mod least_request;
 pub mod orca;
 pub mod pick_first;
 pub mod policy;
 pub mod registry;
 pub mod retry;
+pub mod ring_hash;
 pub mod round_robin;
 pub mod service_config;
 pub mod subchannel;
@@ -20,7 +23,7 @@ pub mod weighted_round_robin;
 
 pub use orca::OrcaLoadReport;
 pub use policy::{
-    ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink, Pick,
+    CallEnd, CallObserver, ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, Pick,
     PickInfo, Picker, PolicyConfig, SubchannelId,
 };
 pub use registry::PolicyRegistry;

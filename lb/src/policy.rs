@@ -14,8 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::Address;
-use anygrpc_codec::Status;
+use anygrpc_codec::{Address, Code, Status};
 
 use crate::{orca::OrcaLoadReport, ConnectivityState};
 
@@ -139,11 +138,54 @@ pub trait LbPolicy: Send + fmt::Debug {
     }
 }
 
-/// Receives the per-call load reports (`endpoint-load-metrics-bin`) of calls sent on a
-/// [`Pick::Reporting`] pick.
-pub trait LoadReportSink: Send + Sync + fmt::Debug {
-    /// A call ended with this report in its trailers, at `now`.
-    fn load_report(&self, report: &OrcaLoadReport, now: Instant);
+/// Hears how each call sent on a [`Pick::Observed`] pick ended: what least-request counts,
+/// what outlier detection scores, where weighted round robin reads per-call load reports.
+pub trait CallObserver: Send + Sync + fmt::Debug {
+    /// The call ended. Told exactly once per pick; a pick whose call was dropped, or whose
+    /// stream never opened, ends `CANCELLED`.
+    fn call_ended(&self, end: &CallEnd<'_>);
+}
+
+/// How a picked call ended.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct CallEnd<'a> {
+    /// The call's status code.
+    pub code: Code,
+    /// When it ended.
+    pub now: Instant,
+    /// Its trailers, when the server sent any.
+    pub trailers: Option<&'a http::HeaderMap>,
+}
+
+impl<'a> CallEnd<'a> {
+    /// The end of a call with `code` at `now`, with the server's `trailers` if any.
+    pub fn new(code: Code, now: Instant, trailers: Option<&'a http::HeaderMap>) -> CallEnd<'a> {
+        CallEnd {
+            code,
+            now,
+            trailers,
+        }
+    }
+
+    /// The ORCA load report the backend put in the trailers (`endpoint-load-metrics-bin`),
+    /// decoded anew on each call: only observers that want it pay for it.
+    pub fn load_report(&self) -> Option<OrcaLoadReport> {
+        let value = self.trailers?.get(crate::orca::LOAD_REPORT_TRAILER)?;
+        let bytes = anygrpc_codec::metadata::decode_binary(value.as_bytes()).ok()?;
+        crate::orca::decode_report(&bytes)
+    }
+}
+
+/// Two observers of one pick, told in order: a parent policy's wrapped around its child's.
+#[derive(Debug)]
+struct BothObservers(Arc<dyn CallObserver>, Arc<dyn CallObserver>);
+
+impl CallObserver for BothObservers {
+    fn call_ended(&self, end: &CallEnd<'_>) {
+        self.0.call_ended(end);
+        self.1.call_ended(end);
+    }
 }
 
 /// Chooses a subchannel for each call.
@@ -152,18 +194,61 @@ pub trait Picker: Send + Sync + fmt::Debug {
     fn pick(&self, call: &PickInfo<'_>) -> Pick;
 }
 
-/// What a picker knows of a call.
-#[derive(Debug, Clone, Copy)]
+/// What a picker knows of a call, and what it may ask of the channel while it picks.
+#[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct PickInfo<'a> {
     /// The method path, `/package.Service/Method`.
     pub path: &'a str,
+    /// The call's request headers: its metadata, and gRPC's own headers.
+    pub metadata: &'a http::HeaderMap,
+    /// A hash for the call chosen by whatever routed it (xDS's route hash policies, or a
+    /// parent policy), which `ring_hash` uses when it has no `requestHashHeader`.
+    pub request_hash: Option<u64>,
+    connect: &'a (dyn Fn(SubchannelId) + Sync),
 }
 
+fn connect_nothing(_: SubchannelId) {}
+
 impl<'a> PickInfo<'a> {
-    /// The pick information of a call to `path`.
-    pub fn new(path: &'a str) -> PickInfo<'a> {
-        PickInfo { path }
+    /// The pick information of a call to `path` with these request headers.
+    pub fn new(path: &'a str, metadata: &'a http::HeaderMap) -> PickInfo<'a> {
+        PickInfo {
+            path,
+            metadata,
+            request_hash: None,
+            connect: &connect_nothing,
+        }
+    }
+
+    /// The same call, with `connect` carrying out [`connect`](Self::connect) requests (the
+    /// channel gives every pick one).
+    pub fn with_connect(self, connect: &'a (dyn Fn(SubchannelId) + Sync)) -> PickInfo<'a> {
+        PickInfo { connect, ..self }
+    }
+
+    /// The same call, with a routing hash (see [`request_hash`](Self::request_hash)).
+    pub fn with_request_hash(self, hash: u64) -> PickInfo<'a> {
+        PickInfo {
+            request_hash: Some(hash),
+            ..self
+        }
+    }
+
+    /// Asks an IDLE subchannel to connect, from the picker (ring_hash connects on demand):
+    /// its state changes reach the policy as usual. Ignored in any other state.
+    pub fn connect(&self, id: SubchannelId) {
+        (self.connect)(id);
+    }
+}
+
+impl fmt::Debug for PickInfo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PickInfo")
+            .field("path", &self.path)
+            .field("metadata", &self.metadata)
+            .field("request_hash", &self.request_hash)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,13 +257,34 @@ impl<'a> PickInfo<'a> {
 pub enum Pick {
     /// Send the call on this (READY) subchannel.
     Ready(SubchannelId),
-    /// Send the call on this subchannel and hand the load report in its trailers, if any, to
-    /// the sink.
-    Reporting(SubchannelId, Arc<dyn LoadReportSink>),
+    /// Send the call on this subchannel and tell the observer how it ended.
+    Observed(SubchannelId, Arc<dyn CallObserver>),
     /// Wait for the next picker (the channel is connecting).
     Queue,
     /// Fail the call, unless it is wait-for-ready, in which case it waits for the next picker.
     Fail(Status),
+}
+
+impl Pick {
+    /// The subchannel picked, if the call is to be sent.
+    pub fn subchannel(&self) -> Option<SubchannelId> {
+        match self {
+            Pick::Ready(id) | Pick::Observed(id, _) => Some(*id),
+            Pick::Queue | Pick::Fail(_) => None,
+        }
+    }
+
+    /// This pick with `observer` told of the call's end too, after any observer it has (a
+    /// parent policy watching the picks of its child's picker).
+    pub fn observed_by(self, observer: Arc<dyn CallObserver>) -> Pick {
+        match self {
+            Pick::Ready(id) => Pick::Observed(id, observer),
+            Pick::Observed(id, first) => {
+                Pick::Observed(id, Arc::new(BothObservers(first, observer)))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Drops repeated addresses, keeping the first of each, so a policy makes one subchannel per
@@ -282,6 +388,8 @@ pub(crate) mod testing {
         pub(crate) health_checked: Vec<SubchannelId>,
         pub(crate) load_reporting: HashMap<SubchannelId, Duration>,
         pub(crate) metrics: Vec<LbMetric>,
+        /// What pickers asked to connect ([`PickInfo::connect`]).
+        pub(crate) pick_connects: std::sync::Mutex<Vec<SubchannelId>>,
     }
 
     impl Recorder {
@@ -297,10 +405,22 @@ pub(crate) mod testing {
         }
 
         pub(crate) fn pick(&self) -> Pick {
+            self.pick_with(&http::HeaderMap::new())
+        }
+
+        /// Picks for a call with these request headers.
+        pub(crate) fn pick_with(&self, metadata: &http::HeaderMap) -> Pick {
+            let connect = |id| self.pick_connects.lock().unwrap().push(id);
+            let call = PickInfo::new("/s/m", metadata).with_connect(&connect);
             self.picker
                 .as_ref()
                 .expect("a picker was published")
-                .pick(&PickInfo::new("/s/m"))
+                .pick(&call)
+        }
+
+        /// Takes what pickers asked to connect.
+        pub(crate) fn take_pick_connects(&mut self) -> Vec<SubchannelId> {
+            std::mem::take(&mut *self.pick_connects.lock().unwrap())
         }
 
         pub(crate) fn take_connects(&mut self) -> Vec<SubchannelId> {

@@ -9,7 +9,8 @@ use std::{
 use anygrpc_codec::Status;
 
 use crate::{
-    pick_first::PickFirstBuilder, policy::LbPolicyBuilder, round_robin::RoundRobinBuilder,
+    least_request::LeastRequestBuilder, pick_first::PickFirstBuilder, policy::LbPolicyBuilder,
+    ring_hash::RingHashBuilder, round_robin::RoundRobinBuilder,
     weighted_round_robin::WeightedRoundRobinBuilder, PolicyConfig,
 };
 
@@ -33,6 +34,8 @@ impl Default for PolicyRegistry {
         registry.register(Arc::new(PickFirstBuilder));
         registry.register(Arc::new(RoundRobinBuilder));
         registry.register(Arc::new(WeightedRoundRobinBuilder));
+        registry.register(Arc::new(LeastRequestBuilder));
+        registry.register(Arc::new(RingHashBuilder::default()));
         registry
     }
 }

@@ -112,8 +112,8 @@ pub mod rt {
 pub mod lb {
     pub use anygrpc_codec::BackoffConfig;
     pub use anygrpc_lb::{
-        orca, pick_first, round_robin, weighted_round_robin, ChannelControl, ConnectivityState,
-        FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink, OrcaLoadReport, Pick,
+        orca, pick_first, round_robin, weighted_round_robin, CallEnd, CallObserver, ChannelControl,
+        ConnectivityState, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, OrcaLoadReport, Pick,
         PickInfo, Picker, PolicyConfig, PolicyRegistry, SubchannelId,
     };
 }

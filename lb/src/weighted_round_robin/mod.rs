@@ -11,7 +11,7 @@
 //! fresh scheduler.
 //!
 //! Reports come with each call (`endpoint-load-metrics-bin` trailers, through
-//! [`Pick::Reporting`]) or, with `enableOobLoadReport`, on an out-of-band stream per
+//! [`Pick::Observed`]) or, with `enableOobLoadReport`, on an out-of-band stream per
 //! subchannel every `oobReportingPeriod`.
 //!
 //! Connectivity (which subchannels exist, the channel's aggregate state) is exactly
@@ -30,10 +30,11 @@ use anygrpc_codec::Address;
 use anygrpc_codec::Status;
 
 use crate::{
+    child::Capture,
     orca::OrcaLoadReport,
     policy::{
-        parse_json_duration, ChannelControl, LbMetric, LbPolicy, LbPolicyBuilder, LoadReportSink,
-        Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
+        parse_json_duration, CallEnd, CallObserver, ChannelControl, LbMetric, LbPolicy,
+        LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
     },
     round_robin::RoundRobin,
     ConnectivityState,
@@ -239,7 +240,16 @@ pub fn report_weight(report: &OrcaLoadReport, error_utilization_penalty: f64) ->
     (weight.is_finite() && weight > 0.0).then_some(weight)
 }
 
-impl LoadReportSink for EndpointWeight {
+impl CallObserver for EndpointWeight {
+    fn call_ended(&self, end: &CallEnd<'_>) {
+        if let Some(report) = end.load_report() {
+            self.load_report(&report, end.now);
+        }
+    }
+}
+
+impl EndpointWeight {
+    /// Takes a load report's weight, unless the report gives none.
     fn load_report(&self, report: &OrcaLoadReport, now: Instant) {
         let mut state = self.lock();
         let Some(weight) = report_weight(report, state.error_utilization_penalty) else {
@@ -326,7 +336,7 @@ impl Picker for WrrPicker {
     fn pick(&self, _: &PickInfo<'_>) -> Pick {
         let (id, weight) = &self.ready[self.scheduler.next_index()];
         if self.per_call_reports {
-            Pick::Reporting(*id, weight.clone())
+            Pick::Observed(*id, weight.clone())
         } else {
             Pick::Ready(*id)
         }
@@ -342,47 +352,6 @@ pub struct WeightedRoundRobin {
     weights: HashMap<SubchannelId, Arc<EndpointWeight>>,
     /// When the scheduler is next rebuilt (while READY).
     next_update: Option<Instant>,
-}
-
-/// Runs `round_robin` under WRR, capturing what it publishes and which subchannels it makes.
-struct Capture<'a> {
-    inner: &'a mut dyn ChannelControl,
-    published: Option<(ConnectivityState, Arc<dyn Picker>)>,
-    created: Vec<SubchannelId>,
-    removed: Vec<SubchannelId>,
-}
-
-impl ChannelControl for Capture<'_> {
-    fn now(&self) -> Instant {
-        self.inner.now()
-    }
-    fn new_subchannel(&mut self, address: &Address) -> SubchannelId {
-        let id = self.inner.new_subchannel(address);
-        self.created.push(id);
-        id
-    }
-    fn remove_subchannel(&mut self, id: SubchannelId) {
-        self.removed.push(id);
-        self.inner.remove_subchannel(id);
-    }
-    fn connect(&mut self, id: SubchannelId) {
-        self.inner.connect(id);
-    }
-    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        self.published = Some((state, picker));
-    }
-    fn request_resolution(&mut self) {
-        self.inner.request_resolution();
-    }
-    fn enable_health_check(&mut self, id: SubchannelId) {
-        self.inner.enable_health_check(id);
-    }
-    fn set_load_reporting(&mut self, id: SubchannelId, interval: Option<Duration>) {
-        self.inner.set_load_reporting(id, interval);
-    }
-    fn record(&mut self, metric: LbMetric) {
-        self.inner.record(metric);
-    }
 }
 
 impl WeightedRoundRobin {
@@ -410,12 +379,7 @@ impl WeightedRoundRobin {
         ctl: &mut dyn ChannelControl,
         step: impl FnOnce(&mut RoundRobin, &mut dyn ChannelControl),
     ) {
-        let mut capture = Capture {
-            inner: ctl,
-            published: None,
-            created: Vec::new(),
-            removed: Vec::new(),
-        };
+        let mut capture = Capture::new(ctl);
         step(&mut self.rr, &mut capture);
         let Capture {
             published,
@@ -423,7 +387,7 @@ impl WeightedRoundRobin {
             removed,
             ..
         } = capture;
-        for id in created {
+        for (id, _) in created {
             let weight = EndpointWeight::new(self.config.error_utilization_penalty);
             self.weights.insert(id, Arc::new(weight));
         }

@@ -1,5 +1,7 @@
 use super::*;
 use crate::policy::testing::{addr, Recorder};
+use anygrpc_codec::Code;
+use prost::Message;
 use serde_json::json;
 use ConnectivityState::*;
 
@@ -94,7 +96,7 @@ fn pick_counts(ctl: &Recorder, n: usize) -> HashMap<SubchannelId, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {
         match ctl.pick() {
-            Pick::Reporting(id, _) | Pick::Ready(id) => *counts.entry(id).or_default() += 1,
+            Pick::Observed(id, _) | Pick::Ready(id) => *counts.entry(id).or_default() += 1,
             other => panic!("expected a ready pick, got {other:?}"),
         }
     }
@@ -105,10 +107,16 @@ fn pick_counts(ctl: &Recorder, n: usize) -> HashMap<SubchannelId, usize> {
 fn report_through_picks(ctl: &Recorder, loads: &HashMap<SubchannelId, OrcaLoadReport>) {
     let mut seen = 0;
     while seen < 50 {
-        let Pick::Reporting(id, sink) = ctl.pick() else {
+        let Pick::Observed(id, observer) = ctl.pick() else {
             panic!("per-call reporting picks")
         };
-        sink.load_report(&loads[&id], ctl.now());
+        let mut trailers = http::HeaderMap::new();
+        let report = anygrpc_codec::metadata::encode_binary(&loads[&id].encode_to_vec());
+        trailers.insert(
+            crate::orca::LOAD_REPORT_TRAILER,
+            http::HeaderValue::from_maybe_shared(report).unwrap(),
+        );
+        observer.call_ended(&CallEnd::new(Code::Ok, ctl.now(), Some(&trailers)));
         seen += 1;
     }
 }
@@ -233,7 +241,7 @@ fn out_of_band_reports_come_from_subchannel_streams() {
     assert!(ctl.load_reporting.is_empty());
     ctl.advance(Duration::from_secs(1));
     wrr.handle_timeout(&mut ctl);
-    assert!(matches!(ctl.pick(), Pick::Reporting(..)));
+    assert!(matches!(ctl.pick(), Pick::Observed(..)));
 }
 
 #[test]

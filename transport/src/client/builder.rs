@@ -459,7 +459,11 @@ impl ChannelBuilder {
     /// first attempt fails.
     pub async fn connect(self) -> Result<Channel, Status> {
         let channel = self.connect_lazy()?;
-        channel.inner.core.pick("", false).await?;
+        channel
+            .inner
+            .core
+            .pick(&http::Request::new(()), false)
+            .await?;
         Ok(channel)
     }
 }

@@ -20,7 +20,7 @@ use super::{
     attempts::{attempt_request, replayable, Opened},
     buffer::Buffered,
     prepared::Prepared,
-    response::{single_response, CallTracking, ClientSide, LoadReporter},
+    response::{single_response, CallTracking, ClientSide},
     sender::{Encoding, LocalError, Replay},
     Channel, Grpc,
 };
@@ -190,10 +190,7 @@ impl Grpc {
         // the caller bounds the call by its deadline). The closed connection is taken out of
         // the picker first, so each new try waits for another connection.
         let (picked, response, send) = loop {
-            let picked = inner
-                .core
-                .pick(call.request.uri().path(), call.wait_for_ready)
-                .await?;
+            let picked = inner.core.pick(&call.request, call.wait_for_ready).await?;
             // GOAWAY may arrive between `ready` and `send_request`: both mean "pick again".
             let opened = match picked.send.clone().ready().await {
                 Ok(mut ready) => {
@@ -223,10 +220,7 @@ impl Grpc {
             }
         };
         let tracking = CallTracking {
-            load_report: picked.load_report.map(|sink| LoadReporter {
-                sink,
-                runtime: self.runtime().clone(),
-            }),
+            observation: picked.observation,
             throttle: call.throttle.clone(),
             _active: Some(inner.core.call_started()),
             channelz: Some(

@@ -29,11 +29,11 @@ use crate::{
     Response, Status, Streaming,
 };
 
-/// What a client call holds until it ends: where its load report goes, the retry throttle its
-/// success feeds, and the guard that keeps its channel out of IDLE.
+/// What a client call holds until it ends: the policy's observer of its pick, the retry
+/// throttle its success feeds, and the guard that keeps its channel out of IDLE.
 #[derive(Default)]
 pub(crate) struct CallTracking {
-    pub(crate) load_report: Option<LoadReporter>,
+    pub(crate) observation: Option<Observation>,
     pub(crate) throttle: Option<Arc<anygrpc_lb::Throttle>>,
     /// Held for its `Drop`: the call has ended when this goes.
     pub(crate) _active: Option<ActiveCall>,
@@ -48,22 +48,39 @@ impl CallTracking {
     }
 }
 
-/// Hands the ORCA load report in a call's trailers to the load-balancing policy that asked
-/// for it (weighted round robin).
-pub(crate) struct LoadReporter {
-    pub(crate) sink: Arc<dyn anygrpc_lb::LoadReportSink>,
-    pub(crate) runtime: Arc<dyn anygrpc_rt::Runtime>,
+/// Tells the load-balancing policy's [`CallObserver`](anygrpc_lb::CallObserver) how the
+/// attempt it picked for ended: once, at the end, or `CANCELLED` if the attempt is dropped
+/// before (abandoned, or its stream never opened).
+pub(crate) struct Observation {
+    observer: Option<Arc<dyn anygrpc_lb::CallObserver>>,
+    runtime: Arc<dyn anygrpc_rt::Runtime>,
 }
 
-impl LoadReporter {
-    fn report(&self, trailers: &http::HeaderMap) {
-        let report = trailers
-            .get(anygrpc_lb::orca::LOAD_REPORT_TRAILER)
-            .and_then(|v| anygrpc_codec::metadata::decode_binary(v.as_bytes()).ok())
-            .and_then(|bytes| anygrpc_lb::orca::decode_report(&bytes));
-        if let Some(report) = report {
-            self.sink.load_report(&report, self.runtime.now());
+impl Observation {
+    pub(crate) fn new(
+        observer: Arc<dyn anygrpc_lb::CallObserver>,
+        runtime: Arc<dyn anygrpc_rt::Runtime>,
+    ) -> Observation {
+        Observation {
+            observer: Some(observer),
+            runtime,
         }
+    }
+
+    fn end(&mut self, code: Code, trailers: Option<&http::HeaderMap>) {
+        if let Some(observer) = self.observer.take() {
+            observer.call_ended(&anygrpc_lb::CallEnd::new(
+                code,
+                self.runtime.now(),
+                trailers,
+            ));
+        }
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        self.end(Code::Cancelled, None);
     }
 }
 
@@ -181,15 +198,15 @@ impl Side for ClientSide {
         status_from_h2(err, self.deadline.poll_passed(cx))
     }
 
-    /// Hands the load report in the trailers to the policy that wants it, keeps a failed
-    /// call's pushback for the retry driver, feeds the throttle a success, and ends the
-    /// attempt's count; the request task and the channel's activity guard go.
+    /// Tells the policy's observer how the attempt ended, keeps a failed call's pushback for
+    /// the retry driver, feeds the throttle a success, and ends the attempt's count; the
+    /// request task and the channel's activity guard go.
     fn ended(&mut self, code: Code, trailers: Option<&mut http::HeaderMap>) {
         let tracking = &mut self.tracking;
+        if let Some(observation) = tracking.observation.as_mut() {
+            observation.end(code, trailers.as_deref());
+        }
         if let Some(trailers) = trailers {
-            if let Some(reporter) = &tracking.load_report {
-                reporter.report(trailers);
-            }
             if code != Code::Ok {
                 self.end.pushback = trailers.remove(&GRPC_RETRY_PUSHBACK_MS);
             }

@@ -21,8 +21,8 @@ use std::{
 
 use anygrpc_lb::{
     ChannelControl, ConnectivityState, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder,
-    LoadReportSink, OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry,
-    ServiceConfig, SubchannelId, Throttle,
+    OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry, ServiceConfig,
+    SubchannelId, Throttle,
 };
 use anygrpc_resolver::{Resolver, ResolverBuilder, ResolverUpdate, Target};
 use anygrpc_rt::{Address, Runtime};
@@ -32,6 +32,7 @@ use h2::client::SendRequest;
 
 use super::conn::{ConnSettings, Subchannel, SubchannelEvents};
 use super::idle::{ActiveCall, Activity};
+use super::response::Observation;
 
 mod close;
 use crate::channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode};
@@ -84,8 +85,8 @@ pub(crate) struct Picked {
     pub(crate) generation: u64,
     /// The channelz counters of the connection's streams.
     pub(crate) streams: Option<Arc<CallCounters>>,
-    /// Where the call's ORCA load report goes, if the policy wants it.
-    pub(crate) load_report: Option<Arc<dyn LoadReportSink>>,
+    /// The policy's observer of the call, if it wants to hear how the call ends.
+    pub(crate) observation: Option<Observation>,
 }
 
 /// The service config calls follow now, and the channel's retry throttle for it.
@@ -651,26 +652,37 @@ impl Core {
     /// Picks a READY subchannel for a call, waiting while the picker queues, and (with
     /// `wait_for_ready`) while it fails. Returns the subchannel, its connection, and the
     /// connection's generation.
-    pub(crate) async fn pick(&self, path: &str, wait_for_ready: bool) -> Result<Picked, Status> {
-        poll_fn(|cx| self.poll_pick(cx, path, wait_for_ready)).await
+    pub(crate) async fn pick(
+        &self,
+        request: &http::Request<()>,
+        wait_for_ready: bool,
+    ) -> Result<Picked, Status> {
+        poll_fn(|cx| self.poll_pick(cx, request, wait_for_ready)).await
     }
 
     fn poll_pick(
         &self,
         cx: &mut Context<'_>,
-        path: &str,
+        request: &http::Request<()>,
         wait_for_ready: bool,
     ) -> Poll<Result<Picked, Status>> {
         let published = self.published();
         if published.state == ConnectivityState::Shutdown {
             return Poll::Ready(Err(close::closed()));
         }
-        let (id, load_report) = match published.picker.pick(&PickInfo::new(path)) {
+        let connect = |id| {
+            if let Some(subchannel) = published.subchannels.get(&id) {
+                subchannel.connect();
+            }
+        };
+        let call = PickInfo::new(request.uri().path(), request.headers()).with_connect(&connect);
+        let (id, observer) = match published.picker.pick(&call) {
             Pick::Ready(id) => (Some(id), None),
-            Pick::Reporting(id, sink) => (Some(id), Some(sink)),
+            Pick::Observed(id, observer) => (Some(id), Some(observer)),
             Pick::Fail(status) if !wait_for_ready => return Poll::Ready(Err(status)),
             Pick::Fail(_) | Pick::Queue => (None, None),
         };
+        let observation = observer.map(|o| Observation::new(o, self.runtime.clone()));
         if let Some(subchannel) = id.and_then(|id| published.subchannels.get(&id)) {
             if let Some((send, generation, streams)) = subchannel.ready() {
                 return Poll::Ready(Ok(Picked {
@@ -678,7 +690,7 @@ impl Core {
                     send,
                     generation,
                     streams,
-                    load_report,
+                    observation,
                 }));
             }
             // The picker is about to be replaced (its subchannel just went away).

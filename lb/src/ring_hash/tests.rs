@@ -1,0 +1,333 @@
+use super::*;
+use crate::policy::testing::{addr, Recorder};
+use anygrpc_codec::Code;
+use serde_json::json;
+use std::time::Instant;
+use ConnectivityState::*;
+
+const HEADER: &str = "x-shard";
+
+fn policy(n: u16) -> (RingHash, Recorder) {
+    let mut ctl = Recorder::at(Instant::now());
+    let mut rh = RingHash::new(DEFAULT_RING_SIZE_CAP);
+    let config = RingHashBuilder::default()
+        .parse_config(&json!({ "requestHashHeader": HEADER }))
+        .unwrap();
+    rh.update((1..=n).map(addr).collect(), Some(&config), &mut ctl);
+    (rh, ctl)
+}
+
+fn keyed(key: &str) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(HEADER, key.parse().unwrap());
+    headers
+}
+
+/// Where each of `keys` lands, with every endpoint READY.
+fn placement(ctl: &Recorder, keys: &[String]) -> Vec<SubchannelId> {
+    keys.iter()
+        .map(|k| match ctl.pick_with(&keyed(k)) {
+            Pick::Ready(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn config_fields_defaults_and_limits() {
+    let parse = |v: serde_json::Value| RingHashConfig::from_json(&v);
+    assert_eq!(parse(json!({})).unwrap(), RingHashConfig::default());
+    let config =
+        parse(json!({"minRingSize": 10, "maxRingSize": 20, "requestHashHeader": "X-Key"})).unwrap();
+    assert_eq!((config.min_ring_size, config.max_ring_size), (10, 20));
+    assert_eq!(config.request_hash_header.unwrap().as_str(), "x-key");
+    assert_eq!(
+        parse(json!({"requestHashHeader": ""}))
+            .unwrap()
+            .request_hash_header,
+        None
+    );
+    for bad in [
+        json!({"minRingSize": 0}),
+        json!({"maxRingSize": 8388609}),
+        json!({"minRingSize": 30, "maxRingSize": 20}),
+        json!({"minRingSize": "10"}),
+        json!({"requestHashHeader": "key-bin"}),
+        json!({"requestHashHeader": "bad header"}),
+        json!({"requestHashHeader": 3}),
+        json!([]),
+    ] {
+        let err = RingHashBuilder::default().parse_config(&bad).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+    }
+}
+
+#[test]
+fn the_ring_holds_xxh64_of_each_address_and_count_sized_by_the_lightest_weight() {
+    // XXH64's published test vector for the empty input, seed 0.
+    assert_eq!(xxh64(b"", 0), 0xef46_db37_51d8_e999);
+    let keys =
+        |n: u16| -> Vec<(String, u32)> { (1..=n).map(|p| (addr(p).to_string(), 1)).collect() };
+    // Three equal endpoints and a minimum of 1024: 342 entries each.
+    let ring = Ring::new(&keys(3), 1024, 4096);
+    assert_eq!(ring.entries.len(), 1026);
+    assert!(ring.entries.windows(2).all(|w| w[0].0 <= w[1].0), "sorted");
+    for (index, key) in ["127.0.0.1:1_0", "127.0.0.1:2_341", "127.0.0.1:3_17"]
+        .iter()
+        .enumerate()
+    {
+        let hash = xxh64(key.as_bytes(), 0);
+        assert!(ring.entries.contains(&(hash, index)), "{key}");
+    }
+    assert!(!ring.entries.contains(&(xxh64(b"127.0.0.1:1_342", 0), 0)));
+    // The maximum wins over the minimum.
+    assert_eq!(Ring::new(&keys(3), 1024, 100).entries.len(), 100);
+    // Weight 2 against 1: twice the entries.
+    let weighted = Ring::new(&[("a".into(), 2), ("b".into(), 1)], 1024, 4096);
+    let count = |i| weighted.entries.iter().filter(|(_, e)| *e == i).count();
+    assert_eq!((count(0), count(1)), (684, 342));
+    // A hash past the last entry wraps to the first.
+    assert_eq!(ring.first_at(u64::MAX), 0);
+    assert_eq!(ring.first_at(ring.entries[5].0), 5);
+    assert_eq!(ring.first_at(ring.entries[5].0 + 1), 6);
+}
+
+#[test]
+fn ring_sizes_are_capped_by_the_builder() {
+    let mut ctl = Recorder::at(Instant::now());
+    let mut rh = RingHash::new(64);
+    let config = RingHashBuilder::default()
+        .parse_config(
+            &json!({"minRingSize": 1000, "maxRingSize": 100000, "requestHashHeader": HEADER}),
+        )
+        .unwrap();
+    rh.update(vec![addr(1), addr(2)], Some(&config), &mut ctl);
+    assert_eq!(rh.ring.entries.len(), 64);
+    let built = RingHashBuilder::with_ring_size_cap(0).build(1);
+    assert!(format!("{built:?}").contains("ring_size_cap: 1"));
+}
+
+#[test]
+fn nothing_connects_until_a_pick_lands_on_an_idle_endpoint() {
+    let (mut rh, mut ctl) = policy(3);
+    assert_eq!(ctl.state, Some(Idle));
+    assert!(
+        ctl.take_connects().is_empty(),
+        "no connection before a call"
+    );
+    rh.exit_idle(&mut ctl);
+    assert!(ctl.take_connects().is_empty());
+    assert!(matches!(ctl.pick_with(&keyed("alice")), Pick::Queue));
+    let asked = ctl.take_pick_connects();
+    assert_eq!(
+        asked.len(),
+        1,
+        "the pick connects the endpoint it hashed to"
+    );
+    let id = asked[0];
+    rh.subchannel_state(id, Connecting, None, &mut ctl);
+    assert_eq!(ctl.state, Some(Connecting));
+    assert!(matches!(ctl.pick_with(&keyed("alice")), Pick::Queue));
+    assert!(ctl.take_pick_connects().is_empty(), "CONNECTING: wait");
+    rh.subchannel_state(id, Ready, None, &mut ctl);
+    assert_eq!(ctl.state, Some(Ready));
+    assert!(matches!(ctl.pick_with(&keyed("alice")), Pick::Ready(i) if i == id));
+    assert_eq!(ctl.created.len(), 3);
+    assert_eq!(ctl.health_checked.len(), 3);
+}
+
+#[test]
+fn a_key_stays_on_its_endpoint_and_walks_on_past_a_failed_one() {
+    let (mut rh, mut ctl) = policy(4);
+    for id in 1..=4 {
+        rh.subchannel_state(SubchannelId(id), Ready, None, &mut ctl);
+    }
+    let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let before = placement(&ctl, &keys);
+    assert_eq!(
+        before,
+        placement(&ctl, &keys),
+        "the same key, the same endpoint"
+    );
+    let used: std::collections::HashSet<_> = before.iter().collect();
+    assert_eq!(used.len(), 4, "keys spread over every endpoint");
+
+    // Endpoint 2 fails: its keys move to the next READY entry, the others stay.
+    let refused = Status::unavailable("refused");
+    rh.subchannel_state(SubchannelId(2), TransientFailure, Some(&refused), &mut ctl);
+    assert_eq!(ctl.state, Some(Ready));
+    let failed_over = placement(&ctl, &keys);
+    for (was, now) in before.iter().zip(&failed_over) {
+        if *was == SubchannelId(2) {
+            assert_ne!(*now, SubchannelId(2));
+        } else {
+            assert_eq!(was, now, "keys of healthy endpoints do not move");
+        }
+    }
+    // Removing endpoint 4 gives each survivor a larger share (A42 sizes the ring by the
+    // lightest endpoint): their old entries all stay, so a key moves only where a new entry
+    // now comes first.
+    rh.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
+    let old_ring = rh.ring.clone();
+    let config = RingHashBuilder::default()
+        .parse_config(&json!({ "requestHashHeader": HEADER }))
+        .unwrap();
+    rh.update(vec![addr(1), addr(2), addr(3)], Some(&config), &mut ctl);
+    assert_eq!(ctl.removed, vec![SubchannelId(4)]);
+    for entry in old_ring.entries.iter().filter(|(_, e)| *e != 3) {
+        assert!(rh.ring.entries.contains(entry), "a survivor's entry stays");
+    }
+    let after = placement(&ctl, &keys);
+    let survivors = before.iter().filter(|id| **id != SubchannelId(4)).count();
+    let moved = before
+        .iter()
+        .zip(&after)
+        .filter(|(was, now)| **was != SubchannelId(4) && was != now)
+        .count();
+    assert!(moved * 4 < survivors, "{moved} of {survivors} moved");
+}
+
+#[test]
+fn a_pick_walks_to_the_next_idle_or_connecting_endpoint_past_failed_ones() {
+    let (mut rh, mut ctl) = policy(2);
+    let err = Status::unavailable("down");
+    // Both endpoints failed: the call fails with the first failure.
+    rh.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
+    assert_eq!(
+        ctl.state,
+        Some(Connecting),
+        "one failure of two: still CONNECTING"
+    );
+    // The other endpoint is the one the walk reaches, and it is asked to connect.
+    ctl.take_connects();
+    assert!(matches!(ctl.pick_with(&keyed("k")), Pick::Queue));
+    let asked = ctl.take_pick_connects();
+    assert_eq!(
+        asked,
+        vec![SubchannelId(2)],
+        "the walk passes the failed one"
+    );
+    rh.subchannel_state(SubchannelId(2), TransientFailure, Some(&err), &mut ctl);
+    assert_eq!(ctl.state, Some(TransientFailure));
+    match ctl.pick_with(&keyed("k")) {
+        Pick::Fail(status) => {
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(status.message().contains("down"), "{status:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn transient_failure_aggregation_and_sticky_failure() {
+    let (mut rh, mut ctl) = policy(3);
+    let err = Status::unavailable("refused");
+    // Rule 4: one failure among several, the rest IDLE: CONNECTING, and the policy itself
+    // connects an IDLE endpoint so it recovers without picks.
+    rh.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
+    assert_eq!(ctl.state, Some(Connecting));
+    assert_eq!(ctl.take_connects(), vec![SubchannelId(2)]);
+    rh.subchannel_state(SubchannelId(2), Connecting, None, &mut ctl);
+    assert_eq!(ctl.state, Some(Connecting));
+    // Rule 2: two failures, none READY: TRANSIENT_FAILURE; resolution is asked once.
+    rh.subchannel_state(SubchannelId(2), TransientFailure, Some(&err), &mut ctl);
+    assert_eq!(ctl.state, Some(TransientFailure));
+    assert_eq!(ctl.resolutions, 1);
+    assert_eq!(
+        ctl.take_connects(),
+        vec![SubchannelId(3)],
+        "still trying one more"
+    );
+    // A failed endpoint's backoff ends (IDLE): it retries at once and stays failed, also
+    // while it connects.
+    rh.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
+    assert!(ctl.take_connects().contains(&SubchannelId(1)));
+    rh.subchannel_state(SubchannelId(1), Connecting, None, &mut ctl);
+    assert_eq!(ctl.state, Some(TransientFailure));
+    assert_eq!(rh.endpoints[&addr(1)].state, TransientFailure);
+    assert_eq!(ctl.resolutions, 1);
+    // Rule 1: READY wins.
+    rh.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
+    assert_eq!(ctl.state, Some(Ready));
+    // A READY endpoint that loses its connection is IDLE (and the resolver is asked).
+    rh.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
+    assert_eq!(rh.endpoints[&addr(1)].state, Idle);
+    assert_eq!(ctl.resolutions, 2);
+    // Rule 6: a single endpoint that failed is TRANSIENT_FAILURE.
+    let (mut one, mut ctl) = policy(1);
+    one.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
+    assert_eq!(ctl.state, Some(TransientFailure));
+}
+
+#[test]
+fn a_call_without_the_header_takes_any_ready_endpoint_and_connects_at_most_one() {
+    let (mut rh, mut ctl) = policy(3);
+    assert!(matches!(ctl.pick(), Pick::Queue));
+    assert_eq!(
+        ctl.take_pick_connects().len(),
+        1,
+        "one endpoint asked, not three"
+    );
+    rh.subchannel_state(SubchannelId(2), Connecting, None, &mut ctl);
+    assert!(matches!(ctl.pick(), Pick::Queue));
+    assert!(
+        ctl.take_pick_connects().is_empty(),
+        "one is already connecting"
+    );
+    rh.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
+    for _ in 0..20 {
+        assert!(matches!(ctl.pick(), Pick::Ready(SubchannelId(2))));
+    }
+}
+
+#[test]
+fn the_hash_comes_from_the_header_joined_values_or_the_router() {
+    let (mut rh, mut ctl) = policy(8);
+    for id in 1..=8 {
+        rh.subchannel_state(SubchannelId(id), Ready, None, &mut ctl);
+    }
+    let picker = ctl.picker.clone().unwrap();
+    let mut two = http::HeaderMap::new();
+    two.append(HEADER, "a".parse().unwrap());
+    two.append(HEADER, "b".parse().unwrap());
+    let joined = keyed("a,b");
+    let pick =
+        |headers: &http::HeaderMap| picker.pick(&PickInfo::new("/s/m", headers)).subchannel();
+    assert_eq!(pick(&two), pick(&joined), "values join with a comma");
+    let ring = rh.ring.clone();
+    let expected =
+        |hash: u64| rh.endpoints[&addr(ring.entries[ring.first_at(hash)].1 as u16 + 1)].id;
+    assert_eq!(pick(&joined), Some(expected(xxh64(b"a,b", 0))));
+
+    // No header configured: the router's hash, or INTERNAL without one.
+    let mut ctl = Recorder::at(Instant::now());
+    let mut plain = RingHash::new(DEFAULT_RING_SIZE_CAP);
+    plain.update(vec![addr(1), addr(2)], None, &mut ctl);
+    plain.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
+    plain.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
+    let picker = ctl.picker.clone().unwrap();
+    let headers = keyed("ignored");
+    match picker.pick(&PickInfo::new("/s/m", &headers)) {
+        Pick::Fail(status) => assert_eq!(status.code(), Code::Internal),
+        other => panic!("{other:?}"),
+    }
+    let entry = plain.ring.entries[7];
+    let routed = PickInfo::new("/s/m", &headers).with_request_hash(entry.0);
+    assert_eq!(
+        picker.pick(&routed).subchannel(),
+        Some(plain.endpoints[&addr(entry.1 as u16 + 1)].id)
+    );
+}
+
+#[test]
+fn no_addresses_fail_and_duplicates_add_weight() {
+    let mut ctl = Recorder::at(Instant::now());
+    let mut rh = RingHash::new(DEFAULT_RING_SIZE_CAP);
+    rh.update(vec![], None, &mut ctl);
+    assert_eq!(ctl.state, Some(TransientFailure));
+    assert!(matches!(ctl.pick(), Pick::Fail(s) if s.code() == Code::Unavailable));
+    rh.update(vec![addr(1), addr(2), addr(1)], None, &mut ctl);
+    assert_eq!(ctl.created.len(), 2, "one subchannel per address");
+    let count = |i| rh.ring.entries.iter().filter(|(_, e)| *e == i).count();
+    assert_eq!(count(0), 2 * count(1));
+}
