@@ -3,6 +3,7 @@
 //! round robin's subchannel management; the parents of child policies).
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -10,9 +11,118 @@ use std::{
 use anygrpc_codec::Address;
 
 use crate::{
-    policy::{ChannelControl, LbMetric, Picker, SubchannelId},
+    policy::{
+        ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, Pick, Picker,
+        PolicyConfig, SubchannelId,
+    },
     ConnectivityState,
 };
+
+/// A child policy its parent built from the registry: the policy, the subchannels it owns,
+/// and what it last published.
+#[derive(Debug)]
+pub(crate) struct ChildPolicy {
+    builder: Arc<dyn LbPolicyBuilder>,
+    policy: Box<dyn LbPolicy>,
+    /// Its subchannels, and their addresses.
+    pub(crate) subchannels: HashMap<SubchannelId, Address>,
+    /// Its state and picker: CONNECTING and queueing until it first publishes.
+    pub(crate) state: ConnectivityState,
+    pub(crate) picker: Arc<dyn Picker>,
+}
+
+/// What one step of a child's changed, for its parent to act on.
+#[derive(Debug, Default)]
+pub(crate) struct Stepped {
+    /// It published (its `state` and `picker` are new).
+    pub(crate) published: bool,
+    /// Subchannels it created.
+    pub(crate) created: Vec<(SubchannelId, Address)>,
+    /// Subchannels it removed.
+    pub(crate) removed: Vec<SubchannelId>,
+}
+
+impl ChildPolicy {
+    /// A new child of policy `builder`.
+    pub(crate) fn new(builder: Arc<dyn LbPolicyBuilder>, seed: u64) -> ChildPolicy {
+        ChildPolicy {
+            policy: builder.build(seed),
+            builder,
+            subchannels: HashMap::new(),
+            state: ConnectivityState::Connecting,
+            picker: Arc::new(FixedPicker(Pick::Queue)),
+        }
+    }
+
+    /// The name of its policy.
+    pub(crate) fn name(&self) -> &'static str {
+        self.builder.name()
+    }
+
+    /// Runs `f` on the child's policy over the parent's channel, keeping what it publishes.
+    pub(crate) fn step(
+        &mut self,
+        ctl: &mut dyn ChannelControl,
+        f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl),
+    ) -> Stepped {
+        let mut capture = Capture::new(ctl);
+        f(&mut *self.policy, &mut capture);
+        let Capture {
+            published,
+            created,
+            removed,
+            ..
+        } = capture;
+        for (id, address) in &created {
+            self.subchannels.insert(*id, address.clone());
+        }
+        for id in &removed {
+            self.subchannels.remove(id);
+        }
+        let stepped = Stepped {
+            published: published.is_some(),
+            created,
+            removed,
+        };
+        if let Some((state, picker)) = published {
+            self.state = state;
+            self.picker = picker;
+        }
+        stepped
+    }
+
+    /// Feeds the child an address update with its config.
+    pub(crate) fn update(
+        &mut self,
+        addresses: Vec<Address>,
+        config: &PolicyConfig,
+        ctl: &mut dyn ChannelControl,
+    ) -> Stepped {
+        self.step(ctl, |policy, ctl| {
+            policy.update(addresses, Some(config), ctl)
+        })
+    }
+
+    /// When the child next wants its timer.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.policy.poll_timeout()
+    }
+
+    /// Runs the child's timer if it is due.
+    pub(crate) fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) -> Stepped {
+        match self.poll_timeout() {
+            Some(at) if at <= ctl.now() => self.step(ctl, |policy, ctl| policy.handle_timeout(ctl)),
+            _ => Stepped::default(),
+        }
+    }
+
+    /// Removes every subchannel the child made: the parent is done with it.
+    pub(crate) fn shut_down(self, ctl: &mut dyn ChannelControl) {
+        for id in self.subchannels.into_keys() {
+            ctl.remove_subchannel(id);
+        }
+    }
+}
 
 /// The [`ChannelControl`] a child policy runs under: passes its requests through to the
 /// parent's channel, but keeps what it publishes, and which subchannels it made and removed,

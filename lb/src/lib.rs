@@ -11,6 +11,7 @@
 mod child;
 pub mod least_request;
 pub mod orca;
+pub mod outlier_detection;
 pub mod pick_first;
 pub mod policy;
 pub mod registry;

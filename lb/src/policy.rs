@@ -16,7 +16,7 @@ use std::{
 
 use anygrpc_codec::{Address, Code, Status};
 
-use crate::{orca::OrcaLoadReport, ConnectivityState};
+use crate::{orca::OrcaLoadReport, ConnectivityState, PolicyRegistry};
 
 /// Names a subchannel the channel created for a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -331,12 +331,15 @@ impl Picker for FixedPicker {
 }
 
 /// A policy's parsed `loadBalancingConfig` entry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct PolicyConfig {
     /// The policy's name.
     pub name: String,
     /// Its configuration object, already validated by the policy's builder.
     pub config: serde_json::Value,
+    /// What the builder made of it, for the policy to use as is: a parent policy's child
+    /// builders and configs, found in the registry the config was parsed against.
+    parsed: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl PolicyConfig {
@@ -345,7 +348,37 @@ impl PolicyConfig {
         PolicyConfig {
             name: name.to_owned(),
             config: config.clone(),
+            parsed: None,
         }
+    }
+
+    /// The same config, carrying the builder's parsed form of it.
+    pub fn with_parsed(self, parsed: impl std::any::Any + Send + Sync) -> PolicyConfig {
+        PolicyConfig {
+            parsed: Some(Arc::new(parsed)),
+            ..self
+        }
+    }
+
+    /// The parsed form [`with_parsed`](Self::with_parsed) attached, if it is a `T`.
+    pub fn parsed<T: std::any::Any>(&self) -> Option<&T> {
+        self.parsed.as_deref()?.downcast_ref()
+    }
+}
+
+/// Two configs are the same when they name the same policy with the same JSON.
+impl PartialEq for PolicyConfig {
+    fn eq(&self, other: &PolicyConfig) -> bool {
+        self.name == other.name && self.config == other.config
+    }
+}
+
+impl fmt::Debug for PolicyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyConfig")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -366,6 +399,17 @@ pub trait LbPolicyBuilder: Send + Sync + fmt::Debug + 'static {
                 self.name()
             ))),
         }
+    }
+
+    /// [`parse_config`](Self::parse_config) for a channel whose policies come from
+    /// `registry`: a parent of child policies overrides this to find its children there.
+    fn parse_config_in(
+        &self,
+        config: &serde_json::Value,
+        registry: &PolicyRegistry,
+    ) -> Result<PolicyConfig, Status> {
+        let _ = registry;
+        self.parse_config(config)
     }
 }
 

@@ -9,9 +9,9 @@ use std::{
 use anygrpc_codec::Status;
 
 use crate::{
-    least_request::LeastRequestBuilder, pick_first::PickFirstBuilder, policy::LbPolicyBuilder,
-    ring_hash::RingHashBuilder, round_robin::RoundRobinBuilder,
-    weighted_round_robin::WeightedRoundRobinBuilder, PolicyConfig,
+    least_request::LeastRequestBuilder, outlier_detection::OutlierDetectionBuilder,
+    pick_first::PickFirstBuilder, policy::LbPolicyBuilder, ring_hash::RingHashBuilder,
+    round_robin::RoundRobinBuilder, weighted_round_robin::WeightedRoundRobinBuilder, PolicyConfig,
 };
 
 /// The policies a channel can use, by name. The default holds `pick_first`, `round_robin`
@@ -36,6 +36,7 @@ impl Default for PolicyRegistry {
         registry.register(Arc::new(WeightedRoundRobinBuilder));
         registry.register(Arc::new(LeastRequestBuilder));
         registry.register(Arc::new(RingHashBuilder::default()));
+        registry.register(Arc::new(OutlierDetectionBuilder));
         registry
     }
 }
@@ -90,7 +91,7 @@ impl PolicyRegistry {
             })?;
             let (name, config) = object.iter().next().expect("one key");
             if let Some(builder) = self.builders.get(name.as_str()) {
-                let parsed = builder.parse_config(config)?;
+                let parsed = builder.parse_config_in(config, self)?;
                 return Ok((builder.clone(), parsed));
             }
         }
