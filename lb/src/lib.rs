@@ -9,6 +9,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod child;
+pub mod graceful_switch;
 pub mod least_request;
 pub mod orca;
 pub mod outlier_detection;

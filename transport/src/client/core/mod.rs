@@ -20,9 +20,9 @@ use std::{
 };
 
 use anygrpc_lb::{
-    ChannelControl, ConnectivityState, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder,
-    OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry, ServiceConfig,
-    SubchannelId, Throttle,
+    graceful_switch::GracefulSwitch, ChannelControl, ConnectivityState, FixedPicker, LbMetric,
+    LbPolicy, LbPolicyBuilder, OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig,
+    PolicyRegistry, ServiceConfig, SubchannelId, Throttle,
 };
 use anygrpc_resolver::{Resolver, ResolverBuilder, ResolverUpdate, Target};
 use anygrpc_rt::{Address, Runtime};
@@ -40,7 +40,8 @@ use crate::metrics::Recorder;
 use crate::Status;
 
 struct Inner {
-    policy: Box<dyn LbPolicy>,
+    /// The policy; a service config naming another one switches to it gracefully.
+    policy: GracefulSwitch,
     /// What `policy` was built from, and the connection settings of its subchannels: a
     /// service config naming another policy or health-check service replaces all three.
     policy_builder: Arc<dyn LbPolicyBuilder>,
@@ -268,7 +269,10 @@ impl Core {
         let core = Arc::new_cyclic(|this| Core {
             runtime: config.runtime,
             inner: Mutex::new(Inner {
-                policy: config.policy_builder.build(fastrand::u64(..)),
+                policy: GracefulSwitch::with_policy(
+                    config.policy_builder.clone(),
+                    fastrand::u64(..),
+                ),
                 policy_builder: config.policy_builder.clone(),
                 policy_config: config.policy_config.clone(),
                 settings: Arc::new(config.settings),
@@ -378,7 +382,7 @@ impl Core {
             .health_check_service_name
             .clone()
             .or_else(|| self.health_check_service.clone());
-        let dropped = {
+        {
             let mut inner = self.lock();
             let same_policy = inner.policy_config == policy_config
                 && inner.settings.health_check_service == health;
@@ -390,19 +394,16 @@ impl Core {
                 return;
             }
             tracing::debug!(policy = %policy_config.name, "service config: new load-balancing policy");
-            inner.policy = builder.build(fastrand::u64(..));
-            inner.policy_builder = builder;
+            inner.policy_builder = builder.clone();
             inner.policy_config = policy_config;
             inner.settings = Arc::new(ConnSettings {
                 health_check_service: health,
                 ..(*inner.settings).clone()
             });
-            inner.timer = None;
-            std::mem::take(&mut inner.subchannels)
-        };
-        for subchannel in dropped.into_values() {
-            subchannel.shutdown();
         }
+        // The current policy keeps serving until the new one can (the resolver update that
+        // brought the config feeds it next).
+        self.with_policy(|policy, ctl| policy.switch_to(builder, ctl));
     }
 
     /// A call is starting: the channel stays out of IDLE until the returned guard drops.
@@ -419,7 +420,8 @@ impl Core {
             if inner.epoch != epoch || self.activity.in_use() {
                 return;
             }
-            inner.policy = inner.policy_builder.build(fastrand::u64(..));
+            inner.policy =
+                GracefulSwitch::with_policy(inner.policy_builder.clone(), fastrand::u64(..));
             let queue = Arc::new(FixedPicker(Pick::Queue));
             self.end_epoch(&mut inner, ConnectivityState::Idle, queue)
         };
@@ -504,7 +506,7 @@ impl Core {
     }
 
     /// Runs `f` on the policy, then publishes what it published and carries out its requests.
-    fn with_policy(&self, f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl)) {
+    fn with_policy(&self, f: impl FnOnce(&mut GracefulSwitch, &mut dyn ChannelControl)) {
         self.with_policy_of(None, f);
     }
 
@@ -513,7 +515,7 @@ impl Core {
     fn with_policy_of(
         &self,
         epoch: Option<u64>,
-        f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl),
+        f: impl FnOnce(&mut GracefulSwitch, &mut dyn ChannelControl),
     ) {
         let mut guard = self.lock();
         if guard.shut_down || epoch.is_some_and(|epoch| epoch != guard.epoch) {
@@ -529,7 +531,7 @@ impl Core {
             actions: Vec::new(),
             resolve_now: false,
         };
-        f(&mut *inner.policy, &mut ctl);
+        f(&mut inner.policy, &mut ctl);
         let Ctl {
             published,
             actions,
