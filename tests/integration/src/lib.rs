@@ -11,6 +11,7 @@ use futures_channel::mpsc;
 use futures_util::StreamExt;
 
 pub mod faults;
+pub mod pushed;
 
 /// Generated code for `test.proto`.
 pub mod pb {

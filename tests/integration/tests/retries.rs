@@ -553,80 +553,16 @@ fn a_request_stream_that_outgrows_the_retry_buffer_commits_the_call() {
     assert_eq!(log[0].0, 0);
 }
 
-/// A resolver the test feeds: `pushed:` yields each update the test sends, and reports it
-/// taken when the channel asks for the next one (the channel applies an update before it
-/// polls again).
-#[derive(Debug)]
-struct Pushed {
-    updates: Mutex<Option<mpsc::UnboundedReceiver<anygrpc_resolver::ResolverUpdate>>>,
-    taken: mpsc::UnboundedSender<()>,
-}
-
-#[derive(Debug)]
-struct PushedResolver {
-    updates: mpsc::UnboundedReceiver<anygrpc_resolver::ResolverUpdate>,
-    taken: mpsc::UnboundedSender<()>,
-    delivered: bool,
-}
-
-impl anygrpc_resolver::ResolverBuilder for Pushed {
-    fn scheme(&self) -> &'static str {
-        "pushed"
-    }
-
-    fn build(
-        &self,
-        _: &anygrpc_resolver::Target,
-        _: Arc<dyn anygrpc::rt::Runtime>,
-    ) -> Result<Box<dyn anygrpc_resolver::Resolver>, Status> {
-        let updates = self.updates.lock().unwrap().take().expect("built once");
-        Ok(Box::new(PushedResolver {
-            updates,
-            taken: self.taken.clone(),
-            delivered: false,
-        }))
-    }
-}
-
-impl anygrpc_resolver::Resolver for PushedResolver {
-    fn poll_update(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<anygrpc_resolver::ResolverUpdate> {
-        if std::mem::take(&mut self.delivered) {
-            let _ = self.taken.unbounded_send(());
-        }
-        let update = std::task::ready!(self.updates.poll_next_unpin(cx)).expect("test alive");
-        self.delivered = true;
-        std::task::Poll::Ready(update)
-    }
-
-    fn resolve_now(&mut self) {}
-}
-
 #[test]
 fn a_resolvers_invalid_service_config_is_ignored_and_the_last_good_one_stays() {
     let flaky = flaky_server(Code::Unavailable, |call| call % 2 == 1);
-    let (updates, pending) = mpsc::unbounded();
-    let (taken, mut taken_events) = mpsc::unbounded();
-    let mut resolvers = anygrpc_resolver::Registry::default();
-    resolvers.register(Arc::new(Pushed {
-        updates: Mutex::new(Some(pending)),
-        taken,
-    }));
+    let (resolvers, mut pusher) = pushed::pushed();
     let channel = Channel::builder("pushed:flaky")
         .resolver_registry(resolvers)
         .connect_lazy()
         .unwrap();
     let client = TestClient::new(channel);
-    let push = |config: Option<&str>| {
-        updates
-            .unbounded_send(anygrpc_resolver::ResolverUpdate {
-                addresses: Ok(vec![flaky.running.addr.clone()]),
-                service_config: config.map(str::to_owned),
-            })
-            .unwrap();
-    };
+    let backend = vec![flaky.running.addr.clone()];
     // Every odd-numbered call on the server fails: a call is retried once (and succeeds)
     // while a retry policy is in force, and fails without one.
     let attempts_of = |expect_ok: bool| {
@@ -636,18 +572,19 @@ fn a_resolvers_invalid_service_config_is_ignored_and_the_last_good_one_stays() {
         flaky.seen.lock().unwrap().len() - before
     };
     // The first call waits for the resolver's first result, and follows its config.
-    push(Some(&retry_config(2, r#""UNAVAILABLE""#)));
+    pusher.push(backend.clone(), Some(&retry_config(2, r#""UNAVAILABLE""#)));
     assert_eq!(attempts_of(true), 2);
-    block_on(taken_events.next());
+    block_on(pusher.taken());
     // An invalid config is ignored: the retry policy stays in force.
-    push(Some(
-        r#"{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 1}}]}"#,
-    ));
-    block_on(taken_events.next());
+    pusher.push(
+        backend.clone(),
+        Some(r#"{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 1}}]}"#),
+    );
+    block_on(pusher.taken());
     assert_eq!(attempts_of(true), 2);
     // No config from the resolver: the channel's default (none here) applies.
-    push(None);
-    block_on(taken_events.next());
+    pusher.push(backend, None);
+    block_on(pusher.taken());
     assert_eq!(attempts_of(false), 1);
 }
 
