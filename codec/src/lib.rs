@@ -36,7 +36,7 @@ pub mod segments;
 mod status;
 pub mod timeout;
 
-pub use address::Address;
+pub use address::{Address, Endpoint};
 pub use backoff::{Backoff, BackoffConfig};
 pub use code::Code;
 pub use codec::{Codec, ProstCodec};

@@ -11,10 +11,12 @@
 #![warn(missing_docs)]
 
 mod e2e;
+mod lb_policy;
 mod machines;
 
 pub use e2e::{client_h2, client_outcomes, server_answer, server_h2};
-pub use machines::{keepalive, lb_policy, retry, subchannel};
+pub use lb_policy::lb_policy;
+pub use machines::{keepalive, retry, subchannel};
 
 use std::{sync::Arc, time::Duration};
 

@@ -2,28 +2,21 @@
 //! sequence of events (via `arbitrary`) on virtual time, and after every event the target checks
 //! the machine against what the spec allows.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anygrpc_codec::Address;
 use anygrpc_codec::{
     keepalive::{Keepalive, KeepaliveAction, KeepaliveConfig, PingPolicy, PingStrikes},
     BackoffConfig, Code,
 };
 use anygrpc_lb::{
-    policy::{ChannelControl, LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig, SubchannelId},
     service_config::{CodeSet, HedgingPolicy, RetryPolicy, ThrottleConfig},
-    AttemptPolicy, Attempts, ConnectivityState, Decision, OrcaLoadReport, Pushback, Subchannel,
-    Throttle,
+    AttemptPolicy, Attempts, ConnectivityState, Decision, Pushback, Subchannel, Throttle,
 };
 use arbitrary::{Arbitrary, Unstructured};
 
 /// Runs `f` on the structured input the bytes decode to (inputs too short to decode are
 /// skipped: `arbitrary` fills what is missing with defaults, so that is rare).
-fn with_input<'a, T: Arbitrary<'a>>(data: &'a [u8], f: impl FnOnce(T)) {
+pub(crate) fn with_input<'a, T: Arbitrary<'a>>(data: &'a [u8], f: impl FnOnce(T)) {
     if let Ok(input) = T::arbitrary_take_rest(Unstructured::new(data)) {
         f(input);
     }
@@ -105,210 +98,6 @@ pub fn subchannel(data: &[u8]) {
             assert!(legal, "{before:?} -> {after:?} on {event:?}");
         }
     });
-}
-
-#[derive(Debug, Arbitrary)]
-enum PolicyEvent {
-    /// Addresses are ports 1..=8 (repeats included); empty is a resolver answer with none.
-    Update(Vec<u8>),
-    ResolverError,
-    /// The nth live subchannel moves to a state (only along legal transitions).
-    State(u8, u8),
-    ExitIdle,
-    Advance(u16),
-    Pick,
-    LoadReport(u8, u8, u16, u8),
-}
-
-#[derive(Debug, Arbitrary)]
-enum PolicyKind {
-    PickFirst { shuffle: bool },
-    RoundRobin,
-    WeightedRoundRobin,
-}
-
-/// The channel side of a policy, checking what the policy asks of it.
-#[derive(Debug)]
-struct Channel {
-    now: Instant,
-    next: u64,
-    /// Live subchannels (created, not removed) and the state last reported for each.
-    live: BTreeMap<SubchannelId, ConnectivityState>,
-    published: Option<(ConnectivityState, Arc<dyn Picker>)>,
-}
-
-impl ChannelControl for Channel {
-    fn now(&self) -> Instant {
-        self.now
-    }
-
-    fn new_subchannel(&mut self, _: &Address) -> SubchannelId {
-        self.next += 1;
-        let id = SubchannelId(self.next);
-        self.live.insert(id, ConnectivityState::Idle);
-        id
-    }
-
-    fn remove_subchannel(&mut self, id: SubchannelId) {
-        assert!(
-            self.live.remove(&id).is_some(),
-            "removed {id:?} twice or never made it"
-        );
-    }
-
-    fn connect(&mut self, id: SubchannelId) {
-        assert!(
-            self.live.contains_key(&id),
-            "connect on a removed subchannel {id:?}"
-        );
-    }
-
-    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        assert_ne!(state, ConnectivityState::Shutdown);
-        self.published = Some((state, picker));
-    }
-
-    fn request_resolution(&mut self) {}
-}
-
-impl Channel {
-    /// Picks a few times: a pick names a live subchannel last reported READY; a READY channel
-    /// never queues or fails a call, a TRANSIENT_FAILURE one never queues it.
-    fn check_picks(&self) {
-        let Some((state, picker)) = &self.published else {
-            return;
-        };
-        for _ in 0..4 {
-            match picker.pick(&PickInfo::new("/s/m", &http::HeaderMap::new())) {
-                Pick::Ready(id) | Pick::Observed(id, _) => {
-                    assert_eq!(
-                        self.live.get(&id),
-                        Some(&ConnectivityState::Ready),
-                        "picked {id:?} in {:?}",
-                        self.live
-                    );
-                }
-                Pick::Queue => assert!(
-                    !matches!(
-                        state,
-                        ConnectivityState::Ready | ConnectivityState::TransientFailure
-                    ),
-                    "queued a call in {state:?}"
-                ),
-                Pick::Fail(_) => assert_ne!(*state, ConnectivityState::Ready, "failed a call"),
-            }
-        }
-    }
-}
-
-fn legal_subchannel_move(from: ConnectivityState, to: ConnectivityState) -> bool {
-    use ConnectivityState::*;
-    matches!(
-        (from, to),
-        (Idle, Connecting)
-            | (Connecting, Ready | TransientFailure)
-            | (Ready, Idle)
-            | (TransientFailure, Idle | Connecting)
-    )
-}
-
-/// pick_first, round_robin and weighted_round_robin driven by resolver updates, subchannel
-/// states (legal transitions only), time and load reports: every pick is of a live READY
-/// subchannel, and the published state agrees with the picks.
-pub fn lb_policy(data: &[u8]) {
-    with_input(
-        data,
-        |(kind, seed, events): (PolicyKind, u64, Vec<PolicyEvent>)| {
-            let (builder, config): (Box<dyn LbPolicyBuilder>, serde_json::Value) = match kind {
-                PolicyKind::PickFirst { shuffle } => (
-                    Box::new(anygrpc_lb::pick_first::PickFirstBuilder),
-                    serde_json::json!({ "shuffleAddressList": shuffle }),
-                ),
-                PolicyKind::RoundRobin => (
-                    Box::new(anygrpc_lb::round_robin::RoundRobinBuilder),
-                    serde_json::json!({}),
-                ),
-                PolicyKind::WeightedRoundRobin => (
-                    Box::new(anygrpc_lb::weighted_round_robin::WeightedRoundRobinBuilder),
-                    serde_json::json!({ "blackoutPeriod": "0s", "weightUpdatePeriod": "0.1s" }),
-                ),
-            };
-            let config: PolicyConfig = builder.parse_config(&config).expect("a valid config");
-            let mut policy = builder.build(seed);
-            let mut ch = Channel {
-                now: Instant::now(),
-                next: 0,
-                live: BTreeMap::new(),
-                published: None,
-            };
-            for event in events.into_iter().take(256) {
-                match event {
-                    PolicyEvent::Update(ports) => {
-                        let addresses = ports
-                            .iter()
-                            .take(16)
-                            .map(|p| {
-                                Address::Tcp(std::net::SocketAddr::from((
-                                    [10, 0, 0, 1],
-                                    u16::from(p % 8) + 1,
-                                )))
-                            })
-                            .collect();
-                        policy.update(addresses, Some(&config), &mut ch);
-                    }
-                    PolicyEvent::ResolverError => {
-                        policy.resolver_error(anygrpc_codec::Status::unavailable("fuzz"), &mut ch)
-                    }
-                    PolicyEvent::State(which, to) => {
-                        let Some((&id, &from)) = ch
-                            .live
-                            .iter()
-                            .nth(usize::from(which) % ch.live.len().max(1))
-                        else {
-                            continue;
-                        };
-                        let to = match to % 4 {
-                            0 => ConnectivityState::Idle,
-                            1 => ConnectivityState::Connecting,
-                            2 => ConnectivityState::Ready,
-                            _ => ConnectivityState::TransientFailure,
-                        };
-                        if legal_subchannel_move(from, to) {
-                            ch.live.insert(id, to);
-                            let status = (to == ConnectivityState::TransientFailure)
-                                .then(|| anygrpc_codec::Status::unavailable("connect failed"));
-                            policy.subchannel_state(id, to, status.as_ref(), &mut ch);
-                        }
-                    }
-                    PolicyEvent::ExitIdle => policy.exit_idle(&mut ch),
-                    PolicyEvent::Advance(ms) => {
-                        ch.now += MS * u32::from(ms);
-                        if policy.poll_timeout().is_some_and(|t| t <= ch.now) {
-                            policy.handle_timeout(&mut ch);
-                        }
-                    }
-                    PolicyEvent::Pick => {}
-                    PolicyEvent::LoadReport(which, cpu, qps, errors) => {
-                        let Some(&id) = ch
-                            .live
-                            .keys()
-                            .nth(usize::from(which) % ch.live.len().max(1))
-                        else {
-                            continue;
-                        };
-                        let report = OrcaLoadReport {
-                            cpu_utilization: f64::from(cpu) / 100.0,
-                            rps_fractional: f64::from(qps),
-                            eps: f64::from(errors),
-                            ..OrcaLoadReport::default()
-                        };
-                        policy.load_report(id, &report, &mut ch);
-                    }
-                }
-                ch.check_picks();
-            }
-        },
-    );
 }
 
 #[derive(Debug, Arbitrary)]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::Address;
+use anygrpc_codec::{Address, Endpoint};
 
 use crate::{
     policy::{
@@ -29,6 +29,22 @@ pub(crate) struct ChildPolicy {
     /// Its state and picker: CONNECTING and queueing until it first publishes.
     pub(crate) state: ConnectivityState,
     pub(crate) picker: Arc<dyn Picker>,
+    /// Its requests to re-resolve are dropped (priority's `ignore_reresolution_requests`).
+    pub(crate) ignore_resolution: bool,
+}
+
+/// The endpoints a parent hands its child `name`: those whose path starts with it, with the
+/// rest of their path.
+pub(crate) fn endpoints_under(name: &str, endpoints: &[Endpoint]) -> Vec<Endpoint> {
+    endpoints
+        .iter()
+        .filter(|e| e.path.first().is_some_and(|p| p == name))
+        .map(|e| {
+            let mut child = e.clone();
+            child.path.remove(0);
+            child
+        })
+        .collect()
 }
 
 /// What one step of a child's changed, for its parent to act on.
@@ -51,6 +67,7 @@ impl ChildPolicy {
             subchannels: HashMap::new(),
             state: ConnectivityState::Connecting,
             picker: Arc::new(FixedPicker(Pick::Queue)),
+            ignore_resolution: false,
         }
     }
 
@@ -66,6 +83,7 @@ impl ChildPolicy {
         f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl),
     ) -> Stepped {
         let mut capture = Capture::new(ctl);
+        capture.ignore_resolution = self.ignore_resolution;
         f(&mut *self.policy, &mut capture);
         let Capture {
             published,
@@ -91,15 +109,15 @@ impl ChildPolicy {
         stepped
     }
 
-    /// Feeds the child an address update with its config.
+    /// Feeds the child an update of endpoints with its config.
     pub(crate) fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         config: &PolicyConfig,
         ctl: &mut dyn ChannelControl,
     ) -> Stepped {
         self.step(ctl, |policy, ctl| {
-            policy.update(addresses, Some(config), ctl)
+            policy.update(endpoints, Some(config), ctl)
         })
     }
 
@@ -135,6 +153,8 @@ pub(crate) struct Capture<'a> {
     pub(crate) created: Vec<(SubchannelId, Address)>,
     /// Subchannels it removed in this step.
     pub(crate) removed: Vec<SubchannelId>,
+    /// Drops the child's requests to re-resolve.
+    ignore_resolution: bool,
 }
 
 impl<'a> Capture<'a> {
@@ -145,6 +165,7 @@ impl<'a> Capture<'a> {
             published: None,
             created: Vec::new(),
             removed: Vec::new(),
+            ignore_resolution: false,
         }
     }
 }
@@ -169,7 +190,9 @@ impl ChannelControl for Capture<'_> {
         self.published = Some((state, picker));
     }
     fn request_resolution(&mut self) {
-        self.inner.request_resolution();
+        if !self.ignore_resolution {
+            self.inner.request_resolution();
+        }
     }
     fn enable_health_check(&mut self, id: SubchannelId) {
         self.inner.enable_health_check(id);

@@ -9,7 +9,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use anygrpc_codec::{Address, Status};
+use anygrpc_codec::{Endpoint, Status};
 
 use crate::{
     child::{ChildPolicy, Stepped},
@@ -116,12 +116,12 @@ impl GracefulSwitch {
 impl LbPolicy for GracefulSwitch {
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
         self.drive_latest(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.update(addresses, config, ctl))
+            child.step(ctl, |policy, ctl| policy.update(endpoints, config, ctl))
         });
     }
 
@@ -205,7 +205,7 @@ mod tests {
     use super::*;
     use crate::{
         pick_first::PickFirstBuilder,
-        policy::testing::{addr, Recorder},
+        policy::testing::{addr, endpoints, Recorder},
         round_robin::RoundRobinBuilder,
         Pick,
     };
@@ -215,7 +215,7 @@ mod tests {
     fn serving_pick_first() -> (GracefulSwitch, Recorder) {
         let mut ctl = Recorder::at(Instant::now());
         let mut switch = GracefulSwitch::with_policy(Arc::new(PickFirstBuilder), 1);
-        switch.update(vec![addr(1), addr(2), addr(3)], None, &mut ctl);
+        switch.update(endpoints([addr(1), addr(2), addr(3)]), None, &mut ctl);
         let first = ctl.take_connects()[0];
         switch.subchannel_state(first, Connecting, None, &mut ctl);
         switch.subchannel_state(first, Ready, None, &mut ctl);
@@ -235,7 +235,7 @@ mod tests {
         let old = picked(&ctl, 5);
         assert_eq!(old.len(), 1);
         switch.switch_to(Arc::new(RoundRobinBuilder), &mut ctl);
-        switch.update(vec![addr(1), addr(2), addr(3)], None, &mut ctl);
+        switch.update(endpoints([addr(1), addr(2), addr(3)]), None, &mut ctl);
         assert_eq!(switch.latest_name(), Some("round_robin"));
         // round_robin is CONNECTING: calls still go to pick_first's subchannel.
         assert_eq!(ctl.state, Some(Ready));
@@ -267,7 +267,7 @@ mod tests {
         let (mut switch, mut ctl) = serving_pick_first();
         let old = *picked(&ctl, 1).iter().next().unwrap();
         switch.switch_to(Arc::new(RoundRobinBuilder), &mut ctl);
-        switch.update(vec![addr(1), addr(2)], None, &mut ctl);
+        switch.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         switch.subchannel_state(old, Idle, None, &mut ctl);
         assert!(switch.pending.is_none());
         assert_eq!(ctl.state, Some(Connecting), "round_robin's state now");
@@ -278,14 +278,14 @@ mod tests {
     fn a_switch_from_a_policy_that_is_not_ready_is_immediate_and_a_new_switch_abandons_the_last() {
         let mut ctl = Recorder::at(Instant::now());
         let mut switch = GracefulSwitch::with_policy(Arc::new(PickFirstBuilder), 1);
-        switch.update(vec![addr(1)], None, &mut ctl);
+        switch.update(endpoints([addr(1)]), None, &mut ctl);
         switch.switch_to(Arc::new(RoundRobinBuilder), &mut ctl);
         assert!(switch.pending.is_none());
         assert_eq!(ctl.removed.len(), 1);
 
         let (mut switch, mut ctl) = serving_pick_first();
         switch.switch_to(Arc::new(RoundRobinBuilder), &mut ctl);
-        switch.update(vec![addr(4), addr(5)], None, &mut ctl);
+        switch.update(endpoints([addr(4), addr(5)]), None, &mut ctl);
         switch.switch_to(Arc::new(PickFirstBuilder), &mut ctl);
         assert_eq!(
             ctl.removed.len(),

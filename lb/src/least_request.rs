@@ -8,12 +8,12 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
 };
 
-use anygrpc_codec::{Address, Status};
+use anygrpc_codec::{Endpoint, Status};
 
 use crate::{
     child::Capture,
@@ -21,6 +21,7 @@ use crate::{
         CallEnd, CallObserver, ChannelControl, LbPolicy, LbPolicyBuilder, Pick, PickInfo, Picker,
         PolicyConfig, SubchannelId,
     },
+    random::Random,
     round_robin::RoundRobin,
     ConnectivityState,
 };
@@ -85,20 +86,12 @@ impl CallObserver for Outstanding {
 struct LeastRequestPicker {
     ready: Vec<(SubchannelId, Arc<Outstanding>)>,
     choice_count: usize,
-    /// The state of a SplitMix64 sequence: a lock-free random draw per sample.
-    random: AtomicU64,
+    random: Random,
 }
 
 impl LeastRequestPicker {
     fn sample(&self) -> usize {
-        let mut z = self
-            .random
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z % self.ready.len() as u64) as usize
+        self.random.below(self.ready.len() as u64) as usize
     }
 }
 
@@ -181,7 +174,7 @@ impl LeastRequest {
             Arc::new(LeastRequestPicker {
                 ready,
                 choice_count: self.choice_count,
-                random: AtomicU64::new(self.rng.u64(..)),
+                random: Random::new(self.rng.u64(..)),
             }),
         );
     }
@@ -190,7 +183,7 @@ impl LeastRequest {
 impl LbPolicy for LeastRequest {
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
@@ -199,7 +192,7 @@ impl LbPolicy for LeastRequest {
             &mut self.choice_count,
             choices.unwrap_or(DEFAULT_CHOICE_COUNT),
         ) != self.choice_count;
-        self.drive(ctl, |rr, ctl| rr.update(addresses, None, ctl));
+        self.drive(ctl, |rr, ctl| rr.update(endpoints, None, ctl));
         if changed {
             self.publish(ctl);
         }
@@ -227,7 +220,7 @@ impl LbPolicy for LeastRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{addr, Recorder};
+    use crate::policy::testing::{addr, endpoints, Recorder};
     use anygrpc_codec::Code;
     use serde_json::json;
     use std::time::Instant;
@@ -237,7 +230,7 @@ mod tests {
         let mut ctl = Recorder::at(Instant::now());
         let mut lr = LeastRequest::new(7);
         let config = LeastRequestBuilder.parse_config(&config).unwrap();
-        lr.update((1..=n).map(addr).collect(), Some(&config), &mut ctl);
+        lr.update(endpoints((1..=n).map(addr)), Some(&config), &mut ctl);
         for id in 1..=u64::from(n) {
             lr.subchannel_state(SubchannelId(id), Ready, None, &mut ctl);
         }
@@ -348,7 +341,7 @@ mod tests {
         lr.subchannel_state(SubchannelId(2), TransientFailure, None, &mut ctl);
         assert_eq!(ctl.state, Some(TransientFailure));
         assert!(matches!(ctl.pick(), Pick::Fail(_)));
-        lr.update(vec![addr(2)], None, &mut ctl);
+        lr.update(endpoints([addr(2)]), None, &mut ctl);
         assert_eq!(ctl.removed, vec![SubchannelId(1)]);
         assert!(!lr.outstanding.contains_key(&SubchannelId(1)));
     }

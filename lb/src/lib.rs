@@ -15,6 +15,8 @@ pub mod orca;
 pub mod outlier_detection;
 pub mod pick_first;
 pub mod policy;
+pub mod priority;
+mod random;
 pub mod registry;
 pub mod retry;
 pub mod ring_hash;
@@ -22,11 +24,13 @@ pub mod round_robin;
 pub mod service_config;
 pub mod subchannel;
 pub mod weighted_round_robin;
+pub mod weighted_target;
 
+pub use anygrpc_codec::{Address, Endpoint};
 pub use orca::OrcaLoadReport;
 pub use policy::{
-    CallEnd, CallObserver, ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, Pick,
-    PickInfo, Picker, PolicyConfig, SubchannelId,
+    flatten_endpoints, CallEnd, CallObserver, ChannelControl, FixedPicker, LbMetric, LbPolicy,
+    LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
 };
 pub use registry::PolicyRegistry;
 pub use retry::{Attempts, BufferBudget, Decision, Pushback, Throttle};

@@ -15,13 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::Address;
-use anygrpc_codec::Status;
+use anygrpc_codec::{Address, Endpoint, Status};
 
 use crate::{
     policy::{
-        unique_addresses, ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, Pick,
-        PolicyConfig, SubchannelId,
+        flatten_endpoints, unique_addresses, ChannelControl, FixedPicker, LbMetric, LbPolicy,
+        LbPolicyBuilder, Pick, PolicyConfig, SubchannelId,
     },
     ConnectivityState,
 };
@@ -200,7 +199,7 @@ fn interleave_families(addresses: Vec<Address>) -> Vec<Address> {
 impl LbPolicy for PickFirst {
     fn update(
         &mut self,
-        mut addresses: Vec<Address>,
+        mut endpoints: Vec<Endpoint>,
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
@@ -208,9 +207,11 @@ impl LbPolicy for PickFirst {
             .and_then(|c| c.config.get("shuffleAddressList"))
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
+        // A61: the endpoints are shuffled, then their addresses flattened in order.
         if shuffle {
-            self.rng.shuffle(&mut addresses);
+            self.rng.shuffle(&mut endpoints);
         }
+        let addresses = flatten_endpoints(endpoints);
         let addresses = match unique_addresses(addresses) {
             Ok(addresses) => interleave_families(addresses),
             Err(status) => return self.resolver_error(status, ctl),
@@ -343,7 +344,7 @@ impl LbPolicy for PickFirst {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{addr, Recorder};
+    use crate::policy::testing::{addr, endpoints, Recorder};
     use ConnectivityState::*;
 
     fn ready(pick: Pick) -> SubchannelId {
@@ -357,7 +358,7 @@ mod tests {
     fn first_address_to_connect_wins_and_the_rest_are_dropped() {
         let mut ctl = Recorder::at(Instant::now());
         let mut pf = PickFirst::new(1);
-        pf.update(vec![addr(1), addr(2), addr(3)], None, &mut ctl);
+        pf.update(endpoints([addr(1), addr(2), addr(3)]), None, &mut ctl);
         assert_eq!(ctl.created.len(), 3);
         assert_eq!(ctl.state, Some(Connecting));
         assert!(matches!(ctl.pick(), Pick::Queue));
@@ -401,7 +402,7 @@ mod tests {
         // The policy connects in that order: an unreachable IPv6 family costs one attempt.
         let mut ctl = Recorder::at(Instant::now());
         let mut pf = PickFirst::new(1);
-        pf.update(vec![v6(1), v6(2), addr(3)], None, &mut ctl);
+        pf.update(endpoints([v6(1), v6(2), addr(3)]), None, &mut ctl);
         let order: Vec<Address> = ctl.created.iter().map(|(_, a)| a.clone()).collect();
         assert_eq!(order, vec![v6(1), addr(3), v6(2)]);
         let first = ctl.take_connects();
@@ -419,11 +420,47 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_are_flattened_in_order_and_shuffled_whole() {
+        // A61: each endpoint's addresses, in order, then the next endpoint's.
+        let mut ctl = Recorder::at(Instant::now());
+        let mut pf = PickFirst::new(1);
+        let list = vec![
+            Endpoint::new(vec![addr(1), addr(2)]),
+            Endpoint::new(vec![addr(3)]),
+            Endpoint::new(vec![addr(2), addr(4)]),
+        ];
+        pf.update(list.clone(), None, &mut ctl);
+        let order: Vec<Address> = ctl.created.iter().map(|(_, a)| a.clone()).collect();
+        assert_eq!(order, vec![addr(1), addr(2), addr(3), addr(4)]);
+        // Shuffling moves endpoints, never splitting one.
+        let config = PickFirstBuilder
+            .parse_config(&serde_json::json!({"shuffleAddressList": true}))
+            .unwrap();
+        let list = vec![
+            Endpoint::new(vec![addr(1), addr(2)]),
+            Endpoint::new(vec![addr(3)]),
+            Endpoint::new(vec![addr(4), addr(5)]),
+        ];
+        let mut orders = std::collections::HashSet::new();
+        for seed in 0..20 {
+            let mut ctl = Recorder::at(Instant::now());
+            let mut pf = PickFirst::new(seed);
+            pf.update(list.clone(), Some(&config), &mut ctl);
+            let order: Vec<Address> = ctl.created.iter().map(|(_, a)| a.clone()).collect();
+            let after =
+                |a: u16| order[order.iter().position(|x| *x == addr(a)).unwrap() + 1].clone();
+            assert_eq!((after(1), after(4)), (addr(2), addr(5)), "{order:?}");
+            orders.insert(order);
+        }
+        assert!(orders.len() > 1, "shuffled");
+    }
+
+    #[test]
     fn happy_eyeballs_starts_the_next_address_after_250ms() {
         let t0 = Instant::now();
         let mut ctl = Recorder::at(t0);
         let mut pf = PickFirst::new(1);
-        pf.update(vec![addr(1), addr(2)], None, &mut ctl);
+        pf.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         assert_eq!(ctl.take_connects(), vec![SubchannelId(1)]);
         assert_eq!(pf.poll_timeout(), Some(t0 + CONNECTION_ATTEMPT_DELAY));
         ctl.advance(Duration::from_millis(249));
@@ -442,7 +479,7 @@ mod tests {
     fn sticky_transient_failure_until_a_retry_connects() {
         let mut ctl = Recorder::at(Instant::now());
         let mut pf = PickFirst::new(1);
-        pf.update(vec![addr(1), addr(2)], None, &mut ctl);
+        pf.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         let err = Status::unavailable("refused");
         pf.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
         pf.subchannel_state(SubchannelId(2), TransientFailure, Some(&err), &mut ctl);
@@ -479,13 +516,13 @@ mod tests {
     fn re_resolution_while_failing_stays_sticky_and_keeps_backoff() {
         let mut ctl = Recorder::at(Instant::now());
         let mut pf = PickFirst::new(1);
-        pf.update(vec![addr(1), addr(2)], None, &mut ctl);
+        pf.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         let err = Status::unavailable("refused");
         pf.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
         pf.subchannel_state(SubchannelId(2), TransientFailure, Some(&err), &mut ctl);
         ctl.take_connects();
         // The resolver answers the re-resolution with the same list (and one new address).
-        pf.update(vec![addr(1), addr(2), addr(3)], None, &mut ctl);
+        pf.update(endpoints([addr(1), addr(2), addr(3)]), None, &mut ctl);
         assert_eq!(ctl.state, Some(TransientFailure), "sticky");
         assert_eq!(
             ctl.created.len(),
@@ -506,7 +543,7 @@ mod tests {
     fn losing_the_connection_goes_idle_and_the_next_call_reconnects() {
         let mut ctl = Recorder::at(Instant::now());
         let mut pf = PickFirst::new(1);
-        pf.update(vec![addr(1), addr(2)], None, &mut ctl);
+        pf.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         pf.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
         pf.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
         assert_eq!(ctl.state, Some(Idle));
@@ -520,7 +557,7 @@ mod tests {
         );
         ctl.take_connects();
         // The resolver answers the re-resolution: the list is replaced, nothing connects yet.
-        pf.update(vec![addr(2), addr(3)], None, &mut ctl);
+        pf.update(endpoints([addr(2), addr(3)]), None, &mut ctl);
         assert_eq!(ctl.state, Some(Idle), "no call has asked for a connection");
         assert!(ctl.take_connects().is_empty());
         assert_eq!(ctl.created.len(), 2, "no subchannels until the next call");
@@ -538,12 +575,12 @@ mod tests {
     fn an_update_keeps_a_ready_connection_that_is_still_listed() {
         let mut ctl = Recorder::at(Instant::now());
         let mut pf = PickFirst::new(1);
-        pf.update(vec![addr(1), addr(2)], None, &mut ctl);
+        pf.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         pf.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
-        pf.update(vec![addr(3), addr(1)], None, &mut ctl);
+        pf.update(endpoints([addr(3), addr(1)]), None, &mut ctl);
         assert_eq!(ready(ctl.pick()), SubchannelId(1));
         assert_eq!(ctl.created.len(), 2, "no new subchannels");
-        pf.update(vec![addr(4)], None, &mut ctl);
+        pf.update(endpoints([addr(4)]), None, &mut ctl);
         assert_eq!(ctl.state, Some(Connecting));
         assert!(ctl.removed.contains(&SubchannelId(1)));
     }
@@ -556,7 +593,7 @@ mod tests {
         let order = |seed| {
             let mut ctl = Recorder::at(Instant::now());
             let mut pf = PickFirst::new(seed);
-            pf.update((1..=8).map(addr).collect(), Some(&config), &mut ctl);
+            pf.update(endpoints((1..=8).map(addr)), Some(&config), &mut ctl);
             ctl.created
                 .iter()
                 .map(|(_, a)| a.clone())

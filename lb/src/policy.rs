@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::{Address, Code, Status};
+use anygrpc_codec::{Address, Code, Endpoint, Status};
 
 use crate::{orca::OrcaLoadReport, ConnectivityState, PolicyRegistry};
 
@@ -93,10 +93,10 @@ pub enum LbMetric {
 
 /// A load-balancing policy: turns addresses and subchannel states into a picker.
 pub trait LbPolicy: Send + fmt::Debug {
-    /// The resolver produced addresses (the policy's parsed config comes with them).
+    /// The resolver produced endpoints (the policy's parsed config comes with them).
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     );
@@ -285,6 +285,12 @@ impl Pick {
             other => other,
         }
     }
+}
+
+/// The addresses of `endpoints`, in order: how a policy that balances over addresses rather
+/// than endpoints takes an endpoint list (each address becomes a backend of its own).
+pub fn flatten_endpoints(endpoints: Vec<Endpoint>) -> Vec<Address> {
+    endpoints.into_iter().flat_map(|e| e.addresses).collect()
 }
 
 /// Drops repeated addresses, keeping the first of each, so a policy makes one subchannel per
@@ -515,6 +521,11 @@ pub(crate) mod testing {
         fn record(&mut self, metric: LbMetric) {
             self.metrics.push(metric);
         }
+    }
+
+    /// One endpoint per address.
+    pub(crate) fn endpoints(addresses: impl IntoIterator<Item = Address>) -> Vec<Endpoint> {
+        addresses.into_iter().map(Endpoint::from).collect()
     }
 
     pub(crate) fn addr(port: u16) -> Address {

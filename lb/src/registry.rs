@@ -10,8 +10,10 @@ use anygrpc_codec::Status;
 
 use crate::{
     least_request::LeastRequestBuilder, outlier_detection::OutlierDetectionBuilder,
-    pick_first::PickFirstBuilder, policy::LbPolicyBuilder, ring_hash::RingHashBuilder,
-    round_robin::RoundRobinBuilder, weighted_round_robin::WeightedRoundRobinBuilder, PolicyConfig,
+    pick_first::PickFirstBuilder, policy::LbPolicyBuilder, priority::PriorityBuilder,
+    ring_hash::RingHashBuilder, round_robin::RoundRobinBuilder,
+    weighted_round_robin::WeightedRoundRobinBuilder, weighted_target::WeightedTargetBuilder,
+    PolicyConfig,
 };
 
 /// The policies a channel can use, by name. The default holds `pick_first`, `round_robin`
@@ -37,6 +39,8 @@ impl Default for PolicyRegistry {
         registry.register(Arc::new(LeastRequestBuilder));
         registry.register(Arc::new(RingHashBuilder::default()));
         registry.register(Arc::new(OutlierDetectionBuilder));
+        registry.register(Arc::new(PriorityBuilder::default()));
+        registry.register(Arc::new(WeightedTargetBuilder));
         registry
     }
 }

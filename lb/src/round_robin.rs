@@ -14,13 +14,12 @@ use std::{
     },
 };
 
-use anygrpc_codec::Address;
-use anygrpc_codec::Status;
+use anygrpc_codec::{Address, Endpoint, Status};
 
 use crate::{
     policy::{
-        unique_addresses, ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PickInfo,
-        Picker, PolicyConfig, SubchannelId,
+        flatten_endpoints, unique_addresses, ChannelControl, FixedPicker, LbPolicy,
+        LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
     },
     ConnectivityState,
 };
@@ -155,11 +154,11 @@ impl RoundRobin {
 impl LbPolicy for RoundRobin {
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         _: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
-        let addresses = match unique_addresses(addresses) {
+        let addresses = match unique_addresses(flatten_endpoints(endpoints)) {
             Ok(addresses) => addresses,
             Err(status) => return self.resolver_error(status, ctl),
         };
@@ -233,7 +232,7 @@ impl LbPolicy for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::testing::{addr, Recorder};
+    use crate::policy::testing::{addr, endpoints, Recorder};
     use std::time::Instant;
     use ConnectivityState::*;
 
@@ -252,7 +251,7 @@ mod tests {
     fn spreads_evenly_over_ready_subchannels() {
         let mut ctl = Recorder::at(Instant::now());
         let mut rr = RoundRobin::new(3);
-        rr.update(vec![addr(1), addr(2), addr(3)], None, &mut ctl);
+        rr.update(endpoints([addr(1), addr(2), addr(3)]), None, &mut ctl);
         assert_eq!(ctl.take_connects().len(), 3, "connects to every address");
         assert_eq!(ctl.state, Some(Connecting));
         assert!(matches!(ctl.pick(), Pick::Queue));
@@ -271,7 +270,7 @@ mod tests {
     fn a_lost_subchannel_leaves_the_rotation_and_reconnects() {
         let mut ctl = Recorder::at(Instant::now());
         let mut rr = RoundRobin::new(3);
-        rr.update(vec![addr(1), addr(2)], None, &mut ctl);
+        rr.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         rr.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
         rr.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
         ctl.take_connects();
@@ -293,7 +292,7 @@ mod tests {
     fn transient_failure_only_when_every_subchannel_failed() {
         let mut ctl = Recorder::at(Instant::now());
         let mut rr = RoundRobin::new(3);
-        rr.update(vec![addr(1), addr(2)], None, &mut ctl);
+        rr.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         let err = Status::unavailable("refused");
         rr.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
         assert_eq!(ctl.state, Some(Connecting));
@@ -313,13 +312,13 @@ mod tests {
     fn updates_keep_listed_subchannels_and_drop_the_rest() {
         let mut ctl = Recorder::at(Instant::now());
         let mut rr = RoundRobin::new(3);
-        rr.update(vec![addr(1), addr(2)], None, &mut ctl);
+        rr.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
         rr.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
-        rr.update(vec![addr(1), addr(3)], None, &mut ctl);
+        rr.update(endpoints([addr(1), addr(3)]), None, &mut ctl);
         assert_eq!(ctl.removed, vec![SubchannelId(2)]);
         assert_eq!(ctl.created.len(), 3);
         assert_eq!(ctl.state, Some(Ready));
-        rr.update(vec![], None, &mut ctl);
+        rr.update(endpoints([]), None, &mut ctl);
         assert_eq!(
             ctl.state,
             Some(Ready),

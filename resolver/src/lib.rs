@@ -26,7 +26,7 @@ use std::{
 
 pub use anygrpc_codec::Status;
 use anygrpc_codec::{Backoff, BackoffConfig};
-pub use anygrpc_rt::Address;
+pub use anygrpc_rt::{Address, Endpoint};
 use anygrpc_rt::{BoxFuture, Runtime, Sleep};
 
 pub mod proxy;
@@ -43,8 +43,9 @@ pub const DEFAULT_PORT: u16 = 443;
 /// What a resolver learned.
 #[derive(Debug, Clone)]
 pub struct ResolverUpdate {
-    /// The addresses, or why there are none.
-    pub addresses: Result<Vec<Address>, Status>,
+    /// The endpoints (each one server's addresses, with its attributes), or why there are
+    /// none.
+    pub endpoints: Result<Vec<Endpoint>, Status>,
     /// The service config JSON text the resolver found, if any.
     pub service_config: Option<String>,
 }
@@ -351,7 +352,8 @@ impl Resolver for DnsResolver {
                 "DNS resolution of {} returned no addresses",
                 self.host
             ))),
-            Ok(addrs) => Ok(addrs.into_iter().map(Address::Tcp).collect()),
+            // One endpoint per address, as grpc-go's and the C-core's DNS resolvers give them.
+            Ok(addrs) => Ok(addrs.into_iter().map(Endpoint::from).collect()),
             Err(e) => Err(Status::unavailable(format!(
                 "DNS resolution of {} failed: {e}",
                 self.host
@@ -369,7 +371,7 @@ impl Resolver for DnsResolver {
             cx.waker().wake_by_ref();
         }
         Poll::Ready(ResolverUpdate {
-            addresses,
+            endpoints: addresses,
             service_config,
         })
     }
@@ -475,19 +477,24 @@ impl ResolverBuilder for PassthroughResolverBuilder {
     }
 }
 
-/// A resolver with a fixed address list: it reports the list once, and again on each
+/// A resolver with a fixed endpoint list: it reports the list once, and again on each
 /// [`resolve_now`](Resolver::resolve_now).
 #[derive(Debug, Clone)]
 pub struct StaticResolver {
-    addresses: Vec<Address>,
+    endpoints: Vec<Endpoint>,
     pending: bool,
 }
 
 impl StaticResolver {
-    /// A resolver for these addresses.
+    /// A resolver for these addresses, one endpoint each.
     pub fn new(addresses: Vec<Address>) -> StaticResolver {
+        StaticResolver::with_endpoints(addresses.into_iter().map(Endpoint::from).collect())
+    }
+
+    /// A resolver for these endpoints.
+    pub fn with_endpoints(endpoints: Vec<Endpoint>) -> StaticResolver {
         StaticResolver {
-            addresses,
+            endpoints,
             pending: true,
         }
     }
@@ -499,7 +506,7 @@ impl Resolver for StaticResolver {
             return Poll::Pending;
         }
         Poll::Ready(ResolverUpdate {
-            addresses: Ok(self.addresses.clone()),
+            endpoints: Ok(self.endpoints.clone()),
             service_config: None,
         })
     }
@@ -520,7 +527,14 @@ mod tests {
         let (target, builder) = registry.parse_target(target)?;
         let runtime: Arc<dyn Runtime> = Arc::new(anygrpc_rt::AsyncIoRuntime::new());
         let mut resolver = builder.build(&target, runtime)?;
-        async_io::block_on(poll_fn(|cx| resolver.poll_update(cx))).addresses
+        addresses(async_io::block_on(poll_fn(|cx| resolver.poll_update(cx))))
+    }
+
+    /// An update's addresses, one per endpoint.
+    fn addresses(update: ResolverUpdate) -> Result<Vec<Address>, Status> {
+        let endpoints = update.endpoints?;
+        assert!(endpoints.iter().all(|e| e.addresses.len() == 1));
+        Ok(endpoints.into_iter().flat_map(|e| e.addresses).collect())
     }
 
     fn tcp(s: &str) -> Address {
@@ -549,15 +563,18 @@ mod tests {
             sim.run(poll_fn(|cx| resolver.poll_update(cx)))
         };
         let found = update("dns:///svc.example:50051", true);
-        assert_eq!(found.addresses.unwrap(), vec![tcp("10.0.0.1:50051")]);
+        assert_eq!(
+            found.endpoints.clone().unwrap(),
+            vec![Endpoint::from(tcp("10.0.0.1:50051"))]
+        );
         assert_eq!(found.service_config.as_deref(), Some(r#"{"b":2}"#));
         assert_eq!(
             update("dns:///svc.example:50051", false).service_config,
             None
         );
         let plain = update("dns:///plain.example:50051", true);
-        assert_eq!(plain.addresses.unwrap(), vec![tcp("10.0.0.2:50051")]);
         assert_eq!(plain.service_config, None);
+        assert_eq!(addresses(plain).unwrap(), vec![tcp("10.0.0.2:50051")]);
     }
 
     #[test]
@@ -713,7 +730,7 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut poll_on = |resolver: &mut Box<dyn Resolver>| match resolver.poll_update(&mut cx) {
-            Poll::Ready(update) => Some(update.addresses),
+            Poll::Ready(update) => Some(addresses(update)),
             Poll::Pending => None,
         };
         assert_eq!(

@@ -26,7 +26,7 @@ use std::{
 
 mod compat;
 mod dns;
-pub use anygrpc_codec::Address;
+pub use anygrpc_codec::{Address, Endpoint};
 pub use compat::{Gate, H2Io, Tap};
 pub use tokio::io::ReadBuf;
 

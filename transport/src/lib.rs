@@ -112,9 +112,11 @@ pub mod rt {
 pub mod lb {
     pub use anygrpc_codec::BackoffConfig;
     pub use anygrpc_lb::{
-        orca, pick_first, round_robin, weighted_round_robin, CallEnd, CallObserver, ChannelControl,
-        ConnectivityState, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, OrcaLoadReport, Pick,
-        PickInfo, Picker, PolicyConfig, PolicyRegistry, SubchannelId,
+        flatten_endpoints, graceful_switch, least_request, orca, outlier_detection, pick_first,
+        priority, ring_hash, round_robin, weighted_round_robin, weighted_target, CallEnd,
+        CallObserver, ChannelControl, ConnectivityState, Endpoint, FixedPicker, LbMetric, LbPolicy,
+        LbPolicyBuilder, OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry,
+        SubchannelId,
     };
 }
 

@@ -18,8 +18,8 @@ use std::{
 
 use anygrpc::{
     lb::{
-        ChannelControl, ConnectivityState, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PickInfo,
-        Picker, PolicyConfig, PolicyRegistry, SubchannelId,
+        flatten_endpoints, ChannelControl, ConnectivityState, Endpoint, FixedPicker, LbPolicy,
+        LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig, PolicyRegistry, SubchannelId,
     },
     resolver::{Registry, Resolver, ResolverBuilder, ResolverUpdate, Target},
     rt::{Address, Runtime, Sleep},
@@ -96,7 +96,7 @@ impl Resolver for FileResolver {
                 let addresses = Self::parse(&text);
                 self.last = Some(text);
                 return Poll::Ready(ResolverUpdate {
-                    addresses,
+                    endpoints: addresses.map(|a| a.into_iter().map(Endpoint::from).collect()),
                     service_config: None,
                 });
             }
@@ -176,12 +176,12 @@ impl RandomReady {
 impl LbPolicy for RandomReady {
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         _: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
         let mut old = std::mem::take(&mut self.subchannels);
-        for address in addresses {
+        for address in flatten_endpoints(endpoints) {
             let entry = old.remove(&address).unwrap_or_else(|| {
                 let id = ctl.new_subchannel(&address);
                 ctl.connect(id);

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::{Address, Code, Status};
+use anygrpc_codec::{Address, Code, Endpoint, Status};
 
 use crate::{
     child::{ChildPolicy, Stepped},
@@ -262,6 +262,18 @@ impl OutlierDetection {
         }
     }
 
+    /// The addresses ejected now, in order.
+    pub fn ejected(&self) -> Vec<Address> {
+        let mut ejected: Vec<Address> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.ejected_at.is_some())
+            .map(|(a, _)| a.clone())
+            .collect();
+        ejected.sort_by_key(ToString::to_string);
+        ejected
+    }
+
     /// Runs a step of the child's, then tracks the subchannels it made or removed (one made
     /// for an ejected address starts ejected) and republishes its picker, wrapped.
     fn drive(
@@ -487,7 +499,7 @@ impl OutlierDetection {
 impl LbPolicy for OutlierDetection {
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
@@ -498,9 +510,10 @@ impl LbPolicy for OutlierDetection {
             );
         };
         // The address map follows the resolver; the child makes the subchannels.
-        let listed: std::collections::HashSet<&Address> = addresses.iter().collect();
+        let listed: std::collections::HashSet<&Address> =
+            endpoints.iter().flat_map(|e| &e.addresses).collect();
         self.entries.retain(|a, _| listed.contains(a));
-        for address in &addresses {
+        for address in listed {
             self.entries.entry(address.clone()).or_default();
         }
         if config.counting() {
@@ -512,13 +525,7 @@ impl LbPolicy for OutlierDetection {
             }
         } else {
             self.timer_start = None;
-            let ejected: Vec<Address> = self
-                .entries
-                .iter()
-                .filter(|(_, e)| e.ejected_at.is_some())
-                .map(|(a, _)| a.clone())
-                .collect();
-            for address in &ejected {
+            for address in &self.ejected() {
                 self.uneject(address, ctl);
             }
             for entry in self.entries.values_mut() {
@@ -540,7 +547,7 @@ impl LbPolicy for OutlierDetection {
         }
         self.config = Some(config);
         self.drive(ctl, |child, ctl| {
-            child.update(addresses, &child_config, ctl)
+            child.update(endpoints, &child_config, ctl)
         });
         // A change of counting applies to the picker at once.
         self.publish(ctl);

@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::testing::{addr, Recorder};
+use crate::policy::testing::{addr, endpoints, Recorder};
 use serde_json::json;
 use std::collections::HashSet;
 use ConnectivityState::*;
@@ -27,7 +27,7 @@ fn failure_config(extra: serde_json::Value) -> PolicyConfig {
 fn ready(n: u16, config: &PolicyConfig) -> (OutlierDetection, Recorder) {
     let mut ctl = Recorder::at(Instant::now());
     let mut od = OutlierDetection::new(1);
-    od.update((1..=n).map(addr).collect(), Some(config), &mut ctl);
+    od.update(endpoints((1..=n).map(addr)), Some(config), &mut ctl);
     assert_eq!(
         ctl.created.len(),
         usize::from(n),
@@ -188,13 +188,7 @@ fn success_rate_ejects_a_statistical_outlier() {
         id == SubchannelId(5) && n % 2 == 0
     });
     sweep(&mut od, &mut ctl);
-    let ejected: Vec<_> = od
-        .entries
-        .iter()
-        .filter(|(_, e)| e.ejected_at.is_some())
-        .map(|(a, _)| a.clone())
-        .collect();
-    assert_eq!(ejected, vec![addr(5)]);
+    assert_eq!(od.ejected(), vec![addr(5)]);
 
     // Fewer hosts with enough volume than minimumHosts: no ejection at all.
     let config = parse(json!({
@@ -270,7 +264,7 @@ fn the_interval_timer_keeps_its_start_across_configs_and_stops_without_an_algori
     assert_eq!(od.poll_timeout(), Some(start + Duration::from_secs(10)));
     ctl.advance(Duration::from_secs(4));
     let shorter = failure_config(json!({"interval": "6s"}));
-    od.update((1..=5).map(addr).collect(), Some(&shorter), &mut ctl);
+    od.update(endpoints((1..=5).map(addr)), Some(&shorter), &mut ctl);
     assert_eq!(
         od.poll_timeout(),
         Some(start + Duration::from_secs(6)),
@@ -281,7 +275,7 @@ fn the_interval_timer_keeps_its_start_across_configs_and_stops_without_an_algori
     sweep(&mut od, &mut ctl);
     assert!(od.entries[&addr(2)].ejected_at.is_some());
     let plain = parse(json!({"childPolicy": [{"round_robin": {}}]})).unwrap();
-    od.update((1..=5).map(addr).collect(), Some(&plain), &mut ctl);
+    od.update(endpoints((1..=5).map(addr)), Some(&plain), &mut ctl);
     assert_eq!(od.poll_timeout(), None);
     assert!(od
         .entries
@@ -299,7 +293,11 @@ fn the_interval_timer_keeps_its_start_across_configs_and_stops_without_an_algori
 fn removed_addresses_leave_and_a_new_child_replaces_the_old_ones_subchannels() {
     let config = failure_config(json!({}));
     let (mut od, mut ctl) = ready(5, &config);
-    od.update(vec![addr(1), addr(2), addr(3)], Some(&config), &mut ctl);
+    od.update(
+        endpoints([addr(1), addr(2), addr(3)]),
+        Some(&config),
+        &mut ctl,
+    );
     assert_eq!(od.entries.len(), 3);
     assert_eq!(
         ctl.removed.len(),
@@ -308,7 +306,11 @@ fn removed_addresses_leave_and_a_new_child_replaces_the_old_ones_subchannels() {
     );
     assert_eq!(od.wrappers.len(), 3);
     let pick_first = failure_config(json!({"childPolicy": [{"pick_first": {}}]}));
-    od.update(vec![addr(1), addr(2), addr(3)], Some(&pick_first), &mut ctl);
+    od.update(
+        endpoints([addr(1), addr(2), addr(3)]),
+        Some(&pick_first),
+        &mut ctl,
+    );
     assert_eq!(ctl.removed.len(), 5, "the old child's subchannels go");
     assert!(od.wrappers.keys().all(|id| id.0 > 5), "the new child's own");
 }

@@ -13,7 +13,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use anygrpc_codec::{Address, Status};
+use anygrpc_codec::{Address, Endpoint, Status};
 use xxhash_rust::xxh64::xxh64;
 
 use crate::{
@@ -189,9 +189,9 @@ impl Ring {
     }
 }
 
-/// One endpoint as the policy sees it.
+/// One member of the ring (an address) as the policy sees it.
 #[derive(Debug)]
-struct Endpoint {
+struct Member {
     id: SubchannelId,
     /// Its state for picks and for the aggregate: TRANSIENT_FAILURE from a failure until it
     /// is READY again.
@@ -206,7 +206,7 @@ pub struct RingHash {
     config: RingHashConfig,
     /// Endpoints in the resolver's order (duplicates merged), and their weights.
     order: Vec<(Address, u32)>,
-    endpoints: HashMap<Address, Endpoint>,
+    endpoints: HashMap<Address, Member>,
     ring: Arc<Ring>,
     /// The aggregate state last published.
     state: Option<ConnectivityState>,
@@ -284,26 +284,37 @@ impl RingHash {
 impl LbPolicy for RingHash {
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
         self.config = config
             .and_then(|c| RingHashConfig::from_json(&c.config).ok())
             .unwrap_or_default();
-        if addresses.is_empty() {
+        if endpoints.iter().all(|e| e.addresses.is_empty()) {
             let status = Status::unavailable("the resolver returned no addresses");
             return self.resolver_error(status, ctl);
         }
-        // Duplicates add to the first one's weight.
+        // Each address is a member of the ring with its endpoint's weight (1 when it has
+        // none); a repeated address adds to the first one's weight. An endpoint of one
+        // address may name its own key on the ring (A76).
         let mut order: Vec<(Address, u32)> = Vec::new();
         let mut index: HashMap<Address, usize> = HashMap::new();
-        for address in addresses {
-            match index.get(&address) {
-                Some(&i) => order[i].1 = order[i].1.saturating_add(1),
-                None => {
-                    index.insert(address.clone(), order.len());
-                    order.push((address, 1));
+        let mut hash_keys: HashMap<Address, String> = HashMap::new();
+        for endpoint in endpoints {
+            let weight = endpoint.weight.filter(|w| *w > 0).unwrap_or(1);
+            if let ([address], Some(key)) = (&endpoint.addresses[..], &endpoint.hash_key) {
+                hash_keys
+                    .entry(address.clone())
+                    .or_insert_with(|| key.clone());
+            }
+            for address in endpoint.addresses {
+                match index.get(&address) {
+                    Some(&i) => order[i].1 = order[i].1.saturating_add(weight),
+                    None => {
+                        index.insert(address.clone(), order.len());
+                        order.push((address, weight));
+                    }
                 }
             }
         }
@@ -312,7 +323,7 @@ impl LbPolicy for RingHash {
             let endpoint = old.remove(address).unwrap_or_else(|| {
                 let id = ctl.new_subchannel(address);
                 ctl.enable_health_check(id);
-                Endpoint {
+                Member {
                     id,
                     state: ConnectivityState::Idle,
                     status: None,
@@ -323,7 +334,10 @@ impl LbPolicy for RingHash {
         for endpoint in old.into_values() {
             ctl.remove_subchannel(endpoint.id);
         }
-        let keys: Vec<(String, u32)> = order.iter().map(|(a, w)| (a.to_string(), *w)).collect();
+        let keys: Vec<(String, u32)> = order
+            .iter()
+            .map(|(a, w)| (hash_keys.remove(a).unwrap_or_else(|| a.to_string()), *w))
+            .collect();
         self.ring = Arc::new(Ring::new(
             &keys,
             self.config.min_ring_size.min(self.ring_size_cap),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::testing::{addr, Recorder};
+use crate::policy::testing::{addr, endpoints, Recorder};
 use anygrpc_codec::Code;
 use serde_json::json;
 use std::time::Instant;
@@ -13,7 +13,7 @@ fn policy(n: u16) -> (RingHash, Recorder) {
     let config = RingHashBuilder::default()
         .parse_config(&json!({ "requestHashHeader": HEADER }))
         .unwrap();
-    rh.update((1..=n).map(addr).collect(), Some(&config), &mut ctl);
+    rh.update(endpoints((1..=n).map(addr)), Some(&config), &mut ctl);
     (rh, ctl)
 }
 
@@ -101,7 +101,7 @@ fn ring_sizes_are_capped_by_the_builder() {
             &json!({"minRingSize": 1000, "maxRingSize": 100000, "requestHashHeader": HEADER}),
         )
         .unwrap();
-    rh.update(vec![addr(1), addr(2)], Some(&config), &mut ctl);
+    rh.update(endpoints([addr(1), addr(2)]), Some(&config), &mut ctl);
     assert_eq!(rh.ring.entries.len(), 64);
     let built = RingHashBuilder::with_ring_size_cap(0).build(1);
     assert!(format!("{built:?}").contains("ring_size_cap: 1"));
@@ -172,7 +172,11 @@ fn a_key_stays_on_its_endpoint_and_walks_on_past_a_failed_one() {
     let config = RingHashBuilder::default()
         .parse_config(&json!({ "requestHashHeader": HEADER }))
         .unwrap();
-    rh.update(vec![addr(1), addr(2), addr(3)], Some(&config), &mut ctl);
+    rh.update(
+        endpoints([addr(1), addr(2), addr(3)]),
+        Some(&config),
+        &mut ctl,
+    );
     assert_eq!(ctl.removed, vec![SubchannelId(4)]);
     for entry in old_ring.entries.iter().filter(|(_, e)| *e != 3) {
         assert!(rh.ring.entries.contains(entry), "a survivor's entry stays");
@@ -302,7 +306,7 @@ fn the_hash_comes_from_the_header_joined_values_or_the_router() {
     // No header configured: the router's hash, or INTERNAL without one.
     let mut ctl = Recorder::at(Instant::now());
     let mut plain = RingHash::new(DEFAULT_RING_SIZE_CAP);
-    plain.update(vec![addr(1), addr(2)], None, &mut ctl);
+    plain.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
     plain.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
     plain.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
     let picker = ctl.picker.clone().unwrap();
@@ -323,11 +327,28 @@ fn the_hash_comes_from_the_header_joined_values_or_the_router() {
 fn no_addresses_fail_and_duplicates_add_weight() {
     let mut ctl = Recorder::at(Instant::now());
     let mut rh = RingHash::new(DEFAULT_RING_SIZE_CAP);
-    rh.update(vec![], None, &mut ctl);
+    rh.update(endpoints([]), None, &mut ctl);
     assert_eq!(ctl.state, Some(TransientFailure));
     assert!(matches!(ctl.pick(), Pick::Fail(s) if s.code() == Code::Unavailable));
-    rh.update(vec![addr(1), addr(2), addr(1)], None, &mut ctl);
+    rh.update(endpoints([addr(1), addr(2), addr(1)]), None, &mut ctl);
     assert_eq!(ctl.created.len(), 2, "one subchannel per address");
     let count = |i| rh.ring.entries.iter().filter(|(_, e)| *e == i).count();
     assert_eq!(count(0), 2 * count(1));
+}
+
+#[test]
+fn endpoint_weights_and_hash_keys_place_the_ring() {
+    let mut ctl = Recorder::at(Instant::now());
+    let mut rh = RingHash::new(DEFAULT_RING_SIZE_CAP);
+    let list = vec![
+        Endpoint::from(addr(1)).with_weight(3),
+        Endpoint::from(addr(2)).with_hash_key("shard-b"),
+    ];
+    rh.update(list, None, &mut ctl);
+    let count = |i| rh.ring.entries.iter().filter(|(_, e)| *e == i).count();
+    assert_eq!(count(0), 3 * count(1), "weight 3 against 1");
+    // A76: the key, not the address, is hashed.
+    assert!(rh.ring.entries.contains(&(xxh64(b"shard-b_0", 0), 1)));
+    assert!(!rh.ring.entries.contains(&(xxh64(b"127.0.0.1:2_0", 0), 1)));
+    assert!(rh.ring.entries.contains(&(xxh64(b"127.0.0.1:1_0", 0), 0)));
 }

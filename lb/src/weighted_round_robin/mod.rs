@@ -26,8 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::Address;
-use anygrpc_codec::Status;
+use anygrpc_codec::{Endpoint, Status};
 
 use crate::{
     child::Capture,
@@ -448,7 +447,7 @@ impl WeightedRoundRobin {
 impl LbPolicy for WeightedRoundRobin {
     fn update(
         &mut self,
-        addresses: Vec<Address>,
+        endpoints: Vec<Endpoint>,
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
@@ -466,7 +465,7 @@ impl LbPolicy for WeightedRoundRobin {
                 ctl.set_load_reporting(*id, interval);
             }
         }
-        self.drive(ctl, |rr, ctl| rr.update(addresses, None, ctl));
+        self.drive(ctl, |rr, ctl| rr.update(endpoints, None, ctl));
         // A new config (penalty, periods, reporting mode) applies to the picker at once.
         if !self.rr.ready().is_empty() {
             self.publish_weighted(ctl);

@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::testing::{addr, Recorder};
+use crate::policy::testing::{addr, endpoints, Recorder};
 use anygrpc_codec::Code;
 use prost::Message;
 use serde_json::json;
@@ -128,7 +128,11 @@ fn per_call_reports_steer_traffic_after_the_blackout() {
     let config = WeightedRoundRobinBuilder
         .parse_config(&json!({"blackoutPeriod": "1s", "weightUpdatePeriod": "0.5s"}))
         .unwrap();
-    wrr.update(vec![addr(1), addr(2), addr(3)], Some(&config), &mut ctl);
+    wrr.update(
+        endpoints([addr(1), addr(2), addr(3)]),
+        Some(&config),
+        &mut ctl,
+    );
     assert_eq!(ctl.health_checked.len(), 3, "health checks gate READY");
     for id in 1..=3 {
         wrr.subchannel_state(SubchannelId(id), Ready, None, &mut ctl);
@@ -222,7 +226,7 @@ fn out_of_band_reports_come_from_subchannel_streams() {
             "blackoutPeriod": "0s"
         }))
         .unwrap();
-    wrr.update(vec![addr(1), addr(2)], Some(&config), &mut ctl);
+    wrr.update(endpoints([addr(1), addr(2)]), Some(&config), &mut ctl);
     wrr.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
     wrr.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
     assert_eq!(ctl.load_reporting[&SubchannelId(1)], Duration::from_secs(2));
@@ -237,7 +241,7 @@ fn out_of_band_reports_come_from_subchannel_streams() {
 
     // Turning OOB off stops the streams and goes back to per-call reports.
     let plain = WeightedRoundRobinBuilder.parse_config(&json!({})).unwrap();
-    wrr.update(vec![addr(1), addr(2)], Some(&plain), &mut ctl);
+    wrr.update(endpoints([addr(1), addr(2)]), Some(&plain), &mut ctl);
     assert!(ctl.load_reporting.is_empty());
     ctl.advance(Duration::from_secs(1));
     wrr.handle_timeout(&mut ctl);

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use anygrpc::{
-    resolver::{Registry, Resolver, ResolverBuilder, ResolverUpdate, Target},
+    resolver::{Endpoint, Registry, Resolver, ResolverBuilder, ResolverUpdate, Target},
     rt::{Address, Runtime},
     Status,
 };
@@ -19,11 +19,19 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Sends addresses with a service config (JSON) or none.
+    /// Sends addresses (an endpoint each) with a service config (JSON) or none.
     pub fn push(&self, addresses: Vec<Address>, service_config: Option<&str>) {
+        self.push_endpoints(
+            addresses.into_iter().map(Endpoint::from).collect(),
+            service_config,
+        );
+    }
+
+    /// Sends endpoints with a service config (JSON) or none.
+    pub fn push_endpoints(&self, endpoints: Vec<Endpoint>, service_config: Option<&str>) {
         self.updates
             .unbounded_send(ResolverUpdate {
-                addresses: Ok(addresses),
+                endpoints: Ok(endpoints),
                 service_config: service_config.map(str::to_owned),
             })
             .expect("the channel's resolver is alive");

@@ -250,10 +250,11 @@ impl anygrpc_lb::LbPolicyBuilder for LastAddressBuilder {
 impl anygrpc_lb::LbPolicy for LastAddress {
     fn update(
         &mut self,
-        addresses: Vec<anygrpc::rt::Address>,
+        endpoints: Vec<anygrpc_lb::Endpoint>,
         _: Option<&anygrpc_lb::PolicyConfig>,
         ctl: &mut dyn anygrpc_lb::ChannelControl,
     ) {
+        let addresses = anygrpc_lb::flatten_endpoints(endpoints);
         if let (None, Some(last)) = (self.chosen, addresses.last()) {
             let id = ctl.new_subchannel(last);
             ctl.connect(id);

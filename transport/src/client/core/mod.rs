@@ -706,11 +706,11 @@ impl Core {
 
     /// The resolver of `epoch` produced an update (or failed).
     fn resolved(&self, epoch: u64, update: ResolverUpdate) {
-        match &update.addresses {
-            Ok(addresses) => {
+        match &update.endpoints {
+            Ok(endpoints) => {
                 self.channelz.event(
                     Severity::CtInfo,
-                    format!("Resolved {} address(es)", addresses.len()),
+                    format!("Resolved {} endpoint(s)", endpoints.len()),
                 );
                 self.resolver_service_config(update.service_config.as_deref());
             }
@@ -719,8 +719,8 @@ impl Core {
                 .event(Severity::CtWarning, format!("Resolution failed: {status}")),
         }
         let config = self.lock().policy_config.clone();
-        self.with_policy_of(Some(epoch), |policy, ctl| match update.addresses {
-            Ok(addresses) => policy.update(addresses, Some(&config), ctl),
+        self.with_policy_of(Some(epoch), |policy, ctl| match update.endpoints {
+            Ok(endpoints) => policy.update(endpoints, Some(&config), ctl),
             Err(status) => policy.resolver_error(status, ctl),
         });
         if !self.resolved_once.swap(true, Ordering::AcqRel) {
