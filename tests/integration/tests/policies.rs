@@ -1,6 +1,6 @@
 //! The service-mesh policies end to end, on real sockets: ring_hash's affinity by header,
 //! outlier detection ejecting a failing backend, least_request steering away from a slow
-//! one, and a graceful switch of policy under load.
+//! one, priority failing over and back, and a graceful switch of policy under load.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -64,6 +64,11 @@ impl AsyncInterceptor for Recording {
 
 impl Backend {
     fn start(behaviour: Behaviour) -> Backend {
+        Backend::start_at(localhost(), behaviour)
+    }
+
+    /// A backend on `addr` (a port a stopped one used, to bring it back).
+    fn start_at(addr: std::net::SocketAddr, behaviour: Behaviour) -> Backend {
         let calls = Arc::new(AtomicUsize::new(0));
         let keys = Arc::new(Mutex::new(HashSet::new()));
         let recording = Recording {
@@ -74,7 +79,7 @@ impl Backend {
         let (server, events) = test_server();
         let bound = server
             .async_interceptor(recording)
-            .bind(localhost())
+            .bind(addr)
             .expect("bind");
         Backend {
             running: run(bound, events),
@@ -85,6 +90,20 @@ impl Backend {
 
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    fn socket_addr(&self) -> std::net::SocketAddr {
+        match &self.running.addr {
+            Address::Tcp(addr) => *addr,
+            other => panic!("tcp expected, got {other}"),
+        }
+    }
+
+    /// Stops serving and closes its connections.
+    fn stop(mut self) {
+        self.running.stop();
+        block_on(self.running.stopping());
+        self.running.shutdown();
     }
 }
 
@@ -153,10 +172,7 @@ fn ring_hash_sends_each_header_value_to_one_backend_and_keeps_it_there() {
     // A backend that no key uses stops: it stays on the ring, and no key moves.
     let idle = (0..backends.len()).find(|i| !used.contains(i)).unwrap();
     let mut backends = backends;
-    let mut stopped = backends.remove(idle);
-    stopped.running.stop();
-    block_on(stopped.running.stopping());
-    stopped.running.shutdown();
+    backends.remove(idle).stop();
     block_on(async {
         for call in 0..1000 {
             client.unary(keyed(&keys[call % 10])).await.unwrap();
@@ -359,4 +375,83 @@ fn switching_pick_first_to_round_robin_under_load_fails_no_call_and_stays_ready(
         "the channel left READY during the switch: {:?}",
         states.lock().unwrap()
     );
+}
+
+#[test]
+fn priority_fails_over_to_p1_when_p0_is_down_and_returns_when_p0_is_back() {
+    let p0 = backends(2, |_| Behaviour::default());
+    let p1 = backends(2, |_| Behaviour::default());
+    let endpoints = |p0: &[Backend], p1: &[Backend]| -> Vec<anygrpc::lb::Endpoint> {
+        let under = |name: &'static str, backends: &[Backend]| {
+            backends
+                .iter()
+                .map(move |b| anygrpc::lb::Endpoint::from(b.running.addr.clone()).with_path([name]))
+                .collect::<Vec<_>>()
+        };
+        [under("p0", p0), under("p1", p1)].concat()
+    };
+    let (resolvers, pusher) = pushed();
+    let channel = Channel::builder("pushed:priority")
+        .resolver_registry(resolvers)
+        .connect_backoff(anygrpc::lb::BackoffConfig {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+            ..anygrpc::lb::BackoffConfig::default()
+        })
+        .connect_lazy()
+        .unwrap();
+    let config = lb_config(
+        r#"{"priority_experimental": {"priorities": ["p0", "p1"], "children": {
+            "p0": {"config": [{"round_robin": {}}]}, "p1": {"config": [{"round_robin": {}}]}}}}"#,
+    );
+    pusher.push_endpoints(endpoints(&p0, &p1), Some(&config));
+    let client = TestClient::new(channel);
+    let call = || {
+        let mut request = Request::new(Payload::default());
+        request.set_wait_for_ready(true);
+        request.set_timeout(Duration::from_secs(20));
+        block_on(client.clone().unary(request)).unwrap();
+    };
+    let served = |backends: &[Backend]| backends.iter().map(Backend::calls).sum::<usize>();
+    for _ in 0..100 {
+        call();
+    }
+    assert_eq!(
+        (served(&p0), served(&p1)),
+        (100, 0),
+        "p0 serves while it is up"
+    );
+
+    // p0 goes down: calls move to p1, well within the failover timeout (p0 fails fast).
+    let addrs: Vec<_> = p0.iter().map(Backend::socket_addr).collect();
+    let down = Instant::now();
+    p0.into_iter().for_each(Backend::stop);
+    while served(&p1) == 0 {
+        call();
+    }
+    assert!(down.elapsed() < anygrpc::lb::priority::DEFAULT_FAILOVER_TIMEOUT);
+    let before = served(&p1);
+    for _ in 0..100 {
+        call();
+    }
+    assert_eq!(served(&p1) - before, 100, "p1 serves while p0 is down");
+
+    // p0 comes back on the same ports: calls return to it.
+    let p0: Vec<Backend> = addrs
+        .into_iter()
+        .map(|a| Backend::start_at(a, Behaviour::default()))
+        .collect();
+    let back = Instant::now();
+    while served(&p0) == 0 {
+        call();
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "p0 never took the calls back"
+        );
+    }
+    let before = served(&p1);
+    for _ in 0..100 {
+        call();
+    }
+    assert_eq!(served(&p1), before, "p1 gets nothing once p0 is back");
 }
