@@ -46,6 +46,9 @@ run_tests --locked -p anygrpc --no-default-features --features tokio,tls
 step "interop: every case, anygrpc and the gRPC C-core (grpcio) in every pairing, plaintext and TLS"
 bash tests/interop/run.sh 2>&1 | tee -a "$results"
 
+step "load balancing: grpcio and anygrpc given the same service config route alike (ring_hash, outlier detection)"
+bash tests/interop/lb.sh 2>&1 | tee -a "$results"
+
 step "observability: reflection, rich error details and channelz read by the C-core's Python tools"
 bash tests/interop/observability.sh
 
