@@ -4,7 +4,10 @@
 //! 2. a wait-for-ready call that rides out a server restart;
 //! 3. health-checked backends: one set NOT_SERVING stops getting calls, and gets them again
 //!    when SERVING;
-//! 4. `weighted_round_robin` steering calls by the ORCA load each server reports.
+//! 4. `weighted_round_robin` steering calls by the ORCA load each server reports;
+//! 5. `ring_hash_experimental` keeping each user on one server by a request header;
+//! 6. `outlier_detection_experimental` over `round_robin` ejecting a server that fails half
+//!    its calls.
 
 use std::{
     sync::{
@@ -174,6 +177,86 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("weighted_round_robin (cpu 0.2 vs 0.6), 1000 calls: {counts:?}");
     if !(700..=800).contains(&counts[0]) {
         return Err(Status::internal("weights not followed").into());
+    }
+
+    // 5. ring_hash: the x-user header picks the server, so each user's calls stay on one.
+    let mut shards = Vec::new();
+    for _ in 0..4 {
+        shards.push(counted(localhost(), |s| s)?);
+    }
+    let addrs: Vec<_> = shards.iter().map(|s| s.0).collect();
+    let channel = Channel::builder(&target(&addrs))
+        .load_balancing_config(r#"[{"ring_hash_experimental": {"requestHashHeader": "x-user"}}]"#)
+        .connect_lazy()?;
+    let client = EchoClient::new(channel);
+    let counters: Vec<_> = shards.iter().map(|s| &s.1).collect();
+    for user in ["alice", "bob", "carol", "dave"] {
+        let before: Vec<usize> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        for _ in 0..20 {
+            let mut request = echo(true);
+            request.metadata_mut().insert("x-user", user)?;
+            client.unary_echo(request).await?;
+        }
+        let got: Vec<usize> = counters
+            .iter()
+            .zip(before)
+            .map(|(c, b)| c.load(Ordering::Relaxed) - b)
+            .collect();
+        println!("ring_hash, 20 calls as {user}: {got:?}");
+        if !got.contains(&20) {
+            return Err(Status::internal("a user's calls were split").into());
+        }
+    }
+
+    // 6. Outlier detection: server f fails every other call; the sweep every 0.2 s ejects it
+    //    (for 30 s), and round_robin spreads the calls over the other three.
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut pool = Vec::new();
+    for i in 0..4 {
+        let failures = failures.clone();
+        pool.push(counted(localhost(), move |s| match i {
+            0 => s.interceptor(move |_: &mut anygrpc::interceptor::CallHead| {
+                match failures.fetch_add(1, Ordering::Relaxed) % 2 {
+                    0 => Ok(()),
+                    _ => Err(Status::unavailable("every other call fails")),
+                }
+            }),
+            _ => s,
+        })?);
+    }
+    let addrs: Vec<_> = pool.iter().map(|s| s.0).collect();
+    let channel = Channel::builder(&target(&addrs))
+        .load_balancing_config(
+            r#"[{"outlier_detection_experimental": {
+                "interval": "0.2s", "baseEjectionTime": "30s", "maxEjectionPercent": 25,
+                "failurePercentageEjection": {"threshold": 30, "requestVolume": 10, "minimumHosts": 4},
+                "childPolicy": [{"round_robin": {}}]}}]"#,
+        )
+        .connect_lazy()?;
+    let client = EchoClient::new(channel);
+    let counters: Vec<_> = pool.iter().map(|s| &s.1).collect();
+    let mut failed = 0;
+    for round in 1..=1000 {
+        let before: Vec<usize> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        for _ in 0..100 {
+            failed += usize::from(client.unary_echo(echo(false)).await.is_err());
+        }
+        let got: Vec<usize> = counters
+            .iter()
+            .zip(before)
+            .map(|(c, b)| c.load(Ordering::Relaxed) - b)
+            .collect();
+        if got[0] == 0 {
+            println!(
+                "outlier_detection: {} ejected; round {round} of 100 calls went {got:?} \
+                 ({failed} calls failed before)",
+                addrs[0]
+            );
+            break;
+        }
+        if round == 1000 {
+            return Err(Status::internal("the failing server was never ejected").into());
+        }
     }
     println!("load balancing OK");
     Ok(())
