@@ -8,7 +8,7 @@
 //! Once every address has failed, the policy stays in TRANSIENT_FAILURE ("sticky") while its
 //! subchannels keep retrying as their backoffs allow, until one connects; it does not flap
 //! back to CONNECTING. When the chosen connection is lost the policy goes IDLE and asks for
-//! re-resolution; the next call reconnects.
+//! re-resolution; the next call reconnects, starting with the subchannel it lost.
 
 use std::{
     sync::Arc,
@@ -129,7 +129,9 @@ impl PickFirst {
             self.next += 1;
             if entry.state == ConnectivityState::Idle {
                 ctl.connect(entry.id.expect("subchannels exist during a pass"));
-                self.attempt_timer = Some(ctl.now() + CONNECTION_ATTEMPT_DELAY);
+                // The delay starts the next address; the last one has none to start.
+                self.attempt_timer =
+                    (self.next < self.entries.len()).then(|| ctl.now() + CONNECTION_ATTEMPT_DELAY);
                 return;
             }
         }
@@ -282,9 +284,10 @@ impl LbPolicy for PickFirst {
         if self.selected == Some(id) {
             if state != ConnectivityState::Ready {
                 ctl.record(LbMetric::PickFirstDisconnected);
-                // The chosen connection is gone: go IDLE; the next call reconnects.
+                // The chosen connection is gone: go IDLE; the next call reconnects, starting
+                // with this subchannel (kept, with its backoff).
                 self.selected = None;
-                self.remove_all(ctl);
+                self.attempt_timer = None;
                 self.publish(ConnectivityState::Idle, Pick::Queue, ctl);
                 ctl.request_resolution();
             }

@@ -1,10 +1,11 @@
-//! `round_robin`: a subchannel per address, all kept connected, calls spread over the READY
-//! ones in turn.
+//! `round_robin`: calls spread over the READY endpoints in turn, every endpoint kept
+//! connected.
 //!
-//! The channel is READY while any subchannel is; otherwise CONNECTING while any is connecting
-//! or idle; otherwise TRANSIENT_FAILURE. A subchannel that returns to IDLE (its connection
-//! closed, or its backoff ran out) is asked to connect again at once; losing a READY
-//! connection also asks the resolver to resolve again.
+//! Each endpoint is a `pick_first` child over its addresses (gRFC A61), so an endpoint reached
+//! over IPv6 or IPv4 is one backend, connected by whichever address works first. The channel
+//! is READY while any endpoint is; otherwise CONNECTING while any is connecting or idle;
+//! otherwise TRANSIENT_FAILURE. An endpoint that goes IDLE (its connection closed) is asked to
+//! connect again at once. Subchannels are health-checked when the channel has a check.
 
 use std::{
     collections::HashMap,
@@ -12,16 +13,19 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
+    time::Instant,
 };
 
 use anygrpc_codec::{Address, Endpoint, Status};
 
 use crate::{
+    child::{ChildPolicy, Stepped},
+    pick_first::PickFirstBuilder,
     policy::{
-        flatten_endpoints, unique_addresses, ChannelControl, FixedPicker, LbPolicy,
-        LbPolicyBuilder, Pick, PickInfo, Picker, PolicyConfig, SubchannelId,
+        ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PickInfo, Picker,
+        PolicyConfig, SubchannelId,
     },
-    ConnectivityState,
+    ConnectivityState, OrcaLoadReport,
 };
 
 /// Builds [`RoundRobin`] policies; the config is an empty object.
@@ -62,55 +66,68 @@ impl Picker for RoundRobinPicker {
     }
 }
 
+/// An endpoint: its `pick_first` child.
 #[derive(Debug)]
 struct Entry {
-    id: SubchannelId,
-    state: ConnectivityState,
+    child: ChildPolicy,
     /// Has failed since it was last READY: counts as TRANSIENT_FAILURE while it reconnects.
     failing: bool,
 }
+
+/// An endpoint's identity: its addresses, in order (a change of order is a new endpoint).
+type Key = Vec<Address>;
 
 /// The `round_robin` policy.
 #[derive(Debug)]
 pub struct RoundRobin {
     rng: fastrand::Rng,
-    order: Vec<Address>,
-    entries: HashMap<Address, Entry>,
+    order: Vec<Key>,
+    entries: HashMap<Key, Entry>,
+    child_config: PolicyConfig,
     last_error: Option<Status>,
     published: Option<(ConnectivityState, Vec<SubchannelId>)>,
 }
 
 impl RoundRobin {
-    /// A policy with no addresses yet; `seed` picks each picker's starting point.
+    /// A policy with no endpoints yet; `seed` picks each picker's starting point.
     pub fn new(seed: u64) -> RoundRobin {
         RoundRobin {
             rng: fastrand::Rng::with_seed(seed),
             order: Vec::new(),
             entries: HashMap::new(),
+            child_config: PolicyConfig::new("pick_first", &serde_json::json!({})),
             last_error: None,
             published: None,
         }
     }
 
+    /// The READY subchannels of the last publication (one per READY endpoint), in endpoint
+    /// order.
+    pub(crate) fn ready(&self) -> &[SubchannelId] {
+        match &self.published {
+            Some((ConnectivityState::Ready, ready)) => ready,
+            _ => &[],
+        }
+    }
+
     fn publish(&mut self, ctl: &mut dyn ChannelControl) {
-        let entries = self.order.iter().filter_map(|a| self.entries.get(a));
+        use ConnectivityState::*;
+        let entries = self.order.iter().filter_map(|k| self.entries.get(k));
+        let none = http::HeaderMap::new();
         let ready: Vec<SubchannelId> = entries
             .clone()
-            .filter(|e| e.state == ConnectivityState::Ready)
-            .map(|e| e.id)
+            .filter(|e| e.child.state == Ready)
+            .filter_map(|e| e.child.picker.pick(&PickInfo::new("", &none)).subchannel())
             .collect();
         let state = if !ready.is_empty() {
-            ConnectivityState::Ready
-        } else if entries.clone().any(|e| {
-            !e.failing
-                && matches!(
-                    e.state,
-                    ConnectivityState::Connecting | ConnectivityState::Idle
-                )
-        }) {
-            ConnectivityState::Connecting
+            Ready
+        } else if entries
+            .clone()
+            .any(|e| !e.failing && matches!(e.child.state, Connecting | Idle))
+        {
+            Connecting
         } else {
-            ConnectivityState::TransientFailure
+            TransientFailure
         };
         let unchanged = self
             .published
@@ -120,11 +137,11 @@ impl RoundRobin {
             return;
         }
         let picker: Arc<dyn Picker> = match state {
-            ConnectivityState::Ready => {
+            Ready => {
                 let start = self.rng.usize(..ready.len());
                 Arc::new(RoundRobinPicker::new(ready.clone(), start))
             }
-            ConnectivityState::TransientFailure => {
+            TransientFailure => {
                 let status = self
                     .last_error
                     .clone()
@@ -133,20 +150,34 @@ impl RoundRobin {
             }
             _ => Arc::new(FixedPicker(Pick::Queue)),
         };
-        if state == ConnectivityState::TransientFailure {
+        if state == TransientFailure {
             ctl.request_resolution();
         }
         self.published = Some((state, ready));
         ctl.update_picker(state, picker);
     }
-}
 
-impl RoundRobin {
-    /// The READY subchannels of the last publication, in address order.
-    pub(crate) fn ready(&self) -> &[SubchannelId] {
-        match &self.published {
-            Some((ConnectivityState::Ready, ready)) => ready,
-            _ => &[],
+    /// Runs a step of one endpoint's child: health-checks the subchannels it made, follows
+    /// its state, and reconnects it when it goes IDLE.
+    fn step(
+        entry: &mut Entry,
+        ctl: &mut dyn ChannelControl,
+        f: impl FnOnce(&mut ChildPolicy, &mut dyn ChannelControl) -> Stepped,
+    ) {
+        let mut stepped = f(&mut entry.child, ctl);
+        loop {
+            for (id, _) in &stepped.created {
+                ctl.enable_health_check(*id);
+            }
+            match entry.child.state {
+                ConnectivityState::Ready => entry.failing = false,
+                ConnectivityState::TransientFailure => entry.failing = true,
+                _ => {}
+            }
+            if !(stepped.published && entry.child.state == ConnectivityState::Idle) {
+                return;
+            }
+            stepped = entry.child.step(ctl, |policy, ctl| policy.exit_idle(ctl));
         }
     }
 }
@@ -158,28 +189,34 @@ impl LbPolicy for RoundRobin {
         _: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
-        let addresses = match unique_addresses(flatten_endpoints(endpoints)) {
-            Ok(addresses) => addresses,
-            Err(status) => return self.resolver_error(status, ctl),
-        };
+        let mut seen = std::collections::HashSet::new();
+        let endpoints: Vec<Endpoint> = endpoints
+            .into_iter()
+            .filter(|e| !e.addresses.is_empty() && seen.insert(e.addresses.clone()))
+            .collect();
+        if endpoints.is_empty() {
+            return self.resolver_error(
+                Status::unavailable("the resolver returned no addresses"),
+                ctl,
+            );
+        }
         let mut old = std::mem::take(&mut self.entries);
-        for address in &addresses {
-            let entry = old.remove(address).unwrap_or_else(|| {
-                let id = ctl.new_subchannel(address);
-                ctl.enable_health_check(id);
-                ctl.connect(id);
-                Entry {
-                    id,
-                    state: ConnectivityState::Idle,
-                    failing: false,
-                }
+        self.order = endpoints.iter().map(|e| e.addresses.clone()).collect();
+        for endpoint in endpoints {
+            let key = endpoint.addresses.clone();
+            let mut entry = old.remove(&key).unwrap_or_else(|| Entry {
+                child: ChildPolicy::new(Arc::new(PickFirstBuilder), self.rng.u64(..)),
+                failing: false,
             });
-            self.entries.insert(address.clone(), entry);
+            let config = &self.child_config;
+            Self::step(&mut entry, ctl, |child, ctl| {
+                child.update(vec![endpoint], config, ctl)
+            });
+            self.entries.insert(key, entry);
         }
         for (_, entry) in old {
-            ctl.remove_subchannel(entry.id);
+            entry.child.shut_down(ctl);
         }
-        self.order = addresses;
         self.publish(ctl);
     }
 
@@ -198,22 +235,18 @@ impl LbPolicy for RoundRobin {
         status: Option<&Status>,
         ctl: &mut dyn ChannelControl,
     ) {
-        let Some(entry) = self.entries.values_mut().find(|e| e.id == id) else {
+        let Some(entry) = self
+            .entries
+            .values_mut()
+            .find(|e| e.child.subchannels.contains_key(&id))
+        else {
             return;
         };
-        let was_ready = std::mem::replace(&mut entry.state, state) == ConnectivityState::Ready;
-        match state {
-            ConnectivityState::Ready => entry.failing = false,
-            ConnectivityState::TransientFailure => entry.failing = true,
-            ConnectivityState::Idle => {
-                // A lost connection (or a GOAWAY) may mean the backends moved.
-                if was_ready {
-                    ctl.request_resolution();
-                }
-                ctl.connect(id);
-            }
-            _ => {}
-        }
+        Self::step(entry, ctl, |child, ctl| {
+            child.step(ctl, |policy, ctl| {
+                policy.subchannel_state(id, state, status, ctl)
+            })
+        });
         if let Some(status) = status {
             self.last_error = Some(status.clone());
         }
@@ -221,10 +254,44 @@ impl LbPolicy for RoundRobin {
     }
 
     fn exit_idle(&mut self, ctl: &mut dyn ChannelControl) {
-        for entry in self.entries.values() {
-            if entry.state == ConnectivityState::Idle {
-                ctl.connect(entry.id);
+        for entry in self.entries.values_mut() {
+            if entry.child.state == ConnectivityState::Idle {
+                Self::step(entry, ctl, |child, ctl| {
+                    child.step(ctl, |policy, ctl| policy.exit_idle(ctl))
+                });
             }
+        }
+        self.publish(ctl);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter_map(|e| e.child.poll_timeout())
+            .min()
+    }
+
+    fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) {
+        for entry in self.entries.values_mut() {
+            Self::step(entry, ctl, |child, ctl| child.handle_timeout(ctl));
+        }
+        self.publish(ctl);
+    }
+
+    fn load_report(
+        &mut self,
+        id: SubchannelId,
+        report: &OrcaLoadReport,
+        ctl: &mut dyn ChannelControl,
+    ) {
+        if let Some(entry) = self
+            .entries
+            .values_mut()
+            .find(|e| e.child.subchannels.contains_key(&id))
+        {
+            entry
+                .child
+                .step(ctl, |policy, ctl| policy.load_report(id, report, ctl));
         }
     }
 }
@@ -299,13 +366,69 @@ mod tests {
         rr.subchannel_state(SubchannelId(2), TransientFailure, Some(&err), &mut ctl);
         assert_eq!(ctl.state, Some(TransientFailure));
         assert!(matches!(ctl.pick(), Pick::Fail(s) if s.message() == "refused"));
-        assert_eq!(ctl.resolutions, 1);
+        assert!(ctl.resolutions > 0);
         // Retrying after backoff does not flap back to CONNECTING.
         rr.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
         rr.subchannel_state(SubchannelId(1), Connecting, None, &mut ctl);
         assert_eq!(ctl.state, Some(TransientFailure));
         rr.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
         assert_eq!(ctl.state, Some(Ready));
+    }
+
+    #[test]
+    fn an_endpoint_is_one_backend_whichever_of_its_addresses_connects() {
+        // A61: two endpoints, the first reachable only by its second address.
+        let mut ctl = Recorder::at(Instant::now());
+        let mut rr = RoundRobin::new(3);
+        let list = vec![
+            Endpoint::new(vec![addr(1), addr(2)]),
+            Endpoint::new(vec![addr(3)]),
+        ];
+        rr.update(list, None, &mut ctl);
+        assert_eq!(
+            ctl.take_connects(),
+            vec![SubchannelId(1), SubchannelId(3)],
+            "one attempt per endpoint"
+        );
+        let refused = Status::unavailable("refused");
+        rr.subchannel_state(SubchannelId(1), TransientFailure, Some(&refused), &mut ctl);
+        assert_eq!(
+            ctl.take_connects(),
+            vec![SubchannelId(2)],
+            "the endpoint tries its next address"
+        );
+        rr.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
+        rr.subchannel_state(SubchannelId(3), Ready, None, &mut ctl);
+        let counts = picks(&ctl, 100);
+        assert_eq!(
+            counts,
+            HashMap::from([(SubchannelId(2), 50), (SubchannelId(3), 50)])
+        );
+        assert_eq!(
+            ctl.health_checked.len(),
+            3,
+            "every subchannel is health-checked"
+        );
+        // Losing the connection reconnects the endpoint at once: a fresh pass from its first
+        // address (its subchannel went when the second one connected).
+        rr.subchannel_state(SubchannelId(2), Idle, None, &mut ctl);
+        let again = ctl.take_connects();
+        let address = |id| {
+            ctl.created
+                .iter()
+                .find(|(i, _)| *i == id)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(
+            again.iter().map(|id| address(*id)).collect::<Vec<_>>(),
+            vec![addr(1)]
+        );
+        assert_eq!(
+            picks(&ctl, 10).keys().collect::<Vec<_>>(),
+            [&SubchannelId(3)]
+        );
     }
 
     #[test]

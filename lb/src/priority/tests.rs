@@ -169,9 +169,10 @@ fn a_child_may_have_its_resolution_requests_ignored() {
     let mut priority = Priority::new(3, DEFAULT_FAILOVER_TIMEOUT);
     priority.update(endpoints(), Some(&config(true)), &mut ctl);
     fail(&mut priority, &mut ctl, &[1, 2]);
-    assert_eq!(ctl.resolutions, 1, "p0's round_robin asked");
+    let asked = ctl.resolutions;
+    assert!(asked > 0, "p0's round_robin asked");
     fail(&mut priority, &mut ctl, &[3, 4]);
-    assert_eq!(ctl.resolutions, 1, "p1's request was dropped");
+    assert_eq!(ctl.resolutions, asked, "p1's requests were dropped");
     assert_eq!(ctl.state, Some(TransientFailure));
     assert_eq!(
         priority.current_child(),

@@ -271,7 +271,10 @@ fn a78_lb_instruments_count_connections_and_scheduler_updates() {
         .metrics(metrics.clone())
         .connect_lazy()
         .unwrap();
-    let wrr = Channel::builder(&target)
+    // Another target name for the same server, so the two channels' instruments are apart
+    // (WRR's endpoints are pick_first children, which count their own attempts).
+    let wrr_target = format!("ipv4:{target}");
+    let wrr = Channel::builder(&wrr_target)
         .load_balancing_policy("weighted_round_robin")
         .metrics(metrics.clone())
         .connect_lazy()
@@ -324,8 +327,12 @@ fn a78_lb_instruments_count_connections_and_scheduler_updates() {
         1
     );
 
+    // WRR's endpoint connected through its own pick_first child (A61).
+    let at_wrr = [("grpc.target", wrr_target.as_str())];
+    assert!(count(&found, succeeded, &at_wrr) >= 1);
     // WRR with one backend and no load reports: every scheduler update falls back to round
     // robin with that backend's weight not yet usable, recorded as 0.
+    let at_server = at_wrr;
     let updates = count(&found, "grpc.lb.wrr.rr_fallback", &at_server);
     assert!(updates >= 1);
     let weights = find(&found, "grpc.lb.wrr.endpoint_weights", &at_server).unwrap();
