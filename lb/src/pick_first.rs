@@ -285,15 +285,20 @@ impl LbPolicy for PickFirst {
             if state != ConnectivityState::Ready {
                 ctl.record(LbMetric::PickFirstDisconnected);
                 // The chosen connection is gone: go IDLE; the next call reconnects, starting
-                // with this subchannel (kept, with its backoff).
+                // with this subchannel (kept, with its backoff). No pass runs until then.
                 self.selected = None;
                 self.attempt_timer = None;
+                self.next = self.entries.len();
                 self.publish(ConnectivityState::Idle, Pick::Queue, ctl);
                 ctl.request_resolution();
             }
             return;
         }
         if self.selected.is_some() {
+            return;
+        }
+        // IDLE, no pass runs: a kept subchannel's news is only recorded, unless it connected.
+        if self.state == ConnectivityState::Idle && state != ConnectivityState::Ready {
             return;
         }
         match state {
@@ -540,6 +545,34 @@ mod tests {
         assert_eq!(ctl.resolutions, 1, "no re-resolution loop");
         pf.subchannel_state(SubchannelId(3), Ready, None, &mut ctl);
         assert_eq!(ctl.state, Some(Ready));
+    }
+
+    #[test]
+    fn the_lost_subchannel_is_kept_quiet_while_idle_and_reconnected_first() {
+        let mut ctl = Recorder::at(Instant::now());
+        let mut pf = PickFirst::new(1);
+        pf.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
+        ctl.take_connects();
+        pf.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
+        assert_eq!(ctl.removed, vec![SubchannelId(2)], "the other address goes");
+        pf.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
+        assert_eq!(ctl.removed, vec![SubchannelId(2)], "the lost one stays");
+        assert_eq!(pf.poll_timeout(), None);
+        // While IDLE its reports start nothing.
+        pf.subchannel_state(SubchannelId(1), Connecting, None, &mut ctl);
+        let err = Status::unavailable("refused");
+        pf.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
+        pf.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
+        assert!(ctl.take_connects().is_empty());
+        assert_eq!(ctl.state, Some(Idle));
+        // The next call: the kept subchannel first, then a new one for the other address.
+        pf.exit_idle(&mut ctl);
+        assert_eq!(ctl.take_connects(), vec![SubchannelId(1)]);
+        pf.subchannel_state(SubchannelId(1), Connecting, None, &mut ctl);
+        pf.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
+        assert_eq!(ctl.take_connects(), vec![SubchannelId(3)]);
+        pf.subchannel_state(SubchannelId(3), Ready, None, &mut ctl);
+        assert!(matches!(ctl.pick(), Pick::Ready(SubchannelId(3))));
     }
 
     #[test]
