@@ -4,9 +4,14 @@
 //! Each target is a child policy built from the registry; it gets the endpoints whose path
 //! starts with its name ([`Endpoint::path`]). The policy is READY while any target is, and a
 //! call picks a READY target at random with probability weight / (sum of the READY
-//! targets' weights), then that target's picker picks.
+//! targets' weights), then that target's picker picks. A target the config drops is kept,
+//! connected but unused, for 15 minutes, so a config that brings it back finds it warm.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anygrpc_codec::{Endpoint, Status};
 
@@ -22,6 +27,10 @@ use crate::{
 
 /// The policy's name in `loadBalancingConfig`, as grpc-go and the C-core register it.
 pub const NAME: &str = "weighted_target_experimental";
+
+/// How long a target the config dropped is kept before it is removed (the C-core's and
+/// grpc-go's child retention).
+pub const RETENTION: Duration = Duration::from_secs(15 * 60);
 
 /// Builds [`WeightedTarget`] policies. Config: `{"targets": {"<name>": {"weight": 3,
 /// "childPolicy": [{"round_robin": {}}]}}}`; `weight` and `childPolicy` are required.
@@ -89,6 +98,8 @@ fn parse_targets(config: &serde_json::Value, registry: &PolicyRegistry) -> Resul
 struct Target {
     child: ChildPolicy,
     weight: u32,
+    /// When it is removed, while the config has dropped it.
+    remove_at: Option<Instant>,
 }
 
 /// The `weighted_target_experimental` policy.
@@ -113,7 +124,8 @@ impl WeightedTarget {
     /// TRANSIENT_FAILURE; picks go to the targets in that state, by weight.
     fn publish(&mut self, ctl: &mut dyn ChannelControl) {
         use ConnectivityState::*;
-        let any = |s| self.targets.values().any(|t| t.child.state == s);
+        let active = || self.targets.values().filter(|t| t.remove_at.is_none());
+        let any = |s| active().any(|t| t.child.state == s);
         let state = [Ready, Connecting, Idle]
             .into_iter()
             .find(|s| any(*s))
@@ -121,9 +133,7 @@ impl WeightedTarget {
         let picker: Arc<dyn Picker> = match state {
             Ready | TransientFailure => {
                 let mut total = 0u64;
-                let weighted: Vec<(u64, Arc<dyn Picker>)> = self
-                    .targets
-                    .values()
+                let weighted: Vec<(u64, Arc<dyn Picker>)> = active()
                     .filter(|t| t.child.state == state && t.weight > 0)
                     .map(|t| {
                         total += u64::from(t.weight);
@@ -131,7 +141,7 @@ impl WeightedTarget {
                     })
                     .collect();
                 if weighted.is_empty() {
-                    let status = match self.targets.is_empty() {
+                    let status = match active().next().is_none() {
                         true => Status::unavailable("weighted_target has no targets"),
                         false => {
                             Status::unavailable("weighted_target: every usable target has weight 0")
@@ -199,15 +209,10 @@ impl LbPolicy for WeightedTarget {
                 ctl,
             );
         };
-        let gone: Vec<String> = self
-            .targets
-            .keys()
-            .filter(|n| !targets.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(target) = self.targets.remove(&name) {
-                target.child.shut_down(ctl);
+        let now = ctl.now();
+        for (name, target) in &mut self.targets {
+            if !targets.contains_key(name) {
+                target.remove_at.get_or_insert(now + RETENTION);
             }
         }
         for (name, config) in targets {
@@ -224,6 +229,7 @@ impl LbPolicy for WeightedTarget {
                     Target {
                         child,
                         weight: config.weight,
+                        remove_at: None,
                     },
                 ) {
                     old.child.shut_down(ctl);
@@ -231,6 +237,7 @@ impl LbPolicy for WeightedTarget {
             }
             let target = self.targets.get_mut(&name).expect("inserted");
             target.weight = config.weight;
+            target.remove_at = None;
             target
                 .child
                 .update(endpoints_under(&name, &endpoints), &child_config, ctl);
@@ -275,12 +282,29 @@ impl LbPolicy for WeightedTarget {
     fn poll_timeout(&self) -> Option<Instant> {
         self.targets
             .values()
-            .filter_map(|t| t.child.poll_timeout())
+            .flat_map(|t| [t.remove_at, t.child.poll_timeout()])
+            .flatten()
             .min()
     }
 
     fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) {
+        let now = ctl.now();
+        let expired: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.remove_at.is_some_and(|at| at <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let removed = !expired.is_empty();
+        for name in expired {
+            if let Some(target) = self.targets.remove(&name) {
+                target.child.shut_down(ctl);
+            }
+        }
         self.drive_all(ctl, |child, ctl| child.handle_timeout(ctl));
+        if removed {
+            self.publish(ctl);
+        }
     }
 
     fn load_report(
@@ -440,9 +464,40 @@ mod tests {
         wt.subchannel_state(SubchannelId(4), TransientFailure, Some(&err), &mut ctl);
         assert_eq!(ctl.state, Some(TransientFailure));
         assert!(matches!(ctl.pick(), Pick::Fail(s) if s.message() == "refused"));
-        // Dropping target b removes its subchannels.
+        // Dropping target b keeps it, unused, for the retention; bringing it back reuses it.
         wt.update(endpoints(&["a", "b"]), Some(&config(&[("a", 1)])), &mut ctl);
-        assert_eq!(ctl.removed.len(), 2);
+        assert!(ctl.removed.is_empty());
+        assert_eq!(ctl.state, Some(TransientFailure));
+        wt.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
+        wt.subchannel_state(SubchannelId(1), Connecting, None, &mut ctl);
+        wt.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
+        wt.subchannel_state(SubchannelId(4), Idle, None, &mut ctl);
+        wt.subchannel_state(SubchannelId(4), Connecting, None, &mut ctl);
+        wt.subchannel_state(SubchannelId(4), Ready, None, &mut ctl);
+        assert_eq!(ctl.state, Some(Ready));
+        assert!(
+            (0..20).all(|_| ctl.pick().subchannel() == Some(SubchannelId(1))),
+            "b is not used"
+        );
+        ctl.advance(Duration::from_secs(60));
+        wt.update(
+            endpoints(&["a", "b"]),
+            Some(&config(&[("a", 1), ("b", 1)])),
+            &mut ctl,
+        );
+        assert_eq!(ctl.created.len(), 4, "b's subchannels are reused");
+        let seen: std::collections::HashSet<_> =
+            (0..200).filter_map(|_| ctl.pick().subchannel()).collect();
+        assert!(seen.contains(&SubchannelId(4)), "b serves again");
+        // Dropped again, it goes after 15 minutes.
+        wt.update(endpoints(&["a", "b"]), Some(&config(&[("a", 1)])), &mut ctl);
+        let dropped = ctl.now();
+        assert_eq!(wt.poll_timeout(), Some(dropped + RETENTION));
+        ctl.now = Some(dropped + RETENTION);
+        wt.handle_timeout(&mut ctl);
+        let mut removed = ctl.removed.clone();
+        removed.sort();
+        assert_eq!(removed, vec![SubchannelId(3), SubchannelId(4)]);
         assert_eq!(wt.targets.len(), 1);
         wt.update(vec![], Some(&config(&[])), &mut ctl);
         assert_eq!(ctl.state, Some(TransientFailure));
