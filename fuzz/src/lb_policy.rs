@@ -145,18 +145,17 @@ impl Channel {
     /// One pick: it names a live READY subchannel that is not ejected; a READY channel never
     /// queues or fails it, a TRANSIENT_FAILURE one never queues it (unless the policy
     /// connects on demand, when a queued call means something is IDLE or CONNECTING); what
-    /// the picker asks to connect is live.
-    fn pick(&self, key: u8, rules: &Rules) -> Option<Arc<dyn CallObserver>> {
-        let (state, picker) = self.published.as_ref()?;
+    /// the picker asks of its policy is run by the caller, as the channel would. Returns the
+    /// pick's observer, and whether the picker asked for its policy's timer.
+    fn pick(&self, key: u8, rules: &Rules) -> (Option<Arc<dyn CallObserver>>, bool) {
+        let Some((state, picker)) = self.published.as_ref() else {
+            return (None, false);
+        };
         let mut headers = http::HeaderMap::new();
         headers.insert("x-key", http::HeaderValue::from(u16::from(key % 4)));
-        let connect = |id| {
-            assert!(
-                self.live.contains_key(&id),
-                "a pick connects a removed {id:?}"
-            )
-        };
-        let pick = picker.pick(&PickInfo::new("/s/m", &headers).with_connect(&connect));
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let work = || asked.store(true, std::sync::atomic::Ordering::Relaxed);
+        let pick = picker.pick(&PickInfo::new("/s/m", &headers).with_work(&work));
         let observer = match &pick {
             Pick::Observed(_, observer) => Some(observer.clone()),
             _ => None,
@@ -173,11 +172,13 @@ impl Channel {
                 );
                 assert!(!rules.ejected.contains(address), "picked ejected {address}");
             }
+            // A call waits for an endpoint its picker asked to connect, or one connecting.
             Pick::Queue if rules.queues_on_demand => assert!(
-                self.live.values().any(|(_, s)| matches!(
-                    s,
-                    ConnectivityState::Idle | ConnectivityState::Connecting
-                )),
+                asked.load(std::sync::atomic::Ordering::Relaxed)
+                    || self.live.values().any(|(_, s)| matches!(
+                        s,
+                        ConnectivityState::Idle | ConnectivityState::Connecting
+                    )),
                 "queued with nothing to wait for: {:?}",
                 self.live
             ),
@@ -190,7 +191,7 @@ impl Channel {
             ),
             Pick::Fail(_) => assert_ne!(*state, ConnectivityState::Ready, "failed a call"),
         }
-        observer
+        (observer, asked.into_inner())
     }
 }
 
@@ -203,6 +204,17 @@ fn legal_subchannel_move(from: ConnectivityState, to: ConnectivityState) -> bool
             | (Ready, Idle)
             | (TransientFailure, Idle | Connecting)
     )
+}
+
+/// Runs every timer due by now, as the channel's timer task would (and as it does at once
+/// when a picker asks for its policy's work).
+fn run_due(policy: &mut dyn LbPolicy, ch: &mut Channel) {
+    for _ in 0..64 {
+        match policy.poll_timeout() {
+            Some(at) if at <= ch.now => policy.handle_timeout(ch),
+            _ => break,
+        }
+    }
 }
 
 /// Endpoints from update bytes (see [`PolicyEvent::Update`]).
@@ -318,20 +330,18 @@ pub fn lb_policy(data: &[u8]) {
                     PolicyEvent::ExitIdle => under.policy().exit_idle(&mut ch),
                     PolicyEvent::Advance(ms) => {
                         ch.now += Duration::from_millis(u64::from(ms));
-                        // Every timer due by now fires, as the channel's timer task would run them.
-                        for _ in 0..64 {
-                            match under.policy().poll_timeout() {
-                                Some(at) if at <= ch.now => under.policy().handle_timeout(&mut ch),
-                                _ => break,
-                            }
-                        }
+                        run_due(under.policy(), &mut ch);
                     }
                     PolicyEvent::Call { key, end: how } => {
-                        if let Some(observer) = ch.pick(key, &rules(&under)) {
+                        let (observer, asked) = ch.pick(key, &rules(&under));
+                        if let Some(observer) = observer {
                             match how % 3 {
                                 2 => open.push(observer),
                                 n => end(&observer, n == 0, ch.now),
                             }
+                        }
+                        if asked {
+                            run_due(under.policy(), &mut ch);
                         }
                     }
                     PolicyEvent::EndCalls(ok) => {
@@ -369,7 +379,7 @@ pub fn lb_policy(data: &[u8]) {
                     }
                 }
                 for key in 0..2 {
-                    if let Some(observer) = ch.pick(key, &rules(&under)) {
+                    if let (Some(observer), _) = ch.pick(key, &rules(&under)) {
                         end(&observer, true, ch.now);
                     }
                 }

@@ -205,10 +205,10 @@ pub struct PickInfo<'a> {
     /// A hash for the call chosen by whatever routed it (xDS's route hash policies, or a
     /// parent policy), which `ring_hash` uses when it has no `requestHashHeader`.
     pub request_hash: Option<u64>,
-    connect: &'a (dyn Fn(SubchannelId) + Sync),
+    work: &'a (dyn Fn() + Sync),
 }
 
-fn connect_nothing(_: SubchannelId) {}
+fn no_work() {}
 
 impl<'a> PickInfo<'a> {
     /// The pick information of a call to `path` with these request headers.
@@ -217,14 +217,14 @@ impl<'a> PickInfo<'a> {
             path,
             metadata,
             request_hash: None,
-            connect: &connect_nothing,
+            work: &no_work,
         }
     }
 
-    /// The same call, with `connect` carrying out [`connect`](Self::connect) requests (the
+    /// The same call, with `work` carrying out [`request_work`](Self::request_work) (the
     /// channel gives every pick one).
-    pub fn with_connect(self, connect: &'a (dyn Fn(SubchannelId) + Sync)) -> PickInfo<'a> {
-        PickInfo { connect, ..self }
+    pub fn with_work(self, work: &'a (dyn Fn() + Sync)) -> PickInfo<'a> {
+        PickInfo { work, ..self }
     }
 
     /// The same call, with a routing hash (see [`request_hash`](Self::request_hash)).
@@ -235,10 +235,12 @@ impl<'a> PickInfo<'a> {
         }
     }
 
-    /// Asks an IDLE subchannel to connect, from the picker (ring_hash connects on demand):
-    /// its state changes reach the policy as usual. Ignored in any other state.
-    pub fn connect(&self, id: SubchannelId) {
-        (self.connect)(id);
+    /// Asks the channel to run the policy's [`handle_timeout`](LbPolicy::handle_timeout) soon,
+    /// on the control plane: a picker that needs its policy to act (ring_hash connecting an
+    /// endpoint a call hashed to) leaves the request where the policy reads it, makes
+    /// [`poll_timeout`](LbPolicy::poll_timeout) answer a time already past, and calls this.
+    pub fn request_work(&self) {
+        (self.work)();
     }
 }
 
@@ -266,6 +268,14 @@ pub enum Pick {
 }
 
 impl Pick {
+    /// The status a failing pick fails the call with.
+    pub fn failure(&self) -> Option<Status> {
+        match self {
+            Pick::Fail(status) => Some(status.clone()),
+            _ => None,
+        }
+    }
+
     /// The subchannel picked, if the call is to be sent.
     pub fn subchannel(&self) -> Option<SubchannelId> {
         match self {
@@ -438,8 +448,8 @@ pub(crate) mod testing {
         pub(crate) health_checked: Vec<SubchannelId>,
         pub(crate) load_reporting: HashMap<SubchannelId, Duration>,
         pub(crate) metrics: Vec<LbMetric>,
-        /// What pickers asked to connect ([`PickInfo::connect`]).
-        pub(crate) pick_connects: std::sync::Mutex<Vec<SubchannelId>>,
+        /// Pickers asked for the policy's timer ([`PickInfo::request_work`]).
+        pub(crate) work_requested: std::sync::atomic::AtomicBool,
     }
 
     impl Recorder {
@@ -460,17 +470,27 @@ pub(crate) mod testing {
 
         /// Picks for a call with these request headers.
         pub(crate) fn pick_with(&self, metadata: &http::HeaderMap) -> Pick {
-            let connect = |id| self.pick_connects.lock().unwrap().push(id);
-            let call = PickInfo::new("/s/m", metadata).with_connect(&connect);
+            let work = || {
+                self.work_requested
+                    .store(true, std::sync::atomic::Ordering::Relaxed)
+            };
+            let call = PickInfo::new("/s/m", metadata).with_work(&work);
             self.picker
                 .as_ref()
                 .expect("a picker was published")
                 .pick(&call)
         }
 
-        /// Takes what pickers asked to connect.
-        pub(crate) fn take_pick_connects(&mut self) -> Vec<SubchannelId> {
-            std::mem::take(&mut *self.pick_connects.lock().unwrap())
+        /// Whether a picker asked for the policy's timer since the last call, which runs it as
+        /// the channel would.
+        pub(crate) fn take_work(&mut self, policy: &mut dyn LbPolicy) -> bool {
+            let asked = self
+                .work_requested
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            if asked && policy.poll_timeout().is_some_and(|at| at <= self.now()) {
+                policy.handle_timeout(self);
+            }
+            asked
         }
 
         pub(crate) fn take_connects(&mut self) -> Vec<SubchannelId> {

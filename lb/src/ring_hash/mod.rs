@@ -7,16 +7,23 @@
 //! ([`PickInfo::request_hash`]); the call goes to the first READY endpoint at or after it on
 //! the ring.
 //!
-//! Nothing connects until a call needs it: a pick that lands on an IDLE endpoint asks it to
-//! connect and waits. An endpoint that failed stays TRANSIENT_FAILURE until it connects, and
-//! keeps retrying after each backoff; one that loses its connection goes back to IDLE.
+//! Each endpoint is a `pick_first` child over its addresses (A61), made when the endpoint is
+//! first wanted: nothing connects until a call needs it. A pick that lands on an IDLE endpoint
+//! asks the policy to connect it ([`PickInfo::request_work`]) and waits. An endpoint that
+//! failed stays TRANSIENT_FAILURE until it connects, retrying after each backoff; one that
+//! loses its connection goes back to IDLE.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
-use anygrpc_codec::{Address, Endpoint, Status};
+use anygrpc_codec::{Endpoint, Status};
 use xxhash_rust::xxh64::xxh64;
 
 use crate::{
+    child::{ChildPolicy, Stepped},
+    pick_first::PickFirstBuilder,
     policy::{
         ChannelControl, FixedPicker, LbPolicy, LbPolicyBuilder, Pick, PickInfo, Picker,
         PolicyConfig, SubchannelId,
@@ -189,25 +196,49 @@ impl Ring {
     }
 }
 
-/// One member of the ring (an address) as the policy sees it.
+/// One endpoint of the ring: its `pick_first` child (A61), made the first time a call or the
+/// policy wants it connected.
 #[derive(Debug)]
 struct Member {
-    id: SubchannelId,
-    /// Its state for picks and for the aggregate: TRANSIENT_FAILURE from a failure until it
-    /// is READY again.
-    state: ConnectivityState,
-    status: Option<Status>,
+    endpoint: Endpoint,
+    weight: u32,
+    child: Option<ChildPolicy>,
+}
+
+impl Member {
+    /// Its state for picks and for the aggregate: IDLE until it is first asked to connect,
+    /// then its `pick_first`'s (which stays TRANSIENT_FAILURE from a failure until it is READY
+    /// again, retrying as its backoff allows).
+    fn state(&self) -> ConnectivityState {
+        self.child
+            .as_ref()
+            .map_or(ConnectivityState::Idle, |c| c.state)
+    }
+}
+
+/// Endpoints calls asked to connect, by index into the picker's snapshot, for the policy to
+/// act on from the control plane.
+#[derive(Debug, Default)]
+struct Requests {
+    /// The ring's generation the indices belong to, and the indices.
+    wanted: Mutex<(u64, Vec<usize>)>,
 }
 
 /// The `ring_hash_experimental` policy.
 #[derive(Debug)]
 pub struct RingHash {
+    seed: u64,
     ring_size_cap: u64,
     config: RingHashConfig,
-    /// Endpoints in the resolver's order (duplicates merged), and their weights.
-    order: Vec<(Address, u32)>,
-    endpoints: HashMap<Address, Member>,
+    child_config: PolicyConfig,
+    /// Endpoints in the resolver's order (repeats merged, weights added).
+    members: Vec<Member>,
     ring: Arc<Ring>,
+    /// Bumped with each new ring, so a request made on an older picker is dropped.
+    generation: u64,
+    requests: Arc<Requests>,
+    /// A time the policy has seen: what `poll_timeout` answers while requests wait.
+    seen: Option<Instant>,
     /// The aggregate state last published.
     state: Option<ConnectivityState>,
 }
@@ -216,14 +247,41 @@ impl RingHash {
     /// A policy with no addresses yet; config ring sizes are capped at `ring_size_cap`.
     pub fn new(ring_size_cap: u64) -> RingHash {
         RingHash {
+            seed: 0,
             ring_size_cap,
             config: RingHashConfig::default(),
-            order: Vec::new(),
-            endpoints: HashMap::new(),
+            child_config: PolicyConfig::new("pick_first", &serde_json::json!({})),
+            members: Vec::new(),
             ring: Arc::new(Ring {
                 entries: Vec::new(),
             }),
+            generation: 0,
+            requests: Arc::default(),
+            seen: None,
             state: None,
+        }
+    }
+
+    /// Starts endpoint `index` connecting: makes its child, or wakes it from IDLE.
+    fn connect(&mut self, index: usize, ctl: &mut dyn ChannelControl) {
+        let Some(member) = self.members.get_mut(index) else {
+            return;
+        };
+        let stepped = match member.child.as_mut() {
+            Some(child) if child.state == ConnectivityState::Idle => {
+                child.step(ctl, |policy, ctl| policy.exit_idle(ctl))
+            }
+            Some(_) => return,
+            None => {
+                self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let child = member
+                    .child
+                    .insert(ChildPolicy::new(Arc::new(PickFirstBuilder), self.seed));
+                child.update(vec![member.endpoint.clone()], &self.child_config, ctl)
+            }
+        };
+        for (id, _) in stepped.created {
+            ctl.enable_health_check(id);
         }
     }
 
@@ -232,15 +290,11 @@ impl RingHash {
     /// endpoint so the policy recovers without picks.
     fn publish(&mut self, ctl: &mut dyn ChannelControl) {
         use ConnectivityState::*;
-        let states: Vec<_> = self
-            .order
-            .iter()
-            .map(|(address, _)| &self.endpoints[address])
-            .collect();
-        let count = |s: ConnectivityState| states.iter().filter(|e| e.state == s).count();
+        let states: Vec<ConnectivityState> = self.members.iter().map(Member::state).collect();
+        let count = |s: ConnectivityState| states.iter().filter(|m| **m == s).count();
         let (ready, connecting, failing) =
             (count(Ready), count(Connecting), count(TransientFailure));
-        let idle = states.iter().find(|e| e.state == Idle).map(|e| e.id);
+        let idle = states.iter().position(|s| *s == Idle);
         let state = if ready > 0 {
             Ready
         } else if failing >= 2 {
@@ -252,19 +306,38 @@ impl RingHash {
         } else {
             TransientFailure
         };
-        let picker = RingHashPicker {
-            ring: self.ring.clone(),
-            endpoints: states.iter().map(|e| (e.id, e.state)).collect(),
-            first_failures: states.iter().map(|e| e.status.clone()).collect(),
-            header: self.config.request_hash_header.clone(),
-            any_connecting: connecting > 0,
-        };
-        ctl.update_picker(state, Arc::new(picker));
         if matches!(state, Connecting | TransientFailure) && connecting == 0 {
-            if let Some(id) = idle {
-                ctl.connect(id);
+            if let Some(index) = idle {
+                // Its child's CONNECTING comes back as a subchannel event and a new picker.
+                self.connect(index, ctl);
             }
         }
+        let picker = RingHashPicker {
+            ring: self.ring.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|m| (m.state(), m.child.as_ref().map(|c| c.picker.clone())))
+                .collect(),
+            failures: self
+                .members
+                .iter()
+                .map(|m| {
+                    m.child.as_ref().and_then(|c| match c.state {
+                        TransientFailure => c
+                            .picker
+                            .pick(&PickInfo::new("", &http::HeaderMap::new()))
+                            .failure(),
+                        _ => None,
+                    })
+                })
+                .collect(),
+            header: self.config.request_hash_header.clone(),
+            any_connecting: connecting > 0,
+            requests: self.requests.clone(),
+            generation: self.generation,
+        };
+        ctl.update_picker(state, Arc::new(picker));
         if state == TransientFailure && self.state != Some(state) {
             ctl.request_resolution();
         }
@@ -279,6 +352,28 @@ impl RingHash {
         );
         ctl.request_resolution();
     }
+
+    /// Runs `f` on the child owning subchannel `id`, health-checking what it creates.
+    fn drive_owner(
+        &mut self,
+        id: SubchannelId,
+        ctl: &mut dyn ChannelControl,
+        f: impl FnOnce(&mut ChildPolicy, &mut dyn ChannelControl) -> Stepped,
+    ) -> bool {
+        let Some(child) = self
+            .members
+            .iter_mut()
+            .filter_map(|m| m.child.as_mut())
+            .find(|c| c.subchannels.contains_key(&id))
+        else {
+            return false;
+        };
+        let stepped = f(child, ctl);
+        for (id, _) in stepped.created {
+            ctl.enable_health_check(id);
+        }
+        true
+    }
 }
 
 impl LbPolicy for RingHash {
@@ -288,67 +383,72 @@ impl LbPolicy for RingHash {
         config: Option<&PolicyConfig>,
         ctl: &mut dyn ChannelControl,
     ) {
+        self.seen = Some(ctl.now());
         self.config = config
             .and_then(|c| RingHashConfig::from_json(&c.config).ok())
             .unwrap_or_default();
-        if endpoints.iter().all(|e| e.addresses.is_empty()) {
+        // Repeated endpoints add to the first one's weight (1 when it names none).
+        let mut merged: Vec<(Endpoint, u32)> = Vec::new();
+        for endpoint in endpoints.into_iter().filter(|e| !e.addresses.is_empty()) {
+            let weight = endpoint.weight.filter(|w| *w > 0).unwrap_or(1);
+            match merged
+                .iter_mut()
+                .find(|(e, _)| e.addresses == endpoint.addresses)
+            {
+                Some((_, total)) => *total = total.saturating_add(weight),
+                None => merged.push((endpoint, weight)),
+            }
+        }
+        if merged.is_empty() {
             let status = Status::unavailable("the resolver returned no addresses");
             return self.resolver_error(status, ctl);
         }
-        // Each address is a member of the ring with its endpoint's weight (1 when it has
-        // none); a repeated address adds to the first one's weight. An endpoint of one
-        // address may name its own key on the ring (A76).
-        let mut order: Vec<(Address, u32)> = Vec::new();
-        let mut index: HashMap<Address, usize> = HashMap::new();
-        let mut hash_keys: HashMap<Address, String> = HashMap::new();
-        for endpoint in endpoints {
-            let weight = endpoint.weight.filter(|w| *w > 0).unwrap_or(1);
-            if let ([address], Some(key)) = (&endpoint.addresses[..], &endpoint.hash_key) {
-                hash_keys
-                    .entry(address.clone())
-                    .or_insert_with(|| key.clone());
-            }
-            for address in endpoint.addresses {
-                match index.get(&address) {
-                    Some(&i) => order[i].1 = order[i].1.saturating_add(weight),
-                    None => {
-                        index.insert(address.clone(), order.len());
-                        order.push((address, weight));
-                    }
-                }
-            }
-        }
-        let mut old = std::mem::take(&mut self.endpoints);
-        for (address, _) in &order {
-            let endpoint = old.remove(address).unwrap_or_else(|| {
-                let id = ctl.new_subchannel(address);
-                ctl.enable_health_check(id);
-                Member {
-                    id,
-                    state: ConnectivityState::Idle,
-                    status: None,
-                }
+        let mut old = std::mem::take(&mut self.members);
+        for (endpoint, weight) in merged {
+            let child = old
+                .iter()
+                .position(|m| m.endpoint.addresses == endpoint.addresses)
+                .and_then(|i| old.swap_remove(i).child);
+            self.members.push(Member {
+                endpoint,
+                weight,
+                child,
             });
-            self.endpoints.insert(address.clone(), endpoint);
         }
-        for endpoint in old.into_values() {
-            ctl.remove_subchannel(endpoint.id);
+        for member in old {
+            if let Some(child) = member.child {
+                child.shut_down(ctl);
+            }
         }
-        let keys: Vec<(String, u32)> = order
+        // An endpoint is placed by its hash key (A76), or its first address.
+        let keys: Vec<(String, u32)> = self
+            .members
             .iter()
-            .map(|(a, w)| (hash_keys.remove(a).unwrap_or_else(|| a.to_string()), *w))
+            .map(|m| {
+                let key = m.endpoint.hash_key.clone();
+                (
+                    key.unwrap_or_else(|| m.endpoint.addresses[0].to_string()),
+                    m.weight,
+                )
+            })
             .collect();
         self.ring = Arc::new(Ring::new(
             &keys,
             self.config.min_ring_size.min(self.ring_size_cap),
             self.config.max_ring_size.min(self.ring_size_cap),
         ));
-        self.order = order;
+        self.generation += 1;
+        self.requests
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clear();
         self.publish(ctl);
     }
 
     fn resolver_error(&mut self, status: Status, ctl: &mut dyn ChannelControl) {
-        if self.order.is_empty() {
+        if self.members.is_empty() {
             self.fail(status, ctl);
         }
     }
@@ -360,40 +460,79 @@ impl LbPolicy for RingHash {
         status: Option<&Status>,
         ctl: &mut dyn ChannelControl,
     ) {
-        use ConnectivityState::*;
-        let Some(endpoint) = self.endpoints.values_mut().find(|e| e.id == id) else {
-            return;
-        };
-        let failing = endpoint.state == TransientFailure;
-        endpoint.state = match state {
-            Ready => Ready,
-            TransientFailure => TransientFailure,
-            // A failed endpoint retries as soon as its backoff allows, and stays failed
-            // until it connects.
-            Idle if failing => {
-                ctl.connect(id);
-                TransientFailure
-            }
-            Connecting if failing => TransientFailure,
-            Idle => {
-                if endpoint.state == Ready {
-                    ctl.request_resolution();
-                }
-                Idle
-            }
-            other => other,
-        };
-        if state == TransientFailure {
-            let status = status
-                .cloned()
-                .unwrap_or_else(|| Status::unavailable("connection failed"));
-            endpoint.status = Some(status);
+        self.seen = Some(ctl.now());
+        let owned = self.drive_owner(id, ctl, |child, ctl| {
+            child.step(ctl, |policy, ctl| {
+                policy.subchannel_state(id, state, status, ctl)
+            })
+        });
+        if owned {
+            self.publish(ctl);
         }
-        self.publish(ctl);
     }
 
     fn exit_idle(&mut self, _: &mut dyn ChannelControl) {
         // Picks connect what they need.
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let wanted = !self
+            .requests
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .is_empty();
+        let children = self
+            .members
+            .iter()
+            .filter_map(|m| m.child.as_ref()?.poll_timeout())
+            .min();
+        match wanted {
+            true => self.seen,
+            false => children,
+        }
+    }
+
+    fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) {
+        self.seen = Some(ctl.now());
+        let wanted = {
+            let mut requests = self
+                .requests
+                .wanted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let (generation, wanted) = &mut *requests;
+            let wanted = std::mem::take(wanted);
+            if *generation == self.generation {
+                wanted
+            } else {
+                Vec::new()
+            }
+        };
+        for index in wanted {
+            self.connect(index, ctl);
+        }
+        for member in &mut self.members {
+            if let Some(child) = member.child.as_mut() {
+                let stepped = child.handle_timeout(ctl);
+                for (id, _) in stepped.created {
+                    ctl.enable_health_check(id);
+                }
+            }
+        }
+        self.publish(ctl);
+    }
+
+    fn load_report(
+        &mut self,
+        id: SubchannelId,
+        report: &crate::OrcaLoadReport,
+        ctl: &mut dyn ChannelControl,
+    ) {
+        self.drive_owner(id, ctl, |child, ctl| {
+            child.step(ctl, |policy, ctl| policy.load_report(id, report, ctl))
+        });
     }
 }
 
@@ -401,12 +540,15 @@ impl LbPolicy for RingHash {
 #[derive(Debug)]
 struct RingHashPicker {
     ring: Arc<Ring>,
-    /// Each endpoint's subchannel and state, by the ring's endpoint index.
-    endpoints: Vec<(SubchannelId, ConnectivityState)>,
-    first_failures: Vec<Option<Status>>,
+    /// Each endpoint's state and its child's picker, by the ring's endpoint index.
+    members: Vec<(ConnectivityState, Option<Arc<dyn Picker>>)>,
+    /// Each failed endpoint's failure.
+    failures: Vec<Option<Status>>,
     header: Option<http::HeaderName>,
     /// Some endpoint is CONNECTING: a random-hash pick connects nothing more.
     any_connecting: bool,
+    requests: Arc<Requests>,
+    generation: u64,
 }
 
 impl RingHashPicker {
@@ -434,6 +576,32 @@ impl RingHashPicker {
         }
         Ok(Some(xxh64(&joined, 0)))
     }
+
+    /// Asks the policy to connect endpoint `index` (it acts from the control plane).
+    fn connect(&self, index: usize, call: &PickInfo<'_>) {
+        let mut requests = self
+            .requests
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (generation, wanted) = &mut *requests;
+        if *generation != self.generation {
+            *generation = self.generation;
+            wanted.clear();
+        }
+        if !wanted.contains(&index) {
+            wanted.push(index);
+        }
+        drop(requests);
+        call.request_work();
+    }
+
+    fn ready(&self, index: usize, call: &PickInfo<'_>) -> Pick {
+        match &self.members[index].1 {
+            Some(picker) => picker.pick(call),
+            None => Pick::Queue,
+        }
+    }
 }
 
 impl Picker for RingHashPicker {
@@ -454,11 +622,10 @@ impl Picker for RingHashPicker {
         match hash {
             Some(_) => {
                 for index in walk {
-                    let (id, state) = self.endpoints[index];
-                    match state {
-                        Ready => return Pick::Ready(id),
+                    match self.members[index].0 {
+                        Ready => return self.ready(index, call),
                         Idle => {
-                            call.connect(id);
+                            self.connect(index, call);
                             return Pick::Queue;
                         }
                         Connecting => return Pick::Queue,
@@ -470,12 +637,12 @@ impl Picker for RingHashPicker {
             None => {
                 let mut asked = self.any_connecting;
                 for index in walk {
-                    let (id, state) = self.endpoints[index];
+                    let state = self.members[index].0;
                     if state == Ready {
-                        return Pick::Ready(id);
+                        return self.ready(index, call);
                     }
                     if !asked && state == Idle {
-                        call.connect(id);
+                        self.connect(index, call);
                         asked = true;
                     }
                 }
@@ -484,7 +651,7 @@ impl Picker for RingHashPicker {
                 }
             }
         }
-        let failure = self.first_failures[entries[first].1]
+        let failure = self.failures[entries[first].1]
             .as_ref()
             .map_or("", Status::message);
         Pick::Fail(Status::unavailable(format!(

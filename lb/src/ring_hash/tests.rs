@@ -23,6 +23,23 @@ fn keyed(key: &str) -> http::HeaderMap {
     headers
 }
 
+/// Connects every endpoint and reports each READY.
+fn ready_all(rh: &mut RingHash, ctl: &mut Recorder) {
+    for i in 0..rh.members.len() {
+        rh.connect(i, ctl);
+    }
+    for id in ctl.take_connects() {
+        rh.subchannel_state(id, Connecting, None, ctl);
+        rh.subchannel_state(id, Ready, None, ctl);
+    }
+}
+
+/// Endpoint `index`'s subchannel (its child's only one).
+fn sub(rh: &RingHash, index: usize) -> SubchannelId {
+    let child = rh.members[index].child.as_ref().expect("connected");
+    *child.subchannels.keys().next().expect("a subchannel")
+}
+
 /// Where each of `keys` lands, with every endpoint READY.
 fn placement(ctl: &Recorder, keys: &[String]) -> Vec<SubchannelId> {
     keys.iter()
@@ -112,36 +129,67 @@ fn nothing_connects_until_a_pick_lands_on_an_idle_endpoint() {
     let (mut rh, mut ctl) = policy(3);
     assert_eq!(ctl.state, Some(Idle));
     assert!(
-        ctl.take_connects().is_empty(),
-        "no connection before a call"
+        ctl.created.is_empty(),
+        "no child, no subchannel, before a call"
     );
     rh.exit_idle(&mut ctl);
-    assert!(ctl.take_connects().is_empty());
+    assert!(ctl.created.is_empty());
     assert!(matches!(ctl.pick_with(&keyed("alice")), Pick::Queue));
-    let asked = ctl.take_pick_connects();
-    assert_eq!(
-        asked.len(),
-        1,
-        "the pick connects the endpoint it hashed to"
+    assert!(
+        ctl.take_work(&mut rh),
+        "the pick asks the policy to connect"
     );
-    let id = asked[0];
+    assert_eq!(ctl.created.len(), 1, "only the endpoint alice hashes to");
+    let id = ctl.take_connects()[0];
     rh.subchannel_state(id, Connecting, None, &mut ctl);
     assert_eq!(ctl.state, Some(Connecting));
     assert!(matches!(ctl.pick_with(&keyed("alice")), Pick::Queue));
-    assert!(ctl.take_pick_connects().is_empty(), "CONNECTING: wait");
+    assert!(!ctl.take_work(&mut rh), "CONNECTING: wait");
     rh.subchannel_state(id, Ready, None, &mut ctl);
     assert_eq!(ctl.state, Some(Ready));
     assert!(matches!(ctl.pick_with(&keyed("alice")), Pick::Ready(i) if i == id));
-    assert_eq!(ctl.created.len(), 3);
-    assert_eq!(ctl.health_checked.len(), 3);
+    assert_eq!(ctl.health_checked, vec![id]);
+}
+
+#[test]
+fn an_endpoint_is_one_member_whichever_of_its_addresses_connects() {
+    let mut ctl = Recorder::at(Instant::now());
+    let mut rh = RingHash::new(DEFAULT_RING_SIZE_CAP);
+    let config = RingHashBuilder::default()
+        .parse_config(&json!({ "requestHashHeader": HEADER }))
+        .unwrap();
+    rh.update(
+        vec![Endpoint::new(vec![addr(1), addr(2)])],
+        Some(&config),
+        &mut ctl,
+    );
+    assert_eq!(rh.ring.entries.len(), 1024, "one member");
+    assert!(matches!(ctl.pick_with(&keyed("k")), Pick::Queue));
+    ctl.take_work(&mut rh);
+    let first = ctl.take_connects();
+    rh.subchannel_state(
+        first[0],
+        TransientFailure,
+        Some(&Status::unavailable("no route")),
+        &mut ctl,
+    );
+    let second = ctl.take_connects();
+    assert_eq!(
+        ctl.created
+            .iter()
+            .find(|(id, _)| *id == second[0])
+            .unwrap()
+            .1,
+        addr(2)
+    );
+    rh.subchannel_state(second[0], Ready, None, &mut ctl);
+    assert!(matches!(ctl.pick_with(&keyed("k")), Pick::Ready(id) if id == second[0]));
 }
 
 #[test]
 fn a_key_stays_on_its_endpoint_and_walks_on_past_a_failed_one() {
     let (mut rh, mut ctl) = policy(4);
-    for id in 1..=4 {
-        rh.subchannel_state(SubchannelId(id), Ready, None, &mut ctl);
-    }
+    ready_all(&mut rh, &mut ctl);
     let keys: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
     let before = placement(&ctl, &keys);
     assert_eq!(
@@ -152,22 +200,36 @@ fn a_key_stays_on_its_endpoint_and_walks_on_past_a_failed_one() {
     let used: std::collections::HashSet<_> = before.iter().collect();
     assert_eq!(used.len(), 4, "keys spread over every endpoint");
 
-    // Endpoint 2 fails: its keys move to the next READY entry, the others stay.
+    // Endpoint 1 loses its connection and fails to reconnect: its keys move to the next
+    // READY entry, the others stay.
+    let failed = sub(&rh, 1);
     let refused = Status::unavailable("refused");
-    rh.subchannel_state(SubchannelId(2), TransientFailure, Some(&refused), &mut ctl);
+    rh.subchannel_state(failed, Idle, None, &mut ctl);
+    rh.connect(1, &mut ctl);
+    assert_eq!(
+        ctl.take_connects(),
+        vec![failed],
+        "its kept subchannel reconnects"
+    );
+    rh.subchannel_state(failed, Connecting, None, &mut ctl);
+    rh.subchannel_state(failed, TransientFailure, Some(&refused), &mut ctl);
+    assert_eq!(rh.members[1].state(), TransientFailure);
     assert_eq!(ctl.state, Some(Ready));
     let failed_over = placement(&ctl, &keys);
     for (was, now) in before.iter().zip(&failed_over) {
-        if *was == SubchannelId(2) {
-            assert_ne!(*now, SubchannelId(2));
+        if *was == failed {
+            assert_ne!(*now, failed);
         } else {
             assert_eq!(was, now, "keys of healthy endpoints do not move");
         }
     }
-    // Removing endpoint 4 gives each survivor a larger share (A42 sizes the ring by the
+    // Removing endpoint 3 gives each survivor a larger share (A42 sizes the ring by the
     // lightest endpoint): their old entries all stay, so a key moves only where a new entry
     // now comes first.
-    rh.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
+    rh.subchannel_state(failed, Idle, None, &mut ctl);
+    rh.subchannel_state(failed, Connecting, None, &mut ctl);
+    rh.subchannel_state(failed, Ready, None, &mut ctl);
+    let last = sub(&rh, 3);
     let old_ring = rh.ring.clone();
     let config = RingHashBuilder::default()
         .parse_config(&json!({ "requestHashHeader": HEADER }))
@@ -177,16 +239,16 @@ fn a_key_stays_on_its_endpoint_and_walks_on_past_a_failed_one() {
         Some(&config),
         &mut ctl,
     );
-    assert_eq!(ctl.removed, vec![SubchannelId(4)]);
+    assert_eq!(ctl.removed, vec![last]);
     for entry in old_ring.entries.iter().filter(|(_, e)| *e != 3) {
         assert!(rh.ring.entries.contains(entry), "a survivor's entry stays");
     }
     let after = placement(&ctl, &keys);
-    let survivors = before.iter().filter(|id| **id != SubchannelId(4)).count();
+    let survivors = before.iter().filter(|id| **id != last).count();
     let moved = before
         .iter()
         .zip(&after)
-        .filter(|(was, now)| **was != SubchannelId(4) && was != now)
+        .filter(|(was, now)| **was != last && was != now)
         .count();
     assert!(moved * 4 < survivors, "{moved} of {survivors} moved");
 }
@@ -195,23 +257,20 @@ fn a_key_stays_on_its_endpoint_and_walks_on_past_a_failed_one() {
 fn a_pick_walks_to_the_next_idle_or_connecting_endpoint_past_failed_ones() {
     let (mut rh, mut ctl) = policy(2);
     let err = Status::unavailable("down");
-    // Both endpoints failed: the call fails with the first failure.
-    rh.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
-    assert_eq!(
-        ctl.state,
-        Some(Connecting),
-        "one failure of two: still CONNECTING"
-    );
-    // The other endpoint is the one the walk reaches, and it is asked to connect.
-    ctl.take_connects();
-    assert!(matches!(ctl.pick_with(&keyed("k")), Pick::Queue));
-    let asked = ctl.take_pick_connects();
-    assert_eq!(
-        asked,
-        vec![SubchannelId(2)],
-        "the walk passes the failed one"
-    );
-    rh.subchannel_state(SubchannelId(2), TransientFailure, Some(&err), &mut ctl);
+    // Endpoint 0 fails; one failure of two is still CONNECTING, and the policy starts the
+    // other endpoint itself.
+    rh.connect(0, &mut ctl);
+    let first = ctl.take_connects()[0];
+    rh.subchannel_state(first, TransientFailure, Some(&err), &mut ctl);
+    assert_eq!(ctl.state, Some(Connecting));
+    let second = ctl.take_connects();
+    assert_eq!(second.len(), 1, "the policy connects the other endpoint");
+    rh.subchannel_state(second[0], Connecting, None, &mut ctl);
+    // A key of either endpoint waits for the connecting one.
+    for key in ["a", "b", "c", "d"] {
+        assert!(matches!(ctl.pick_with(&keyed(key)), Pick::Queue));
+    }
+    rh.subchannel_state(second[0], TransientFailure, Some(&err), &mut ctl);
     assert_eq!(ctl.state, Some(TransientFailure));
     match ctl.pick_with(&keyed("k")) {
         Pick::Fail(status) => {
@@ -228,38 +287,36 @@ fn transient_failure_aggregation_and_sticky_failure() {
     let err = Status::unavailable("refused");
     // Rule 4: one failure among several, the rest IDLE: CONNECTING, and the policy itself
     // connects an IDLE endpoint so it recovers without picks.
-    rh.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
+    rh.connect(0, &mut ctl);
+    let a = ctl.take_connects()[0];
+    rh.subchannel_state(a, TransientFailure, Some(&err), &mut ctl);
     assert_eq!(ctl.state, Some(Connecting));
-    assert_eq!(ctl.take_connects(), vec![SubchannelId(2)]);
-    rh.subchannel_state(SubchannelId(2), Connecting, None, &mut ctl);
+    let b = ctl.take_connects()[0];
+    rh.subchannel_state(b, Connecting, None, &mut ctl);
     assert_eq!(ctl.state, Some(Connecting));
-    // Rule 2: two failures, none READY: TRANSIENT_FAILURE; resolution is asked once.
-    rh.subchannel_state(SubchannelId(2), TransientFailure, Some(&err), &mut ctl);
+    // Rule 2: two failures, none READY: TRANSIENT_FAILURE, and one more endpoint is tried.
+    rh.subchannel_state(b, TransientFailure, Some(&err), &mut ctl);
     assert_eq!(ctl.state, Some(TransientFailure));
-    assert_eq!(ctl.resolutions, 1);
-    assert_eq!(
-        ctl.take_connects(),
-        vec![SubchannelId(3)],
-        "still trying one more"
-    );
+    assert!(ctl.resolutions > 0);
+    assert_eq!(ctl.take_connects().len(), 1, "still trying one more");
     // A failed endpoint's backoff ends (IDLE): it retries at once and stays failed, also
     // while it connects.
-    rh.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
-    assert!(ctl.take_connects().contains(&SubchannelId(1)));
-    rh.subchannel_state(SubchannelId(1), Connecting, None, &mut ctl);
+    rh.subchannel_state(a, Idle, None, &mut ctl);
+    assert!(ctl.take_connects().contains(&a));
+    rh.subchannel_state(a, Connecting, None, &mut ctl);
     assert_eq!(ctl.state, Some(TransientFailure));
-    assert_eq!(rh.endpoints[&addr(1)].state, TransientFailure);
-    assert_eq!(ctl.resolutions, 1);
+    assert_eq!(rh.members[0].state(), TransientFailure);
     // Rule 1: READY wins.
-    rh.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
+    rh.subchannel_state(a, Ready, None, &mut ctl);
     assert_eq!(ctl.state, Some(Ready));
-    // A READY endpoint that loses its connection is IDLE (and the resolver is asked).
-    rh.subchannel_state(SubchannelId(1), Idle, None, &mut ctl);
-    assert_eq!(rh.endpoints[&addr(1)].state, Idle);
-    assert_eq!(ctl.resolutions, 2);
+    // A READY endpoint that loses its connection is IDLE.
+    rh.subchannel_state(a, Idle, None, &mut ctl);
+    assert_eq!(rh.members[0].state(), Idle);
     // Rule 6: a single endpoint that failed is TRANSIENT_FAILURE.
     let (mut one, mut ctl) = policy(1);
-    one.subchannel_state(SubchannelId(1), TransientFailure, Some(&err), &mut ctl);
+    one.connect(0, &mut ctl);
+    let only = ctl.take_connects()[0];
+    one.subchannel_state(only, TransientFailure, Some(&err), &mut ctl);
     assert_eq!(ctl.state, Some(TransientFailure));
 }
 
@@ -267,29 +324,22 @@ fn transient_failure_aggregation_and_sticky_failure() {
 fn a_call_without_the_header_takes_any_ready_endpoint_and_connects_at_most_one() {
     let (mut rh, mut ctl) = policy(3);
     assert!(matches!(ctl.pick(), Pick::Queue));
-    assert_eq!(
-        ctl.take_pick_connects().len(),
-        1,
-        "one endpoint asked, not three"
-    );
-    rh.subchannel_state(SubchannelId(2), Connecting, None, &mut ctl);
+    assert!(ctl.take_work(&mut rh));
+    assert_eq!(ctl.created.len(), 1, "one endpoint asked, not three");
+    let id = ctl.take_connects()[0];
+    rh.subchannel_state(id, Connecting, None, &mut ctl);
     assert!(matches!(ctl.pick(), Pick::Queue));
-    assert!(
-        ctl.take_pick_connects().is_empty(),
-        "one is already connecting"
-    );
-    rh.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
+    assert!(!ctl.take_work(&mut rh), "one is already connecting");
+    rh.subchannel_state(id, Ready, None, &mut ctl);
     for _ in 0..20 {
-        assert!(matches!(ctl.pick(), Pick::Ready(SubchannelId(2))));
+        assert!(matches!(ctl.pick(), Pick::Ready(i) if i == id));
     }
 }
 
 #[test]
 fn the_hash_comes_from_the_header_joined_values_or_the_router() {
     let (mut rh, mut ctl) = policy(8);
-    for id in 1..=8 {
-        rh.subchannel_state(SubchannelId(id), Ready, None, &mut ctl);
-    }
+    ready_all(&mut rh, &mut ctl);
     let picker = ctl.picker.clone().unwrap();
     let mut two = http::HeaderMap::new();
     two.append(HEADER, "a".parse().unwrap());
@@ -298,17 +348,14 @@ fn the_hash_comes_from_the_header_joined_values_or_the_router() {
     let pick =
         |headers: &http::HeaderMap| picker.pick(&PickInfo::new("/s/m", headers)).subchannel();
     assert_eq!(pick(&two), pick(&joined), "values join with a comma");
-    let ring = rh.ring.clone();
-    let expected =
-        |hash: u64| rh.endpoints[&addr(ring.entries[ring.first_at(hash)].1 as u16 + 1)].id;
+    let expected = |hash: u64| sub(&rh, rh.ring.entries[rh.ring.first_at(hash)].1);
     assert_eq!(pick(&joined), Some(expected(xxh64(b"a,b", 0))));
 
     // No header configured: the router's hash, or INTERNAL without one.
     let mut ctl = Recorder::at(Instant::now());
     let mut plain = RingHash::new(DEFAULT_RING_SIZE_CAP);
     plain.update(endpoints([addr(1), addr(2)]), None, &mut ctl);
-    plain.subchannel_state(SubchannelId(1), Ready, None, &mut ctl);
-    plain.subchannel_state(SubchannelId(2), Ready, None, &mut ctl);
+    ready_all(&mut plain, &mut ctl);
     let picker = ctl.picker.clone().unwrap();
     let headers = keyed("ignored");
     match picker.pick(&PickInfo::new("/s/m", &headers)) {
@@ -319,7 +366,7 @@ fn the_hash_comes_from_the_header_joined_values_or_the_router() {
     let routed = PickInfo::new("/s/m", &headers).with_request_hash(entry.0);
     assert_eq!(
         picker.pick(&routed).subchannel(),
-        Some(plain.endpoints[&addr(entry.1 as u16 + 1)].id)
+        Some(sub(&plain, entry.1))
     );
 }
 
@@ -331,7 +378,7 @@ fn no_addresses_fail_and_duplicates_add_weight() {
     assert_eq!(ctl.state, Some(TransientFailure));
     assert!(matches!(ctl.pick(), Pick::Fail(s) if s.code() == Code::Unavailable));
     rh.update(endpoints([addr(1), addr(2), addr(1)]), None, &mut ctl);
-    assert_eq!(ctl.created.len(), 2, "one subchannel per address");
+    assert_eq!(rh.members.len(), 2, "one member per endpoint");
     let count = |i| rh.ring.entries.iter().filter(|(_, e)| *e == i).count();
     assert_eq!(count(0), 2 * count(1));
 }

@@ -15,27 +15,25 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, MutexGuard, RwLock, Weak,
     },
-    task::{Context, Poll, Waker},
+    task::{Poll, Waker},
     time::{Duration, Instant},
 };
 
 use anygrpc_lb::{
     graceful_switch::GracefulSwitch, ChannelControl, ConnectivityState, FixedPicker, LbMetric,
-    LbPolicy, LbPolicyBuilder, OrcaLoadReport, Pick, PickInfo, Picker, PolicyConfig,
-    PolicyRegistry, ServiceConfig, SubchannelId, Throttle,
+    LbPolicy, LbPolicyBuilder, OrcaLoadReport, Pick, Picker, PolicyConfig, PolicyRegistry,
+    ServiceConfig, SubchannelId, Throttle,
 };
 use anygrpc_resolver::{Resolver, ResolverBuilder, ResolverUpdate, Target};
 use anygrpc_rt::{Address, Runtime};
-use bytes::Bytes;
 use futures_util::future::poll_fn;
-use h2::client::SendRequest;
 
 use super::conn::{ConnSettings, Subchannel, SubchannelEvents};
 use super::idle::{ActiveCall, Activity};
-use super::response::Observation;
 
 mod close;
-use crate::channelz::{proto::channel_trace_event::Severity, CallCounters, ChannelNode};
+mod pick;
+use crate::channelz::{proto::channel_trace_event::Severity, ChannelNode};
 use crate::metrics::Recorder;
 use crate::Status;
 
@@ -77,19 +75,6 @@ struct Published {
     subchannels: HashMap<SubchannelId, Arc<Subchannel>>,
 }
 
-/// What a pick gives a call.
-pub(crate) struct Picked {
-    pub(crate) subchannel: Arc<Subchannel>,
-    /// The subchannel's connection.
-    pub(crate) send: SendRequest<Bytes>,
-    /// The connection's generation, to report it closed.
-    pub(crate) generation: u64,
-    /// The channelz counters of the connection's streams.
-    pub(crate) streams: Option<Arc<CallCounters>>,
-    /// The policy's observer of the call, if it wants to hear how the call ends.
-    pub(crate) observation: Option<Observation>,
-}
-
 /// The service config calls follow now, and the channel's retry throttle for it.
 #[derive(Debug, Default)]
 pub(crate) struct CallConfig {
@@ -111,6 +96,8 @@ pub(crate) struct Core {
     call_config: RwLock<Arc<CallConfig>>,
     /// The resolver has given its first result: the service config calls follow is known.
     resolved_once: AtomicBool,
+    /// A task to run the policy's timer for its pickers is on its way.
+    work_requested: AtomicBool,
     target: Target,
     resolver_builder: Arc<dyn ResolverBuilder>,
     resolver: Mutex<Box<dyn Resolver>>,
@@ -303,6 +290,7 @@ impl Core {
             })),
             waiters: Mutex::new(Vec::new()),
             resolved_once: AtomicBool::new(false),
+            work_requested: AtomicBool::new(false),
             channelz: config.channelz,
             metrics: config.metrics,
             this: this.clone(),
@@ -649,59 +637,6 @@ impl Core {
             Poll::Pending
         })
         .await
-    }
-
-    /// Picks a READY subchannel for a call, waiting while the picker queues, and (with
-    /// `wait_for_ready`) while it fails. Returns the subchannel, its connection, and the
-    /// connection's generation.
-    pub(crate) async fn pick(
-        &self,
-        request: &http::Request<()>,
-        wait_for_ready: bool,
-    ) -> Result<Picked, Status> {
-        poll_fn(|cx| self.poll_pick(cx, request, wait_for_ready)).await
-    }
-
-    fn poll_pick(
-        &self,
-        cx: &mut Context<'_>,
-        request: &http::Request<()>,
-        wait_for_ready: bool,
-    ) -> Poll<Result<Picked, Status>> {
-        let published = self.published();
-        if published.state == ConnectivityState::Shutdown {
-            return Poll::Ready(Err(close::closed()));
-        }
-        let connect = |id| {
-            if let Some(subchannel) = published.subchannels.get(&id) {
-                subchannel.connect();
-            }
-        };
-        let call = PickInfo::new(request.uri().path(), request.headers()).with_connect(&connect);
-        let (id, observer) = match published.picker.pick(&call) {
-            Pick::Ready(id) => (Some(id), None),
-            Pick::Observed(id, observer) => (Some(id), Some(observer)),
-            Pick::Fail(status) if !wait_for_ready => return Poll::Ready(Err(status)),
-            Pick::Fail(_) | Pick::Queue => (None, None),
-        };
-        let observation = observer.map(|o| Observation::new(o, self.runtime.clone()));
-        if let Some(subchannel) = id.and_then(|id| published.subchannels.get(&id)) {
-            if let Some((send, generation, streams)) = subchannel.ready() {
-                return Poll::Ready(Ok(Picked {
-                    subchannel: subchannel.clone(),
-                    send,
-                    generation,
-                    streams,
-                    observation,
-                }));
-            }
-            // The picker is about to be replaced (its subchannel just went away).
-        }
-        self.park(&published, cx.waker());
-        if published.state == ConnectivityState::Idle {
-            self.exit_idle();
-        }
-        Poll::Pending
     }
 
     /// The resolver of `epoch` produced an update (or failed).
