@@ -86,11 +86,15 @@ pub fn read_file(path: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))
 }
 
-/// The test CA built into the binaries (`--use_test_ca`), and its server certificate.
+/// The standard interop test CA and server certificate every gRPC implementation's interop
+/// programs use (grpc/grpc's `src/core/tsi/test_creds`), built into the binaries: the client
+/// trusts the CA with `--use_test_ca`, and the server presents the certificate by default.
 pub mod certs {
-    /// The interop test CA.
+    /// The interop test CA (`testca`).
     pub const CA: &[u8] = include_bytes!("../certs/ca.pem");
-    /// The server certificate (`*.test.google.fr`, `localhost`, `127.0.0.1`).
+    /// The server certificate: `*.test.google.fr` (the suite's host override),
+    /// `waterzooi.test.google.be`, `*.test.youtube.com` and 192.168.1.3; it expires
+    /// 2030-03-16.
     pub const SERVER_CERT: &[u8] = include_bytes!("../certs/server1.pem");
     /// Its private key.
     pub const SERVER_KEY: &[u8] = include_bytes!("../certs/server1.key");

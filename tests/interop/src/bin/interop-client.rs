@@ -44,7 +44,7 @@ const FLAGS: &[Flag] = &[
         name: "use_test_ca",
         default: "false",
         boolean: true,
-        help: "Trust the built-in interop test CA.",
+        help: "Trust the standard interop test CA (built in).",
     },
     Flag {
         name: "ca_file",
