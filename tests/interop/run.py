@@ -21,7 +21,7 @@ CASES = [
     "server_compressed_streaming", "ping_pong", "empty_stream", "custom_metadata",
     "status_code_and_message", "special_status_message", "unimplemented_method",
     "unimplemented_service", "cancel_after_begin", "cancel_after_first_response",
-    "timeout_on_sleeping_server", "very_large_request",
+    "timeout_on_sleeping_server", "very_large_request", "pick_first_unary",
 ]
 
 NO_COMPRESSION_CHECK = "a grpcio server cannot tell whether a request arrived compressed (expect_compressed)"

@@ -28,6 +28,7 @@ CASES = [
     "cancel_after_begin",
     "cancel_after_first_response",
     "timeout_on_sleeping_server",
+    "pick_first_unary",
     "very_large_request",
 ]
 
@@ -138,6 +139,12 @@ def main():
     def large_unary():
         check_payload(stub.UnaryCall(large_request()).payload, 314159)
 
+    def pick_first_unary():
+        request = messages_pb2.SimpleRequest(response_size=1, fill_server_id=True)
+        ids = [stub.UnaryCall(request).server_id for _ in range(100)]
+        ensure(ids[0] != "", "an empty server id")
+        ensure(all(i == ids[0] for i in ids), f"server ids differ: {sorted(set(ids))}")
+
     def client_compressed_unary():
         expect = lambda value: large_request(expect_compressed=messages_pb2.BoolValue(value=value))
         expect_code(lambda: stub.UnaryCall(expect(True)), grpc.StatusCode.INVALID_ARGUMENT)
@@ -243,6 +250,7 @@ def main():
         "cancel_after_first_response": cancel_after_first_response,
         "timeout_on_sleeping_server": timeout_on_sleeping_server,
         "very_large_request": very_large_request,
+        "pick_first_unary": pick_first_unary,
     }
     passed = failed = 0
     for case in cases:

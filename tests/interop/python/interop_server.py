@@ -1,5 +1,7 @@
 """The interop test server on grpcio (the gRPC C-core). Prints `listening on port N`."""
 
+import os
+import socket
 import time
 from concurrent import futures
 
@@ -10,6 +12,8 @@ import common
 ECHO_INITIAL = "x-grpc-test-echo-initial"
 ECHO_TRAILING = "x-grpc-test-echo-trailing-bin"
 CODES = {code.value[0]: code for code in grpc.StatusCode}
+# What UnaryCall returns when asked for the server's id (pick_first_unary): one per process.
+SERVER_ID = f"grpcio-interop-server-{os.getpid()}"
 
 
 def main():
@@ -58,7 +62,11 @@ def main():
                 context.set_compression(grpc.Compression.Gzip)
             else:
                 context.set_compression(grpc.Compression.NoCompression)
-            return messages_pb2.SimpleResponse(payload=zeros(request.response_size))
+            return messages_pb2.SimpleResponse(
+                payload=zeros(request.response_size),
+                server_id=SERVER_ID if request.fill_server_id else "",
+                hostname=socket.gethostname(),
+            )
 
         CacheableUnaryCall = UnaryCall
 

@@ -39,6 +39,7 @@ pub const CASES: &[&str] = &[
     "cancel_after_first_response",
     "timeout_on_sleeping_server",
     "very_large_request",
+    "pick_first_unary",
 ];
 
 macro_rules! path {
@@ -131,6 +132,7 @@ impl Client {
             "cancel_after_first_response" => self.cancel_after_first_response().await,
             "timeout_on_sleeping_server" => self.timeout_on_sleeping_server().await,
             "very_large_request" => self.very_large_request().await,
+            "pick_first_unary" => self.pick_first_unary().await,
             other => Err(format!(
                 "unknown test case {other:?}; valid cases: {}",
                 CASES.join(", ")
@@ -165,6 +167,32 @@ impl Client {
             )
             .await
             .map_err(call_failed)?;
+        Ok(())
+    }
+
+    /// 100 calls asking for the server's id: every one names the same, non-empty, server
+    /// (the channel's default policy is pick_first).
+    async fn pick_first_unary(&self) -> Result {
+        let request = SimpleRequest {
+            response_size: 1,
+            fill_server_id: true,
+            ..SimpleRequest::default()
+        };
+        let mut first: Option<String> = None;
+        for i in 0..100 {
+            let response = self
+                .unary(&self.plain, Request::new((request.clone(), false)))
+                .await
+                .map_err(|s| format!("call {i}: {s}"))?;
+            let id = response.into_inner().0.server_id;
+            ensure(!id.is_empty(), || format!("call {i}: an empty server id"))?;
+            match &first {
+                None => first = Some(id),
+                Some(first) => ensure(*first == id, || {
+                    format!("call {i}: server id {id:?}, the first was {first:?}")
+                })?,
+            }
+        }
         Ok(())
     }
 

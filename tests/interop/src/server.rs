@@ -4,7 +4,7 @@
 //! use the [`Flagged`] codec: the server must check that requests arrived compressed when
 //! `expect_compressed` says so, and compress exactly the responses it is asked to.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use anygrpc::{
     codegen::BoxFuture,
@@ -29,6 +29,26 @@ const COMPRESSION: &str = "gzip";
 /// The interop `TestService`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TestService;
+
+/// This server's id, which `UnaryCall` returns when asked (`fill_server_id`, the
+/// `pick_first_unary` case): one per process.
+fn server_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format!("anygrpc-interop-server-{}", std::process::id()))
+}
+
+/// The machine's name, which every `SimpleResponse` carries (as grpc-go's server fills it).
+fn hostname() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned())
+    })
+}
 
 /// Copies the echo headers of a request into a response: the initial one as header
 /// metadata, the trailing one as trailers.
@@ -74,6 +94,11 @@ async fn unary_call(
     let mut response = Response::new((
         SimpleResponse {
             payload: Some(zeros(message.response_size)),
+            server_id: match message.fill_server_id {
+                true => server_id().to_owned(),
+                false => String::new(),
+            },
+            hostname: hostname().to_owned(),
             ..SimpleResponse::default()
         },
         compress,
