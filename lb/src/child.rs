@@ -8,14 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anygrpc_codec::{Address, Endpoint};
+use anygrpc_codec::{Address, Endpoint, Status};
 
 use crate::{
     policy::{
         ChannelControl, FixedPicker, LbMetric, LbPolicy, LbPolicyBuilder, Pick, Picker,
         PolicyConfig, SubchannelId,
     },
-    ConnectivityState,
+    ConnectivityState, OrcaLoadReport,
 };
 
 /// A child policy its parent built from the registry: the policy, the subchannels it owns,
@@ -82,21 +82,14 @@ impl ChildPolicy {
         ctl: &mut dyn ChannelControl,
         f: impl FnOnce(&mut dyn LbPolicy, &mut dyn ChannelControl),
     ) -> Stepped {
-        let mut capture = Capture::new(ctl);
-        capture.ignore_resolution = self.ignore_resolution;
-        f(&mut *self.policy, &mut capture);
-        let Capture {
+        let policy = &mut *self.policy;
+        let captured = capture(ctl, self.ignore_resolution, |ctl| f(policy, ctl));
+        captured.track(&mut self.subchannels, |address| address.clone());
+        let Captured {
             published,
             created,
             removed,
-            ..
-        } = capture;
-        for (id, address) in &created {
-            self.subchannels.insert(*id, address.clone());
-        }
-        for id in &removed {
-            self.subchannels.remove(id);
-        }
+        } = captured;
         let stepped = Stepped {
             published: published.is_some(),
             created,
@@ -107,6 +100,48 @@ impl ChildPolicy {
             self.picker = picker;
         }
         stepped
+    }
+
+    /// Whether subchannel `id` is the child's.
+    pub(crate) fn owns(&self, id: SubchannelId) -> bool {
+        self.subchannels.contains_key(&id)
+    }
+
+    /// Tells the child a subchannel's state changed.
+    pub(crate) fn subchannel_state(
+        &mut self,
+        id: SubchannelId,
+        state: ConnectivityState,
+        status: Option<&Status>,
+        ctl: &mut dyn ChannelControl,
+    ) -> Stepped {
+        self.step(ctl, |policy, ctl| {
+            policy.subchannel_state(id, state, status, ctl)
+        })
+    }
+
+    /// Tells the child the resolver failed.
+    pub(crate) fn resolver_error(
+        &mut self,
+        status: Status,
+        ctl: &mut dyn ChannelControl,
+    ) -> Stepped {
+        self.step(ctl, |policy, ctl| policy.resolver_error(status, ctl))
+    }
+
+    /// Asks the child to leave IDLE.
+    pub(crate) fn exit_idle(&mut self, ctl: &mut dyn ChannelControl) -> Stepped {
+        self.step(ctl, |policy, ctl| policy.exit_idle(ctl))
+    }
+
+    /// Hands the child an out-of-band load report of one of its subchannels.
+    pub(crate) fn load_report(
+        &mut self,
+        id: SubchannelId,
+        report: &OrcaLoadReport,
+        ctl: &mut dyn ChannelControl,
+    ) -> Stepped {
+        self.step(ctl, |policy, ctl| policy.load_report(id, report, ctl))
     }
 
     /// Feeds the child an update of endpoints with its config.
@@ -142,32 +177,54 @@ impl ChildPolicy {
     }
 }
 
-/// The [`ChannelControl`] a child policy runs under: passes its requests through to the
-/// parent's channel, but keeps what it publishes, and which subchannels it made and removed,
-/// for the parent to use.
-pub(crate) struct Capture<'a> {
-    inner: &'a mut dyn ChannelControl,
-    /// The child's last publication in this step.
+/// What one step of a policy run under another did: its last publication, and the
+/// subchannels it made and removed.
+#[derive(Default)]
+pub(crate) struct Captured {
     pub(crate) published: Option<(ConnectivityState, Arc<dyn Picker>)>,
-    /// Subchannels it created in this step.
     pub(crate) created: Vec<(SubchannelId, Address)>,
-    /// Subchannels it removed in this step.
     pub(crate) removed: Vec<SubchannelId>,
-    /// Drops the child's requests to re-resolve.
-    ignore_resolution: bool,
 }
 
-impl<'a> Capture<'a> {
-    /// A capture of one step of a child's, over the parent's channel.
-    pub(crate) fn new(inner: &'a mut dyn ChannelControl) -> Capture<'a> {
-        Capture {
-            inner,
-            published: None,
-            created: Vec::new(),
-            removed: Vec::new(),
-            ignore_resolution: false,
+impl Captured {
+    /// Keeps a per-subchannel `map` in step with what was made (`new` of its address) and
+    /// removed.
+    pub(crate) fn track<S>(
+        &self,
+        map: &mut HashMap<SubchannelId, S>,
+        mut new: impl FnMut(&Address) -> S,
+    ) {
+        for (id, address) in &self.created {
+            map.insert(*id, new(address));
+        }
+        for id in &self.removed {
+            map.remove(id);
         }
     }
+}
+
+/// Runs `f` over the parent's channel `ctl`, its requests passed through (re-resolution
+/// dropped when `ignore_resolution`) but its publication kept, with the subchannels it made
+/// and removed, for the parent to use.
+pub(crate) fn capture(
+    ctl: &mut dyn ChannelControl,
+    ignore_resolution: bool,
+    f: impl FnOnce(&mut dyn ChannelControl),
+) -> Captured {
+    let mut capture = Capture {
+        inner: ctl,
+        captured: Captured::default(),
+        ignore_resolution,
+    };
+    f(&mut capture);
+    capture.captured
+}
+
+/// The [`ChannelControl`] of [`capture`].
+struct Capture<'a> {
+    inner: &'a mut dyn ChannelControl,
+    captured: Captured,
+    ignore_resolution: bool,
 }
 
 impl ChannelControl for Capture<'_> {
@@ -176,18 +233,18 @@ impl ChannelControl for Capture<'_> {
     }
     fn new_subchannel(&mut self, address: &Address) -> SubchannelId {
         let id = self.inner.new_subchannel(address);
-        self.created.push((id, address.clone()));
+        self.captured.created.push((id, address.clone()));
         id
     }
     fn remove_subchannel(&mut self, id: SubchannelId) {
-        self.removed.push(id);
+        self.captured.removed.push(id);
         self.inner.remove_subchannel(id);
     }
     fn connect(&mut self, id: SubchannelId) {
         self.inner.connect(id);
     }
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        self.published = Some((state, picker));
+        self.captured.published = Some((state, picker));
     }
     fn request_resolution(&mut self) {
         if !self.ignore_resolution {

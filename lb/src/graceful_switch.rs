@@ -126,9 +126,7 @@ impl LbPolicy for GracefulSwitch {
     }
 
     fn resolver_error(&mut self, status: Status, ctl: &mut dyn ChannelControl) {
-        self.drive_latest(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.resolver_error(status, ctl))
-        });
+        self.drive_latest(ctl, |child, ctl| child.resolver_error(status, ctl));
     }
 
     fn subchannel_state(
@@ -139,32 +137,20 @@ impl LbPolicy for GracefulSwitch {
         ctl: &mut dyn ChannelControl,
     ) {
         let step = |child: &mut ChildPolicy, ctl: &mut dyn ChannelControl| {
-            child.step(ctl, |policy, ctl| {
-                policy.subchannel_state(id, state, status, ctl)
-            })
+            child.subchannel_state(id, state, status, ctl)
         };
-        if let Some(pending) = self
-            .pending
-            .as_mut()
-            .filter(|p| p.subchannels.contains_key(&id))
-        {
+        if let Some(pending) = self.pending.as_mut().filter(|p| p.owns(id)) {
             let stepped = step(pending, ctl);
             return self.settle(stepped.published, true, ctl);
         }
-        if let Some(current) = self
-            .current
-            .as_mut()
-            .filter(|c| c.subchannels.contains_key(&id))
-        {
+        if let Some(current) = self.current.as_mut().filter(|c| c.owns(id)) {
             let stepped = step(current, ctl);
             self.settle(stepped.published, false, ctl);
         }
     }
 
     fn exit_idle(&mut self, ctl: &mut dyn ChannelControl) {
-        self.drive_latest(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.exit_idle(ctl))
-        });
+        self.drive_latest(ctl, |child, ctl| child.exit_idle(ctl));
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -193,8 +179,8 @@ impl LbPolicy for GracefulSwitch {
         ctl: &mut dyn ChannelControl,
     ) {
         for child in [&mut self.current, &mut self.pending].into_iter().flatten() {
-            if child.subchannels.contains_key(&id) {
-                child.step(ctl, |policy, ctl| policy.load_report(id, report, ctl));
+            if child.owns(id) {
+                child.load_report(id, report, ctl);
             }
         }
     }

@@ -16,7 +16,7 @@ use std::{
 use anygrpc_codec::{Endpoint, Status};
 
 use crate::{
-    child::Capture,
+    child::capture,
     policy::{
         CallEnd, CallObserver, ChannelControl, LbPolicy, LbPolicyBuilder, Pick, PickInfo, Picker,
         PolicyConfig, SubchannelId,
@@ -138,21 +138,10 @@ impl LeastRequest {
         ctl: &mut dyn ChannelControl,
         step: impl FnOnce(&mut RoundRobin, &mut dyn ChannelControl),
     ) {
-        let mut capture = Capture::new(ctl);
-        step(&mut self.rr, &mut capture);
-        let Capture {
-            published,
-            created,
-            removed,
-            ..
-        } = capture;
-        for (id, _) in created {
-            self.outstanding.insert(id, Arc::default());
-        }
-        for id in removed {
-            self.outstanding.remove(&id);
-        }
-        match published {
+        let rr = &mut self.rr;
+        let captured = capture(ctl, false, |ctl| step(rr, ctl));
+        captured.track(&mut self.outstanding, |_| Arc::default());
+        match captured.published {
             Some((ConnectivityState::Ready, _)) => self.publish(ctl),
             Some((state, picker)) => ctl.update_picker(state, picker),
             None => {}

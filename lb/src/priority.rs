@@ -312,7 +312,7 @@ impl Priority {
         let Some(name) = self
             .children
             .iter()
-            .find(|(_, c)| c.policy.subchannels.contains_key(&id))
+            .find(|(_, c)| c.policy.owns(id))
             .map(|(n, _)| n.clone())
         else {
             return;
@@ -377,11 +377,7 @@ impl LbPolicy for Priority {
         let names: Vec<String> = self.children.keys().cloned().collect();
         for name in names {
             let child = self.children.get_mut(&name).expect("listed");
-            if child
-                .policy
-                .step(ctl, |p, ctl| p.resolver_error(status.clone(), ctl))
-                .published
-            {
+            if child.policy.resolver_error(status.clone(), ctl).published {
                 self.track(&name, ctl);
             }
         }
@@ -396,7 +392,7 @@ impl LbPolicy for Priority {
         ctl: &mut dyn ChannelControl,
     ) {
         self.drive_owner(id, ctl, |child, ctl| {
-            child.step(ctl, |p, ctl| p.subchannel_state(id, state, status, ctl))
+            child.subchannel_state(id, state, status, ctl)
         });
     }
 
@@ -408,7 +404,7 @@ impl LbPolicy for Priority {
             .children
             .get_mut(&name)
             .expect("the current child exists");
-        if child.policy.step(ctl, |p, ctl| p.exit_idle(ctl)).published {
+        if child.policy.exit_idle(ctl).published {
             self.track(&name, ctl);
             self.choose(ctl);
         }
@@ -450,9 +446,7 @@ impl LbPolicy for Priority {
         report: &OrcaLoadReport,
         ctl: &mut dyn ChannelControl,
     ) {
-        self.drive_owner(id, ctl, |child, ctl| {
-            child.step(ctl, |p, ctl| p.load_report(id, report, ctl))
-        });
+        self.drive_owner(id, ctl, |child, ctl| child.load_report(id, report, ctl));
     }
 }
 

@@ -66,14 +66,6 @@ impl Picker for RoundRobinPicker {
     }
 }
 
-/// An endpoint: its `pick_first` child.
-#[derive(Debug)]
-struct Entry {
-    child: ChildPolicy,
-    /// Has failed since it was last READY: counts as TRANSIENT_FAILURE while it reconnects.
-    failing: bool,
-}
-
 /// An endpoint's identity: its addresses, in order (a change of order is a new endpoint).
 type Key = Vec<Address>;
 
@@ -82,7 +74,7 @@ type Key = Vec<Address>;
 pub struct RoundRobin {
     rng: fastrand::Rng,
     order: Vec<Key>,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, ChildPolicy>,
     child_config: PolicyConfig,
     last_error: Option<Status>,
     published: Option<(ConnectivityState, Vec<SubchannelId>)>,
@@ -116,14 +108,14 @@ impl RoundRobin {
         let none = http::HeaderMap::new();
         let ready: Vec<SubchannelId> = entries
             .clone()
-            .filter(|e| e.child.state == Ready)
-            .filter_map(|e| e.child.picker.pick(&PickInfo::new("", &none)).subchannel())
+            .filter(|e| e.state == Ready)
+            .filter_map(|e| e.picker.pick(&PickInfo::new("", &none)).subchannel())
             .collect();
         let state = if !ready.is_empty() {
             Ready
         } else if entries
             .clone()
-            .any(|e| !e.failing && matches!(e.child.state, Connecting | Idle))
+            .any(|e| matches!(e.state, Connecting | Idle))
         {
             Connecting
         } else {
@@ -157,27 +149,23 @@ impl RoundRobin {
         ctl.update_picker(state, picker);
     }
 
-    /// Runs a step of one endpoint's child: health-checks the subchannels it made, follows
-    /// its state, and reconnects it when it goes IDLE.
+    /// Runs a step of one endpoint's child: health-checks the subchannels it made, and
+    /// reconnects it when it goes IDLE. (A child that failed stays TRANSIENT_FAILURE, sticky,
+    /// until it is READY again: pick_first's own rule, which the aggregate relies on.)
     fn step(
-        entry: &mut Entry,
+        child: &mut ChildPolicy,
         ctl: &mut dyn ChannelControl,
         f: impl FnOnce(&mut ChildPolicy, &mut dyn ChannelControl) -> Stepped,
     ) {
-        let mut stepped = f(&mut entry.child, ctl);
+        let mut stepped = f(child, ctl);
         loop {
             for (id, _) in &stepped.created {
                 ctl.enable_health_check(*id);
             }
-            match entry.child.state {
-                ConnectivityState::Ready => entry.failing = false,
-                ConnectivityState::TransientFailure => entry.failing = true,
-                _ => {}
-            }
-            if !(stepped.published && entry.child.state == ConnectivityState::Idle) {
+            if !(stepped.published && child.state == ConnectivityState::Idle) {
                 return;
             }
-            stepped = entry.child.step(ctl, |policy, ctl| policy.exit_idle(ctl));
+            stepped = child.exit_idle(ctl);
         }
     }
 }
@@ -204,10 +192,9 @@ impl LbPolicy for RoundRobin {
         self.order = endpoints.iter().map(|e| e.addresses.clone()).collect();
         for endpoint in endpoints {
             let key = endpoint.addresses.clone();
-            let mut entry = old.remove(&key).unwrap_or_else(|| Entry {
-                child: ChildPolicy::new(Arc::new(PickFirstBuilder), self.rng.u64(..)),
-                failing: false,
-            });
+            let mut entry = old
+                .remove(&key)
+                .unwrap_or_else(|| ChildPolicy::new(Arc::new(PickFirstBuilder), self.rng.u64(..)));
             let config = &self.child_config;
             Self::step(&mut entry, ctl, |child, ctl| {
                 child.update(vec![endpoint], config, ctl)
@@ -215,7 +202,7 @@ impl LbPolicy for RoundRobin {
             self.entries.insert(key, entry);
         }
         for (_, entry) in old {
-            entry.child.shut_down(ctl);
+            entry.shut_down(ctl);
         }
         self.publish(ctl);
     }
@@ -235,17 +222,11 @@ impl LbPolicy for RoundRobin {
         status: Option<&Status>,
         ctl: &mut dyn ChannelControl,
     ) {
-        let Some(entry) = self
-            .entries
-            .values_mut()
-            .find(|e| e.child.subchannels.contains_key(&id))
-        else {
+        let Some(entry) = self.entries.values_mut().find(|e| e.owns(id)) else {
             return;
         };
         Self::step(entry, ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| {
-                policy.subchannel_state(id, state, status, ctl)
-            })
+            child.subchannel_state(id, state, status, ctl)
         });
         if let Some(status) = status {
             self.last_error = Some(status.clone());
@@ -255,20 +236,15 @@ impl LbPolicy for RoundRobin {
 
     fn exit_idle(&mut self, ctl: &mut dyn ChannelControl) {
         for entry in self.entries.values_mut() {
-            if entry.child.state == ConnectivityState::Idle {
-                Self::step(entry, ctl, |child, ctl| {
-                    child.step(ctl, |policy, ctl| policy.exit_idle(ctl))
-                });
+            if entry.state == ConnectivityState::Idle {
+                Self::step(entry, ctl, |child, ctl| child.exit_idle(ctl));
             }
         }
         self.publish(ctl);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.entries
-            .values()
-            .filter_map(|e| e.child.poll_timeout())
-            .min()
+        self.entries.values().filter_map(|e| e.poll_timeout()).min()
     }
 
     fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) {
@@ -284,14 +260,8 @@ impl LbPolicy for RoundRobin {
         report: &OrcaLoadReport,
         ctl: &mut dyn ChannelControl,
     ) {
-        if let Some(entry) = self
-            .entries
-            .values_mut()
-            .find(|e| e.child.subchannels.contains_key(&id))
-        {
-            entry
-                .child
-                .step(ctl, |policy, ctl| policy.load_report(id, report, ctl));
+        if let Some(entry) = self.entries.values_mut().find(|e| e.owns(id)) {
+            entry.load_report(id, report, ctl);
         }
     }
 }

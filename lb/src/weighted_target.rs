@@ -168,11 +168,7 @@ impl WeightedTarget {
         ctl: &mut dyn ChannelControl,
         f: impl FnOnce(&mut ChildPolicy, &mut dyn ChannelControl) -> Stepped,
     ) {
-        let Some(target) = self
-            .targets
-            .values_mut()
-            .find(|t| t.child.subchannels.contains_key(&id))
-        else {
+        let Some(target) = self.targets.values_mut().find(|t| t.child.owns(id)) else {
             return;
         };
         if f(&mut target.child, ctl).published {
@@ -252,11 +248,7 @@ impl LbPolicy for WeightedTarget {
                 Arc::new(FixedPicker(Pick::Fail(status))),
             );
         }
-        self.drive_all(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| {
-                policy.resolver_error(status.clone(), ctl)
-            })
-        });
+        self.drive_all(ctl, |child, ctl| child.resolver_error(status.clone(), ctl));
     }
 
     fn subchannel_state(
@@ -267,16 +259,12 @@ impl LbPolicy for WeightedTarget {
         ctl: &mut dyn ChannelControl,
     ) {
         self.drive_owner(id, ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| {
-                policy.subchannel_state(id, state, status, ctl)
-            })
+            child.subchannel_state(id, state, status, ctl)
         });
     }
 
     fn exit_idle(&mut self, ctl: &mut dyn ChannelControl) {
-        self.drive_all(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.exit_idle(ctl))
-        });
+        self.drive_all(ctl, |child, ctl| child.exit_idle(ctl));
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -313,9 +301,7 @@ impl LbPolicy for WeightedTarget {
         report: &OrcaLoadReport,
         ctl: &mut dyn ChannelControl,
     ) {
-        self.drive_owner(id, ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.load_report(id, report, ctl))
-        });
+        self.drive_owner(id, ctl, |child, ctl| child.load_report(id, report, ctl));
     }
 }
 

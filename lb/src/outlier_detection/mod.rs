@@ -222,6 +222,16 @@ impl Entry {
     fn volume(&self) -> u64 {
         self.last.0 + self.last.1
     }
+
+    /// The share of the last interval's calls that succeeded (of at least one call).
+    fn success_rate(&self) -> f64 {
+        self.last.0 as f64 / self.volume() as f64
+    }
+
+    /// The percentage of the last interval's calls that failed (of at least one call).
+    fn failure_percentage(&self) -> f64 {
+        self.last.1 as f64 * 100.0 / self.volume() as f64
+    }
 }
 
 /// A subchannel of the child's, as the policy tells the child of it.
@@ -335,10 +345,10 @@ impl OutlierDetection {
         let Some(child) = self.child.as_mut() else {
             return;
         };
-        let stepped = child.step(ctl, |policy, ctl| {
-            policy.subchannel_state(id, state, status.as_ref(), ctl)
-        });
-        if stepped.published {
+        if child
+            .subchannel_state(id, state, status.as_ref(), ctl)
+            .published
+        {
             self.publish(ctl);
         }
     }
@@ -409,6 +419,33 @@ impl OutlierDetection {
         self.rng.u32(0..100) < enforcement
     }
 
+    /// Ejects, in address order and while under `maxEjectionPercent`, each address not yet
+    /// ejected that had at least `volume` calls this interval and that `outlier` picks out,
+    /// with probability `enforcement` percent (the last steps of both A50 algorithms).
+    fn eject_outliers(
+        &mut self,
+        config: &OdConfig,
+        addresses: &[Address],
+        volume: u64,
+        enforcement: u32,
+        outlier: impl Fn(&Entry) -> bool,
+        ctl: &mut dyn ChannelControl,
+    ) {
+        let now = ctl.now();
+        for address in addresses {
+            if self.ejection_limit_reached(config) {
+                break;
+            }
+            let entry = &self.entries[address];
+            if entry.volume() < volume || entry.ejected_at.is_some() || !outlier(entry) {
+                continue;
+            }
+            if self.enforce(enforcement) {
+                self.eject(address, now, ctl);
+            }
+        }
+    }
+
     /// One interval's sweep (A50's timer steps 1 to 5).
     fn sweep(&mut self, config: &OdConfig, ctl: &mut dyn ChannelControl) {
         let now = ctl.now();
@@ -424,26 +461,16 @@ impl OutlierDetection {
                 .iter()
                 .map(|a| &self.entries[a])
                 .filter(|e| e.volume() >= volume)
-                .map(|e| e.last.0 as f64 / e.volume() as f64)
+                .map(Entry::success_rate)
                 .collect();
             if rates.len() >= rule.minimum_hosts as usize && !rates.is_empty() {
                 let mean = rates.iter().sum::<f64>() / rates.len() as f64;
                 let variance =
                     rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
                 let threshold = mean - variance.sqrt() * (f64::from(rule.stdev_factor) / 1000.0);
-                for address in &addresses {
-                    if self.ejection_limit_reached(config) {
-                        break;
-                    }
-                    let entry = &self.entries[address];
-                    if entry.volume() < volume || entry.ejected_at.is_some() {
-                        continue;
-                    }
-                    let rate = entry.last.0 as f64 / entry.volume() as f64;
-                    if rate < threshold && self.enforce(rule.enforcement_percentage) {
-                        self.eject(address, now, ctl);
-                    }
-                }
+                let outlier = |e: &Entry| e.success_rate() < threshold;
+                let enforcement = rule.enforcement_percentage;
+                self.eject_outliers(config, &addresses, volume, enforcement, outlier, ctl);
             }
         }
         if let Some(rule) = config.failure_percentage {
@@ -454,21 +481,9 @@ impl OutlierDetection {
                 .filter(|e| e.volume() >= volume)
                 .count();
             if hosts >= rule.minimum_hosts as usize {
-                for address in &addresses {
-                    if self.ejection_limit_reached(config) {
-                        break;
-                    }
-                    let entry = &self.entries[address];
-                    if entry.volume() < volume || entry.ejected_at.is_some() {
-                        continue;
-                    }
-                    let failed = entry.last.1 as f64 * 100.0 / entry.volume() as f64;
-                    if failed > f64::from(rule.threshold)
-                        && self.enforce(rule.enforcement_percentage)
-                    {
-                        self.eject(address, now, ctl);
-                    }
-                }
+                let outlier = |e: &Entry| e.failure_percentage() > f64::from(rule.threshold);
+                let enforcement = rule.enforcement_percentage;
+                self.eject_outliers(config, &addresses, volume, enforcement, outlier, ctl);
             }
         }
         let longest = config.base_ejection_time.max(config.max_ejection_time);
@@ -560,9 +575,7 @@ impl LbPolicy for OutlierDetection {
                 Arc::new(crate::FixedPicker(Pick::Fail(status))),
             );
         }
-        self.drive(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.resolver_error(status, ctl))
-        });
+        self.drive(ctl, |child, ctl| child.resolver_error(status, ctl));
     }
 
     fn subchannel_state(
@@ -581,16 +594,12 @@ impl LbPolicy for OutlierDetection {
             return;
         }
         self.drive(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| {
-                policy.subchannel_state(id, state, status, ctl)
-            })
+            child.subchannel_state(id, state, status, ctl)
         });
     }
 
     fn exit_idle(&mut self, ctl: &mut dyn ChannelControl) {
-        self.drive(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.exit_idle(ctl))
-        });
+        self.drive(ctl, |child, ctl| child.exit_idle(ctl));
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -615,9 +624,7 @@ impl LbPolicy for OutlierDetection {
         report: &crate::OrcaLoadReport,
         ctl: &mut dyn ChannelControl,
     ) {
-        self.drive(ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.load_report(id, report, ctl))
-        });
+        self.drive(ctl, |child, ctl| child.load_report(id, report, ctl));
     }
 }
 

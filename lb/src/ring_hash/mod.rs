@@ -224,6 +224,40 @@ struct Requests {
     wanted: Mutex<(u64, Vec<usize>)>,
 }
 
+impl Requests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, Vec<usize>)> {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for endpoint `index` of ring `generation`; requests of an older ring are dropped.
+    fn ask(&self, generation: u64, index: usize) {
+        let mut requests = self.lock();
+        let (asked_of, wanted) = &mut *requests;
+        if *asked_of != generation {
+            *asked_of = generation;
+            wanted.clear();
+        }
+        if !wanted.contains(&index) {
+            wanted.push(index);
+        }
+    }
+
+    /// Takes what was asked of ring `generation`.
+    fn take(&self, generation: u64) -> Vec<usize> {
+        let mut requests = self.lock();
+        let (asked_of, wanted) = &mut *requests;
+        let wanted = std::mem::take(wanted);
+        match *asked_of == generation {
+            true => wanted,
+            false => Vec::new(),
+        }
+    }
+
+    fn pending(&self) -> bool {
+        !self.lock().1.is_empty()
+    }
+}
+
 /// The `ring_hash_experimental` policy.
 #[derive(Debug)]
 pub struct RingHash {
@@ -268,9 +302,7 @@ impl RingHash {
             return;
         };
         let stepped = match member.child.as_mut() {
-            Some(child) if child.state == ConnectivityState::Idle => {
-                child.step(ctl, |policy, ctl| policy.exit_idle(ctl))
-            }
+            Some(child) if child.state == ConnectivityState::Idle => child.exit_idle(ctl),
             Some(_) => return,
             None => {
                 self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -364,7 +396,7 @@ impl RingHash {
             .members
             .iter_mut()
             .filter_map(|m| m.child.as_mut())
-            .find(|c| c.subchannels.contains_key(&id))
+            .find(|c| c.owns(id))
         else {
             return false;
         };
@@ -438,12 +470,7 @@ impl LbPolicy for RingHash {
             self.config.max_ring_size.min(self.ring_size_cap),
         ));
         self.generation += 1;
-        self.requests
-            .wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clear();
+        self.requests.lock().1.clear();
         self.publish(ctl);
     }
 
@@ -462,9 +489,7 @@ impl LbPolicy for RingHash {
     ) {
         self.seen = Some(ctl.now());
         let owned = self.drive_owner(id, ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| {
-                policy.subchannel_state(id, state, status, ctl)
-            })
+            child.subchannel_state(id, state, status, ctl)
         });
         if owned {
             self.publish(ctl);
@@ -476,13 +501,7 @@ impl LbPolicy for RingHash {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let wanted = !self
-            .requests
-            .wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .is_empty();
+        let wanted = self.requests.pending();
         let children = self
             .members
             .iter()
@@ -496,21 +515,7 @@ impl LbPolicy for RingHash {
 
     fn handle_timeout(&mut self, ctl: &mut dyn ChannelControl) {
         self.seen = Some(ctl.now());
-        let wanted = {
-            let mut requests = self
-                .requests
-                .wanted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let (generation, wanted) = &mut *requests;
-            let wanted = std::mem::take(wanted);
-            if *generation == self.generation {
-                wanted
-            } else {
-                Vec::new()
-            }
-        };
-        for index in wanted {
+        for index in self.requests.take(self.generation) {
             self.connect(index, ctl);
         }
         for member in &mut self.members {
@@ -530,9 +535,7 @@ impl LbPolicy for RingHash {
         report: &crate::OrcaLoadReport,
         ctl: &mut dyn ChannelControl,
     ) {
-        self.drive_owner(id, ctl, |child, ctl| {
-            child.step(ctl, |policy, ctl| policy.load_report(id, report, ctl))
-        });
+        self.drive_owner(id, ctl, |child, ctl| child.load_report(id, report, ctl));
     }
 }
 
@@ -579,20 +582,7 @@ impl RingHashPicker {
 
     /// Asks the policy to connect endpoint `index` (it acts from the control plane).
     fn connect(&self, index: usize, call: &PickInfo<'_>) {
-        let mut requests = self
-            .requests
-            .wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let (generation, wanted) = &mut *requests;
-        if *generation != self.generation {
-            *generation = self.generation;
-            wanted.clear();
-        }
-        if !wanted.contains(&index) {
-            wanted.push(index);
-        }
-        drop(requests);
+        self.requests.ask(self.generation, index);
         call.request_work();
     }
 

@@ -29,7 +29,7 @@ use std::{
 use anygrpc_codec::{Endpoint, Status};
 
 use crate::{
-    child::Capture,
+    child::capture,
     orca::OrcaLoadReport,
     policy::{
         parse_json_duration, CallEnd, CallObserver, ChannelControl, LbMetric, LbPolicy,
@@ -378,22 +378,13 @@ impl WeightedRoundRobin {
         ctl: &mut dyn ChannelControl,
         step: impl FnOnce(&mut RoundRobin, &mut dyn ChannelControl),
     ) {
-        let mut capture = Capture::new(ctl);
-        step(&mut self.rr, &mut capture);
-        let Capture {
-            published,
-            created,
-            removed,
-            ..
-        } = capture;
-        for (id, _) in created {
-            let weight = EndpointWeight::new(self.config.error_utilization_penalty);
-            self.weights.insert(id, Arc::new(weight));
-        }
-        for id in removed {
-            self.weights.remove(&id);
-        }
-        match published {
+        let rr = &mut self.rr;
+        let captured = capture(ctl, false, |ctl| step(rr, ctl));
+        let penalty = self.config.error_utilization_penalty;
+        captured.track(&mut self.weights, |_| {
+            Arc::new(EndpointWeight::new(penalty))
+        });
+        match captured.published {
             Some((ConnectivityState::Ready, _)) => self.publish_weighted(ctl),
             Some((state, picker)) => {
                 self.next_update = None;

@@ -90,7 +90,9 @@ impl Core {
         self.runtime.spawn(Box::pin(async move {
             if let Some(core) = this.upgrade() {
                 core.work_requested.store(false, Ordering::Release);
-                core.on_timer();
+                // The policy's timer, run early: the timer task armed for its next deadline,
+                // if any, stays armed.
+                core.with_policy(|policy, ctl| policy.handle_timeout(ctl));
             }
         }));
     }
