@@ -7,7 +7,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use anygrpc_lb::{ConnectivityState, Pick, PickInfo};
+use anygrpc_lb::{ConnectivityState, LbPolicy, Pick, PickInfo};
 use bytes::Bytes;
 use futures_util::future::poll_fn;
 use h2::client::SendRequest;
